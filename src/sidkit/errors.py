@@ -1,0 +1,31 @@
+"""One error family. Every message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class SidkitError(ValueError):
+    """Base class of every error sidkit raises on purpose.
+
+    ``problem`` says what is wrong, ``fix`` says what the user can do about it.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
+
+
+class DataError(SidkitError):
+    """Input data is missing, malformed or empty."""
+
+
+class ConfigError(SidkitError):
+    """An experiment config is invalid."""
+
+
+class NotFittedError(SidkitError):
+    """A fitted estimator was expected."""
+
+
+class ArtifactError(SidkitError):
+    """A stored artifact is missing, corrupt or of another schema version."""

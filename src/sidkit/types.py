@@ -1,0 +1,231 @@
+"""Artifact types shared by the pipeline stages.
+
+``Codes`` is the Semantic-ID artifact: an ``(N, L)`` integer array of tokens with a
+per-item length (variable-length SIDs exist, see the hourglass remedies), the
+codebook size of every level, and how the codes were made.  Positions past an
+item's length hold ``PAD`` (-1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError, DataError
+from .io import SCHEMA_VERSION, load_npz, read_json, save_npz, write_json
+
+PAD = -1
+COLLISION_RULES = ("none", "extra_level", "by_construction")
+
+
+@dataclass(frozen=True, eq=False)
+class Codes:
+    """Semantic IDs of ``N`` items over ``L`` levels.
+
+    Attributes
+    ----------
+    codes : (N, L) int64, ``PAD`` beyond ``lengths[i]``.
+    lengths : (N,) int64, number of tokens of each item's SID (1..L).
+    codebook_sizes : K_l for every level l.
+    method, params : the tokenizer that made them.
+    collision_rule : "none" (collisions may exist), "extra_level" (the last level
+        disambiguates, TIGER) or "by_construction" (e.g. GAOQ's last level).
+    item_ids : optional (N,) vocabulary, row i is item ``item_ids[i]``.
+    """
+
+    codes: np.ndarray
+    codebook_sizes: tuple[int, ...]
+    lengths: np.ndarray | None = None
+    method: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    collision_rule: str = "none"
+    item_ids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        codes = np.asarray(self.codes)
+        if codes.ndim != 2:
+            raise DataError(
+                f"Codes.codes must be a 2-D (items, levels) array, got shape {codes.shape}",
+                "reshape a single-level code vector with codes[:, None]",
+            )
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise DataError(f"Codes.codes must be integers, got dtype {codes.dtype}")
+        codes = codes.astype(np.int64, copy=False)
+        n, L = codes.shape
+        sizes = tuple(int(k) for k in self.codebook_sizes)
+        if len(sizes) != L:
+            raise DataError(
+                f"codebook_sizes has {len(sizes)} entries but codes have {L} levels",
+                "give one codebook size per level",
+            )
+        if self.lengths is None:
+            lengths = np.full(n, L, dtype=np.int64)
+        else:
+            lengths = np.asarray(self.lengths, dtype=np.int64)
+            if lengths.shape != (n,):
+                raise DataError(f"lengths must have shape ({n},), got {lengths.shape}")
+        if n and (lengths.min() < 1 or lengths.max() > L):
+            raise DataError(f"lengths must lie in 1..{L}")
+        valid = np.arange(L)[None, :] < lengths[:, None]
+        if n and valid.any():
+            ks = np.broadcast_to(np.asarray(sizes, dtype=np.int64), codes.shape)
+            bad = valid & ((codes < 0) | (codes >= ks))
+            if bad.any():
+                i, l = map(int, np.argwhere(bad)[0])
+                raise DataError(
+                    f"token {codes[i, l]} of item {i} at level {l} is outside 0..{sizes[l] - 1}",
+                    "check codebook_sizes or the tokenizer output",
+                )
+        codes = np.where(valid, codes, PAD)
+        if self.collision_rule not in COLLISION_RULES:
+            raise DataError(
+                f"unknown collision_rule {self.collision_rule!r}",
+                f"use one of {', '.join(COLLISION_RULES)}",
+            )
+        item_ids = self.item_ids
+        if item_ids is not None:
+            item_ids = np.asarray(item_ids)
+            if item_ids.shape != (n,):
+                raise DataError(f"item_ids must have shape ({n},), got {item_ids.shape}")
+        object.__setattr__(self, "codes", codes)
+        object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "codebook_sizes", sizes)
+        object.__setattr__(self, "item_ids", item_ids)
+        object.__setattr__(self, "params", dict(self.params))
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n_items(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def n_levels(self) -> int:
+        return int(self.codes.shape[1])
+
+    @property
+    def is_variable_length(self) -> bool:
+        return bool((self.lengths != self.n_levels).any())
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        return (
+            f"Codes(n_items={self.n_items}, levels={self.n_levels}, "
+            f"codebook_sizes={self.codebook_sizes}, method={self.method!r}, "
+            f"collision_rule={self.collision_rule!r})"
+        )
+
+    def replace(self, **changes: Any) -> "Codes":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------ identities
+    def prefix_keys(self, depth: int) -> np.ndarray:
+        """One int64 per item identifying its first ``depth`` tokens (PAD included).
+
+        Two items share a key iff their SID prefixes of that depth are equal.
+        Computed as a mixed-radix number, falling back to ``np.unique`` row ids when
+        the radix product would overflow int64.
+        """
+        if depth <= 0:
+            return np.zeros(self.n_items, dtype=np.int64)
+        sub = self.codes[:, :depth] + 1  # PAD -> 0
+        radices = np.asarray(self.codebook_sizes[:depth], dtype=np.float64) + 1
+        if np.prod(radices) < 2**62:
+            key = np.zeros(self.n_items, dtype=np.int64)
+            for l in range(depth):  # loop over levels, not items
+                key = key * int(radices[l]) + sub[:, l]
+            return key
+        _, inv = np.unique(sub, axis=0, return_inverse=True)
+        return inv.reshape(-1).astype(np.int64)
+
+    def sid_keys(self) -> np.ndarray:
+        """One int64 per item identifying its whole SID."""
+        return self.prefix_keys(self.n_levels)
+
+    def n_unique(self) -> int:
+        return int(np.unique(self.sid_keys()).size)
+
+    def has_collisions(self) -> bool:
+        return self.n_unique() < self.n_items
+
+    def to_tuples(self) -> list[tuple[int, ...]]:
+        """SIDs as tuples without padding (for display and small cases)."""
+        return [tuple(int(t) for t in row[:n]) for row, n in zip(self.codes, self.lengths)]
+
+    def lookup(self, sids: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Map SIDs back to item rows; -1 where a SID is unknown or ambiguous."""
+        sids = np.atleast_2d(np.asarray(sids, dtype=np.int64))
+        if sids.shape[1] != self.n_levels:
+            raise DataError(f"SIDs must have {self.n_levels} columns, got {sids.shape[1]}")
+        if lengths is not None:
+            mask = np.arange(self.n_levels)[None, :] < np.asarray(lengths)[:, None]
+            sids = np.where(mask, sids, PAD)
+        q = Codes(np.where(sids < 0, 0, sids), self.codebook_sizes).codes  # validate range
+        q = np.where(sids < 0, PAD, q)
+        probe = self.replace(codes=q, lengths=(q >= 0).sum(1).clip(1), item_ids=None)
+        keys = self.sid_keys()
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        qk = probe.sid_keys()
+        pos = np.searchsorted(sk, qk)
+        pos_c = np.minimum(pos, len(sk) - 1)
+        found = (pos < len(sk)) & (sk[pos_c] == qk)
+        right = np.searchsorted(sk, qk, side="right")
+        unique = (right - pos) == 1
+        return np.where(found & unique, order[pos_c], -1)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.npz`` (arrays) and ``<path>.json`` (metadata); no pickle."""
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
+        arrays = {"codes": self.codes, "lengths": self.lengths}
+        if self.item_ids is not None:
+            arrays["item_ids"] = self.item_ids.astype(str)
+        save_npz(stem.with_suffix(".npz"), **arrays)
+        write_json(
+            stem.with_suffix(".json"),
+            {
+                "artifact": "Codes",
+                "schema_version": SCHEMA_VERSION,
+                "codebook_sizes": list(self.codebook_sizes),
+                "method": self.method,
+                "params": self.params,
+                "collision_rule": self.collision_rule,
+                "n_items": self.n_items,
+                "n_levels": self.n_levels,
+            },
+        )
+        return stem.with_suffix(".npz")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Codes":
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
+        npz, meta_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        if not npz.exists() or not meta_path.exists():
+            raise ArtifactError(
+                f"no Codes artifact at {stem} (need {npz.name} and {meta_path.name})",
+                "point to the file written by Codes.save or `sidkit tokenize`",
+            )
+        meta = read_json(meta_path)
+        if meta.get("artifact") != "Codes" or meta.get("schema_version") != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{meta_path} is not a Codes artifact of schema version {SCHEMA_VERSION}",
+                "re-create it with this version of sidkit",
+            )
+        arrays = load_npz(npz)
+        return cls(
+            codes=arrays["codes"],
+            lengths=arrays["lengths"],
+            codebook_sizes=tuple(meta["codebook_sizes"]),
+            method=meta.get("method", ""),
+            params=meta.get("params", {}),
+            collision_rule=meta.get("collision_rule", "none"),
+            item_ids=arrays.get("item_ids"),
+        )

@@ -1,0 +1,56 @@
+"""Small shared helpers: device choice, seeding, progress bars."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable, TypeVar
+
+import numpy as np
+
+from .errors import SidkitError
+
+T = TypeVar("T")
+
+
+def resolve_device(device: str | None = "auto"):
+    """Return a ``torch.device``; ``"auto"`` picks CUDA when present, else CPU."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise SidkitError(f"unknown device {device!r}", "use 'auto', 'cpu' or 'cuda[:N]'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SidkitError(f"device {device!r} requested but CUDA is not available",
+                          "use --device auto or --device cpu")
+    return dev
+
+
+def rng(random_state: int | np.random.Generator | None) -> np.random.Generator:
+    """A numpy Generator from a seed, a Generator, or None (fresh entropy)."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    return np.random.default_rng(random_state)
+
+
+def torch_generator(random_state: int | None, device=None):
+    import torch
+
+    g = torch.Generator(device=device if device is not None else "cpu")
+    g.manual_seed(int(random_state) if random_state is not None else int(np.random.SeedSequence().entropy % (2**63)))
+    return g
+
+
+def progress(it: Iterable[T], *, desc: str = "", total: int | None = None,
+             enabled: bool | None = None) -> Iterable[T]:
+    """A tqdm progress bar on stderr; silent when SIDKIT_NO_PROGRESS=1 or disabled."""
+    if enabled is None:
+        enabled = os.environ.get("SIDKIT_NO_PROGRESS", "0") != "1"
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
