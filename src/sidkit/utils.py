@@ -54,3 +54,15 @@ def progress(it: Iterable[T], *, desc: str = "", total: int | None = None,
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def sidkit_home():
+    """The cache directory: ``$SIDKIT_HOME`` or the user's cache dir (``~/.cache/sidkit``)."""
+    from pathlib import Path
+
+    env = os.environ.get("SIDKIT_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("sidkit"))

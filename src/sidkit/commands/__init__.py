@@ -1,0 +1,1 @@
+"""Typer sub-commands, one module per area; ``sidkit.cli`` mounts them."""
