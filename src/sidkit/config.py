@@ -76,7 +76,7 @@ class CodesConfig(_Strict):
 
 
 class DiagnosticsConfig(_Strict):
-    perturbation_scales: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4])
+    perturbation_scales: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     report: bool = True
 
 

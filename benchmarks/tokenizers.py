@@ -1,0 +1,145 @@
+"""Fit time of every registered tokenizer on synthetic clustered data.
+
+Usage::
+
+    python benchmarks/tokenizers.py            # 100k x 128 items
+    python benchmarks/tokenizers.py --quick    # 20k x 128 items
+    python benchmarks/tokenizers.py --n 50000 --dim 64 --only rqkmeans gaoq
+
+Reports, from the same run, the ratios of balanced RQ-KMeans and GAOQ to plain
+RQ-KMeans (SPEC 8 goal: <= 3x).  Neural tokenizers (rqvae, drq) are timed for a few
+epochs only (``--epochs``); their per-epoch time is reported as well.  Writes
+``benchmarks/results/tokenizers.json`` and ``.md`` with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("SIDKIT_NO_PROGRESS", "1")
+
+
+def clustered(n: int, d: int, n_centers: int = 1000, seed: int = 0) -> np.ndarray:
+    """Gaussian blobs around ``n_centers`` centres (float32)."""
+    rs = np.random.default_rng(seed)
+    centers = rs.normal(size=(n_centers, d)).astype(np.float32)
+    X = centers[rs.integers(0, n_centers, n)]
+    X += 0.3 * rs.standard_normal((n, d), dtype=np.float32)
+    return X
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def configs(epochs: int, device: str) -> dict[str, dict]:
+    """Constructor parameters per benchmark entry (entry name -> (tokenizer, params))."""
+    return {
+        "vq": ("vq", {"device": device}),
+        "rqkmeans": ("rqkmeans", {"device": device}),
+        "rqkmeans_balanced": ("rqkmeans", {"balanced": True, "device": device}),
+        "hkm": ("hkm", {"device": device}),
+        "gaoq": ("gaoq", {"device": device}),
+        "rqvae": ("rqvae", {"epochs": epochs, "patience": 0, "device": device}),
+        "drq": ("drq", {"epochs": epochs, "patience": 0, "device": device}),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100_000, help="number of items")
+    ap.add_argument("--dim", type=int, default=128, help="embedding dimension")
+    ap.add_argument("--quick", action="store_true", help="20k items (overrides --n)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs for rqvae/drq")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=1, help="best of this many fits per entry")
+    ap.add_argument("--only", nargs="*", default=None, help="benchmark entries to run")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    n = 20_000 if args.quick else args.n
+
+    from sidkit.tokenizers import available, get_tokenizer_class
+
+    X = clustered(n, args.dim)
+    cfg = configs(args.epochs, args.device)
+    for name in available():  # every registered tokenizer, even ones added later
+        if not any(v[0] == name for v in cfg.values()):
+            cfg[name] = (name, {"device": args.device})
+    entries = [e for e in cfg if args.only is None or e in args.only]
+    # warm-up: torch thread pools, lazy imports (not timed)
+    get_tokenizer_class("rqkmeans")(codebook_sizes=[8, 8], device=args.device).fit(X[:2000])
+    rows = []
+    for entry in entries:
+        tok_name, params = cfg[entry]
+        if tok_name not in available():
+            continue
+        cls = get_tokenizer_class(tok_name)
+        params = {k: v for k, v in params.items() if k in cls._param_names()}
+        fit_s = float("inf")
+        for _ in range(max(1, args.repeat)):  # best of --repeat
+            tok = cls(**params)
+            t0 = time.perf_counter()
+            codes = tok.fit_encode(X)
+            fit_s = min(fit_s, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tok.encode(X[: min(n, 20_000)])
+        enc_s = time.perf_counter() - t0
+        row = {"entry": entry, "tokenizer": tok_name, "params": params, "fit_s": round(fit_s, 3),
+               "encode_20k_s": round(enc_s, 3), "codebook_sizes": list(codes.codebook_sizes),
+               "unique_sids": codes.n_unique(), "collision_rule": codes.collision_rule}
+        if hasattr(tok, "n_epochs_"):
+            row["epochs"] = int(tok.n_epochs_)
+        print(f"{entry:>18}: fit {fit_s:8.2f}s  sizes {list(codes.codebook_sizes)}", flush=True)
+        rows.append(row)
+    by = {r["entry"]: r for r in rows}
+    ratios = {}
+    if "rqkmeans" in by:
+        base = by["rqkmeans"]["fit_s"]
+        for e in ("rqkmeans_balanced", "gaoq"):
+            if e in by:
+                ratios[f"{e}_vs_rqkmeans"] = round(by[e]["fit_s"] / base, 2)
+    result = {"benchmark": "tokenizers", "n_items": n, "dim": args.dim,
+              "command": "python benchmarks/tokenizers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": machine(), "rows": rows, "ratios": ratios, "goal": "ratios <= 3"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizers.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = [f"# Tokenizer fit times ({n:,} x {args.dim} synthetic clustered items)", "",
+          f"Command: `{result['command'].strip()}`  ",
+          f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+          f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads)", "",
+          "| entry | tokenizer | fit (s) | encode 20k (s) | codebook sizes | unique SIDs | collision rule |",
+          "|---|---|---:|---:|---|---:|---|"]
+    for r in rows:
+        name = r["entry"] + (f" ({r['epochs']} epochs)" if "epochs" in r else "")
+        md.append(f"| {name} | {r['tokenizer']} | {r['fit_s']:.2f} | {r['encode_20k_s']:.2f} | "
+                  f"{r['codebook_sizes']} | {r['unique_sids']} | {r['collision_rule']} |")
+    md += ["", "Ratios in the same run (goal <= 3x plain RQ-KMeans):", ""]
+    md += [f"- {k}: {v}x" for k, v in ratios.items()]
+    (out / "tokenizers.md").write_text("\n".join(md) + "\n")
+    print(json.dumps(ratios))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The ``sidkit`` command line (Typer). Thin: every command calls the Python API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .commands._common import handle_errors, parse_params, print_table
+
+app = typer.Typer(
+    help="sidkit: Semantic IDs for generative recommendation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _mount() -> None:
+    from .commands import data as data_cmd
+    from .commands import diagnose as diag_cmd
+
+    app.add_typer(data_cmd.app, name="data", help="Fetch and inspect data sets.")
+    app.command("diagnose")(diag_cmd.diagnose)
+    app.command("compare")(diag_cmd.compare)
+
+
+@app.command()
+def version() -> None:
+    """Print the sidkit version."""
+    from . import __version__
+
+    typer.echo(__version__)
+
+
+@app.command()
+@handle_errors
+def run(
+    config: Optional[Path] = typer.Argument(None, help="TOML experiment config (default: MovieLens-100K, RQ-KMeans)."),
+    out: Path = typer.Option(Path("runs/ml-100k"), "--out", "-o", help="Run directory."),
+    force: bool = typer.Option(False, "--force", help="Rerun every stage, even unchanged ones."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Tokenizer (overrides [codes] method)."),
+) -> None:
+    """Run the pipeline: data -> split -> items -> embeddings -> codes -> diagnostics."""
+    from .config import load_config
+    from .data import format_info
+    from .pipeline import run_pipeline
+
+    cfg = load_config(config)
+    if device or method:
+        from .config import config_from_dict
+
+        d = cfg.model_dump()
+        if device:
+            d["device"] = device
+        if method:
+            d["codes"]["method"] = method
+        cfg = config_from_dict(d, "command line")
+
+    def on_stage(r) -> None:
+        what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
+        typer.echo(f"[{r.name:<11}] {what:>7}  -> {r.path}", err=True)
+
+    res = run_pipeline(cfg, out, force=force, on_stage=on_stage)
+    typer.echo("\nData")
+    typer.echo(format_info(res.summary("data")))
+    typer.echo("\nSemantic IDs")
+    print_sid_summary(res.summary("codes"), res.summary("diagnostics"))
+    report = out / "diagnostics" / "report.html"
+    if report.exists():
+        typer.echo(f"\nReport: {report}")
+
+
+def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
+    s = codes_summary
+    typer.echo(f"{s['n_items']} items, method {s['method']}, codebook sizes "
+               f"{s['codebook_sizes']}, collision rule {s['collision_rule']}")
+    rows = []
+    for lv in s["levels"]:
+        rows.append({"level": lv.get("level"), "K": lv.get("K"), "used": lv.get("used"),
+                     "perplexity": lv.get("perplexity"),
+                     "H/log2K": lv.get("norm_entropy"), "gini": lv.get("gini")})
+    print_table(rows)
+    c = s["collisions"]
+    typer.echo(f"collision rate {c.get('rate', 0):.4f}, items in a collision "
+               f"{c.get('share_in_collision', 0):.4f}, largest group {c.get('largest_group')}")
+    if diag and "hourglass" in diag:
+        typer.echo(f"hourglass: {diag['hourglass'].get('verdict', '')}")
+
+
+@app.command()
+@handle_errors
+def embed(
+    dataset: str = typer.Argument(..., help="Data set name (ml-100k) or path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (embeddings.npy + .json)."),
+    model: str = typer.Option("default", help="'default' (all-MiniLM-L6-v2, offline) or a model directory."),
+    template: Optional[str] = typer.Option(None, help="Item text template, e.g. 'Title: {title}'."),
+    batch_size: int = typer.Option(64, help="Texts per batch."),
+    normalize: bool = typer.Option(True, help="L2-normalise the embeddings."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Embed the item texts of a data set with a sentence-transformers model."""
+    from .data import item_texts, load_dataset
+    from .embed import TextEmbedder
+    from .errors import DataError
+    from .types import Embeddings
+
+    ds = load_dataset(dataset)
+    if ds.items is None:
+        raise DataError(f"data set {dataset!r} has no item table to embed",
+                        "pass a data set with item metadata")
+    texts = item_texts(ds.items, template)
+    vec = TextEmbedder(model, batch_size, normalize, device).embed(texts)
+    Embeddings(vec, ds.items.items.astype(str).to_numpy(), source="text",
+               meta={"model": model, "normalize": normalize}).save(out)
+    typer.echo(f"{vec.shape[0]} items x {vec.shape[1]} dims -> {out}")
+
+
+@app.command()
+@handle_errors
+def tokenize(
+    embeddings: Path = typer.Argument(..., help="Embeddings directory or a .npy file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (codes + tokenizer)."),
+    method: str = typer.Option("rqkmeans", help="Tokenizer: rqkmeans, vq, hkm, rqvae, drq, gaoq."),
+    levels: int = typer.Option(3, help="Number of semantic levels."),
+    sizes: Optional[str] = typer.Option(None, help="Codebook sizes per level, e.g. 16,16,16 (default: from N)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Extra tokenizer parameter key=value (repeatable)."),
+    resolve: bool = typer.Option(True, "--resolve-collisions/--no-resolve-collisions", help="Add a disambiguation level."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Fit a tokenizer on embeddings and write the items' Semantic IDs."""
+    import numpy as np
+
+    from .config import config_from_dict
+    from .io import load_npy
+    from .pipeline import make_tokenizer, sid_summary
+    from .tokenizers import resolve_collisions
+    from .types import Embeddings
+
+    if embeddings.suffix == ".npy":
+        vec = load_npy(embeddings)
+        emb = Embeddings(vec, np.arange(len(vec)).astype(str), source=str(embeddings))
+    else:
+        emb = Embeddings.load(embeddings)
+    codes_cfg = {"method": method, "n_levels": levels, "resolve_collisions": resolve,
+                 "params": parse_params(param)}
+    if sizes:
+        codes_cfg["codebook_sizes"] = [int(s) for s in sizes.split(",")]
+    cfg = config_from_dict({"seed": seed, "device": device, "codes": codes_cfg}, "command line")
+    tok = make_tokenizer(cfg).fit(emb.vectors)
+    codes = tok.encode(emb.vectors).replace(item_ids=emb.item_ids)
+    if resolve and codes.has_collisions():
+        codes = resolve_collisions(codes)
+    tok.save(out / "tokenizer")
+    codes.save(out / "codes")
+    print_sid_summary(sid_summary(codes))
+    typer.echo(f"-> {out}")
+
+
+_mount()
+
+
+def main() -> None:  # pragma: no cover
+    app(sys.argv[1:])

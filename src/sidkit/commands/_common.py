@@ -1,0 +1,62 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import typer
+
+from ..errors import SidkitError
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a SidkitError into one clear message on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SidkitError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` pairs; values are read as TOML literals when possible."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SidkitError(f"parameter {item!r} is not of the form key=value",
+                              "write e.g. --param n_iter=25")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = tomllib.loads(f"v = {v}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], file=None) -> None:
+    """Print rows of dicts as an aligned text table."""
+    file = file or sys.stdout
+    if not rows:
+        return
+    cols = list(rows[0])
+    fmt = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(f[i]) for f in fmt)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for f in fmt:
+        print("  ".join(v.ljust(w) for v, w in zip(f, widths)), file=file)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

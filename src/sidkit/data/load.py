@@ -1,0 +1,127 @@
+"""``load_dataset``: one entry point that recognises a data set by name or by its files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from .amazon import is_amazon_file, load_amazon
+from .containers import Dataset
+from .fetch import FETCHABLE, fetch_ml100k
+from .movielens import load_grouplens_100k, load_grouplens_dat, load_movielens_csv, load_recbole
+from .tabular import TABLE_SUFFIXES, load_table
+
+# names users may try that cannot be fetched: where to get them
+NOT_FETCHABLE = {
+    "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip (ratings.dat, movies.dat)",
+    "ml-20m": "https://files.grouplens.org/datasets/movielens/ml-20m.zip (ratings.csv, movies.csv)",
+    "amazon-beauty": "reviews_Beauty_5.json.gz + meta_Beauty.json.gz (Amazon 2014, McAuley lab)",
+    "amazon-sports": "reviews_Sports_and_Outdoors_5.json.gz + meta_Sports_and_Outdoors.json.gz",
+    "amazon-toys": "reviews_Toys_and_Games_5.json.gz + meta_Toys_and_Games.json.gz",
+}
+
+FORMATS = (
+    "GroupLens u.data/u.item, ratings.dat/movies.dat, ratings.csv/movies.csv, RecBole *.inter/*.item, "
+    "Amazon reviews_*.json.gz/meta_*.json.gz or 2023 *.jsonl, or a CSV/TSV/Parquet file with columns"
+)
+
+
+def known_datasets() -> list[str]:
+    return list(FETCHABLE) + list(NOT_FETCHABLE)
+
+
+def detect_format(path: Path) -> str:
+    """One of grouplens-100k, movielens-dat, movielens-csv, recbole, amazon, table."""
+    if path.is_dir():
+        if (path / "u.data").is_file():
+            return "grouplens-100k"
+        if (path / "ratings.dat").is_file():
+            return "movielens-dat"
+        if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
+            return "movielens-csv"
+        if list(path.glob("*.inter")):
+            return "recbole"
+        if any(is_amazon_file(p) and not p.name.startswith("meta_") for p in path.iterdir()):
+            return "amazon"
+        tables = [p for p in path.iterdir() if p.name.lower().endswith(TABLE_SUFFIXES)]
+        if len(tables) == 1:
+            return "table"
+        raise DataError(
+            f"cannot tell the data format of {path}: files found: {sorted(p.name for p in path.iterdir())[:20]}",
+            f"give a directory or file in one of these formats: {FORMATS}")
+    name = path.name
+    if name == "u.data":
+        return "grouplens-100k"
+    if name == "ratings.dat":
+        return "movielens-dat"
+    if path.suffix == ".inter":
+        return "recbole"
+    if is_amazon_file(path):
+        if name.startswith("meta_"):
+            raise DataError(f"{path} is an Amazon meta file, not reviews",
+                            "pass the reviews file (reviews_*.json.gz or *.jsonl); its meta file is found next to it")
+        return "amazon"
+    if name.lower().endswith(TABLE_SUFFIXES):
+        return "table"
+    raise DataError(f"unknown file type {name!r}", f"give a file in one of these formats: {FORMATS}")
+
+
+def load_dataset(name_or_path: str | Path, **kw: Any) -> Dataset:
+    """Load a data set by name (``"ml-100k"``, fetched and cached) or from a path.
+
+    Keywords: ``cache_dir`` and ``source`` (for ml-100k, see :func:`fetch_ml100k`),
+    ``columns``/``sep``/``time_unit`` (CSV/Parquet tables), ``meta`` (Amazon meta file),
+    ``name`` (the data set's name).
+    """
+    name = kw.pop("name", None)
+    path = Path(name_or_path).expanduser()
+    key = str(name_or_path).lower()
+    if key in FETCHABLE and isinstance(name_or_path, str) and "/" not in name_or_path:  # "./ml-100k" is a path
+        directory = fetch_ml100k(cache_dir=kw.pop("cache_dir", None), source=kw.pop("source", None))
+        _no_more(kw, "ml-100k")
+        ds = _load_path(directory, name=name or "ml-100k")
+        ds.name = ds.interactions.name = name or "ml-100k"
+        if ds.items is not None:
+            ds.items.name = ds.name
+        return ds
+    if not path.exists():
+        if key in NOT_FETCHABLE:
+            raise DataError(f"data set {key!r} cannot be fetched by sidkit",
+                            f"download {NOT_FETCHABLE[key]} and pass its path")
+        raise DataError(
+            f"unknown data set {str(name_or_path)!r}: not a known name and no such file or directory",
+            f"use one of {known_datasets()} (only {list(FETCHABLE)} is fetched automatically) or a path")
+    kw.pop("cache_dir", None)
+    if kw.pop("source", None) is not None:
+        raise DataError("source= only applies to the ml-100k name", "pass the path itself instead")
+    return _load_path(path, name=name, **kw)
+
+
+def _no_more(kw: dict, what: str) -> None:
+    if kw:
+        raise DataError(f"unexpected option(s) {sorted(kw)} for {what}", "drop them")
+
+
+def _load_path(path: Path, name: str | None = None, **kw: Any) -> Dataset:
+    fmt = detect_format(path)
+    if fmt == "table":
+        if path.is_dir():
+            path = next(p for p in path.iterdir() if p.name.lower().endswith(TABLE_SUFFIXES))
+        opts = {k: kw.pop(k) for k in ("columns", "sep", "time_unit") if k in kw}
+        _no_more(kw, f"a {fmt} file")
+        inter = load_table(path, name=name, **opts)
+        return Dataset(inter, None, name=inter.name)
+    if fmt == "amazon":
+        opts = {k: kw.pop(k) for k in ("meta", "with_meta") if k in kw}
+        _no_more(kw, "Amazon reviews")
+        return load_amazon(path, name=name, **opts)
+    _no_more(kw, f"{fmt} files")
+    directory = path if path.is_dir() else path.parent
+    if fmt == "grouplens-100k":
+        return load_grouplens_100k(directory, name=name or "ml-100k")
+    if fmt == "movielens-dat":
+        return load_grouplens_dat(directory, name=name)
+    if fmt == "movielens-csv":
+        return load_movielens_csv(directory, name=name)
+    return load_recbole(path, name=name)

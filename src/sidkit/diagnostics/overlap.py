@@ -1,0 +1,279 @@
+"""Expected codeword overlap and effective capacity (seed 000, SPEC 5).
+
+Analytic model: a code ``j`` of a level is a Gaussian ``N(e_j, sigma^2 I)`` around
+its codeword; two codes overlap by their Bhattacharyya coefficient
+``k_jk = exp(-||e_j - e_k||^2 / (8 sigma^2))``.  With usage ``pi``, the expected
+codeword overlap is ``O = pi^T k pi`` and the effective capacity ``K_eff = 1 / O``
+(``k = I`` gives the inverse Simpson index).  ``sigma = s * rms`` where ``s`` is the
+relative perturbation scale and ``rms`` the per-coordinate RMS of the centred data.
+For whole SIDs the kernel is the product of the per-level kernels; ``O`` is a sum
+over pairs of distinct SIDs weighted by their usage, exact and chunked when there
+are at most ``max_exact`` distinct SIDs, else an unbiased pair estimate on a sample.
+
+Empirical (Monte-Carlo) version: perturb items ``x' = x + s * rms * z``
+(``z ~ N(0, I)``, one draw reused across scales) or take a paired view ``X2``,
+re-encode, and compare the perturbed code ``b`` with the clean code ``a`` of the
+same item.  With ``pi_j = P(a = j)`` and the confusion matrix
+``C_jk = P(b = k | a = j)``:
+
+* ``O_emp = sum_{j,k} pi_j pi_k k^C_jk`` with ``k^C_jk = sum_m sqrt(C_jm C_km)``, the
+  Bhattacharyya coefficient of the perturbed-code distributions of codes ``j`` and
+  ``k`` -- the exact discrete analogue of the analytic kernel (``C = I`` gives the
+  inverse Simpson index again).  Computed as ``sum_m (sum_j pi_j sqrt(C_jm))^2``
+  without forming ``k^C``; ``K_eff_emp = 1 / O_emp``.
+* ``O_confusion = pi^T C pi = P(b_i = a_k)``: the probability that a perturbed item's
+  code equals the clean code of an independently drawn item (``= pi'^T pi`` with
+  ``pi'`` the perturbed marginal).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from ..types import Codes
+from ..utils import rng
+from .prefix import _lcp
+from .usage import semantic_codes
+
+DEFAULT_SCALES: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
+CHUNK = 65536
+
+
+# ------------------------------------------------------------------ analytic
+def data_rms(X: np.ndarray) -> float:
+    """Per-coordinate RMS of the centred data: sqrt(mean_{i,t} (x_it - mu_t)^2)."""
+    X = np.asarray(X)
+    n, d = X.shape
+    s1 = np.zeros(d)
+    s2 = 0.0
+    for s in range(0, n, CHUNK):
+        x = np.asarray(X[s:s + CHUNK], dtype=np.float64)
+        s1 += x.sum(0)
+        s2 += float(np.einsum("ij,ij->", x, x))
+    mu = s1 / n
+    return float(math.sqrt(max(s2 / (n * d) - float(mu @ mu) / d, 0.0)))
+
+
+def _sq_dists(E: np.ndarray, F: np.ndarray | None = None) -> np.ndarray:
+    F = E if F is None else F
+    d2 = (E * E).sum(1)[:, None] + (F * F).sum(1)[None, :] - 2.0 * E @ F.T
+    return np.maximum(d2, 0.0)
+
+
+def bhattacharyya_kernel(E: np.ndarray, sigma: float, F: np.ndarray | None = None) -> np.ndarray:
+    """``k_jk = exp(-||e_j - f_k||^2 / (8 sigma^2))``; ``sigma = 0`` gives 1 iff e_j == f_k."""
+    E = np.asarray(E, dtype=np.float64)
+    d2 = _sq_dists(E, None if F is None else np.asarray(F, dtype=np.float64))
+    if sigma <= 0:
+        scale = max(float(np.abs(E).max()) if E.size else 0.0, 1e-300)
+        return (d2 <= 1e-12 * scale * scale).astype(np.float64)
+    return np.exp(-d2 / (8.0 * sigma * sigma))
+
+
+def expected_overlap(pi: np.ndarray, E: np.ndarray, sigma: float) -> float:
+    """``O = pi^T k pi`` over the codes with ``pi > 0`` (chunked over rows)."""
+    pi = np.asarray(pi, dtype=np.float64)
+    pi = pi / pi.sum()
+    used = pi > 0
+    p, e = pi[used], np.asarray(E, dtype=np.float64)[used]
+    tot = 0.0
+    step = max(1, 4_000_000 // max(1, p.size))
+    for s in range(0, p.size, step):
+        tot += float(p[s:s + step] @ (bhattacharyya_kernel(e[s:s + step], sigma, e) @ p))
+    return tot
+
+
+def effective_capacity(pi: np.ndarray, E: np.ndarray, sigma: float) -> float:
+    """``K_eff = 1 / (pi^T k pi)``."""
+    return 1.0 / expected_overlap(pi, E, sigma)
+
+
+def _level_kernels(codes: Codes, codewords: Sequence[np.ndarray], sigma: float) -> list[np.ndarray]:
+    """Per-level kernels extended by a PAD index K_l (k(PAD, PAD) = 1, else 0)."""
+    ks = []
+    for l, E in enumerate(codewords):
+        k = codes.codebook_sizes[l]
+        kern = np.zeros((k + 1, k + 1), dtype=np.float32)
+        kern[:k, :k] = bhattacharyya_kernel(np.asarray(E)[:k], sigma)
+        kern[k, k] = 1.0
+        ks.append(kern)
+    return ks
+
+
+def _weighted_product_sum(tok: np.ndarray, w: np.ndarray, kernels: Sequence[np.ndarray]) -> float:
+    """``sum_{a,b} w_a w_b prod_l kernel_l[tok_a,l, tok_b,l]`` chunked over rows a."""
+    u = tok.shape[0]
+    step = max(1, 4_000_000 // max(1, u))
+    w32 = w.astype(np.float64)
+    tot = 0.0
+    for s in range(0, u, step):
+        blk = None
+        for l, kern in enumerate(kernels):
+            g = kern[tok[s:s + step, l]][:, tok[:, l]]
+            blk = g if blk is None else blk * g
+        tot += float(w32[s:s + step] @ (blk.astype(np.float64) @ w32))
+    return tot
+
+
+def sid_overlap(codes: Codes, codewords: Sequence[np.ndarray], sigmas: Sequence[float],
+                max_exact: int = 4096, n_sample: int = 4096, random_state: Any = 0) -> dict[str, Any]:
+    """Whole-SID overlap ``O = sum_{a,b} pi_a pi_b prod_l k_l(a_l, b_l)`` per sigma.
+
+    Exact over the distinct SIDs when there are at most ``max_exact``; otherwise the
+    estimate ``1/N + (N-1)/N * mean_{i != j} K(s_i, s_j)`` over ``n_sample`` items drawn
+    without replacement (unbiased for ``O``).
+    """
+    n = codes.n_items
+    tok = np.where(codes.codes >= 0, codes.codes, np.asarray(codes.codebook_sizes)[None, :])
+    keys = codes.sid_keys()
+    uniq, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    exact = uniq.size <= max_exact
+    if exact:
+        pts, w = tok[first], counts / n
+    else:
+        g = rng(random_state)
+        m = min(n_sample, n)
+        rows = np.sort(g.choice(n, size=m, replace=False))
+        pts, w = tok[rows], np.full(m, 1.0 / m)
+    O = []
+    for sigma in sigmas:
+        S = _weighted_product_sum(pts, w, _level_kernels(codes, codewords, sigma))
+        if not exact:
+            m = pts.shape[0]
+            ustat = (S * m * m - m) / (m * (m - 1)) if m > 1 else 1.0
+            S = 1.0 / n + (n - 1) / n * ustat
+        O.append(float(S))
+    return {
+        "exact": bool(exact),
+        "n_distinct": int(uniq.size),
+        "n_points": int(pts.shape[0]),
+        "O": O,
+        "K_eff": [1.0 / o if o > 0 else float("inf") for o in O],
+    }
+
+
+def analytic_overlap(codes: Codes, codewords: Sequence[np.ndarray], rms: float,
+                     scales: Sequence[float] = DEFAULT_SCALES, sid: bool = True,
+                     max_exact: int = 4096, n_sample: int = 4096,
+                     random_state: Any = 0) -> dict[str, Any]:
+    """Per-level and whole-SID ``O`` and ``K_eff`` for every relative scale ``s``."""
+    if len(codewords) != codes.n_levels:
+        raise DataError(f"need codewords for {codes.n_levels} levels, got {len(codewords)}")
+    sigmas = [float(s) * rms for s in scales]
+    levels = []
+    for l, E in enumerate(codewords):
+        k = codes.codebook_sizes[l]
+        tokens = codes.codes[:, l]
+        counts = np.bincount(tokens[tokens >= 0], minlength=k)[:k]
+        E = np.asarray(E)[:k]
+        O = [expected_overlap(counts, E, sg) for sg in sigmas]
+        levels.append({"level": l + 1, "O": O, "K_eff": [1.0 / o for o in O], "K": k})
+    out = {"rms": float(rms), "scales": [float(s) for s in scales], "sigmas": sigmas,
+           "levels": levels}
+    if sid:
+        out["sid"] = sid_overlap(codes, codewords, sigmas, max_exact, n_sample, random_state)
+    return out
+
+
+# --------------------------------------------------------------- empirical
+def overlap_from_confusion(C: np.ndarray, pi: np.ndarray) -> dict[str, float]:
+    """``O_emp`` (Bhattacharyya of confusion rows) and ``O_confusion`` from a given C."""
+    C = np.asarray(C, dtype=np.float64)
+    pi = np.asarray(pi, dtype=np.float64)
+    pi = pi / pi.sum()
+    col = pi @ np.sqrt(C)
+    o_emp = float(col @ col)
+    o_conf = float(pi @ C @ pi)
+    return {"O_emp": o_emp, "K_eff_emp": 1.0 / o_emp, "O_confusion": o_conf,
+            "K_eff_confusion": 1.0 / o_conf}
+
+
+def overlap_from_labels(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Same quantities estimated from clean labels ``a`` and perturbed labels ``b``."""
+    a = np.asarray(a).reshape(-1)
+    b = np.asarray(b).reshape(-1)
+    m = a.size
+    uni, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    inv = inv.reshape(-1)
+    u = uni.size
+    ai, bi = inv[:m], inv[m:]
+    na = np.bincount(ai, minlength=u).astype(np.float64)
+    nb = np.bincount(bi, minlength=u).astype(np.float64)
+    pk, pc = np.unique(ai * u + bi, return_counts=True)
+    j, k = pk // u, pk % u
+    term = (na[j] / m) * np.sqrt(pc / na[j])
+    col = np.bincount(k, weights=term, minlength=u)
+    o_emp = float(col @ col)
+    o_conf = float((na / m) @ (nb / m))
+    return {"O_emp": o_emp, "K_eff_emp": 1.0 / o_emp, "O_confusion": o_conf,
+            "K_eff_confusion": 1.0 / o_conf if o_conf > 0 else float("inf")}
+
+
+def compare_codes(clean: Codes, pert: Codes) -> dict[str, Any]:
+    """Flip rate per level, SID change rate, shared-prefix length and empirical O.
+
+    A disambiguation level (``collision_rule="extra_level"``) is left out: it is a
+    counter, not a semantic token.
+    """
+    clean, pert = semantic_codes(clean), semantic_codes(pert)
+    A, B = clean.codes, pert.codes
+    L = clean.n_levels
+    flips, lev = [], []
+    for l in range(L):
+        ok = clean.lengths > l
+        flips.append(float((A[ok, l] != B[ok, l]).mean()) if ok.any() else 0.0)
+        lev.append({"level": l + 1, **overlap_from_labels(A[:, l], B[:, l])})
+    changed = (A != B).any(axis=1)
+    lcp = _lcp(A, B)
+    sid = overlap_from_labels(clean.sid_keys(), pert.sid_keys())
+    return {
+        "flip_rate": flips,
+        "sid_change_rate": float(changed.mean()),
+        "mean_shared_prefix": float(lcp.mean()),
+        "levels": lev,
+        "sid": sid,
+    }
+
+
+def perturbation_overlap(tokenizer: Any, X: np.ndarray, scales: Sequence[float] = DEFAULT_SCALES,
+                         X2: np.ndarray | None = None, n_sample: int | None = 100_000,
+                         rms: float | None = None, random_state: Any = 0) -> dict[str, Any]:
+    """Monte-Carlo overlap: perturb, re-encode, compare; one entry per scale (+ "paired").
+
+    At most ``n_sample`` items (uniform without replacement, seeded) are used; the
+    clean reference codes are ``tokenizer.encode`` of the same sample, so a collision
+    level added after encoding does not count as a flip.
+    """
+    X = np.asarray(X)
+    n, d = X.shape
+    g = rng(random_state)
+    if n_sample is not None and n > n_sample:
+        rows = np.sort(g.choice(n, size=n_sample, replace=False))
+    else:
+        rows = np.arange(n)
+    Xs = np.ascontiguousarray(X[rows], dtype=np.float32)
+    if rms is None:
+        rms = data_rms(X if n <= 1_000_000 else Xs)
+    clean = tokenizer.encode(Xs)
+    Z = g.standard_normal(Xs.shape, dtype=np.float32)
+    runs = []
+    for s in scales:
+        if s == 0:
+            pert = clean
+        else:
+            pert = tokenizer.encode(Xs + np.float32(s * rms) * Z)
+        runs.append({"scale": float(s), **compare_codes(clean, pert)})
+    out: dict[str, Any] = {"n_sampled": int(rows.size), "n_items": int(n), "rms": float(rms),
+                           "scales": [float(s) for s in scales], "runs": runs}
+    if X2 is not None:
+        X2 = np.asarray(X2)
+        if X2.shape != X.shape:
+            raise DataError(f"paired view X2 has shape {X2.shape}, expected {X.shape}",
+                            "pass one retrieval-time embedding per item, same row order")
+        pert = tokenizer.encode(np.ascontiguousarray(X2[rows], dtype=np.float32))
+        out["paired"] = {"scale": "paired", **compare_codes(clean, pert)}
+    return out

@@ -1,0 +1,504 @@
+"""GAOQ (ReSID, seed 001): globally aligned orthogonal quantization.
+
+Algorithm (SPEC 4.8)
+--------------------
+* Level 1: balanced k-means of all items into ``b_1`` groups.
+* Level ``l`` (``2 <= l <= L-1``): inside every parent node, balanced k-means of its
+  items into ``b_l`` children (fewer when the parent holds fewer than ``b_l`` items).
+* Alignment: the child centroids are centred on their parent centroid (the catalogue
+  mean for level 1) and matched one-to-one to ``g_l >= b_l`` anchor directions shared
+  by every parent, maximising the total cosine with the Hungarian algorithm
+  (:func:`scipy.optimize.linear_sum_assignment`).  The child's token is its anchor's
+  index, so token ``t`` at level ``l`` means "direction ``t``" under every parent.
+  Anchors are the columns of ``Q`` from a QR decomposition of a seeded Gaussian
+  ``d x g_l`` matrix: exactly orthonormal when ``g_l <= d``; when ``g_l > d`` they are
+  built block by block (``d`` orthonormal columns per block), hence only
+  approximately orthogonal across blocks.
+* Last level: ``b_L = ceil(N / (b_1 ... b_{L-1}))`` (raised to the largest leaf when
+  balancing is inexact) enumerates the items of a leaf, nearest to the leaf centroid
+  first, so codes of the training items are collision-free by construction.
+
+Automatic branching (``branching=None``): ``b_1 * ... * b_{L-1} ~ N / 15`` split evenly
+over the levels (the paper's rule ``b_1 b_2 ~ N/10 .. N/20``; its examples are
+(32, 40, 19) for ~24k items and (256, 256, 8) for ~500k).  The chosen branching is
+reported in ``branching_`` and in ``Codes.params["branching"]``.
+
+Encoding
+--------
+Rows identical to a training item get that item's SID (the stored training codes).
+Any other (unseen) item descends by nearest child centroid at every level, and its
+last token is the index of the nearest training item in the reached leaf -- so an
+unseen item **shares the SID of its nearest leaf-mate** and ``encode`` reports
+``collision_rule="none"`` and ``params["n_unseen"]`` when such items are present.
+The fitted tokenizer stores the training embeddings (``embeddings_``) for this.
+
+Decoding: a SID of a training item decodes to that item's embedding; any other
+valid path decodes to the centroid of the deepest node it reaches (the leaf
+centroid for a full path).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from ..types import PAD, Codes
+from ..utils import progress, rng
+from .base import Tokenizer, check_embeddings, register
+from .rqvae import codes_array
+
+__all__ = ["GAOQ", "auto_branching", "make_anchors"]
+
+#: items per leaf the automatic branching aims at (rule: N/10 .. N/20 leaves)
+ITEMS_PER_LEAF = 15
+UNSEEN_RULE = "nearest_leaf_member"
+
+
+def auto_branching(n_items: int, n_levels: int = 3, items_per_leaf: float = ITEMS_PER_LEAF) -> tuple[int, ...]:
+    """Branching ``(b_1, ..., b_{L-1})`` of the clustering levels for ``n_items`` items.
+
+    Aims at ``prod(b) ~ n_items / items_per_leaf`` (default 15, inside the paper's
+    ``N/10 .. N/20`` rule) split evenly across levels; every ``b_l >= 2`` (and
+    ``b_1 <= n_items``).  The last level (``ceil(N / prod(b))``) is not included.
+    """
+    n_items, n_levels = int(n_items), int(n_levels)
+    if n_levels < 2:
+        raise DataError(f"GAOQ needs n_levels >= 2, got {n_levels}",
+                        "use n_levels=3 (two clustering levels + the enumeration level)")
+    target = max(n_items / float(items_per_leaf), 1.0)
+    out = []
+    for m in range(n_levels - 1, 0, -1):
+        b = max(2, int(round(target ** (1.0 / m))))
+        out.append(b)
+        target = max(target / b, 1.0)
+    out[0] = max(1, min(out[0], n_items))
+    return tuple(out)
+
+
+def make_anchors(dim: int, n_anchors: int, random_state: Any = 0) -> np.ndarray:
+    """``(n_anchors, dim)`` unit anchor directions from QR of seeded Gaussian matrices.
+
+    Orthonormal (``A A^T = I``) when ``n_anchors <= dim``; otherwise built in blocks of
+    ``dim`` orthonormal rows, approximately orthogonal across blocks.
+    """
+    gen = rng(random_state)
+    blocks, left = [], int(n_anchors)
+    while left > 0:
+        g = min(left, int(dim))
+        q, r = np.linalg.qr(gen.standard_normal((int(dim), g)))
+        q = q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))[None, :]  # unique QR
+        blocks.append(q.T)
+        left -= g
+    A = np.concatenate(blocks, 0)
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    return A.astype(np.float32)
+
+
+def _row_hashes(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """A 64-bit hash of every row's bytes (exact-duplicate detection)."""
+    u = np.ascontiguousarray(X, dtype=np.float32).view(np.uint32)
+    mult = rng(0x5EED).integers(1, 2**63 - 1, size=u.shape[1], dtype=np.uint64) | np.uint64(1)
+    out = np.empty(u.shape[0], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for s in range(0, u.shape[0], chunk):
+            blk = u[s:s + chunk].astype(np.uint64)
+            blk ^= blk >> np.uint64(7)
+            out[s:s + chunk] = (blk * mult[None, :]).sum(1, dtype=np.uint64)
+    return out
+
+
+def _group_rank(keys: np.ndarray) -> np.ndarray:
+    """Rank of each position among equal ``keys``, in order of appearance."""
+    o = np.argsort(keys, kind="stable")
+    sk = keys[o]
+    start = np.r_[True, sk[1:] != sk[:-1]] if sk.size else np.zeros(0, bool)
+    pos = np.arange(sk.size)
+    first = np.maximum.accumulate(np.where(start, pos, 0)) if sk.size else pos
+    rank = np.empty_like(pos)
+    rank[o] = pos - first
+    return rank
+
+
+@register
+class GAOQ(Tokenizer):
+    """Globally aligned orthogonal quantization (ReSID).
+
+    Parameters
+    ----------
+    branching : ``(b_1, ..., b_{L-1})`` children per node of the clustering levels
+        (the paper's tuple (32, 40, 19) is ``branching=(32, 40)``: the last level is
+        always ``ceil(N / prod(b))``, raised to the largest leaf).  ``None``: automatic
+        from N (:func:`auto_branching`).
+    n_levels : SID length L when ``branching`` is None (default 3).
+    n_anchors : anchors per clustering level ``g_l >= b_l`` (default ``g_l = b_l``);
+        codebook size of level ``l`` is ``g_l``.
+    balance_tolerance : cluster sizes within this fraction of the mean (balanced k-means).
+    n_iter, max_points_per_centroid : k-means settings per node.
+    random_state : seeds the anchors and every k-means.
+    device, verbose : k-means device (``"auto"``/``"cpu"``/``"cuda"``), progress bar.
+
+    Fitted attributes
+    -----------------
+    branching_, codebook_sizes_, anchors_ (sum g_l, d), node_centroids_, node_parent_,
+    node_token_, node_level_ (the tree; level-1 nodes have parent -1), root_ (catalogue
+    mean), codes_ (training SIDs), item_leaf_, embeddings_ (training items),
+    alignment_ (per level: mean cosine of centred children with their anchor, and
+    with a random anchor).
+    """
+
+    name = "gaoq"
+    _state_attrs = ("branching_", "codebook_sizes_", "anchors_", "node_centroids_",
+                    "node_parent_", "node_token_", "node_level_", "root_", "codes_",
+                    "item_leaf_", "embeddings_")
+
+    def __init__(
+        self,
+        branching: Sequence[int] | None = None,
+        n_levels: int | None = None,
+        n_anchors: Sequence[int] | None = None,
+        balance_tolerance: float = 0.1,
+        n_iter: int = 20,
+        max_points_per_centroid: int | None = 256,
+        random_state: int | None = 0,
+        device: str = "auto",
+        verbose: bool = False,
+    ):
+        self.branching = branching
+        self.n_levels = n_levels
+        self.n_anchors = n_anchors
+        self.balance_tolerance = balance_tolerance
+        self.n_iter = n_iter
+        self.max_points_per_centroid = max_points_per_centroid
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ parameters
+    def _resolve_branching(self, n: int) -> tuple[int, ...]:
+        if self.branching is None:
+            L = 3 if self.n_levels is None else self.n_levels
+            if not isinstance(L, (int, np.integer)) or L < 2:
+                raise DataError(f"n_levels must be an integer >= 2, got {L!r}",
+                                "use n_levels=3 (two clustering levels + the enumeration level)")
+            return auto_branching(n, int(L))
+        try:
+            b = tuple(int(v) for v in self.branching)
+        except (TypeError, ValueError):
+            raise DataError(f"branching must be a list of integers, got {self.branching!r}",
+                            "pass e.g. branching=[32, 40] or None for automatic") from None
+        if not b or min(b) < 1:
+            raise DataError(f"branching entries must be positive, got {list(b)}",
+                            "pass e.g. branching=[32, 40] or None for automatic")
+        if self.n_levels is not None and int(self.n_levels) != len(b) + 1:
+            raise DataError(
+                f"branching {list(b)} gives {len(b) + 1} levels but n_levels={self.n_levels}",
+                "branching lists the clustering levels only (L-1 entries); drop n_levels")
+        if b[0] > n:
+            raise DataError(f"branching b_1={b[0]} exceeds the number of items ({n})",
+                            "use a smaller b_1 or branching=None")
+        return b
+
+    def _resolve_anchors(self, b: tuple[int, ...]) -> tuple[int, ...]:
+        if self.n_anchors is None:
+            return b
+        g = tuple(int(v) for v in self.n_anchors)
+        if len(g) != len(b) or any(gi < bi for gi, bi in zip(g, b)):
+            raise DataError(f"n_anchors {list(g)} must have one entry >= b_l per clustering "
+                            f"level (branching {list(b)})", "use n_anchors=None (g_l = b_l)")
+        return g
+
+    # --------------------------------------------------------------- fitting
+    def fit(self, X: Any, y: Any = None) -> "GAOQ":
+        from scipy.optimize import linear_sum_assignment
+
+        from .kmeans import kmeans
+
+        if not (isinstance(self.balance_tolerance, (int, float)) and 0 <= self.balance_tolerance < 1):
+            raise DataError(f"balance_tolerance must be in [0, 1), got {self.balance_tolerance!r}",
+                            "use e.g. 0.1 for sizes within 10% of the mean")
+        X = check_embeddings(X, min_items=2)
+        n, d = X.shape
+        b = self._resolve_branching(n)
+        g = self._resolve_anchors(b)
+        L = len(b) + 1
+        gen = rng(self.random_state)
+        anchors = [make_anchors(d, gl, gen) for gl in g]
+
+        root = X.mean(0, dtype=np.float64).astype(np.float32)
+        cents: list[np.ndarray] = []
+        parents: list[np.ndarray] = []
+        tokens: list[np.ndarray] = []
+        levels: list[np.ndarray] = []
+        codes = np.empty((n, L), dtype=np.int64)
+        item_node = np.full(n, -1, dtype=np.int64)
+        node_cent_all = np.zeros((0, d), np.float32)
+        next_id = 0
+        align = []
+        for l in range(L - 1):
+            A = anchors[l]
+            order = np.argsort(item_node, kind="stable")
+            keys = item_node[order]
+            uniq, starts = np.unique(keys, return_index=True)
+            ends = np.r_[starts[1:], n]
+            seeds = gen.integers(0, 2**31 - 1, size=uniq.size)
+            new_node = np.empty(n, dtype=np.int64)
+            lvl_c, lvl_p, lvl_t = [], [], []
+            cos_match, cos_rand = [], []
+            it = progress(range(uniq.size), desc=f"gaoq level {l + 1}", total=uniq.size,
+                          enabled=None if self.verbose else False)
+            for j in it:
+                p = int(uniq[j])
+                idx = order[starts[j]:ends[j]]
+                Xp = X[idx]
+                k = min(int(b[l]), idx.size)
+                if k == 1:
+                    C = Xp.mean(0, keepdims=True)
+                    lab = np.zeros(idx.size, np.int64)
+                elif k == idx.size:
+                    C = Xp.copy()
+                    lab = np.arange(k, dtype=np.int64)
+                else:
+                    res = kmeans(Xp, k, n_iter=int(self.n_iter), balanced=True,
+                                 balance_tolerance=float(self.balance_tolerance),
+                                 max_points_per_centroid=self.max_points_per_centroid,
+                                 random_state=int(seeds[j]), device=self.device)
+                    C, lab = res.centroids, res.labels
+                pc = root if p < 0 else node_cent_all[p]
+                D = C - pc[None, :]
+                Dn = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
+                S = Dn @ A.T  # (k, g) cosines
+                rows, cols = linear_sum_assignment(S, maximize=True)
+                tok = np.empty(k, np.int64)
+                tok[rows] = cols
+                ids = next_id + np.arange(k)
+                next_id += k
+                new_node[idx] = ids[lab]
+                codes[idx, l] = tok[lab]
+                lvl_c.append(C.astype(np.float32))
+                lvl_p.append(np.full(k, p, np.int64))
+                lvl_t.append(tok)
+                if k > 1:
+                    cos_match.append(S[rows, cols])
+                    cos_rand.append(S.mean(1))
+            cents.extend(lvl_c)
+            parents.extend(lvl_p)
+            tokens.extend(lvl_t)
+            levels.append(np.full(sum(len(t) for t in lvl_t), l, np.int64))
+            node_cent_all = np.concatenate([node_cent_all, *lvl_c], 0)
+            item_node = new_node
+            cm = np.concatenate(cos_match) if cos_match else np.zeros(0)
+            cr = np.concatenate(cos_rand) if cos_rand else np.zeros(0)
+            align.append({"level": l, "n_parents": int(uniq.size),
+                          "matched_cosine": float(cm.mean()) if cm.size else float("nan"),
+                          "random_anchor_cosine": float(cr.mean()) if cr.size else float("nan")})
+
+        # ---- last level: enumerate the items of each leaf, nearest the centroid first
+        leaf = item_node
+        dist = ((X - node_cent_all[leaf]) ** 2).sum(1)
+        o = np.lexsort((dist, leaf))
+        sl = leaf[o]
+        start = np.r_[True, sl[1:] != sl[:-1]]
+        pos = np.arange(n)
+        rank = pos - np.maximum.accumulate(np.where(start, pos, 0))
+        codes[o, L - 1] = rank
+        prod = int(np.prod(b, dtype=np.float64))
+        b_last = max(int(math.ceil(n / prod)), int(rank.max()) + 1)
+
+        self.n_features_in_ = int(d)
+        self.branching_ = np.asarray(b, np.int64)
+        self.codebook_sizes_ = np.asarray([*g, b_last], np.int64)
+        self.anchors_ = np.concatenate(anchors, 0)
+        self.node_centroids_ = node_cent_all
+        self.node_parent_ = np.concatenate(parents)
+        self.node_token_ = np.concatenate(tokens)
+        self.node_level_ = np.concatenate(levels)
+        self.root_ = root
+        self.codes_ = codes
+        self.item_leaf_ = leaf
+        self.embeddings_ = X.copy()
+        self.alignment_ = align
+        self._cache = None
+        return self
+
+    # ------------------------------------------------------------- accessors
+    def anchors(self, level: int) -> np.ndarray:
+        """``(g_l, d)`` anchor directions of clustering level ``level`` (0-based)."""
+        self._check_fitted()
+        g = np.asarray(self.codebook_sizes_[:-1])
+        off = np.r_[0, np.cumsum(g)]
+        return self.anchors_[off[level]:off[level + 1]]
+
+    def _tables(self) -> dict[str, Any]:
+        """Lookup tables derived from the fitted arrays (cached)."""
+        c = getattr(self, "_cache", None)
+        if c is not None and c["codes"] is self.codes_:
+            return c
+        G = int(self.codebook_sizes_.max()) + 1
+        node_key = (self.node_parent_ + 1) * G + self.node_token_
+        korder = np.argsort(node_key, kind="stable")
+        L = len(self.codebook_sizes_)
+        mem_key = self.item_leaf_ * G + self.codes_[:, L - 1]
+        morder = np.argsort(mem_key, kind="stable")
+        leaf_order = np.argsort(self.item_leaf_, kind="stable")
+        n_nodes = self.node_parent_.size
+        leaf_count = np.bincount(self.item_leaf_, minlength=n_nodes)
+        leaf_start = np.r_[0, np.cumsum(leaf_count)[:-1]]
+        hashes = _row_hashes(self.embeddings_)
+        horder = np.argsort(hashes, kind="stable")
+        c = {"codes": self.codes_, "G": G, "node_key_sorted": node_key[korder], "node_order": korder,
+             "mem_key_sorted": mem_key[morder], "mem_order": morder, "leaf_order": leaf_order,
+             "leaf_count": leaf_count, "leaf_start": leaf_start,
+             "hash_sorted": hashes[horder], "hash_order": horder}
+        self._cache = c
+        return c
+
+    def _child(self, parent: np.ndarray, token: np.ndarray) -> np.ndarray:
+        """Node id of (parent, token), -1 where no such child exists."""
+        t = self._tables()
+        key = (parent + 1) * t["G"] + token
+        ks = t["node_key_sorted"]
+        pos = np.minimum(np.searchsorted(ks, key), max(ks.size - 1, 0))
+        ok = (ks.size > 0) & (ks[pos] == key) & (token >= 0) & (parent >= -1)
+        return np.where(ok, t["node_order"][pos], -1)
+
+    # --------------------------------------------------------------- encoding
+    def _check_X(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        X = check_embeddings(X)
+        if X.shape[1] != int(self.node_centroids_.shape[1]):
+            raise DataError(f"X has {X.shape[1]} features but the tokenizer was fitted on "
+                            f"{int(self.node_centroids_.shape[1])}", "embed the items with the same model")
+        return X
+
+    def _match_training(self, X: np.ndarray) -> np.ndarray:
+        """Training row of every row of X that equals a training embedding, else -1.
+
+        Repeated identical rows are matched to identical training rows in turn.
+        """
+        t = self._tables()
+        hs = t["hash_sorted"]
+        qh = _row_hashes(X)
+        lo = np.searchsorted(hs, qh, "left")
+        cnt = np.searchsorted(hs, qh, "right") - lo
+        found = cnt > 0
+        rank = _group_rank(qh)
+        pos = np.minimum(lo + rank % np.maximum(cnt, 1), hs.size - 1)
+        cand = t["hash_order"][pos]
+        match = np.where(found, cand, -1)
+        if found.any():
+            f = np.flatnonzero(found)
+            same = (X[f] == self.embeddings_[cand[f]]).all(1)
+            match[f[~same]] = -1
+        return match
+
+    def _descend(self, X: np.ndarray) -> np.ndarray:
+        """SIDs of unseen items: nearest child per level, then nearest leaf member."""
+        from .kmeans import assign
+
+        n = X.shape[0]
+        L = len(self.codebook_sizes_)
+        out = np.empty((n, L), dtype=np.int64)
+        lvl = self.node_level_
+        top = np.flatnonzero(lvl == 0)
+        lab, _ = assign(X, self.node_centroids_[top])
+        node = top[lab]
+        out[:, 0] = self.node_token_[node]
+        for l in range(1, L - 1):
+            cand = np.flatnonzero(lvl == l)
+            par = self.node_parent_[cand]
+            po = np.argsort(par, kind="stable")
+            cand, par = cand[po], par[po]
+            order = np.argsort(node, kind="stable")
+            keys = node[order]
+            uniq, starts = np.unique(keys, return_index=True)
+            ends = np.r_[starts[1:], n]
+            new = np.empty(n, np.int64)
+            for j, p in enumerate(uniq):  # loop over parents, vectorised inside
+                rows = order[starts[j]:ends[j]]
+                kids = cand[np.searchsorted(par, p, "left"):np.searchsorted(par, p, "right")]
+                C = self.node_centroids_[kids]
+                d2 = (C * C).sum(1)[None, :] - 2.0 * X[rows] @ C.T
+                new[rows] = kids[d2.argmin(1)]
+            node = new
+            out[:, l] = self.node_token_[node]
+        # nearest training member of the reached leaf (padded gather, chunked)
+        t = self._tables()
+        cnt, st = t["leaf_count"][node], t["leaf_start"][node]
+        m = max(int(cnt.max()), 1)
+        E = self.embeddings_
+        chunk = max(1, (1 << 22) // (m * E.shape[1]))
+        best = np.empty(n, np.int64)
+        ar = np.arange(m)
+        for s in range(0, n, chunk):
+            c_, s_ = cnt[s:s + chunk], st[s:s + chunk]
+            valid = ar[None, :] < c_[:, None]
+            mem = t["leaf_order"][np.where(valid, s_[:, None] + ar[None, :], 0)]
+            diff = E[mem] - X[s:s + chunk, None, :]
+            d2 = np.where(valid, np.einsum("ijk,ijk->ij", diff, diff), np.inf)
+            best[s:s + chunk] = mem[np.arange(mem.shape[0]), d2.argmin(1)]
+        out[:, L - 1] = self.codes_[best, L - 1]
+        return out
+
+    def encode(self, X: Any) -> Codes:
+        """SIDs of ``X``; training items keep their SID, unseen items descend the tree.
+
+        ``collision_rule`` is ``"by_construction"`` when the returned SIDs are unique and
+        no row is unseen, else ``"none"`` (an unseen item shares the SID of its nearest
+        leaf-mate; see ``params["unseen_rule"]``).
+        """
+        X = self._check_X(X)
+        match = self._match_training(X)
+        codes = np.empty((X.shape[0], len(self.codebook_sizes_)), np.int64)
+        seen = match >= 0
+        codes[seen] = self.codes_[match[seen]]
+        n_unseen = int((~seen).sum())
+        if n_unseen:
+            codes[~seen] = self._descend(X[~seen])
+        params = {**self.get_params(), "branching": [int(v) for v in self.branching_],
+                  "codebook_sizes": [int(v) for v in self.codebook_sizes_],
+                  "n_unseen": n_unseen, "unseen_rule": UNSEEN_RULE}
+        out = Codes(codes, tuple(int(k) for k in self.codebook_sizes_), method=self.name,
+                    params=params, collision_rule="none")
+        if n_unseen == 0 and not out.has_collisions():
+            out = out.replace(collision_rule="by_construction")
+        return out
+
+    def decode(self, codes: Codes | np.ndarray) -> np.ndarray:
+        """Training item's embedding for its SID, else the deepest reached node's centroid."""
+        self._check_fitted()
+        L = len(self.codebook_sizes_)
+        arr = codes_array(codes, L)
+        for l, k in enumerate(self.codebook_sizes_):
+            bad = (arr[:, l] >= k) | (arr[:, l] < PAD)
+            if bad.any():
+                raise DataError(f"token {int(arr[bad, l][0])} at level {l} is outside 0..{int(k) - 1}",
+                                "pass codes made by this tokenizer")
+        n = arr.shape[0]
+        node = np.full(n, -1, np.int64)
+        deepest = np.full(n, -1, np.int64)
+        for l in range(L - 1):
+            node = self._child(node, arr[:, l])
+            deepest = np.where(node >= 0, node, deepest)
+            if (node < 0).all():
+                break
+        out = np.where(deepest[:, None] >= 0, self.node_centroids_[np.maximum(deepest, 0)],
+                       self.root_[None, :]).astype(np.float32)
+        t = self._tables()
+        key = node * t["G"] + arr[:, L - 1]
+        ks = t["mem_key_sorted"]
+        pos = np.minimum(np.searchsorted(ks, key), ks.size - 1)
+        hit = (node >= 0) & (arr[:, L - 1] >= 0) & (ks[pos] == key)
+        out[hit] = self.embeddings_[t["mem_order"][pos[hit]]]
+        return out
+
+    # ------------------------------------------------------------- save/load
+    def _extra_state(self) -> dict[str, Any]:
+        return {"n_features_in": int(self.n_features_in_), "alignment": self.alignment_}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        self.n_features_in_ = int(state.get("n_features_in", self.node_centroids_.shape[1]))
+        self.alignment_ = list(state.get("alignment", []))
+        self._cache = None

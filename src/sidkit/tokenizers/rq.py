@@ -1,0 +1,526 @@
+"""k-means Semantic-ID tokenizers: VQ, RQ-KMeans and hierarchical k-means.
+
+* :class:`VQ` (``"vq"``): one flat k-means codebook.
+* :class:`RQKMeans` (``"rqkmeans"``): residual quantisation with k-means codebooks;
+  level ``l`` is k-means on the residuals ``r_{l-1} = x - sum_{j<l} e_{c_j}``.
+* :class:`HierarchicalKMeans` (``"hkm"``): level ``l`` clusters the items of every
+  level-``l-1`` cluster separately; decode returns the leaf centroid.
+
+All share :mod:`sidkit.tokenizers.kmeans` (chunked GEMM assignment, k-means++,
+faiss-style sampling, empty-cluster repair, balanced mode), never materialise an
+``N x d`` residual matrix for large ``N`` (residual rows are computed chunk by chunk
+from ``X`` and the codes), and resolve collisions with an extra level
+(:mod:`sidkit.tokenizers.collisions`) unless ``resolve_collisions=False``.
+
+Codebook sizes default from the catalogue size (:func:`sizing.default_codebook_sizes`)
+and the sizes actually used are reported in ``Codes.params["codebook_sizes"]`` and
+``fit_stats_``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from ..types import PAD, Codes
+from ..utils import resolve_device, rng as make_rng
+from .base import Tokenizer, register
+from .collisions import CollisionIndex, collision_stats
+from .kmeans import _assign_t, _kmeans_t, as_matrix
+from .sizing import default_codebook_sizes
+
+__all__ = ["VQ", "RQKMeans", "HierarchicalKMeans", "perplexity"]
+
+
+def perplexity(tokens: np.ndarray, k: int) -> float:
+    """``exp(entropy)`` of the token usage (``k`` = all codewords used equally)."""
+    tokens = np.asarray(tokens)
+    tokens = tokens[tokens >= 0]
+    if tokens.size == 0:
+        return 0.0
+    p = np.bincount(tokens, minlength=k).astype(np.float64) / tokens.size
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+class _ResidualView:
+    """Rows of ``X - sum_{l < levels} C_l[codes[:, l]]`` computed on demand.
+
+    Quacks like a 2-D tensor for the k-means core (``shape``, ``device``, ``[rows]``,
+    ``to``), so residuals of a 1M-row catalogue are never stored all at once.
+    """
+
+    def __init__(self, X, codebooks: list, codes):
+        self.X, self.codebooks, self.codes = X, codebooks, codes
+        self.shape = X.shape
+        self.device = X.device
+        self.dtype = X.dtype
+
+    def __getitem__(self, idx):
+        r = self.X[idx]
+        if not self.codebooks:
+            return r
+        r = r.clone() if isinstance(idx, slice) else r
+        dev = self.codebooks[0].device
+        if r.device != dev:
+            r = r.to(dev)
+        ci = idx if isinstance(idx, slice) else idx.to(self.codes.device)
+        for l, C in enumerate(self.codebooks):
+            r -= C[self.codes[ci, l].to(dev)]
+        return r
+
+    def to(self, device):
+        return self[slice(None)].to(device)
+
+
+def _level_stats(codes: np.ndarray, sizes: Sequence[int]) -> dict[str, list]:
+    return {
+        "perplexity": [perplexity(codes[:, l], k) for l, k in enumerate(sizes)],
+        "used_codes": [int(np.unique(codes[:, l][codes[:, l] >= 0]).size) for l in range(len(sizes))],
+    }
+
+
+class _KMeansTokenizer(Tokenizer):
+    """Shared plumbing: sizes, validation, collision level, save/load state."""
+
+    def _resolved_sizes(self, n: int) -> tuple[int, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # subclasses: _fit_base(Xt, sizes, gen, dev) -> (codes (N, L) np, stats dict)
+    #             _encode_base(Xt, dev) -> codes (N, L) np
+    #             _decode_base(codes (N, L) np) -> (N, d) np
+
+    def _device(self):
+        return resolve_device(self.device)
+
+    def fit(self, X: Any, y: Any = None) -> "_KMeansTokenizer":
+        import torch
+
+        t0 = time.perf_counter()
+        dev = self._device()
+        pre = as_matrix(X, min_items=1)
+        sizes = self._resolved_sizes(pre.shape[0])
+        Xt = as_matrix(pre, min_items=max(sizes))
+        gen = make_rng(self.random_state)
+        with torch.no_grad():
+            base, stats = self._fit_base(Xt, sizes, gen, dev)
+        self.codebook_sizes_ = np.asarray(sizes, dtype=np.int64)
+        base_codes = self._make_codes(base)
+        index = CollisionIndex().fit(base_codes)
+        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+        stats.update(_level_stats(base, sizes))
+        stats["codebook_sizes"] = list(sizes)
+        stats["collisions"] = collision_stats(base_codes)
+        stats["fit_seconds"] = time.perf_counter() - t0
+        self.fit_stats_ = stats
+        self._train_codes = self._finish(base_codes, index)
+        return self
+
+    def fit_encode(self, X: Any, y: Any = None) -> Codes:
+        """Fit and return the training codes (for ``balanced=True`` these are the
+        size-constrained assignment; ``encode`` always uses the nearest codeword)."""
+        self.fit(X, y)
+        codes = self._train_codes
+        del self._train_codes
+        return codes
+
+    # ------------------------------------------------------------- codes
+    def _codes_params(self) -> dict[str, Any]:
+        params = self.get_params()
+        sizes = [int(k) for k in self.codebook_sizes_]
+        if "codebook_sizes" in params:
+            params["codebook_sizes"] = sizes
+        if "codebook_size" in params:
+            params["codebook_size"] = sizes[0]
+        params["n_levels"] = len(sizes)
+        return params
+
+    def _make_codes(self, base: np.ndarray) -> Codes:
+        return Codes(base, tuple(int(k) for k in self.codebook_sizes_), method=self.name,
+                     params=self._codes_params(), collision_rule="none")
+
+    def _finish(self, base_codes: Codes, index: CollisionIndex) -> Codes:
+        if not self.resolve_collisions:
+            return base_codes
+        return index.transform(base_codes)
+
+    def _index(self) -> CollisionIndex:
+        return CollisionIndex.from_state(self.collision_rows_, self.collision_counts_)
+
+    def _prepare(self, X: Any):
+        self._check_fitted()
+        Xt = as_matrix(X)
+        d = self._dim()
+        if Xt.shape[1] != d:
+            raise DataError(f"X has dimension {Xt.shape[1]} but the tokenizer was fitted on {d}",
+                            "encode embeddings from the same embedding model")
+        return Xt
+
+    def encode(self, X: Any) -> Codes:
+        """SIDs of the rows of ``X``; with ``resolve_collisions`` the extra level
+        numbers identical base SIDs within this batch (the training set re-encodes to
+        its training codes).  Use :meth:`encode_new` for cold-start items that must
+        not collide with the fitted catalogue."""
+        import torch
+
+        Xt = self._prepare(X)
+        with torch.no_grad():
+            base = self._encode_base(Xt, self._device())
+        return self._finish(self._make_codes(base), self._index())
+
+    def encode_new(self, X: Any) -> Codes:
+        """SIDs for new items: the extra level continues after the items already
+        under each base SID (existing codes never change); the new items are
+        recorded, so repeated calls keep all SIDs distinct."""
+        import torch
+
+        Xt = self._prepare(X)
+        with torch.no_grad():
+            base = self._encode_base(Xt, self._device())
+        base_codes = self._make_codes(base)
+        if not self.resolve_collisions:
+            return base_codes
+        index = self._index()
+        out = index.add(base_codes)
+        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+        return out
+
+    def _base_array(self, codes: Codes | np.ndarray) -> np.ndarray:
+        L = len(self.codebook_sizes_)
+        if isinstance(codes, Codes):
+            arr = codes.codes
+        else:
+            arr = np.atleast_2d(np.asarray(codes, dtype=np.int64))
+        if arr.shape[1] < L:
+            raise DataError(f"codes have {arr.shape[1]} levels but this tokenizer uses {L}",
+                            "decode codes produced by this tokenizer")
+        arr = arr[:, :L]
+        ks = np.asarray(self.codebook_sizes_)[None, :]
+        if ((arr >= ks) | (arr < PAD)).any():
+            raise DataError("codes contain tokens outside the codebooks",
+                            "decode codes produced by this tokenizer")
+        return arr
+
+    def decode(self, codes: Codes | np.ndarray) -> np.ndarray:
+        """Reconstruction from the semantic levels (a collision level is ignored)."""
+        self._check_fitted()
+        return self._decode_base(self._base_array(codes))
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"fit_stats": getattr(self, "fit_stats_", {})}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        self.fit_stats_ = state.get("fit_stats", {})
+
+
+# ============================================================== RQ-KMeans / VQ
+class _ResidualKMeans(_KMeansTokenizer):
+    _state_attrs = ("codebooks_", "codebook_sizes_", "level_mse_", "collision_rows_",
+                    "collision_counts_")
+
+    def _dim(self) -> int:
+        return int(self.codebooks_.shape[2])
+
+    def _fit_base(self, Xt, sizes, gen, dev):
+        import torch
+
+        n, d = Xt.shape
+        L = len(sizes)
+        codes = torch.empty((n, L), dtype=torch.int64, device=dev)
+        Cs: list = []
+        level_mse, n_iters = [], []
+        total = float(torch.linalg.vector_norm(Xt - Xt.mean(0), dim=1).square().mean()) if n <= 200_000 \
+            else None
+        for l, k in enumerate(sizes):
+            view = _ResidualView(Xt, Cs, codes)
+            C, labels, dist, it = _kmeans_t(
+                view, int(k), n_iter=self.n_iter, n_init=getattr(self, "n_init", 1),
+                init="k-means++", max_points_per_centroid=self.max_points_per_centroid,
+                balanced=self.balanced, balance_tolerance=getattr(self, "balance_tolerance", 0.1),
+                gen=gen, dev=dev)
+            codes[:, l] = labels.to(dev)
+            Cs.append(C)
+            level_mse.append(float(dist.mean(dtype=torch.float64)))
+            n_iters.append(it)
+        if total is None:  # variance of X, chunked
+            mean = torch.zeros(d, dtype=torch.float64)
+            for s in range(0, n, 65536):
+                mean += Xt[s:s + 65536].sum(0, dtype=torch.float64)
+            mean = (mean / n).to(torch.float32)
+            acc = 0.0
+            for s in range(0, n, 65536):
+                acc += float(torch.linalg.vector_norm(Xt[s:s + 65536] - mean, dim=1).square().sum(
+                    dtype=torch.float64))
+            total = acc / n
+        kmax = max(sizes)
+        books = np.zeros((L, kmax, d), dtype=np.float32)
+        for l, C in enumerate(Cs):
+            books[l, : C.shape[0]] = C.cpu().numpy()
+        self.codebooks_ = books
+        self.level_mse_ = np.asarray(level_mse, dtype=np.float64)
+        stats = {
+            "level_mse": level_mse,
+            "relative_mse": [m / total if total > 0 else 0.0 for m in level_mse],
+            "total_variance": total,
+            "n_iter": n_iters,
+        }
+        return codes.cpu().numpy(), stats
+
+    def _encode_base(self, Xt, dev):
+        import torch
+
+        L = len(self.codebook_sizes_)
+        Cs = [torch.from_numpy(self.codebooks_[l, : int(k)]).to(dev)
+              for l, k in enumerate(self.codebook_sizes_)]
+        cn = [torch.linalg.vector_norm(C, dim=1).square_() for C in Cs]
+        n = Xt.shape[0]
+        out = torch.empty((n, L), dtype=torch.int64)
+        chunk = 16384
+        for s in range(0, n, chunk):
+            r = Xt[s:s + chunk].to(dev, copy=True)
+            for l, C in enumerate(Cs):
+                lab, _ = _assign_t(r, C, cnorm=cn[l], with_dist=False)
+                out[s:s + chunk, l] = lab.cpu()
+                r -= C[lab]
+        return out.numpy()
+
+    def _decode_base(self, codes: np.ndarray) -> np.ndarray:
+        out = np.zeros((codes.shape[0], self.codebooks_.shape[2]), dtype=np.float32)
+        for l in range(codes.shape[1]):  # loop over levels, not items
+            c = codes[:, l]
+            ok = c >= 0
+            out[ok] += self.codebooks_[l][c[ok]]
+        return out
+
+
+@register
+class RQKMeans(_ResidualKMeans):
+    """Residual k-means (RQ-KMeans): level ``l`` is k-means on level ``l-1``'s residuals.
+
+    Parameters
+    ----------
+    codebook_sizes : int, sequence of ints, or None (chosen from the number of items
+        by :func:`~sidkit.tokenizers.sizing.default_codebook_sizes`).  A sequence
+        fixes the number of levels (it overrides ``n_levels``).
+    n_levels : number of semantic levels when ``codebook_sizes`` is None or an int.
+    n_iter, n_init, max_points_per_centroid : k-means settings per level (faiss-style
+        sampling of at most ``max_points_per_centroid * K`` points; None = all).
+    balanced, balance_tolerance : size-constrained k-means per level.
+    resolve_collisions : append a disambiguation level (TIGER).
+    random_state, device : seed; ``"auto"`` uses CUDA when present.
+
+    Fitted: ``codebooks_`` (L, K_max, d), ``codebook_sizes_``, ``level_mse_`` (mean
+    squared residual after each level), ``fit_stats_`` (relative MSE, perplexity,
+    used codes, collisions per level).
+    """
+
+    name = "rqkmeans"
+
+    def __init__(self, codebook_sizes: int | Sequence[int] | None = None, n_levels: int = 3,
+                 n_iter: int = 20, n_init: int = 1, max_points_per_centroid: int | None = 256,
+                 balanced: bool = False, balance_tolerance: float = 0.1,
+                 resolve_collisions: bool = True, random_state: int | None = 0,
+                 device: str = "auto"):
+        self.codebook_sizes = codebook_sizes
+        self.n_levels = n_levels
+        self.n_iter = n_iter
+        self.n_init = n_init
+        self.max_points_per_centroid = max_points_per_centroid
+        self.balanced = balanced
+        self.balance_tolerance = balance_tolerance
+        self.resolve_collisions = resolve_collisions
+        self.random_state = random_state
+        self.device = device
+
+    def _resolved_sizes(self, n: int) -> tuple[int, ...]:
+        return _sizes_from(self.codebook_sizes, self.n_levels, n)
+
+
+@register
+class VQ(_ResidualKMeans):
+    """One flat k-means codebook (a 1-level RQ-KMeans).
+
+    ``codebook_size=None`` picks ``min(256, N)`` via the sizing rule for one level.
+    """
+
+    name = "vq"
+
+    def __init__(self, codebook_size: int | None = None, n_iter: int = 20, n_init: int = 1,
+                 max_points_per_centroid: int | None = 256, balanced: bool = False,
+                 balance_tolerance: float = 0.1, resolve_collisions: bool = True,
+                 random_state: int | None = 0, device: str = "auto"):
+        self.codebook_size = codebook_size
+        self.n_iter = n_iter
+        self.n_init = n_init
+        self.max_points_per_centroid = max_points_per_centroid
+        self.balanced = balanced
+        self.balance_tolerance = balance_tolerance
+        self.resolve_collisions = resolve_collisions
+        self.random_state = random_state
+        self.device = device
+
+    def _resolved_sizes(self, n: int) -> tuple[int, ...]:
+        return _sizes_from(self.codebook_size, 1, n)
+
+
+def _sizes_from(spec: Any, n_levels: int, n: int) -> tuple[int, ...]:
+    if spec is None:
+        return default_codebook_sizes(n, n_levels)
+    if isinstance(spec, (int, np.integer)):
+        sizes = (int(spec),) * int(n_levels)
+    else:
+        try:
+            sizes = tuple(int(k) for k in spec)
+        except TypeError:
+            raise DataError(f"codebook sizes must be an int, a list of ints or None, got {spec!r}",
+                            "e.g. codebook_sizes=[256, 256, 256]") from None
+    if not sizes or min(sizes) < 1:
+        raise DataError(f"codebook sizes must be positive, got {list(sizes)}",
+                        "use sizes >= 1 (or None to choose them from the catalogue size)")
+    return sizes
+
+
+# ============================================================== hierarchical
+@register
+class HierarchicalKMeans(_KMeansTokenizer):
+    """Hierarchical k-means (HKM): each cluster is split again by its own k-means.
+
+    Level 1 clusters all items into ``K_1``; level ``l`` runs k-means on the items of
+    each level-``l-1`` cluster separately (a parent with fewer than ``K_l`` items gets
+    one child per item).  Token ``t`` at level ``l`` means "child ``t`` of this
+    parent".  Decode returns the centroid of the deepest node on the code path.
+
+    Fitted: ``centroids_`` (M, d) all node centroids, ``child_table_`` (M + 1, K_max)
+    node id of child ``t`` of node ``m`` in row ``m + 1`` (row 0 = root; -1 = none),
+    ``codebook_sizes_``, ``level_mse_``.
+    """
+
+    name = "hkm"
+    _state_attrs = ("centroids_", "child_table_", "codebook_sizes_", "level_mse_",
+                    "collision_rows_", "collision_counts_")
+
+    def __init__(self, codebook_sizes: int | Sequence[int] | None = None, n_levels: int = 3,
+                 n_iter: int = 20, max_points_per_centroid: int | None = 256,
+                 balanced: bool = False, balance_tolerance: float = 0.1,
+                 resolve_collisions: bool = True, random_state: int | None = 0,
+                 device: str = "auto"):
+        self.codebook_sizes = codebook_sizes
+        self.n_levels = n_levels
+        self.n_iter = n_iter
+        self.max_points_per_centroid = max_points_per_centroid
+        self.balanced = balanced
+        self.balance_tolerance = balance_tolerance
+        self.resolve_collisions = resolve_collisions
+        self.random_state = random_state
+        self.device = device
+
+    def _resolved_sizes(self, n: int) -> tuple[int, ...]:
+        return _sizes_from(self.codebook_sizes, self.n_levels, n)
+
+    def _dim(self) -> int:
+        return int(self.centroids_.shape[1])
+
+    def _fit_base(self, Xt, sizes, gen, dev):
+        import torch
+
+        n, d = Xt.shape
+        L = len(sizes)
+        kmax = max(sizes)
+        codes = np.zeros((n, L), dtype=np.int64)
+        cents: list[np.ndarray] = []
+        table: list[np.ndarray] = []  # row per node (+ root), filled level by level
+        root = np.full(kmax, -1, dtype=np.int64)
+        table.append(root)
+        node = np.full(n, -1, dtype=np.int64)  # current node of every item (-1 = root)
+        level_mse = []
+        n_nodes = 0
+        for l, k in enumerate(sizes):
+            new_node = np.empty(n, dtype=np.int64)
+            sq = np.empty(n, dtype=np.float64)
+            order = np.argsort(node, kind="stable")
+            bounds = np.flatnonzero(np.diff(node[order])) + 1
+            groups = np.split(order, bounds)
+            level_cents = []
+            for members in groups:  # loop over parent clusters, not items
+                parent = int(node[members[0]])
+                kk = min(int(k), members.size)
+                Xp = Xt[torch.from_numpy(members)].to(dev)
+                if kk == 1:
+                    C = Xp.mean(0, keepdim=True)
+                    lab = torch.zeros(members.size, dtype=torch.int64, device=dev)
+                    dist = torch.linalg.vector_norm(Xp - C, dim=1).square()
+                elif kk == members.size:
+                    C, lab = Xp.clone(), torch.arange(kk, device=dev)
+                    dist = torch.zeros(kk, device=dev)
+                else:
+                    C, lab, dist, _ = _kmeans_t(
+                        Xp, kk, n_iter=self.n_iter, n_init=1, init="k-means++",
+                        max_points_per_centroid=self.max_points_per_centroid,
+                        balanced=self.balanced, balance_tolerance=self.balance_tolerance,
+                        gen=gen, dev=dev)
+                ids = n_nodes + np.arange(kk)
+                n_nodes += kk
+                level_cents.append(C.cpu().numpy())
+                table[parent + 1][:kk] = ids
+                lab_np = lab.cpu().numpy()
+                codes[members, l] = lab_np
+                new_node[members] = ids[lab_np]
+                sq[members] = dist.cpu().numpy()
+            cents.extend(level_cents)
+            table.extend(np.full(kmax, -1, dtype=np.int64) for _ in range(sum(len(c) for c in level_cents)))
+            node = new_node
+            level_mse.append(float(sq.mean()))
+        self.centroids_ = np.concatenate(cents).astype(np.float32)
+        self.child_table_ = np.stack(table)
+        self.level_mse_ = np.asarray(level_mse)
+        total = float(torch.linalg.vector_norm(Xt - Xt.mean(0), dim=1).square().mean())
+        stats = {"level_mse": level_mse,
+                 "relative_mse": [m / total if total > 0 else 0.0 for m in level_mse],
+                 "total_variance": total, "n_nodes": int(n_nodes)}
+        return codes, stats
+
+    def _encode_base(self, Xt, dev):
+        import torch
+
+        L = len(self.codebook_sizes_)
+        cents = torch.from_numpy(self.centroids_).to(dev)
+        table = torch.from_numpy(self.child_table_).to(dev)
+        n, d = Xt.shape
+        kmax = table.shape[1]
+        out = torch.empty((n, L), dtype=torch.int64)
+        chunk = max(1, (1 << 22) // max(kmax * d, 1))
+        for s in range(0, n, chunk):
+            x = Xt[s:s + chunk].to(dev)
+            row = torch.zeros(x.shape[0], dtype=torch.int64, device=dev)
+            for l in range(L):
+                kids = table[row]  # (c, kmax)
+                C = cents[kids.clamp(min=0)]  # (c, kmax, d)
+                dist = (C - x[:, None, :]).square_().sum(-1)
+                dist[kids < 0] = float("inf")
+                tok = dist.argmin(1)
+                out[s:s + x.shape[0], l] = tok.cpu()
+                row = kids.gather(1, tok[:, None]).squeeze(1) + 1
+        return out.numpy()
+
+    def _decode_base(self, codes: np.ndarray) -> np.ndarray:
+        n = codes.shape[0]
+        row = np.zeros(n, dtype=np.int64)  # child-table row of the current node (0 = root)
+        last = np.full(n, -1, dtype=np.int64)  # deepest valid node on the path
+        alive = np.ones(n, dtype=bool)
+        for l in range(codes.shape[1]):  # loop over levels, not items
+            c = codes[:, l]
+            ok = alive & (c >= 0)
+            nxt = np.full(n, -1, dtype=np.int64)
+            nxt[ok] = self.child_table_[row[ok], c[ok]]
+            good = nxt >= 0
+            last = np.where(good, nxt, last)
+            row = np.where(good, nxt + 1, row)
+            alive = good
+        out = np.zeros((n, self.centroids_.shape[1]), dtype=np.float32)
+        has = last >= 0
+        out[has] = self.centroids_[last[has]]
+        return out

@@ -1,0 +1,499 @@
+"""RQ-VAE (TIGER): an MLP auto-encoder whose latent is residually quantized.
+
+Recipe (SPEC 4.6, Rajput et al. 2023): encoder ``d -> 512 -> 256 -> 128 -> 32``
+(hidden sizes configurable), a symmetric decoder, ``L`` codebooks initialised by
+k-means on the first batch's latents/residuals, the straight-through estimator, and
+
+    loss = ||x - x_hat||^2 + sum_l ( ||sg[r_l] - e_l||^2 + beta ||r_l - sg[e_l]||^2 )
+
+with ``beta = 0.25``.  Codewords that no item used during an epoch are re-initialised
+to random residuals of that level ("dead-code reset").  Training uses AdamW with early
+stopping on the reconstruction loss.
+
+The network is stored as one flat float32 vector (``weights_``, the concatenated
+parameters in ``nn.Module.parameters()`` order) plus the concatenated codebooks
+(``codebooks_``), so ``save``/``load`` go through safetensors without pickle.
+
+This module also holds the small MLP helpers that :mod:`sidkit.tokenizers.drq` reuses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from ..types import PAD, Codes
+from ..utils import progress, resolve_device, torch_generator
+from .base import Tokenizer, check_embeddings, register
+
+__all__ = ["RQVAE", "AutoEncoder", "flatten_params", "load_flat_params"]
+
+
+# --------------------------------------------------------------------- MLP helpers
+def _mlp(dims: Sequence[int]):
+    import torch.nn as nn
+
+    layers: list[Any] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(int(dims[i]), int(dims[i + 1])))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _make_autoencoder_class():
+    import torch.nn as nn
+
+    class _AE(nn.Module):
+        """MLP encoder ``d -> hidden... -> latent`` and the mirrored decoder."""
+
+        def __init__(self, n_features: int, hidden_sizes: Sequence[int], latent_dim: int):
+            super().__init__()
+            dims = [int(n_features), *[int(h) for h in hidden_sizes], int(latent_dim)]
+            self.encoder = _mlp(dims)
+            self.decoder = _mlp(dims[::-1])
+
+        def forward(self, x):  # pragma: no cover - convenience
+            return self.decoder(self.encoder(x))
+
+    return _AE
+
+
+_AE_CLASS = None
+
+
+def AutoEncoder(n_features: int, hidden_sizes: Sequence[int], latent_dim: int):
+    """An ``nn.Module`` with ``.encoder`` and ``.decoder`` MLPs (ReLU between layers)."""
+    global _AE_CLASS
+    if _AE_CLASS is None:
+        _AE_CLASS = _make_autoencoder_class()
+    return _AE_CLASS(n_features, hidden_sizes, latent_dim)
+
+
+def init_params_(module, generator) -> None:
+    """Re-initialise every ``nn.Linear`` like PyTorch's default, from ``generator``.
+
+    Going through an explicit generator keeps fitting deterministic under
+    ``random_state`` without touching torch's global RNG.
+    """
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+            bound = 1.0 / math.sqrt(m.in_features) if m.in_features > 0 else 0.0
+            nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+
+
+def flatten_params(module) -> np.ndarray:
+    """All parameters of ``module`` as one float32 numpy vector."""
+    from torch.nn.utils import parameters_to_vector
+
+    return parameters_to_vector(module.parameters()).detach().cpu().numpy().astype(np.float32)
+
+
+def load_flat_params(module, flat: np.ndarray) -> None:
+    """Inverse of :func:`flatten_params` (raises DataError on a size mismatch)."""
+    import torch
+    from torch.nn.utils import vector_to_parameters
+
+    n = sum(p.numel() for p in module.parameters())
+    flat = np.asarray(flat, dtype=np.float32).reshape(-1)
+    if flat.size != n:
+        raise DataError(
+            f"stored weights have {flat.size} values but the network needs {n}",
+            "load the tokenizer with the parameters it was saved with",
+        )
+    dev = next(module.parameters()).device
+    vector_to_parameters(torch.from_numpy(flat.copy()).to(dev), module.parameters())
+
+
+def _check_sizes(sizes: Sequence[int], n_levels: int | None = None) -> tuple[int, ...]:
+    try:
+        out = tuple(int(k) for k in sizes)
+    except (TypeError, ValueError):
+        raise DataError(f"codebook_sizes must be a list of integers, got {sizes!r}",
+                        "pass e.g. codebook_sizes=[256, 256, 256]") from None
+    if not out or min(out) < 1:
+        raise DataError(f"codebook_sizes must be positive integers, got {list(out)}",
+                        "pass e.g. codebook_sizes=[256, 256, 256]")
+    if n_levels is not None and len(out) != n_levels:
+        raise DataError(f"codebook_sizes has {len(out)} entries but n_levels={n_levels}",
+                        "give one size per level or leave n_levels at its default")
+    return out
+
+
+def _check_positive(name: str, value: Any, *, integer: bool = True, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    if ok and not isinstance(value, bool):
+        if value > 0 or (allow_zero and value == 0):
+            return
+    raise DataError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} "
+                    f"{'integer' if integer else 'number'}, got {value!r}")
+
+
+def codes_array(codes: Codes | np.ndarray, n_levels: int) -> np.ndarray:
+    """The first ``n_levels`` token columns of ``codes`` as int64 (PAD = -1 kept)."""
+    arr = codes.codes if isinstance(codes, Codes) else np.asarray(codes)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"codes must be a 2-D integer array, got shape {arr.shape} dtype {arr.dtype}",
+                        "pass the Codes returned by encode()")
+    if arr.shape[1] < n_levels:
+        raise DataError(f"codes have {arr.shape[1]} levels but this tokenizer has {n_levels}",
+                        "pass codes made by this tokenizer")
+    return arr[:, :n_levels].astype(np.int64, copy=False)
+
+
+def level_usage(codes: np.ndarray, sizes: Sequence[int]) -> list[dict[str, float]]:
+    """Per level: codes used, fraction used and perplexity of the token distribution."""
+    out = []
+    for l, k in enumerate(sizes):
+        col = codes[:, l]
+        col = col[col >= 0]
+        cnt = np.bincount(col, minlength=int(k)).astype(np.float64)
+        p = cnt[cnt > 0] / max(cnt.sum(), 1.0)
+        ppl = float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0
+        used = int((cnt > 0).sum())
+        out.append({"level": l, "size": int(k), "used": used,
+                    "usage": used / float(k), "perplexity": ppl})
+    return out
+
+
+# --------------------------------------------------------------------- tokenizer
+@register
+class RQVAE(Tokenizer):
+    """Residual-quantized VAE (TIGER recipe).
+
+    Parameters
+    ----------
+    codebook_sizes : per-level codebook sizes; ``None`` = ``default_codebook_sizes(N, n_levels)``
+        chosen at fit time (see ``codebook_sizes_``).
+    n_levels : number of levels when ``codebook_sizes`` is None (default 3).
+    hidden_sizes, latent_dim : encoder MLP ``d -> hidden... -> latent_dim``; the decoder mirrors it.
+    beta : commitment weight (0.25).
+    epochs, batch_size, lr, weight_decay : AdamW training.
+    patience, tol : stop when the epoch reconstruction loss has not improved by a relative
+        ``tol`` for ``patience`` epochs (``patience=0`` disables early stopping).
+    kmeans_init : initialise each codebook by k-means on the first batch's residuals.
+    dead_code_reset : re-initialise codewords unused during an epoch to random residuals.
+    resolve_collisions : append a disambiguation level (TIGER) so SIDs are unique
+        (``collision_rule="extra_level"``); the extra token numbers the items sharing a
+        SID among the items passed to ``encode`` (so re-encoding the training catalogue
+        gives the fit-time codes); its codebook size is at least the largest training
+        group (``collision_counts_``).
+    random_state, device, verbose : seed, ``"auto"``/``"cpu"``/``"cuda"``, progress bar.
+
+    Fitted attributes
+    -----------------
+    weights_ (flat network parameters), codebooks_ (sum K_l, latent_dim),
+    codebook_sizes_, history_ (one dict per epoch), usage_ (per-level usage on the
+    training items), collision_rows_/collision_counts_ (distinct training SIDs and their
+    item counts), n_features_in_, n_epochs_.
+    """
+
+    name = "rqvae"
+    _state_attrs = ("weights_", "codebooks_", "codebook_sizes_", "collision_rows_",
+                    "collision_counts_")
+
+    def __init__(
+        self,
+        codebook_sizes: Sequence[int] | None = None,
+        n_levels: int = 3,
+        hidden_sizes: Sequence[int] = (512, 256, 128),
+        latent_dim: int = 32,
+        beta: float = 0.25,
+        epochs: int = 100,
+        batch_size: int = 1024,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        patience: int = 10,
+        tol: float = 1e-4,
+        kmeans_init: bool = True,
+        dead_code_reset: bool = True,
+        resolve_collisions: bool = True,
+        random_state: int | None = 0,
+        device: str = "auto",
+        verbose: bool = False,
+    ):
+        self.codebook_sizes = codebook_sizes
+        self.n_levels = n_levels
+        self.hidden_sizes = hidden_sizes
+        self.latent_dim = latent_dim
+        self.beta = beta
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.tol = tol
+        self.kmeans_init = kmeans_init
+        self.dead_code_reset = dead_code_reset
+        self.resolve_collisions = resolve_collisions
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ---------------------------------------------------------------- helpers
+    def _validate_params(self) -> None:
+        _check_positive("n_levels", self.n_levels)
+        _check_positive("latent_dim", self.latent_dim)
+        _check_positive("epochs", self.epochs)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("lr", self.lr, integer=False)
+        _check_positive("beta", self.beta, integer=False, allow_zero=True)
+        _check_positive("weight_decay", self.weight_decay, integer=False, allow_zero=True)
+        _check_positive("patience", self.patience, allow_zero=True)
+        for h in self.hidden_sizes:
+            _check_positive("hidden_sizes entries", h)
+        if self.codebook_sizes is not None:
+            _check_sizes(self.codebook_sizes)
+
+    def _resolve_sizes(self, n_items: int) -> tuple[int, ...]:
+        if self.codebook_sizes is not None:
+            return _check_sizes(self.codebook_sizes)
+        from .sizing import default_codebook_sizes
+
+        return _check_sizes(default_codebook_sizes(n_items, int(self.n_levels)))
+
+    def _build(self, n_features: int, sizes: Sequence[int], device):
+        import torch
+        import torch.nn as nn
+
+        ae = AutoEncoder(n_features, self.hidden_sizes, self.latent_dim)
+        model = nn.Module()
+        model.ae = ae
+        model.codebooks = nn.ParameterList(
+            [nn.Parameter(torch.zeros(int(k), int(self.latent_dim))) for k in sizes])
+        return model.to(device)
+
+    def _model(self):
+        """The torch model rebuilt from the fitted arrays (cached; CPU unless fitted on GPU)."""
+        self._check_fitted()
+        cached = getattr(self, "_torch_model", None)
+        if cached is not None and cached[0] is self.weights_:
+            return cached[1]
+        import torch
+
+        dev = resolve_device(self.device)
+        sizes = [int(k) for k in self.codebook_sizes_]
+        model = self._build(int(self.n_features_in_), sizes, dev)
+        load_flat_params(model.ae, self.weights_)
+        offs = np.concatenate([[0], np.cumsum(sizes)])
+        with torch.no_grad():
+            for l, C in enumerate(model.codebooks):
+                C.copy_(torch.from_numpy(np.asarray(self.codebooks_[offs[l]:offs[l + 1]], np.float32)))
+        model.eval()
+        self._torch_model = (self.weights_, model)
+        return model
+
+    @staticmethod
+    def _quantize(z, codebooks, beta: float):
+        """Residual quantization of latents ``z``; returns codes, z_q (ST), vq loss, residuals."""
+        import torch
+
+        r = z
+        total = torch.zeros_like(z)
+        loss = z.new_zeros(())
+        codes, residuals = [], []
+        for C in codebooks:
+            rd = r.detach()
+            d2 = (rd * rd).sum(1, keepdim=True) - 2.0 * rd @ C.detach().T + (C.detach() ** 2).sum(1)[None, :]
+            c = d2.argmin(1)
+            e = C[c]
+            loss = loss + ((rd - e) ** 2).mean() + beta * ((r - e.detach()) ** 2).mean()
+            codes.append(c)
+            residuals.append(rd)
+            total = total + e.detach()
+            r = r - e.detach()
+        z_q = z + (total - z).detach()  # straight-through estimator
+        return torch.stack(codes, 1), z_q, loss, residuals
+
+    # ---------------------------------------------------------------- fitting
+    def fit(self, X: Any, y: Any = None) -> "RQVAE":
+        import torch
+
+        from .kmeans import kmeans
+
+        self._validate_params()
+        X = check_embeddings(X, min_items=2)
+        sizes = self._resolve_sizes(X.shape[0])
+        n, d = X.shape
+        if n < max(sizes):
+            raise DataError(f"X has {n} items but the largest codebook has {max(sizes)} codewords",
+                            "use smaller codebook_sizes (or None for sizes chosen from N) "
+                            "or more items")
+        dev = resolve_device(self.device)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        gen = torch_generator(self.random_state)
+        model = self._build(d, sizes, "cpu")
+        init_params_(model.ae, gen)
+        with torch.no_grad():  # a sane start when k-means init is off
+            for C in model.codebooks:
+                C.copy_(torch.randn(C.shape, generator=gen) * 0.1)
+        model = model.to(dev)
+        Xt = torch.from_numpy(X).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=float(self.lr),
+                                weight_decay=float(self.weight_decay))
+        bs = int(min(self.batch_size, n))
+        L = len(sizes)
+        history: list[dict[str, Any]] = []
+        best, since_best = math.inf, 0
+        initialised = not self.kmeans_init
+        epochs = progress(range(int(self.epochs)), desc="rqvae", total=int(self.epochs),
+                          enabled=None if self.verbose else False)
+        for epoch in epochs:
+            perm = torch.randperm(n, generator=gen).to(dev)
+            if not initialised:
+                # k-means on the first batch (enlarged to >= 4 K_max items if it is smaller)
+                m = int(min(n, max(bs, 4 * max(sizes))))
+                with torch.no_grad():
+                    r = model.ae.encoder(Xt[perm[:m]])
+                    for l, C in enumerate(model.codebooks):
+                        res = kmeans(r.cpu().numpy(), int(sizes[l]), n_iter=10,
+                                     random_state=seed + 7919 * (l + 1), device="cpu")
+                        cent = torch.from_numpy(np.asarray(res.centroids, np.float32)).to(dev)
+                        C.copy_(cent)
+                        r = r - cent[torch.from_numpy(np.asarray(res.labels)).to(dev)]
+                initialised = True
+            counts = [torch.zeros(int(k), dtype=torch.long, device=dev) for k in sizes]
+            acc = torch.zeros(3, dtype=torch.float64, device=dev)
+            last_res = None
+            model.train()
+            for start in range(0, n, bs):
+                idx = perm[start:start + bs]
+                xb = Xt[idx]
+                z = model.ae.encoder(xb)
+                codes, z_q, vq, residuals = self._quantize(z, model.codebooks, float(self.beta))
+                recon = ((model.ae.decoder(z_q) - xb) ** 2).mean()
+                loss = recon + vq
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                w = idx.numel()
+                acc += torch.stack([loss.detach(), recon.detach(), vq.detach()]).double() * w
+                for l in range(L):
+                    counts[l] += torch.bincount(codes[:, l], minlength=int(sizes[l]))
+                last_res = residuals
+            sums = acc.cpu().numpy() / n
+            used = [int((c > 0).sum()) for c in counts]
+            n_reset = 0
+            if self.dead_code_reset and last_res is not None:
+                with torch.no_grad():
+                    for l, C in enumerate(model.codebooks):
+                        dead = torch.nonzero(counts[l] == 0).reshape(-1)
+                        if dead.numel() == 0:
+                            continue
+                        pool = last_res[l]
+                        pick = torch.randint(pool.shape[0], (dead.numel(),), generator=gen).to(dev)
+                        noise = torch.randn((dead.numel(), C.shape[1]), generator=gen).to(dev)
+                        scale = pool.std(0, keepdim=True).clamp_min(1e-6) * 0.01
+                        C[dead] = pool[pick] + noise * scale
+                        n_reset += int(dead.numel())
+            history.append({"epoch": epoch, "loss": float(sums[0]), "recon": float(sums[1]),
+                            "vq": float(sums[2]), "used": used, "dead_reset": n_reset})
+            if sums[1] < best * (1.0 - float(self.tol)):
+                best, since_best = float(sums[1]), 0
+            else:
+                since_best += 1
+                if self.patience and since_best >= int(self.patience):
+                    break
+        model.eval()
+        self.n_features_in_ = int(d)
+        self.weights_ = flatten_params(model.ae)
+        self.codebooks_ = np.concatenate(
+            [C.detach().cpu().numpy().astype(np.float32) for C in model.codebooks], 0)
+        self.codebook_sizes_ = np.asarray(sizes, dtype=np.int64)
+        self.history_ = history
+        self.n_epochs_ = len(history)
+        self._torch_model = None
+        self.collision_rows_ = np.zeros((0, L), np.int64)
+        self.collision_counts_ = np.zeros(0, np.int64)
+        train_codes = self._encode_array(X)
+        self.usage_ = level_usage(train_codes, sizes)
+        from .collisions import CollisionIndex
+
+        index = CollisionIndex().fit(Codes(train_codes, sizes))
+        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+        return self
+
+    # --------------------------------------------------------------- encoding
+    def _encode_array(self, X: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        import torch
+
+        model = self._model()
+        dev = next(model.parameters()).device
+        out = np.empty((X.shape[0], len(self.codebook_sizes_)), dtype=np.int64)
+        with torch.inference_mode():
+            for s in range(0, X.shape[0], chunk):
+                z = model.ae.encoder(torch.from_numpy(X[s:s + chunk]).to(dev))
+                c, _, _, _ = self._quantize(z, model.codebooks, 0.0)
+                out[s:s + chunk] = c.cpu().numpy()
+        return out
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        X = check_embeddings(X)
+        if X.shape[1] != int(self.n_features_in_):
+            raise DataError(f"X has {X.shape[1]} features but the tokenizer was fitted on "
+                            f"{int(self.n_features_in_)}", "embed the items with the same model")
+        return X
+
+    def encode(self, X: Any) -> Codes:
+        X = self._check_X(X)
+        sizes = tuple(int(k) for k in self.codebook_sizes_)
+        codes = Codes(self._encode_array(X), sizes, method=self.name,
+                      params=self.get_params(), collision_rule="none")
+        if self.resolve_collisions:
+            from .collisions import CollisionIndex
+
+            index = CollisionIndex.from_state(self.collision_rows_, self.collision_counts_)
+            codes = index.transform(codes)
+        return codes
+
+    def latent(self, X: Any) -> np.ndarray:
+        """The continuous encoder output (before quantization)."""
+        import torch
+
+        X = self._check_X(X)
+        model = self._model()
+        dev = next(model.parameters()).device
+        with torch.inference_mode():
+            return model.ae.encoder(torch.from_numpy(X).to(dev)).cpu().numpy()
+
+    def decode(self, codes: Codes | np.ndarray) -> np.ndarray:
+        """Sum of the codewords of each SID (PAD levels add nothing) -> decoder."""
+        import torch
+
+        model = self._model()
+        sizes = [int(k) for k in self.codebook_sizes_]
+        arr = codes_array(codes, len(sizes))
+        for l, k in enumerate(sizes):
+            bad = (arr[:, l] >= k) | (arr[:, l] < PAD)
+            if bad.any():
+                raise DataError(f"token {int(arr[bad, l][0])} at level {l} is outside 0..{k - 1}",
+                                "pass codes made by this tokenizer")
+        dev = next(model.parameters()).device
+        with torch.inference_mode():
+            t = torch.from_numpy(arr).to(dev)
+            z = torch.zeros((arr.shape[0], int(self.latent_dim)), device=dev)
+            for l, C in enumerate(model.codebooks):
+                tok = t[:, l]
+                z = z + torch.where((tok >= 0)[:, None], C[tok.clamp_min(0)], torch.zeros_like(z))
+            return model.ae.decoder(z).cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------- save/load
+    def _extra_state(self) -> dict[str, Any]:
+        return {"n_features_in": int(self.n_features_in_), "history": self.history_,
+                "usage": self.usage_, "n_epochs": int(self.n_epochs_)}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        self.n_features_in_ = int(state["n_features_in"])
+        self.history_ = list(state.get("history", []))
+        self.usage_ = list(state.get("usage", []))
+        self.n_epochs_ = int(state.get("n_epochs", len(self.history_)))
+        self._torch_model = None

@@ -1,0 +1,384 @@
+"""Exact small-case tests of sidkit.diagnostics (formulas: docs/diagnostics.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sidkit.diagnostics import (
+    analytic_overlap,
+    auc_ties_half,
+    bhattacharyya_kernel,
+    collisions,
+    compare_codes,
+    data_codewords,
+    detect_hourglass,
+    diagnose,
+    effective_capacity,
+    entropy_bits,
+    expected_overlap,
+    fidelity,
+    gini,
+    overlap_from_confusion,
+    overlap_from_labels,
+    perturbation_overlap,
+    prefix_structure,
+    shared_prefix_length,
+    sid_overlap,
+    soft_matching,
+    top_share,
+    usage,
+    usage_stats,
+)
+from sidkit.errors import DataError
+from sidkit.types import Codes
+
+
+class TinyRQ:
+    """Stand-in residual quantizer (numpy, nearest codeword per level) with codebooks_."""
+
+    def __init__(self, codebooks):
+        self.codebooks_ = np.asarray(codebooks, dtype=np.float64)  # (L, K, d)
+
+    @classmethod
+    def fit(cls, X, K=8, L=2, iters=10, seed=0):
+        g = np.random.default_rng(seed)
+        R = np.asarray(X, dtype=np.float64).copy()
+        cbs = []
+        for _ in range(L):
+            C = R[g.choice(len(R), K, replace=False)].copy()
+            for _ in range(iters):
+                a = ((R[:, None, :] - C[None]) ** 2).sum(-1).argmin(1)
+                for k in range(K):
+                    if (a == k).any():
+                        C[k] = R[a == k].mean(0)
+            a = ((R[:, None, :] - C[None]) ** 2).sum(-1).argmin(1)
+            R = R - C[a]
+            cbs.append(C)
+        return cls(np.stack(cbs))
+
+    def encode(self, X):
+        R = np.asarray(X, dtype=np.float64).copy()
+        out = []
+        for C in self.codebooks_:
+            d2 = (R * R).sum(1)[:, None] + (C * C).sum(1)[None] - 2 * R @ C.T
+            a = d2.argmin(1)
+            out.append(a)
+            R = R - C[a]
+        L, K, _ = self.codebooks_.shape
+        return Codes(np.stack(out, 1), (K,) * L, method="tiny_rq")
+
+    def decode(self, codes):
+        c = codes.codes if isinstance(codes, Codes) else np.asarray(codes)
+        return sum(self.codebooks_[l][c[:, l]] for l in range(c.shape[1]))
+
+
+def C(arr, sizes, **kw):
+    return Codes(np.asarray(arr, dtype=np.int64), tuple(sizes), **kw)
+
+
+# ------------------------------------------------------------------ usage
+def test_uniform_usage_entropy_gini():
+    K = 8
+    codes = C(np.repeat(np.arange(K), 5)[:, None], [K])
+    u = usage(codes)[0]
+    assert u["entropy_bits"] == pytest.approx(math.log2(K))
+    assert u["norm_entropy"] == pytest.approx(1.0)
+    assert u["perplexity"] == pytest.approx(K)
+    assert u["gini"] == pytest.approx(0.0)
+    assert u["std_counts"] == pytest.approx(0.0)
+    assert u["used"] == K and u["counts"] == [5] * K
+    assert u["inverse_simpson"] == pytest.approx(K)
+    assert u["top1pct_share"] == pytest.approx(1 / K)
+
+
+def test_single_code_gini_and_entropy():
+    K = 10
+    codes = C(np.full((7, 1), 3), [K])
+    u = usage(codes)[0]
+    assert u["gini"] == pytest.approx((K - 1) / K)
+    assert u["entropy_bits"] == 0.0 and u["perplexity"] == 1.0 and u["used"] == 1
+    assert u["top1pct_share"] == 1.0
+    assert u["std_counts"] == pytest.approx(np.std([7] + [0] * 9))
+
+
+def test_small_stats():
+    assert gini([1, 3]) == pytest.approx(0.25)  # (2*1-3)*1+(2*2-3)*3 = 2 ; 2/(2*4)
+    assert entropy_bits([1, 1, 2]) == pytest.approx(1.5)
+    assert top_share(np.arange(200), 0.01) == pytest.approx((199 + 198) / np.arange(200).sum())
+    s = usage_stats(np.zeros(4, dtype=int))
+    assert s["entropy_bits"] == 0 and s["gini"] == 0
+
+
+# ----------------------------------------------------------------- prefix
+def test_conditional_entropy_fanout_sparsity():
+    # level 1: parents 0 (4 items) and 1 (4 items); level 2: parent 0 -> {0,1} uniform,
+    # parent 1 -> always 2.  H(c2|c1) = 0.5*1 + 0.5*0 = 0.5 bits.
+    arr = [[0, 0], [0, 1], [0, 0], [0, 1], [1, 2], [1, 2], [1, 2], [1, 2]]
+    p = prefix_structure(C(arr, [2, 4]))
+    assert p[0]["cond_entropy_bits"] == pytest.approx(1.0)
+    assert p[1]["cond_entropy_bits"] == pytest.approx(0.5)
+    assert p[1]["norm_cond_entropy"] == pytest.approx(0.25)
+    assert (p[1]["children_mean"], p[1]["children_min"], p[1]["children_max"]) == (1.5, 1, 2)
+    assert p[1]["children_hist"] == [0, 1, 1]
+    assert p[0]["n_parents"] == 1 and p[0]["children_mean"] == 2
+    # depth 1: 2 prefixes of min(8, 2) -> 0; depth 2: 3 of min(8, 8) -> 5/8
+    assert p[0]["path_sparsity"] == pytest.approx(0.0)
+    assert p[1]["n_prefixes"] == 3
+    assert p[1]["path_sparsity"] == pytest.approx(1 - 3 / 8)
+
+
+def test_collisions():
+    arr = [[0, 0], [0, 0], [0, 0], [1, 1], [1, 1], [2, 0]]
+    c = collisions(C(arr, [3, 2]))
+    assert c["n_unique"] == 3
+    assert c["rate"] == pytest.approx(3 / 6)
+    assert c["share_in_collision"] == pytest.approx(5 / 6)
+    assert c["largest_group"] == 3 and c["n_groups"] == 2
+    assert collisions(C([[0], [1]], [2]))["rate"] == 0
+
+
+def test_variable_length_prefix_and_lcp():
+    codes = C([[0, 1, 2], [0, 1, -1], [0, 2, 2]], [3, 3, 3], lengths=[3, 2, 3])
+    assert shared_prefix_length(codes, [0, 0, 1], [1, 2, 1]).tolist() == [2, 1, 2]
+    u = usage(codes)
+    assert u[2]["n"] == 2  # the short SID does not count at level 3
+
+
+def test_auc_and_soft_matching():
+    assert auc_ties_half([2, 1], [1, 0]) == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+    assert auc_ties_half([1], [1]) == 0.5
+    arr = [[0, 0], [0, 1], [1, 0], [1, 1]]
+    codes = C(arr, [2, 2])
+    pairs = np.array([[0, 1], [2, 3]])        # shared prefix 1, 1
+    neg = np.array([[0, 2], [1, 3], [0, 1]])  # 0, 0, 1
+    sm = soft_matching(codes, pairs, neg)
+    assert sm["mean_shared_prefix_pairs"] == 1.0
+    assert sm["mean_shared_prefix_random"] == pytest.approx(1 / 3)
+    assert sm["auc"] == pytest.approx((1 + 1 + 0.5) * 2 / 6)
+    assert sm["hist_pairs"] == [0, 2, 0]
+    with pytest.raises(DataError):
+        soft_matching(codes, np.array([[0, 9]]))
+    rnd = soft_matching(codes, pairs)  # default random negatives
+    assert rnd["n_random"] == 2
+
+
+# ---------------------------------------------------------------- overlap
+def test_keff_uniform_far_apart_is_K():
+    K = 4
+    E = np.eye(K) * 100.0
+    assert effective_capacity(np.ones(K), E, sigma=1.0) == pytest.approx(K)
+    assert expected_overlap(np.ones(K), E, sigma=0.0) == pytest.approx(1 / K)
+
+
+def test_identical_codewords_halve_keff():
+    E = np.zeros((2, 3))
+    assert effective_capacity([1, 1], E, sigma=1.0) == pytest.approx(1.0)
+    assert effective_capacity([1, 1], E, sigma=0.0) == pytest.approx(1.0)
+    E4 = np.array([[0, 0], [0, 0], [50, 0], [50, 0]], dtype=float)  # two identical pairs
+    assert effective_capacity(np.ones(4), E4, sigma=1.0) == pytest.approx(2.0)
+
+
+def test_kernel_value():
+    E = np.array([[0.0, 0.0], [2.0, 0.0]])
+    k = bhattacharyya_kernel(E, 1.0)
+    assert k[0, 1] == pytest.approx(math.exp(-4 / 8))
+    pi = np.array([0.25, 0.75])
+    o = 0.25**2 + 0.75**2 + 2 * 0.25 * 0.75 * math.exp(-0.5)
+    assert expected_overlap(pi, E, 1.0) == pytest.approx(o)
+
+
+def test_known_confusion_matrix():
+    Cm = np.array([[0.8, 0.2, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5]])
+    pi = np.array([0.5, 0.25, 0.25])
+    r = overlap_from_confusion(Cm, pi)
+    col = pi @ np.sqrt(Cm)
+    assert r["O_emp"] == pytest.approx(float(col @ col))
+    # by hand: col = [.5*sqrt(.8), .5*sqrt(.2)+.25+.25*sqrt(.5), .25*sqrt(.5)]
+    c0, c1, c2 = 0.5 * math.sqrt(0.8), 0.5 * math.sqrt(0.2) + 0.25 + 0.25 * math.sqrt(0.5), 0.25 * math.sqrt(0.5)
+    assert r["O_emp"] == pytest.approx(c0**2 + c1**2 + c2**2)
+    # pi^T C pi: pi'=[.4,.475,.125]; . pi = .2+.11875+.03125
+    assert r["O_confusion"] == pytest.approx(0.35)
+    # identity confusion -> inverse Simpson
+    r = overlap_from_confusion(np.eye(3), pi)
+    assert r["K_eff_emp"] == pytest.approx(1 / (pi**2).sum())
+    assert r["K_eff_confusion"] == pytest.approx(1 / (pi**2).sum())
+    # the label-based estimator reproduces the same matrix from samples
+    a = np.array([0] * 10 + [1] * 5 + [2] * 5)
+    b = np.array([0] * 8 + [1] * 2 + [1] * 5 + [1] * 2 + [2] * 3)
+    b[15:20] = [1, 1, 2, 2, 2]
+    Ce = np.array([[0.8, 0.2, 0], [0, 1, 0], [0, 0.4, 0.6]])
+    assert overlap_from_labels(a, b)["O_emp"] == pytest.approx(overlap_from_confusion(Ce, pi)["O_emp"])
+    assert overlap_from_labels(a, b)["O_confusion"] == pytest.approx(
+        overlap_from_confusion(Ce, pi)["O_confusion"])
+
+
+def test_sid_overlap_exact_and_sampled():
+    # 2 levels, K=2: codewords far apart -> O = sum pi_a^2 over distinct SIDs
+    arr = np.array([[0, 0], [0, 1], [1, 0], [1, 1]] * 25)
+    codes = C(arr, [2, 2])
+    cw = [np.array([[0.0], [100.0]]), np.array([[0.0], [100.0]])]
+    r = sid_overlap(codes, cw, [1.0])
+    assert r["exact"] and r["K_eff"][0] == pytest.approx(4.0)
+    # identical level-2 codewords -> SIDs (a,0) and (a,1) merge -> K_eff = 2
+    cw2 = [cw[0], np.zeros((2, 1))]
+    assert sid_overlap(codes, cw2, [1.0])["K_eff"][0] == pytest.approx(2.0)
+    # sampled estimator is unbiased-ish: all 100 items sampled -> exact value
+    rs = sid_overlap(codes, cw, [1.0], max_exact=1, n_sample=100)
+    assert not rs["exact"] and rs["K_eff"][0] == pytest.approx(4.0)
+
+
+def test_analytic_overlap_scale_zero_is_simpson():
+    arr = np.array([[0], [0], [0], [1]])
+    codes = C(arr, [3])
+    ov = analytic_overlap(codes, [np.array([[0.0], [1.0], [5.0]])], rms=1.0, scales=(0.0, 1e3))
+    assert ov["levels"][0]["K_eff"][0] == pytest.approx(1 / (0.75**2 + 0.25**2))
+    assert ov["levels"][0]["K_eff"][1] == pytest.approx(1.0, rel=1e-4)  # huge noise -> 1 code
+
+
+# --------------------------------------------------------- tokenizer-based
+@pytest.fixture(scope="module")
+def blobs():
+    g = np.random.default_rng(0)
+    centers = g.normal(size=(6, 5)) * 5
+    X = centers[g.integers(0, 6, 600)] + g.normal(size=(600, 5)) * 0.5
+    return X.astype(np.float32)
+
+
+def test_fidelity_with_codebooks(blobs):
+    tok = TinyRQ.fit(blobs, K=6, L=2)
+    codes = tok.encode(blobs)
+    f = fidelity(codes, blobs, tok)
+    assert f["source"] == "codebooks"
+    r1, r2 = f["levels"][0]["rel_mse"], f["levels"][1]["rel_mse"]
+    assert 0 < r2 < r1 < 1
+    xh = tok.decode(codes)
+    exact = ((blobs - xh) ** 2).sum() / (blobs.astype(float) ** 2).sum()
+    assert r2 == pytest.approx(exact, rel=1e-5)
+    assert f["levels"][1]["cosine"] > f["levels"][0]["cosine"] > 0.5
+    # prefix-mean reconstruction is at least as good as the codewords (least squares)
+    assert f["prefix_mean"][0]["rel_mse"] <= r1 + 1e-9
+
+    class DecodeOnly:
+        def decode(self, c):
+            return tok.decode(c)
+
+    g = fidelity(codes, blobs, DecodeOnly())
+    assert g["source"] == "decode" and g["levels"][0] is None
+    assert g["levels"][1]["rel_mse"] == pytest.approx(r2, rel=1e-6)
+    h = fidelity(codes, blobs, reconstructions=[None, xh])
+    assert h["levels"][1]["rel_mse"] == pytest.approx(r2, rel=1e-6)
+
+
+def test_data_codewords_recover_residual_codebook():
+    X = np.array([[0.0, 0], [0, 2], [10, 0], [10, 2]])
+    codes = C([[0, 0], [0, 1], [1, 0], [1, 1]], [2, 2])
+    cw = data_codewords(codes, X)
+    np.testing.assert_allclose(cw[0], [[0, 1], [10, 1]])
+    np.testing.assert_allclose(cw[1], [[0, -1], [0, 1]])
+
+
+def test_perturbation_overlap(blobs):
+    tok = TinyRQ.fit(blobs, K=6, L=2)
+    mc = perturbation_overlap(tok, blobs, scales=(0.0, 0.05, 3.0), X2=blobs, random_state=1)
+    r0, r1, r2 = mc["runs"]
+    assert r0["flip_rate"] == [0.0, 0.0] and r0["sid_change_rate"] == 0.0
+    assert r0["mean_shared_prefix"] == 2.0
+    clean = tok.encode(blobs)
+    pi = np.bincount(clean.codes[:, 0], minlength=6) / len(blobs)
+    assert r0["levels"][0]["K_eff_emp"] == pytest.approx(1 / (pi**2).sum())
+    assert r2["sid_change_rate"] > r1["sid_change_rate"]
+    assert r2["levels"][0]["K_eff_emp"] < r0["levels"][0]["K_eff_emp"]
+    assert mc["paired"]["sid_change_rate"] == 0.0
+    sub = perturbation_overlap(tok, blobs, scales=(0.1,), n_sample=100)
+    assert sub["n_sampled"] == 100
+
+
+def test_compare_codes_hand_case():
+    a = C([[0, 0], [0, 1], [1, 1], [1, 0]], [2, 2])
+    b = C([[0, 0], [0, 0], [0, 1], [1, 0]], [2, 2])
+    r = compare_codes(a, b)
+    assert r["flip_rate"] == [0.25, 0.25]
+    assert r["sid_change_rate"] == 0.5
+    assert r["mean_shared_prefix"] == pytest.approx((2 + 1 + 0 + 2) / 4)
+
+
+# --------------------------------------------------------------- hourglass
+def _planted(n=4000, K=16, seed=0, middle_concentrated=True):
+    g = np.random.default_rng(seed)
+    c1 = g.integers(0, K, n)
+    c3 = g.integers(0, K, n)
+    if middle_concentrated:
+        c2 = np.where(g.random(n) < 0.9, 0, g.integers(0, K, n))
+    else:
+        c2 = g.integers(0, K, n)
+    return Codes(np.stack([c1, c2, c3], 1), (K, K, K))
+
+
+def test_hourglass_planted_vs_uniform():
+    res = diagnose(_planted(), monte_carlo=False)
+    hg = res["hourglass"]
+    assert hg["detected"] and hg["flagged_levels"] == [2]
+    assert "level 2" in hg["verdict"] and "Hourglass" in hg["verdict"]
+    assert hg["levels"][1]["gini"] > 0.8
+    flat = detect_hourglass(usage(_planted(middle_concentrated=False)))
+    assert not flat["detected"] and flat["verdict"].startswith("No hourglass")
+
+
+# ---------------------------------------------------------------- diagnose
+def test_diagnose_full_is_json(blobs):
+    tok = TinyRQ.fit(blobs, K=6, L=2)
+    codes = tok.encode(blobs)
+    pairs = np.array([[0, 1], [2, 3], [4, 5]])
+    res = diagnose(codes, blobs, tok, pairs, scales=(0.0, 0.1), n_mc=300)
+    json.dumps(res, allow_nan=False)
+    for key in ("meta", "usage", "prefix", "collisions", "fidelity", "overlap", "monte_carlo",
+                "soft_matching", "hourglass", "codeword_map", "timing_s"):
+        assert res[key] is not None, key
+    assert res["overlap"]["codewords_source"] == "tokenizer"
+    assert res["monte_carlo"]["n_sampled"] == 300
+    # s = 0 analytic K_eff is the inverse Simpson index of each level
+    for lv, u in zip(res["overlap"]["levels"], res["usage"]):
+        assert lv["K_eff"][0] == pytest.approx(u["inverse_simpson"])
+    only = diagnose(codes)
+    assert only["fidelity"] is None and only["overlap"] is None and only["monte_carlo"] is None
+    data = diagnose(codes, blobs)  # data-estimated codewords, no tokenizer
+    assert data["overlap"]["codewords_source"] == "data" and data["monte_carlo"] is None
+    with pytest.raises(DataError):
+        diagnose(codes, blobs[:10])
+
+
+def test_extra_level_is_left_out_of_geometry(blobs):
+    tok = TinyRQ.fit(blobs, K=6, L=2)
+    sem = tok.encode(blobs)
+    extra = np.zeros(len(blobs), dtype=np.int64)
+    order = np.lexsort(sem.codes.T[::-1])
+    keys = sem.sid_keys()[order]
+    run = np.concatenate([[0], np.cumsum(keys[1:] == keys[:-1])])
+    start = np.maximum.accumulate(np.where(np.concatenate([[True], keys[1:] != keys[:-1]]), run, 0))
+    extra[order] = run - start  # 0, 1, 2, ... inside each colliding group
+    full = Codes(np.column_stack([sem.codes, extra]), (6, 6, int(extra.max()) + 1),
+                 collision_rule="extra_level")
+    assert not full.has_collisions()
+
+    class WithExtra(TinyRQ):
+        def encode(self, X):
+            c = TinyRQ.encode(self, X)
+            return Codes(np.column_stack([c.codes, np.zeros(len(X), np.int64)]),
+                         c.codebook_sizes + (1,), collision_rule="extra_level")
+
+        def decode(self, codes):
+            return TinyRQ.decode(self, codes.replace(codes=codes.codes[:, :2],
+                                                     codebook_sizes=codes.codebook_sizes[:2],
+                                                     lengths=np.minimum(codes.lengths, 2)))
+
+    t2 = WithExtra(tok.codebooks_)
+    res = diagnose(full, blobs, t2, scales=(0.0, 0.1), n_mc=200)
+    assert res["meta"]["semantic_levels"] == 2 and len(res["usage"]) == 3
+    assert len(res["overlap"]["levels"]) == 2 and res["fidelity"]["source"] == "codebooks"
+    assert len(res["monte_carlo"]["runs"][0]["flip_rate"]) == 2
+    assert len(res["hourglass"]["levels"]) == 2
+    assert res["collisions"]["rate"] == 0.0

@@ -1,0 +1,116 @@
+"""`sidkit diagnose` / `sidkit compare` on a hand-made run directory."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sidkit.commands.diagnose import compare, diagnose, load_inputs
+from sidkit.tokenizers.base import Tokenizer, register
+from sidkit.types import Codes
+
+
+@register
+class _DiagTestRQ(Tokenizer):
+    """Stand-in residual quantizer saved/loaded through the Tokenizer interface."""
+
+    name: ClassVar[str] = "_diag_test_rq"
+    _state_attrs: ClassVar[tuple[str, ...]] = ("codebooks_",)
+
+    def __init__(self, n_codes: int = 4, n_levels: int = 2, random_state: int = 0):
+        self.n_codes, self.n_levels, self.random_state = n_codes, n_levels, random_state
+
+    def fit(self, X, y=None):
+        g = np.random.default_rng(self.random_state)
+        R = np.asarray(X, dtype=np.float32).copy()
+        cbs = []
+        for _ in range(self.n_levels):
+            C = R[g.choice(len(R), self.n_codes, replace=False)].copy()
+            a = ((R[:, None] - C[None]) ** 2).sum(-1).argmin(1)
+            R = R - C[a]
+            cbs.append(C)
+        self.codebooks_ = np.stack(cbs)
+        return self
+
+    def encode(self, X):
+        R = np.asarray(X, dtype=np.float32).copy()
+        out = []
+        for C in self.codebooks_:
+            a = ((R[:, None] - C[None]) ** 2).sum(-1).argmin(1)
+            out.append(a)
+            R = R - C[a]
+        return Codes(np.stack(out, 1), (self.n_codes,) * self.n_levels, method=self.name)
+
+    def decode(self, codes):
+        return sum(self.codebooks_[l][codes.codes[:, l]] for l in range(codes.n_levels))
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("diagnose")(diagnose)
+    app.command("compare")(compare)
+    return app
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    g = np.random.default_rng(0)
+    X = (g.normal(size=(5, 4)) * 3)[g.integers(0, 5, 120)] + g.normal(size=(120, 4))
+    X = X.astype(np.float32)
+    run = tmp_path / "run"
+    (run / "embeddings").mkdir(parents=True)
+    np.save(run / "embeddings" / "embeddings.npy", X)
+    tok = _DiagTestRQ().fit(X)
+    items = np.array([f"i{k}" for k in range(120)])
+    tok.encode(X).replace(item_ids=items).save(run / "codes" / "codes")
+    tok.save(run / "codes" / "tokenizer")
+    try:
+        from sidkit.data.containers import Split
+
+        users = np.repeat([f"u{k}" for k in range(10)], 6)
+        df = pd.DataFrame({"user_id": users, "item_id": items[g.integers(0, 120, 60)],
+                           "timestamp": np.arange(60), "position": np.tile(np.arange(6), 10),
+                           "role": np.tile(["train"] * 4 + ["valid", "test"], 10)})
+        Split(df).save(run / "split")
+    except Exception:  # the split container is optional for this test
+        pass
+    return run
+
+
+def test_load_inputs(run_dir):
+    inp = load_inputs(run_dir)
+    assert set(inp) >= {"codes", "X", "tokenizer"}
+    if (run_dir / "split").exists():
+        assert inp["pairs"].shape[1] == 2 and len(inp["pairs"]) <= 30
+
+
+def test_cli_diagnose_and_compare(run_dir, tmp_path):
+    r = CliRunner().invoke(_app(), ["diagnose", str(run_dir), "--scales", "0,0.1", "--n-mc", "50"])
+    assert r.exit_code == 0, r.output
+    data = json.loads((run_dir / "diagnostics" / "report.json").read_text())
+    res = data["tokenizers"]["run"]
+    assert res["monte_carlo"]["n_sampled"] == 50 and res["fidelity"]["source"] == "codebooks"
+    codes_file = run_dir / "codes" / "codes.npz"
+    out = tmp_path / "cmp"
+    r = CliRunner().invoke(_app(), ["compare", str(run_dir), str(codes_file), "--out", str(out),
+                                    "--no-monte-carlo"])
+    assert r.exit_code == 0, r.output
+    names = set(json.loads((out / "report.json").read_text())["tokenizers"])
+    assert len(names) == 2 and "run" in names
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+
+
+def test_cli_errors(tmp_path):
+    r = CliRunner().invoke(_app(), ["diagnose", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "error:" in r.output
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(_app(), ["diagnose", str(tmp_path / "empty")])
+    assert r.exit_code == 1 and "codes" in r.output
+    r = CliRunner().invoke(_app(), ["compare", str(tmp_path / "empty"), "--scales", "a,b"])
+    assert r.exit_code == 1

@@ -1,0 +1,137 @@
+"""GAOQ (ReSID): anchors, alignment, balance, collision-free codes, branching rule."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sidkit.errors import DataError
+from sidkit.tokenizers.base import Tokenizer
+from sidkit.tokenizers.gaoq import GAOQ, auto_branching, make_anchors
+
+
+def _clustered(n=3000, d=32, k=30, seed=0):
+    centers = np.random.default_rng(0).normal(size=(k, d)).astype(np.float32) * 2.0
+    rs = np.random.default_rng(seed)  # new items from the same clusters
+    return (centers[rs.integers(0, k, n)] + 0.5 * rs.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X = _clustered()
+    return X, GAOQ(device="cpu").fit(X)
+
+
+def test_anchors_orthonormal():
+    for d, g in [(32, 14), (32, 32), (128, 100)]:
+        A = make_anchors(d, g, 3)
+        assert A.shape == (g, d)
+        np.testing.assert_allclose(A @ A.T, np.eye(g), atol=1e-5)
+    A = make_anchors(8, 20, 3)  # g > d: unit norm, approximately orthogonal
+    np.testing.assert_allclose(np.linalg.norm(A, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(A[:8] @ A[:8].T, np.eye(8), atol=1e-5)
+    np.testing.assert_array_equal(make_anchors(16, 5, 1), make_anchors(16, 5, 1))
+
+
+def test_fitted_anchors_orthonormal(fitted):
+    _, m = fitted
+    for l in range(len(m.branching_)):
+        A = m.anchors(l).astype(np.float64)
+        np.testing.assert_allclose(A @ A.T, np.eye(len(A)), atol=1e-5)
+
+
+def test_collision_free_and_balanced(fitted):
+    X, m = fitted
+    c = m.encode(X)
+    assert c.collision_rule == "by_construction" and not c.has_collisions()
+    np.testing.assert_array_equal(c.codes, m.codes_)
+    assert c.params["branching"] == [int(b) for b in m.branching_]
+    b1 = int(m.branching_[0])
+    sizes = np.bincount(c.codes[:, 0], minlength=b1)
+    t = len(X) / b1
+    assert sizes.min() >= math.floor(0.9 * t) and sizes.max() <= math.ceil(1.1 * t)
+    for p in range(b1):  # level 2: balanced inside every parent
+        kids = np.bincount(c.codes[c.codes[:, 0] == p, 1])
+        kids = kids[kids > 0]
+        t2 = sizes[p] / kids.size
+        assert kids.min() >= math.floor(0.9 * t2) and kids.max() <= math.ceil(1.1 * t2)
+    # last level enumerates each leaf: b_L >= ceil(N / prod(b)) and covers every leaf
+    assert m.codebook_sizes_[-1] >= math.ceil(len(X) / np.prod(m.branching_))
+    assert c.codes[:, -1].max() < m.codebook_sizes_[-1]
+    np.testing.assert_array_equal(m.decode(c), X)  # training SIDs decode to the item
+
+
+def test_token_means_same_direction_under_every_parent(fitted):
+    _, m = fitted
+    lvl = m.node_level_
+    for l in range(len(m.branching_)):
+        nodes = np.flatnonzero(lvl == l)
+        par = m.node_parent_[nodes]
+        pc = np.where(par[:, None] >= 0, m.node_centroids_[np.maximum(par, 0)], m.root_[None])
+        D = m.node_centroids_[nodes] - pc
+        D /= np.linalg.norm(D, axis=1, keepdims=True)
+        A = m.anchors(l)
+        matched = (D * A[m.node_token_[nodes]]).sum(1)
+        shuffled = (D * A[np.random.default_rng(0).permutation(m.node_token_[nodes])]).sum(1)
+        # every parent's children are on average positively aligned with their anchor
+        per_parent = [matched[par == p].mean() for p in np.unique(par)]
+        assert min(per_parent) > 0
+        assert matched.mean() > 0.1 and matched.mean() > shuffled.mean() + 0.1
+        assert m.alignment_[l]["matched_cosine"] > m.alignment_[l]["random_anchor_cosine"] + 0.1
+
+
+def test_auto_branching_rule():
+    for n in [200, 1000, 24_000, 100_000, 500_000]:
+        b = auto_branching(n)
+        assert len(b) == 2 and n / 20 <= b[0] * b[1] <= n / 10, (n, b)
+    assert len(auto_branching(50_000, n_levels=4)) == 3
+    m = GAOQ(device="cpu").fit(_clustered(n=400, d=8))
+    assert tuple(m.branching_) == auto_branching(400)
+
+
+def test_unseen_items_and_save_load(fitted, tmp_path):
+    X, m = fitted
+    new = _clustered(n=200, seed=7)
+    c = m.encode(new)
+    assert c.params["n_unseen"] == 200 and c.collision_rule == "none"
+    assert c.codes.shape == (200, 3) and (c.codes >= 0).all()
+    # the unseen item takes the nearest leaf-mate's SID; decode is that member
+    err = ((m.decode(c) - new) ** 2).mean()
+    assert err < 0.5 * ((new - X.mean(0)) ** 2).mean()
+    # mixing seen and unseen rows keeps the training SIDs
+    mixed = m.encode(np.concatenate([X[:10], new[:5]]))
+    np.testing.assert_array_equal(mixed.codes[:10], m.codes_[:10])
+    m.save(tmp_path / "g")
+    m2 = Tokenizer.load(tmp_path / "g")
+    np.testing.assert_array_equal(m2.encode(new).codes, c.codes)
+    np.testing.assert_array_equal(m2.encode(X).codes, m.codes_)
+    # a prefix-only / unknown-leaf SID decodes to a centroid on its path
+    q = c.codes.copy()
+    q[:, -1] = m.codebook_sizes_[-1] - 1
+    assert np.isfinite(m2.decode(q)).all()
+
+
+def test_small_parents_and_explicit_branching():
+    X = _clustered(n=60, d=8, k=5)
+    m = GAOQ(branching=[4, 30], device="cpu").fit(X)  # parents hold ~15 < 30 items
+    c = m.encode(X)
+    assert not c.has_collisions()
+    assert m.codebook_sizes_[1] == 30  # g_2 = b_2 anchors, fewer children used
+    with pytest.raises(DataError):
+        GAOQ(branching=[100, 2]).fit(X)
+    with pytest.raises(DataError):
+        GAOQ(branching=[2, 2], n_levels=4).fit(X)
+    with pytest.raises(DataError):
+        GAOQ().fit(np.zeros((10,)))
+    with pytest.raises(DataError):
+        m.encode(np.zeros((2, 3), np.float32))
+    with pytest.raises(DataError):
+        GAOQ(n_anchors=[2, 2], branching=[4, 4]).fit(X)
+
+
+def test_deterministic():
+    X = _clustered(n=500, d=16)
+    a = GAOQ(random_state=3, device="cpu").fit(X)
+    b = GAOQ(random_state=3, device="cpu").fit(X)
+    np.testing.assert_array_equal(a.codes_, b.codes_)
+    np.testing.assert_array_equal(a.anchors_, b.anchors_)

@@ -1,0 +1,120 @@
+"""Exact toy tests of the k-means core."""
+
+import numpy as np
+import pytest
+import torch
+
+from sidkit.errors import DataError
+from sidkit.tokenizers.kmeans import assign, imbalance_factor, kmeans
+
+
+def blobs(n_per=100, k=6, d=8, sep=20.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * sep
+    y = np.repeat(np.arange(k), n_per)
+    X = centers[y] + rng.normal(size=(k * n_per, d))
+    return X.astype(np.float32), y
+
+
+def same_partition(a, b):
+    # labels equal up to a permutation: the pairs (a, b) define a bijection
+    pairs = np.unique(np.stack([a, b], 1), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def test_recovers_separated_clusters_exactly():
+    X, y = blobs()
+    r = kmeans(X, 6, random_state=0)
+    assert same_partition(r.labels, y)
+    assert r.centroids.shape == (6, 8) and r.centroids.dtype == np.float32
+    assert r.labels.dtype == np.int64 and r.labels.shape == (600,)
+    assert r.sizes.tolist() == np.bincount(r.labels, minlength=6).tolist()
+    # inertia = mean squared distance to the assigned centroid
+    d2 = ((X - r.centroids[r.labels]) ** 2).sum(1)
+    assert r.inertia == pytest.approx(d2.mean(), rel=1e-4)
+
+
+def test_assign_matches_brute_force_and_torch_input():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1000, 16)).astype(np.float32)
+    C = rng.normal(size=(37, 16)).astype(np.float32)
+    lab, dist = assign(X, C, chunk_size=100)
+    full = ((X[:, None, :] - C[None]) ** 2).sum(-1)
+    assert (lab == full.argmin(1)).mean() > 0.999
+    np.testing.assert_allclose(dist, full.min(1), rtol=1e-4, atol=1e-4)
+    lab2, _ = assign(torch.from_numpy(X), C)
+    assert (lab2 == lab).all()
+
+
+def test_deterministic_and_restarts():
+    X, _ = blobs(n_per=50, k=10, sep=1.0)
+    a = kmeans(X, 10, random_state=3)
+    b = kmeans(X, 10, random_state=3)
+    assert (a.labels == b.labels).all() and np.array_equal(a.centroids, b.centroids)
+    best = kmeans(X, 10, n_init=4, random_state=3)
+    assert best.inertia <= a.inertia + 1e-6
+
+
+def test_balanced_sizes_within_tolerance():
+    rng = np.random.default_rng(0)
+    # very unbalanced data: one dense blob and a sparse cloud
+    X = np.concatenate([rng.normal(size=(1500, 8)) * 0.1, rng.normal(size=(500, 8)) * 5]).astype(np.float32)
+    for k, tol in [(10, 0.1), (16, 0.05), (7, 0.0)]:
+        r = kmeans(X, k, balanced=True, balance_tolerance=tol, random_state=0)
+        t = len(X) / k
+        assert r.sizes.sum() == len(X)
+        assert np.all(np.abs(r.sizes - t) <= max(tol * t, 1.0)), (k, tol, r.sizes)
+    plain = kmeans(X, 10, random_state=0)
+    assert imbalance_factor(plain.sizes) > imbalance_factor(
+        kmeans(X, 10, balanced=True, random_state=0).sizes)
+
+
+def test_balanced_with_sampling_checks_all_points():
+    X, _ = blobs(n_per=300, k=4, d=4, sep=3.0)
+    r = kmeans(X, 8, balanced=True, balance_tolerance=0.1, max_points_per_centroid=20)
+    assert np.all(np.abs(r.sizes - 150) <= 15)
+
+
+def test_empty_cluster_repair():
+    # init with several centroids far away from the data -> empty at the start
+    X, _ = blobs(n_per=40, k=5, d=4, sep=5.0)
+    init = np.concatenate([X[:5], np.full((5, 4), 1e4, dtype=np.float32)])
+    r = kmeans(X, 10, init=init, n_iter=10)
+    assert (r.sizes > 0).all()
+    # duplicated init centroids also get split apart
+    r = kmeans(X, 10, init=np.repeat(X[:1], 10, axis=0), n_iter=10)
+    assert (r.sizes > 0).all()
+
+
+def test_sampling_respects_max_points_per_centroid(monkeypatch):
+    import sidkit.tokenizers.kmeans as km
+
+    seen = []
+    orig = km._update_centroids
+
+    def spy(X, labels, k, C):
+        seen.append(X.shape[0])
+        return orig(X, labels, k, C)
+
+    monkeypatch.setattr(km, "_update_centroids", spy)
+    X, _ = blobs(n_per=200, k=5)
+    r = kmeans(X, 4, max_points_per_centroid=10, n_iter=3)
+    assert seen and set(seen) == {40}
+    assert r.labels.shape == (1000,) and r.sizes.sum() == 1000  # labels over all points
+    seen.clear()
+    kmeans(X, 4, max_points_per_centroid=None, n_iter=2)
+    assert set(seen) == {1000}
+
+
+def test_errors_name_problem():
+    X, _ = blobs(n_per=2, k=2)
+    with pytest.raises(DataError, match="more clusters than items"):
+        kmeans(X, 10)
+    bad = X.copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        kmeans(bad, 2)
+    with pytest.raises(DataError, match="2-D"):
+        kmeans(X[0], 2)
+    with pytest.raises(DataError, match="init"):
+        kmeans(X, 2, init="nope")

@@ -1,0 +1,114 @@
+"""VQ, RQ-KMeans and hierarchical k-means, plus codebook sizing."""
+
+import numpy as np
+import pytest
+
+from sidkit.errors import DataError
+from sidkit.tokenizers import HierarchicalKMeans, RQKMeans, VQ, Tokenizer, default_codebook_sizes
+from sidkit.types import Codes
+
+
+def data(n=600, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(12, d)) * 4
+    return (centers[rng.integers(12, size=n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_default_codebook_sizes():
+    ks = default_codebook_sizes(1682, 3)
+    assert len(ks) == 3 and max(ks) <= 64  # far below 256
+    assert np.prod(ks) >= 4 * 1682  # comfortably >= N
+    assert default_codebook_sizes(10_000_000, 3) == (256, 256, 256)
+    assert default_codebook_sizes(5, 2) == (5, 5)  # never more codewords than items
+    assert all(2 <= k <= 256 for n in (10, 1000, 10**5) for k in default_codebook_sizes(n, 3))
+    with pytest.raises(DataError):
+        default_codebook_sizes(0, 3)
+
+
+def test_rq_residual_mse_decreases_and_decode_is_sum():
+    X = data()
+    tok = RQKMeans(codebook_sizes=[8, 8, 8], random_state=0)
+    codes = tok.fit_encode(X)
+    mse = tok.level_mse_
+    assert mse.shape == (3,) and np.all(np.diff(mse) <= 1e-6)
+    rel = tok.fit_stats_["relative_mse"]
+    assert rel[0] < 1.0 and rel == sorted(rel, reverse=True)
+    assert len(tok.fit_stats_["perplexity"]) == 3
+    assert all(1 <= p <= 8 for p in tok.fit_stats_["perplexity"])
+    # decode = sum of codewords, ignoring the collision level
+    c = codes.codes
+    manual = sum(tok.codebooks_[l][c[:, l]] for l in range(3))
+    np.testing.assert_allclose(tok.decode(codes), manual, rtol=1e-6)
+    assert ((X - tok.decode(codes)) ** 2).sum(1).mean() == pytest.approx(mse[-1], rel=1e-3)
+    assert codes.collision_rule == "extra_level" and not codes.has_collisions()
+    assert codes.params["codebook_sizes"] == [8, 8, 8]
+
+
+def test_rq_default_sizes_reported():
+    X = data(n=300)
+    codes = RQKMeans(n_levels=2).fit_encode(X)
+    assert codes.params["codebook_sizes"] == list(default_codebook_sizes(300, 2))
+    assert codes.codebook_sizes[:2] == default_codebook_sizes(300, 2)
+
+
+def test_rq_balanced_and_no_collision_level():
+    X = data(n=800)
+    tok = RQKMeans(codebook_sizes=8, n_levels=2, balanced=True, resolve_collisions=False)
+    codes = tok.fit_encode(X)
+    assert codes.n_levels == 2 and codes.collision_rule == "none"
+    sizes = np.bincount(codes.codes[:, 0], minlength=8)
+    assert np.all(np.abs(sizes - 100) <= 10)
+
+
+def test_vq_single_level():
+    X = data(n=400)
+    tok = VQ(codebook_size=16)
+    codes = tok.fit_encode(X)
+    assert codes.codebook_sizes[0] == 16 and codes.n_levels == 2
+    assert tok.codebooks_.shape == (1, 16, 16)
+
+
+def test_encode_new_does_not_change_existing(tmp_path):
+    X = data(n=500)
+    tok = RQKMeans(codebook_sizes=[4, 4], random_state=0)
+    old = tok.fit_encode(X)
+    new = tok.encode_new(X[:50] + 0.01)
+    both = Codes(np.concatenate([old.codes, new.codes]),
+                 tuple(max(a, b) for a, b in zip(old.codebook_sizes, new.codebook_sizes)))
+    assert not both.has_collisions()
+    assert np.array_equal(tok.encode(X).codes, old.codes)
+    # the index state is saved too
+    tok.save(tmp_path / "t")
+    again = Tokenizer.load(tmp_path / "t").encode_new(X[:1])
+    assert Codes(np.concatenate([both.codes, again.codes]),
+                 tuple(max(a, b) for a, b in zip(both.codebook_sizes, again.codebook_sizes))).n_unique() == 551
+
+
+def test_hkm_children_per_parent_and_decode_leaf():
+    X = data(n=300)
+    tok = HierarchicalKMeans(codebook_sizes=[4, 4, 4], random_state=0)
+    codes = tok.fit_encode(X)
+    base = codes.codes[:, :3]
+    # every token is a valid child of its parent; a parent never has more than K children
+    assert base.max() < 4
+    # decode = centroid of the leaf node = mean of the leaf's members
+    Xh = tok.decode(codes)
+    keys = codes.prefix_keys(3)
+    for key in np.unique(keys)[:20]:
+        m = keys == key
+        np.testing.assert_allclose(Xh[m][0], X[m].mean(0), rtol=1e-4, atol=1e-4)
+    assert tok.level_mse_[0] >= tok.level_mse_[1] >= tok.level_mse_[2]
+    assert np.array_equal(tok.encode(X).codes, codes.codes)
+
+
+def test_hkm_small_parent_gets_fewer_children():
+    X = np.concatenate([np.eye(4)[:3], np.ones((50, 4)) * 10 + np.random.default_rng(0).normal(size=(50, 4))])
+    tok = HierarchicalKMeans(codebook_sizes=[2, 8], resolve_collisions=False).fit(X.astype(np.float32))
+    n_children = (tok.child_table_[1:3] >= 0).sum(1)
+    assert sorted(n_children.tolist()) == [3, 8]  # 3 items -> 3 children, not 8
+
+
+def test_dimension_mismatch():
+    tok = RQKMeans(codebook_sizes=[4], n_levels=1).fit(data(n=100))
+    with pytest.raises(DataError, match="dimension"):
+        tok.encode(np.zeros((3, 5), dtype=np.float32))

@@ -1,0 +1,89 @@
+"""RQ-VAE (TIGER recipe): training, codebook usage, save/load, errors."""
+
+import numpy as np
+import pytest
+
+from sidkit.errors import DataError
+from sidkit.tokenizers.base import Tokenizer
+from sidkit.tokenizers.rqvae import RQVAE
+
+
+def _clustered(n=1200, d=24, k=16, seed=0):
+    centers = np.random.default_rng(0).normal(size=(k, d)).astype(np.float32) * 2.0
+    rs = np.random.default_rng(seed)  # new items from the same clusters
+    return (centers[rs.integers(0, k, n)] + 0.3 * rs.normal(size=(n, d))).astype(np.float32)
+
+
+SMALL = dict(codebook_sizes=[16, 16, 16], hidden_sizes=(64, 32), latent_dim=8, epochs=12,
+             batch_size=256, lr=3e-3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X = _clustered()
+    return X, RQVAE(**SMALL).fit(X)
+
+
+def test_loss_decreases_and_usage_floor(fitted):
+    X, m = fitted
+    h = m.history_
+    assert h[-1]["recon"] < 0.5 * h[0]["recon"]
+    assert h[-1]["loss"] < h[0]["loss"]
+    # k-means init + dead-code reset keep most codewords alive on every level
+    for u in m.usage_:
+        assert u["usage"] >= 0.6, m.usage_
+        assert u["perplexity"] > 4
+    codes = m.encode(X)
+    assert codes.codes.shape == (len(X), 4) and codes.method == "rqvae"
+    assert codes.collision_rule == "extra_level" and not codes.has_collisions()
+    raw = RQVAE(**{**SMALL, "resolve_collisions": False})
+    raw.__dict__.update({k: v for k, v in m.__dict__.items() if k.endswith("_")})
+    assert raw.encode(X).codes.shape == (len(X), 3)
+    np.testing.assert_array_equal(raw.encode(X).codes, codes.codes[:, :3])
+
+
+def test_decode_beats_mean_and_save_load(fitted, tmp_path):
+    X, m = fitted
+    Xh = m.decode(m.encode(X))
+    assert Xh.shape == X.shape and Xh.dtype == np.float32
+    assert ((Xh - X) ** 2).mean() < 0.5 * ((X - X.mean(0)) ** 2).mean()
+    m.save(tmp_path / "t")
+    m2 = Tokenizer.load(tmp_path / "t")
+    np.testing.assert_array_equal(m2.encode(X).codes, m.encode(X).codes)
+    np.testing.assert_allclose(m2.decode(m.encode(X)), Xh, atol=1e-5)
+    assert m2.history_ == m.history_
+
+
+def test_deterministic_and_unseen():
+    X = _clustered(n=600)
+    kw = {**SMALL, "epochs": 3}
+    a, b = RQVAE(**kw).fit(X), RQVAE(**kw).fit(X)
+    np.testing.assert_array_equal(a.weights_, b.weights_)
+    new = _clustered(n=50, seed=5)
+    np.testing.assert_array_equal(a.encode(new).codes, b.encode(new).codes)
+
+
+def test_resolve_collisions_and_early_stop():
+    X = _clustered(n=600)
+    m = RQVAE(**{**SMALL, "codebook_sizes": [4, 4], "epochs": 200, "patience": 2, "tol": 0.5}).fit(X)
+    assert m.n_epochs_ < 200  # early stopping on the reconstruction loss
+    c = m.encode(X)
+    assert c.collision_rule == "extra_level" and not c.has_collisions()
+    assert c.n_levels == 3
+    assert m.decode(c).shape == X.shape
+
+
+def test_default_sizes_and_errors():
+    X = _clustered(n=300)
+    m = RQVAE(hidden_sizes=(16,), latent_dim=4, epochs=1, device="cpu").fit(X)
+    assert len(m.codebook_sizes_) == 3
+    with pytest.raises(DataError):
+        RQVAE(**SMALL).fit(X[:5])  # fewer items than codewords
+    with pytest.raises(DataError):
+        RQVAE(**SMALL).fit(np.full((100, 4), np.nan))
+    with pytest.raises(DataError):
+        m.encode(np.zeros((3, 7), np.float32))  # wrong dimension
+    with pytest.raises(DataError):
+        RQVAE(epochs=0).fit(X)
+    with pytest.raises(DataError):
+        m.decode(np.full((1, 3), 10_000))
