@@ -382,3 +382,15 @@ def test_extra_level_is_left_out_of_geometry(blobs):
     assert len(res["monte_carlo"]["runs"][0]["flip_rate"]) == 2
     assert len(res["hourglass"]["levels"]) == 2
     assert res["collisions"]["rate"] == 0.0
+
+
+def test_sid_overlap_sampled_estimator_matches_exact():
+    g = np.random.default_rng(3)
+    codes = C(np.stack([g.integers(0, 4, 800), g.integers(0, 5, 800)], 1), [4, 5])
+    cw = [g.normal(size=(4, 3)), g.normal(size=(5, 3)) * 0.5]
+    ex = sid_overlap(codes, cw, [0.0, 0.3, 1.0])
+    full = sid_overlap(codes, cw, [0.0, 0.3, 1.0], max_exact=1, n_sample=800)
+    np.testing.assert_allclose(full["O"], ex["O"], rtol=1e-9)
+    sub = sid_overlap(codes, cw, [0.0, 0.3, 1.0], max_exact=1, n_sample=400, random_state=1)
+    assert sub["O"][0] == pytest.approx(ex["O"][0])  # identical-SID part is exact
+    np.testing.assert_allclose(sub["O"], ex["O"], rtol=0.1)

@@ -104,18 +104,24 @@ def _level_kernels(codes: Codes, codewords: Sequence[np.ndarray], sigma: float) 
     return ks
 
 
-def _weighted_product_sum(tok: np.ndarray, w: np.ndarray, kernels: Sequence[np.ndarray]) -> float:
-    """``sum_{a,b} w_a w_b prod_l kernel_l[tok_a,l, tok_b,l]`` chunked over rows a."""
+def _weighted_product_sum(tok: np.ndarray, w: np.ndarray, kernels: Sequence[np.ndarray],
+                          keys: np.ndarray | None = None) -> float:
+    """``sum_{a,b} w_a w_b prod_l kernel_l[tok_a,l, tok_b,l]`` chunked over rows a.
+
+    With ``keys``, pairs with equal keys (identical SIDs) are left out.
+    """
     u = tok.shape[0]
     step = max(1, 4_000_000 // max(1, u))
-    w32 = w.astype(np.float64)
+    w = w.astype(np.float64)
     tot = 0.0
     for s in range(0, u, step):
         blk = None
         for l, kern in enumerate(kernels):
             g = kern[tok[s:s + step, l]][:, tok[:, l]]
             blk = g if blk is None else blk * g
-        tot += float(w32[s:s + step] @ (blk.astype(np.float64) @ w32))
+        if keys is not None:
+            blk = blk * (keys[s:s + step, None] != keys[None, :])
+        tot += float(w[s:s + step] @ (blk.astype(np.float64) @ w))
     return tot
 
 
@@ -123,34 +129,41 @@ def sid_overlap(codes: Codes, codewords: Sequence[np.ndarray], sigmas: Sequence[
                 max_exact: int = 4096, n_sample: int = 4096, random_state: Any = 0) -> dict[str, Any]:
     """Whole-SID overlap ``O = sum_{a,b} pi_a pi_b prod_l k_l(a_l, b_l)`` per sigma.
 
-    Exact over the distinct SIDs when there are at most ``max_exact``; otherwise the
-    estimate ``1/N + (N-1)/N * mean_{i != j} K(s_i, s_j)`` over ``n_sample`` items drawn
-    without replacement (unbiased for ``O``).
+    Exact over the distinct SIDs when there are at most ``max_exact``.  Otherwise
+    ``O = sum_a pi_a^2 + (N-1)/N * E_{i != j}[K(s_i, s_j) 1(s_i != s_j)]``: the identical-SID
+    part is exact (from the counts) and the rest is the unbiased U-statistic over
+    ``n_sample`` items drawn without replacement; ``O`` is exact at ``sigma = 0``.
     """
     n = codes.n_items
     tok = np.where(codes.codes >= 0, codes.codes, np.asarray(codes.codebook_sizes)[None, :])
     keys = codes.sid_keys()
     uniq, first, counts = np.unique(keys, return_index=True, return_counts=True)
     exact = uniq.size <= max_exact
+    pi = counts / n
+    simpson = float(pi @ pi)
     if exact:
-        pts, w = tok[first], counts / n
+        pts, w, pkeys = tok[first], pi, None
     else:
         g = rng(random_state)
         m = min(n_sample, n)
         rows = np.sort(g.choice(n, size=m, replace=False))
-        pts, w = tok[rows], np.full(m, 1.0 / m)
+        pts, w, pkeys = tok[rows], np.full(m, 1.0 / m), keys[rows]
     O = []
     for sigma in sigmas:
-        S = _weighted_product_sum(pts, w, _level_kernels(codes, codewords, sigma))
+        if not exact and sigma <= 0:
+            O.append(simpson)
+            continue
+        S = _weighted_product_sum(pts, w, _level_kernels(codes, codewords, sigma), pkeys)
         if not exact:
             m = pts.shape[0]
-            ustat = (S * m * m - m) / (m * (m - 1)) if m > 1 else 1.0
-            S = 1.0 / n + (n - 1) / n * ustat
+            ustat = S * m * m / (m * (m - 1)) if m > 1 else 0.0
+            S = simpson + (n - 1) / n * ustat
         O.append(float(S))
     return {
         "exact": bool(exact),
         "n_distinct": int(uniq.size),
         "n_points": int(pts.shape[0]),
+        "inverse_simpson": 1.0 / simpson if simpson > 0 else None,
         "O": O,
         "K_eff": [1.0 / o if o > 0 else float("inf") for o in O],
     }
@@ -194,16 +207,25 @@ def overlap_from_confusion(C: np.ndarray, pi: np.ndarray) -> dict[str, float]:
 
 def overlap_from_labels(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Same quantities estimated from clean labels ``a`` and perturbed labels ``b``."""
-    a = np.asarray(a).reshape(-1)
-    b = np.asarray(b).reshape(-1)
+    a = np.asarray(a, dtype=np.int64).reshape(-1)
+    b = np.asarray(b, dtype=np.int64).reshape(-1)
     m = a.size
-    uni, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    inv = inv.reshape(-1)
-    u = uni.size
-    ai, bi = inv[:m], inv[m:]
+    lo = min(int(a.min()), int(b.min())) if m else 0
+    hi = max(int(a.max()), int(b.max())) if m else 0
+    if hi - lo < 4096:  # small labels (one level's tokens): dense bincount
+        u = hi - lo + 1
+        ai, bi = a - lo, b - lo
+        pair = np.bincount(ai * u + bi, minlength=u * u)
+        pk = np.flatnonzero(pair)
+        pc = pair[pk]
+    else:  # SID keys: relabel by np.unique
+        _, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+        inv = inv.reshape(-1)
+        u = int(inv.max()) + 1
+        ai, bi = inv[:m], inv[m:]
+        pk, pc = np.unique(ai * u + bi, return_counts=True)
     na = np.bincount(ai, minlength=u).astype(np.float64)
     nb = np.bincount(bi, minlength=u).astype(np.float64)
-    pk, pc = np.unique(ai * u + bi, return_counts=True)
     j, k = pk // u, pk % u
     term = (na[j] / m) * np.sqrt(pc / na[j])
     col = np.bincount(k, weights=term, minlength=u)
