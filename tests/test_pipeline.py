@@ -129,3 +129,34 @@ def test_unknown_tokenizer_parameter(toy):
 def test_item_index():
     ids = np.array(["b", "a", "c"])
     np.testing.assert_array_equal(item_index(ids, ["c", "a", "z"]), [2, 1, -1])
+
+
+def test_changed_input_file_is_a_cache_miss(toy):
+    out = toy / "run"
+    run_pipeline(_cfg(toy), out)
+    with open(toy / "toy" / "toy.inter", "a") as f:
+        f.write("u0\ti59\t5\t99999\n")
+    status = {r.name: r.status for r in run_pipeline(_cfg(toy), out).stages}
+    assert status["data"] == "ran" and status["split"] == "ran"
+    # the item table did not change, so the items/embeddings artifacts are identical -> cached
+    assert status["items"] == "ran" and status["embeddings"] == "cached"
+
+
+def test_cli_tokenize_and_embed(toy, sidkit_home):
+    out = toy / "tok"
+    r = runner.invoke(app, ["tokenize", str(toy / "emb.npy"), "--out", str(out), "--levels", "2",
+                            "--sizes", "3,4", "-p", "n_iter=10"])
+    assert r.exit_code == 0, r.output
+    codes = Codes.load(out / "codes")
+    assert codes.n_items == 60 and codes.params["n_iter"] == 10 and not codes.has_collisions()
+    from sidkit.tokenizers import Tokenizer
+    tok = Tokenizer.load(out / "tokenizer")
+    np.testing.assert_array_equal(tok.encode(np.load(toy / "emb.npy")).codes, codes.codes)
+    r = runner.invoke(app, ["tokenize", str(toy / "emb.npy"), "--out", str(toy / "t2"), "-p", "oops"])
+    assert r.exit_code == 1 and "key=value" in r.output
+
+    r = runner.invoke(app, ["embed", str(toy / "toy"), "--out", str(toy / "emb")])
+    assert r.exit_code == 0, r.output
+    from sidkit.types import Embeddings
+    e = Embeddings.load(toy / "emb")
+    assert e.vectors.shape == (60, 384) and e.item_ids[0] == "i0"

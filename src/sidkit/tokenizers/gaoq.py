@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..types import PAD, Codes
-from ..utils import progress, rng
+from ..utils import progress, resolve_device, rng
 from .base import Tokenizer, check_embeddings, register
 from .rqvae import codes_array
 
@@ -120,6 +120,143 @@ def _group_rank(keys: np.ndarray) -> np.ndarray:
     rank = np.empty_like(pos)
     rank[o] = pos - first
     return rank
+
+
+# ------------------------------------------------------- batched balanced k-means
+def _group_rank_t(keys):
+    """Rank of each position among equal ``keys``, in current order (torch)."""
+    import torch
+
+    n = keys.numel()
+    if n == 0:
+        return keys.clone()
+    perm = torch.sort(keys, stable=True).indices
+    sk = keys[perm]
+    pos = torch.arange(n, device=keys.device)
+    start = torch.ones(n, dtype=torch.bool, device=keys.device)
+    start[1:] = sk[1:] != sk[:-1]
+    first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
+    rank = torch.empty_like(pos)
+    rank[perm] = pos - first
+    return rank
+
+
+def _batched_balanced_assign(dist, valid, lo, hi):
+    """Size-constrained assignment of P independent problems at once.
+
+    ``dist`` (P, m, k) squared distances, ``valid`` (P, m) real rows, ``lo``/``hi`` (P,)
+    size bounds.  Same rule as :mod:`sidkit.tokenizers.kmeans`' balanced mode: greedy
+    proposals in distance order under capacity ``hi``, then clusters below ``lo``
+    take their cheapest moves from clusters above ``lo``.  Returns labels (P, m)
+    (-1 on padding) and the squared distance to the assigned centroid.
+    """
+    import torch
+
+    P, m, k = dist.shape
+    dev = dist.device
+    labels = torch.full((P, m), -1, dtype=torch.int64, device=dev)
+    dd = torch.zeros((P, m), dtype=dist.dtype, device=dev)
+    remaining = hi[:, None].expand(P, k).clone().reshape(-1)
+    pending = valid.clone()
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dev)
+    while True:  # phase 1: at least one point is placed per round
+        pp, ii = torch.nonzero(pending, as_tuple=True)
+        if pp.numel() == 0:
+            break
+        full = (remaining.view(P, k) <= 0)[pp]
+        dmin, lab = torch.where(full, inf, dist[pp, ii]).min(1)
+        key = pp * k + lab
+        o = torch.argsort(dmin, stable=True)
+        acc_o = _group_rank_t(key[o]) < remaining[key[o]]
+        a = o[acc_o]
+        labels[pp[a], ii[a]] = lab[a]
+        dd[pp[a], ii[a]] = dmin[a]
+        remaining -= torch.bincount(key[a], minlength=P * k)
+        pending[pp[a], ii[a]] = False
+    sizes = torch.bincount((torch.arange(P, device=dev)[:, None] * k + labels)[valid],
+                           minlength=P * k).view(P, k)
+    lo2 = lo[:, None]
+    while bool((sizes < lo2).any()):  # phase 2: lift under-filled clusters
+        under = sizes < lo2
+        deficit = (lo2 - sizes).clamp_min(0).reshape(-1)
+        surplus = (sizes - lo2).clamp_min(0).reshape(-1)
+        lab_safe = labels.clamp_min(0)
+        movable = valid & (surplus.view(P, k).gather(1, lab_safe) > 0) & under.any(1)[:, None]
+        pp, ii = torch.nonzero(movable, as_tuple=True)
+        if pp.numel() == 0:  # pragma: no cover - impossible when k * lo <= n
+            break
+        cost = torch.where(under[pp], dist[pp, ii] - dd[pp, ii][:, None], inf)
+        cmin, tgt = cost.min(1)
+        tkey = pp * k + tgt
+        o = torch.argsort(cmin, stable=True)
+        cand = o[_group_rank_t(tkey[o]) < deficit[tkey[o]]]
+        donor = pp[cand] * k + labels[pp[cand], ii[cand]]
+        take = cand[_group_rank_t(donor) < surplus[donor]]
+        if take.numel() == 0:  # pragma: no cover
+            break
+        p_, i_, t_ = pp[take], ii[take], tgt[take]
+        sizes.view(-1).sub_(torch.bincount(p_ * k + labels[p_, i_], minlength=P * k))
+        sizes.view(-1).add_(torch.bincount(p_ * k + t_, minlength=P * k))
+        labels[p_, i_] = t_
+        dd[p_, i_] = dist[p_, i_, t_]
+    return labels, dd
+
+
+def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float = 0.1,
+                            random_state: int = 0):
+    """Balanced k-means of P groups at once (one group per parent node).
+
+    ``Xp`` (P, m, d) float32 torch tensor, rows padded past each group's size with
+    ``valid`` (P, m) False; every group must hold more than ``k`` items.  k-means++
+    seeding (batched over groups), Lloyd iterations with the size-constrained
+    assignment of :func:`_batched_balanced_assign`; sizes within ``tol`` of ``n_p / k``.
+    Returns centroids (P, k, d) and labels (P, m) (-1 on padding).
+    """
+    import torch
+
+    from ..utils import torch_generator
+
+    P, m, d = Xp.shape
+    dev = Xp.device
+    counts = valid.sum(1)
+    t = counts.double() / k
+    hi = torch.maximum(torch.ceil(t), torch.floor((1.0 + tol) * t + 1e-9)).long()
+    lo = torch.minimum(torch.floor(t), torch.ceil((1.0 - tol) * t - 1e-9)).long().clamp_min(0)
+    gen = torch_generator(random_state, device=dev)
+    ar = torch.arange(P, device=dev)
+    xn = (Xp * Xp).sum(-1)
+    vf = valid.to(Xp.dtype)
+    # ---- k-means++ seeding, one draw per group per step
+    C = torch.empty((P, k, d), dtype=Xp.dtype, device=dev)
+    first = (torch.rand(P, generator=gen, device=dev) * counts).long().clamp(max=m - 1)
+    C[:, 0] = Xp[ar, first]
+    D2 = ((Xp - C[:, :1]) ** 2).sum(-1) * vf
+    for j in range(1, k):
+        w = D2.clamp_min(0)
+        w = torch.where(w.sum(1, keepdim=True) > 0, w, vf)
+        pick = torch.multinomial(w, 1, generator=gen)[:, 0]
+        C[:, j] = Xp[ar, pick]
+        D2 = torch.minimum(D2, ((Xp - C[:, j:j + 1]) ** 2).sum(-1) * vf)
+    # ---- Lloyd with balanced assignment
+    prev = None
+    gkey_base = ar[:, None] * k
+    for _ in range(max(int(n_iter), 1)):
+        dist = (xn[:, :, None] - 2.0 * torch.bmm(Xp, C.transpose(1, 2))
+                + (C * C).sum(-1)[:, None, :]).clamp_min_(0)
+        labels, _ = _batched_balanced_assign(dist, valid, lo, hi)
+        if prev is not None and torch.equal(labels, prev):
+            break
+        prev = labels
+        key = (gkey_base + labels)[valid]
+        sums = torch.zeros((P * k, d), dtype=Xp.dtype, device=dev).index_add_(0, key, Xp[valid])
+        cnt = torch.bincount(key, minlength=P * k).view(P, k)
+        newC = sums.view(P, k, d) / cnt.clamp_min(1)[:, :, None].to(Xp.dtype)
+        C = torch.where((cnt > 0)[:, :, None], newC, C)
+    else:
+        dist = (xn[:, :, None] - 2.0 * torch.bmm(Xp, C.transpose(1, 2))
+                + (C * C).sum(-1)[:, None, :]).clamp_min_(0)
+        labels, _ = _batched_balanced_assign(dist, valid, lo, hi)
+    return C, labels
 
 
 @register
@@ -226,6 +363,9 @@ class GAOQ(Tokenizer):
         L = len(b) + 1
         gen = rng(self.random_state)
         anchors = [make_anchors(d, gl, gen) for gl in g]
+        import torch
+
+        Xt = torch.from_numpy(X).to(resolve_device(self.device))
 
         root = X.mean(0, dtype=np.float64).astype(np.float32)
         cents: list[np.ndarray] = []
@@ -249,23 +389,12 @@ class GAOQ(Tokenizer):
             cos_match, cos_rand = [], []
             it = progress(range(uniq.size), desc=f"gaoq level {l + 1}", total=uniq.size,
                           enabled=None if self.verbose else False)
+            clusters = self._cluster_parents(X, Xt, order, starts, ends, int(b[l]), seeds, kmeans)
             for j in it:
                 p = int(uniq[j])
                 idx = order[starts[j]:ends[j]]
-                Xp = X[idx]
-                k = min(int(b[l]), idx.size)
-                if k == 1:
-                    C = Xp.mean(0, keepdims=True)
-                    lab = np.zeros(idx.size, np.int64)
-                elif k == idx.size:
-                    C = Xp.copy()
-                    lab = np.arange(k, dtype=np.int64)
-                else:
-                    res = kmeans(Xp, k, n_iter=int(self.n_iter), balanced=True,
-                                 balance_tolerance=float(self.balance_tolerance),
-                                 max_points_per_centroid=self.max_points_per_centroid,
-                                 random_state=int(seeds[j]), device=self.device)
-                    C, lab = res.centroids, res.labels
+                C, lab = clusters[j]
+                k = C.shape[0]
                 pc = root if p < 0 else node_cent_all[p]
                 D = C - pc[None, :]
                 Dn = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
@@ -322,6 +451,72 @@ class GAOQ(Tokenizer):
         self.alignment_ = align
         self._cache = None
         return self
+
+    #: padded (parents x items x clusters) distance elements per batched k-means call
+    _BATCH_ELEMS = 1 << 24
+
+    def _cluster_parents(self, X, Xt, order, starts, ends, b, seeds, kmeans):
+        """``(centroids, labels)`` of every parent's items, in parent order.
+
+        A single parent (level 1) uses :func:`~sidkit.tokenizers.kmeans.kmeans`
+        (balanced, with faiss-style sampling); deeper levels run one batched balanced
+        k-means over blocks of parents (:func:`batched_balanced_kmeans`).  A parent
+        with at most ``b`` items gets one child per item (one child if it has one item).
+        """
+        import torch
+
+        sizes = ends - starts
+        out: list[Any] = [None] * sizes.size
+        big = []
+        for j, nj in enumerate(sizes):
+            idx = order[starts[j]:ends[j]]
+            if nj == 1:
+                out[j] = (X[idx].copy(), np.zeros(1, np.int64))
+            elif nj <= b:
+                out[j] = (X[idx].copy(), np.arange(nj, dtype=np.int64))
+            elif sizes.size == 1:
+                res = kmeans(X[idx] if idx.size < X.shape[0] else X, b, n_iter=int(self.n_iter),
+                             balanced=True, balance_tolerance=float(self.balance_tolerance),
+                             max_points_per_centroid=self.max_points_per_centroid,
+                             random_state=int(seeds[j]), device=self.device)
+                if idx.size == X.shape[0]:  # labels refer to X's rows, reorder to idx
+                    out[j] = (res.centroids, res.labels[idx])
+                else:
+                    out[j] = (res.centroids, res.labels)
+            else:
+                big.append(j)
+        if not big:
+            return out
+        big = np.asarray(big)
+        # blocks of parents whose padded distance tensor stays under _BATCH_ELEMS
+        block, blocks, m = [], [], 0
+        for j in big:
+            m_new = max(m, int(sizes[j]))
+            if block and (len(block) + 1) * m_new * b > self._BATCH_ELEMS:
+                blocks.append(block)
+                block, m_new = [], int(sizes[j])
+            block.append(j)
+            m = m_new
+        blocks.append(block)
+        dev = Xt.device
+        for bi, blk in enumerate(blocks):
+            blk = np.asarray(blk)
+            cnt = sizes[blk]
+            m = int(cnt.max())
+            ar = np.arange(m)
+            valid = ar[None, :] < cnt[:, None]
+            rows = order[np.where(valid, starts[blk][:, None] + ar[None, :], starts[blk][:, None])]
+            rows_t = torch.from_numpy(rows).to(dev)
+            valid_t = torch.from_numpy(valid).to(dev)
+            Xp = Xt[rows_t] * valid_t[:, :, None].to(Xt.dtype)
+            with torch.no_grad():
+                C, lab = batched_balanced_kmeans(Xp, valid_t, b, n_iter=int(self.n_iter),
+                                                 tol=float(self.balance_tolerance),
+                                                 random_state=int(seeds[blk[0]]))
+            C, lab = C.cpu().numpy(), lab.cpu().numpy()
+            for q, j in enumerate(blk):
+                out[j] = (C[q].astype(np.float32), lab[q, :cnt[q]].astype(np.int64))
+        return out
 
     # ------------------------------------------------------------- accessors
     def anchors(self, level: int) -> np.ndarray:

@@ -52,6 +52,8 @@ __all__ = ["KMeansResult", "kmeans", "assign", "as_matrix", "imbalance_factor"]
 
 #: target size of the (chunk, K) float32 distance buffer, in elements (16 MiB)
 _BUF_ELEMS = 1 << 22
+#: below this many distances per chunk, use the inline (single-thread) argmin path
+_SMALL = 1 << 15
 
 
 @dataclass
@@ -157,7 +159,14 @@ def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dis
             xs = xs.to(dev, non_blocking=True)
         b = buf[: e - s]
         torch.addmm(cnorm, xs, Ct, beta=1.0, alpha=-2.0, out=b)
-        torch.min(b, dim=1, out=(dist[s:e], labels[s:e]))
+        if b.numel() <= _SMALL:
+            # torch.min(dim) always pays a thread-pool round trip (ms on a busy
+            # 2-core machine); argmin runs inline below the parallel grain size
+            lab = torch.argmin(b, dim=1)
+            labels[s:e] = lab
+            dist[s:e] = b.gather(1, lab[:, None]).squeeze(1)
+        else:
+            torch.min(b, dim=1, out=(dist[s:e], labels[s:e]))
         if with_dist:
             dist[s:e] += torch.linalg.vector_norm(xs, dim=1).square_()
     if with_dist:
