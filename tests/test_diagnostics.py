@@ -260,15 +260,38 @@ def test_fidelity_with_codebooks(blobs):
     assert r2 == pytest.approx(exact, rel=1e-5)
     assert f["levels"][1]["cosine"] > f["levels"][0]["cosine"] > 0.5
     # prefix-mean reconstruction is at least as good as the codewords (least squares)
-    assert f["prefix_mean"][0]["rel_mse"] <= r1 + 1e-9
+    assert f["prefix_mean"][0]["rel_mse"] <= r1 * (1 + 1e-6)
+    # prefix-mean identities against a brute-force reconstruction
+    for l in range(2):
+        keys = codes.prefix_keys(l + 1)
+        _, inv = np.unique(keys, return_inverse=True)
+        inv = inv.reshape(-1)
+        means = np.stack([blobs[inv == g].astype(float).mean(0) for g in range(inv.max() + 1)])
+        pm = means[inv]
+        X64 = blobs.astype(float)
+        rel = ((X64 - pm) ** 2).sum() / (X64**2).sum()
+        cos = ((X64 * pm).sum(1) / np.linalg.norm(X64, axis=1) / np.linalg.norm(pm, axis=1)).mean()
+        assert f["prefix_mean"][l]["rel_mse"] == pytest.approx(rel, rel=1e-5)
+        assert f["prefix_mean"][l]["cosine"] == pytest.approx(cos, rel=1e-6)
 
-    class DecodeOnly:
+    class DecodeOnly:  # decodes SID prefixes (PAD -> no contribution)
         def decode(self, c):
-            return tok.decode(c)
+            return sum(np.where(c.codes[:, l, None] >= 0, tok.codebooks_[l][c.codes[:, l]], 0.0)
+                       for l in range(c.n_levels))
 
     g = fidelity(codes, blobs, DecodeOnly())
-    assert g["source"] == "decode" and g["levels"][0] is None
+    assert g["source"] == "decode"
+    assert g["levels"][0]["rel_mse"] == pytest.approx(r1, rel=1e-6)
     assert g["levels"][1]["rel_mse"] == pytest.approx(r2, rel=1e-6)
+
+    class FullOnly:  # cannot decode a prefix
+        def decode(self, c):
+            if (c.codes < 0).any():
+                raise ValueError("PAD")
+            return tok.decode(c)
+
+    g = fidelity(codes, blobs, FullOnly())
+    assert g["levels"][0] is None and g["levels"][1]["rel_mse"] == pytest.approx(r2, rel=1e-6)
     h = fidelity(codes, blobs, reconstructions=[None, xh])
     assert h["levels"][1]["rel_mse"] == pytest.approx(r2, rel=1e-6)
 

@@ -91,11 +91,17 @@ def test_load_inputs(run_dir):
 
 
 def test_cli_diagnose_and_compare(run_dir, tmp_path):
-    r = CliRunner().invoke(_app(), ["diagnose", str(run_dir), "--scales", "0,0.1", "--n-mc", "50"])
+    X = np.load(run_dir / "embeddings" / "embeddings.npy")
+    np.save(tmp_path / "view2.npy", X)
+    r = CliRunner().invoke(_app(), ["diagnose", str(run_dir), "--scales", "0,0.1", "--n-mc", "50",
+                                    "--paired", str(tmp_path / "view2.npy")])
     assert r.exit_code == 0, r.output
     data = json.loads((run_dir / "diagnostics" / "report.json").read_text())
     res = data["tokenizers"]["run"]
     assert res["monte_carlo"]["n_sampled"] == 50 and res["fidelity"]["source"] == "codebooks"
+    assert res["monte_carlo"]["paired"]["sid_change_rate"] == 0.0
+    if (run_dir / "split").exists():
+        assert res["soft_matching"]["n_pairs"] > 0
     codes_file = run_dir / "codes" / "codes.npz"
     out = tmp_path / "cmp"
     r = CliRunner().invoke(_app(), ["compare", str(run_dir), str(codes_file), "--out", str(out),

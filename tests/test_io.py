@@ -34,3 +34,13 @@ def test_npy_round_trip_and_hashes(tmp_path):
     assert hash_array(a) != hash_array(a.astype(np.float64))
     assert hash_array(a) != hash_array(a.reshape(4, 3))
     assert hash_obj({"a": 1, "b": 2}) == hash_obj({"b": 2, "a": 1})
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "r.json").st_mode & 0o777 == 0o644

@@ -116,7 +116,7 @@ def _name(path: Path, taken: set[str]) -> str:
 
 
 def _run(paths: list[Path], out: Path, scales: str, monte_carlo: bool, n_mc: int, seed: int,
-         title: str) -> None:
+         title: str, paired: Path | None = None) -> None:
     from ..diagnostics import diagnose as run_diagnose
     from ..diagnostics import write_report
 
@@ -127,6 +127,11 @@ def _run(paths: list[Path], out: Path, scales: str, monte_carlo: bool, n_mc: int
             raise ArtifactError(f"{p} does not exist", "pass a run directory or a Codes .npz/.json file")
         name = _name(p, set(results))
         inputs = load_inputs(Path(p), seed)
+        if paired is not None:
+            if not Path(paired).exists():
+                raise ArtifactError(f"paired view {paired} does not exist",
+                                    "pass an (N, d) .npy in the row order of the codes")
+            inputs["X2"] = np.load(paired, mmap_mode="r", allow_pickle=False)
         typer.echo(f"diagnosing {name} ({inputs['codes']!r})", err=True)
         results[name] = run_diagnose(scales=sc, monte_carlo=monte_carlo, n_mc=n_mc,
                                      random_state=seed, **inputs)
@@ -144,13 +149,15 @@ def diagnose(
                                      help="re-encode perturbed items (needs embeddings + tokenizer)"),
     n_mc: int = typer.Option(100_000, "--n-mc", help="at most this many items in the Monte-Carlo overlap"),
     seed: int = typer.Option(0, "--seed"),
+    paired: Optional[Path] = typer.Option(None, "--paired", help="retrieval-time view (N, d) .npy for the "
+                                          "Monte-Carlo overlap, e.g. another text view"),
 ) -> None:
     """Diagnose one tokenizer's Semantic IDs: report.html, report.json, report.md."""
     try:
         if out is None:
             p = Path(run_or_codes)
             out = (p / "diagnostics") if p.is_dir() else p.parent / "diagnostics"
-        _run([run_or_codes], out, scales, monte_carlo, n_mc, seed, "sidkit diagnostics")
+        _run([run_or_codes], out, scales, monte_carlo, n_mc, seed, "sidkit diagnostics", paired)
     except SidkitError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -8,7 +8,9 @@ Per level ``l`` (reconstruction from the first ``l`` tokens, ``x_hat_l``):
 
 Sources, best first: explicit per-level ``reconstructions``; a tokenizer's
 ``codebooks_`` (residual sums ``sum_{m<=l} e^m_{c_m}``, used only when the full sum
-matches ``tokenizer.decode``); ``tokenizer.decode`` (last level only).  Independent of
+matches ``tokenizer.decode``); ``tokenizer.decode`` of the SID prefixes (PAD beyond
+depth ``l``; levels a tokenizer cannot decode from a prefix are ``None``, the full SID
+always works).  Independent of
 any tokenizer, ``prefix_mean`` reconstructs an item by the mean embedding of the
 items sharing its depth-``l`` prefix (the best any decoder can do from the prefix
 in the squared-error sense), which makes tokenizers comparable.
@@ -31,14 +33,14 @@ def _subset(codes: Codes, rows: slice | np.ndarray) -> Codes:
 
 
 def _accumulate(X: np.ndarray, Xh: np.ndarray, acc: np.ndarray) -> None:
-    """acc += [sum err^2, sum cos]."""
-    X = X.astype(np.float64, copy=False)
-    Xh = Xh.astype(np.float64, copy=False)
+    """acc += [sum err^2, sum cos] (row reductions in float32, sums in float64)."""
+    X = np.asarray(X, dtype=np.float32)
+    Xh = np.asarray(Xh, dtype=np.float32)
     diff = X - Xh
-    acc[0] += float(np.einsum("ij,ij->", diff, diff))
-    nx = np.sqrt(np.einsum("ij,ij->i", X, X))
-    nh = np.sqrt(np.einsum("ij,ij->i", Xh, Xh))
-    dot = np.einsum("ij,ij->i", X, Xh)
+    acc[0] += float(np.einsum("ij,ij->i", diff, diff).sum(dtype=np.float64))
+    nx = np.sqrt(np.einsum("ij,ij->i", X, X).astype(np.float64))
+    nh = np.sqrt(np.einsum("ij,ij->i", Xh, Xh).astype(np.float64))
+    dot = np.einsum("ij,ij->i", X, Xh).astype(np.float64)
     den = nx * nh
     acc[1] += float(np.where(den > 0, dot / np.where(den > 0, den, 1.0), 0.0).sum())
 
@@ -60,14 +62,21 @@ def _sq_norm(X: np.ndarray) -> float:
     return tot
 
 
-def group_sums(inv: np.ndarray, n_groups: int, X: np.ndarray) -> np.ndarray:
-    """(G, d) float64 sums of the rows of X per group id ``inv`` (sparse matmul)."""
-    n = inv.size
-    M = sp.csr_matrix((np.ones(n, dtype=np.float64), (inv, np.arange(n))), shape=(n_groups, n))
-    out = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
-    for s in range(0, n, CHUNK):  # chunk over items to bound memory
-        out += M[:, s:s + CHUNK] @ np.asarray(X[s:s + CHUNK], dtype=np.float64)
-    return out
+def group_sums(inv: np.ndarray, n_groups: int, X: np.ndarray,
+               weights: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """(G, d) float64 sums of (weighted) rows of X per group id ``inv``.
+
+    One sparse (G x N) @ X product (no copy of X, no per-chunk dense output);
+    ``rows`` restricts the sum to those item rows (``inv`` then has one entry per row).
+    """
+    n = X.shape[0]
+    cols = np.arange(n) if rows is None else np.asarray(rows)
+    data = np.ones(cols.size, dtype=np.float32) if weights is None else np.asarray(weights, np.float32)
+    M = sp.csr_matrix((data, (np.asarray(inv), cols)), shape=(n_groups, n))
+    Xa = np.asarray(X)
+    if Xa.dtype not in (np.float32, np.float64):
+        Xa = Xa.astype(np.float32)
+    return np.asarray(M @ Xa, dtype=np.float64)
 
 
 def _prefix_means(codes: Codes, X: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,17 +89,52 @@ def _prefix_means(codes: Codes, X: np.ndarray, depth: int) -> tuple[np.ndarray, 
     return inv, means, counts
 
 
+def _row_sq_norms(X: np.ndarray) -> np.ndarray:
+    out = np.empty(X.shape[0], dtype=np.float64)
+    for s in range(0, X.shape[0], CHUNK):
+        x = np.asarray(X[s:s + CHUNK], dtype=np.float32)
+        out[s:s + CHUNK] = np.einsum("ij,ij->i", x, x)
+    return out
+
+
 def prefix_mean_fidelity(codes: Codes, X: np.ndarray) -> list[dict[str, Any]]:
-    """Fidelity of the prefix-mean reconstruction after every level."""
+    """Fidelity of the prefix-mean reconstruction after every level.
+
+    Uses ``sum_{i in g} ||x_i - m_g||^2 = sum_{i in g} ||x_i||^2 - n_g ||m_g||^2`` and
+    ``sum_{i in g} cos(x_i, m_g) = m_g . (sum_{i in g} x_i / ||x_i||) / ||m_g||``, so each
+    level costs two sparse products over the items of non-singleton groups
+    (a singleton group reconstructs its item exactly).
+    """
+    X = np.asarray(X)
     n, d = X.shape
-    sq = _sq_norm(X)
+    nx2 = _row_sq_norms(X)
+    sq = float(nx2.sum())
+    nx = np.sqrt(nx2)
+    inv_nx = np.where(nx > 0, 1.0 / np.where(nx > 0, nx, 1.0), 0.0)
     out = []
     for l in range(codes.n_levels):
-        inv, means, _ = _prefix_means(codes, X, l + 1)
-        acc = np.zeros(2)
-        for s in range(0, n, CHUNK):
-            _accumulate(np.asarray(X[s:s + CHUNK]), means[inv[s:s + CHUNK]], acc)
-        out.append(_finish(acc, sq, n, d, l + 1))
+        _, inv, counts = np.unique(codes.prefix_keys(l + 1), return_inverse=True, return_counts=True)
+        inv = inv.reshape(-1)
+        multi = counts[inv] > 1
+        rows = np.flatnonzero(multi)
+        gid = np.flatnonzero(counts > 1)
+        relabel = np.full(counts.size, -1, dtype=np.int64)
+        relabel[gid] = np.arange(gid.size)
+        sub_inv = relabel[inv[rows]]
+        S = group_sums(sub_inv, gid.size, X, rows=rows)
+        T = group_sums(sub_inv, gid.size, X, weights=inv_nx[rows], rows=rows)
+        ng = counts[gid].astype(np.float64)
+        m = S / ng[:, None]
+        err = max(float(nx2[rows].sum() - (ng * np.einsum("ij,ij->i", m, m)).sum()), 0.0)
+        mn = np.sqrt(np.einsum("ij,ij->i", m, m))
+        cos = float(np.where(mn > 0, np.einsum("ij,ij->i", m, T) / np.where(mn > 0, mn, 1.0), 0.0).sum())
+        cos += float((nx[~multi] > 0).sum())  # singletons: x_hat = x
+        out.append({
+            "level": l + 1,
+            "rel_mse": err / sq if sq > 0 else float("nan"),
+            "mse": err / (n * d),
+            "cosine": cos / n,
+        })
     return out
 
 
@@ -117,14 +161,20 @@ def tokenizer_codebooks(tokenizer: Any, codes: Codes, d: int | None = None) -> l
 
 def _residual_sums(levels: Sequence[np.ndarray], codes: Codes, rows: slice) -> list[np.ndarray]:
     c = codes.codes[rows]
-    xh = np.zeros((c.shape[0], levels[0].shape[1]), dtype=np.float64)
+    xh = np.zeros((c.shape[0], levels[0].shape[1]), dtype=np.float32)
     out = []
     for l, cb in enumerate(levels):
+        ext = np.vstack([np.asarray(cb, dtype=np.float32), np.zeros((1, cb.shape[1]), np.float32)])
         tok = c[:, l]
-        ok = tok >= 0
-        xh = xh + np.where(ok[:, None], cb[np.where(ok, tok, 0)], 0.0)
+        xh = xh + ext[np.where(tok >= 0, tok, ext.shape[0] - 1)]  # PAD -> zero row
         out.append(xh)
     return out
+
+
+def truncate(codes: Codes, depth: int) -> Codes:
+    """The SID prefixes of length ``depth`` (PAD beyond), as a Codes of the same width."""
+    lengths = np.minimum(codes.lengths, depth)
+    return codes.replace(codes=codes.codes, lengths=lengths)
 
 
 def _decode(tokenizer: Any, codes: Codes, rows: slice) -> np.ndarray:
@@ -184,11 +234,18 @@ def fidelity(codes: Codes, X: np.ndarray, tokenizer: Any = None,
             levels = [_finish(accs[l], sq, n, d, l + 1) for l in range(L)]
         elif hasattr(tokenizer, "decode"):
             source = "decode"
-            acc = np.zeros(2)
-            for s in range(0, n, CHUNK):
-                rows = slice(s, s + CHUNK)
-                _accumulate(np.asarray(X[rows]), _decode(tokenizer, codes, rows), acc)
-            levels[L - 1] = _finish(acc, sq, n, d, L)
+            for depth in range(L, 0, -1):
+                trunc = codes if depth == L else truncate(codes, depth)
+                acc = np.zeros(2)
+                try:
+                    for s in range(0, n, CHUNK):
+                        rows = slice(s, s + CHUNK)
+                        _accumulate(np.asarray(X[rows]), _decode(tokenizer, trunc, rows), acc)
+                except Exception:
+                    if depth == L:
+                        raise
+                    break  # this tokenizer cannot decode a SID prefix: last level only
+                levels[depth - 1] = _finish(acc, sq, n, d, depth)
     return {
         "source": source,
         "levels": levels,
@@ -217,7 +274,8 @@ def data_codewords(codes: Codes, X: np.ndarray) -> list[np.ndarray]:
         sums -= (A @ parent_means)[:k]
         cnt = np.bincount(t, minlength=k + 1)[:k]
         out.append(sums / np.maximum(cnt, 1)[:, None])
-        parent_inv, parent_means, _ = _prefix_means(codes, X, l + 1)
+        if l + 1 < codes.n_levels:
+            parent_inv, parent_means, _ = _prefix_means(codes, X, l + 1)
     return out
 
 

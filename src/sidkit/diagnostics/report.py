@@ -36,6 +36,8 @@ padding:.5em 1em;margin:.5em 0}.ok{background:#eef8ee;border-left-color:#3a3}.na
 .note{color:#555;font-size:13px}
 """
 
+_MARK = ["o", "s", "^", "D", "v", "P"]
+_LS = ["-", "--", ":", "-.", "-", "--"]
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -68,9 +70,10 @@ class _Table:
                 f"<tbody>{body}</tbody></table>")
 
     def md(self) -> str:
-        lines = [f"**{self.caption}**", "", "| " + " | ".join(self.header) + " |",
+        esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+        lines = [f"**{self.caption}**", "", "| " + " | ".join(esc(h) for h in self.header) + " |",
                  "|" + "---|" * len(self.header)]
-        lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in self.rows]
+        lines += ["| " + " | ".join(esc(_fmt(c)) for c in r) + " |" for r in self.rows]
         return "\n".join(lines) + "\n"
 
 
@@ -302,8 +305,8 @@ def _overlap(res: dict[str, dict]) -> tuple[list[_Table], str | None]:
         sc = ov["scales"]
         for lv in ov["levels"]:
             rows.append([name, f"level {lv['level']}", ov["codewords_source"]] + list(lv["K_eff"]))
-            axes[0].plot(sc, lv["K_eff"], "o-", color=_col(i), alpha=0.4 + 0.6 * lv["level"] / len(ov["levels"]),
-                         label=f"{name} L{lv['level']}")
+            axes[0].plot(sc, lv["K_eff"], color=_col(i), marker=_MARK[(lv["level"] - 1) % len(_MARK)],
+                         ls=_LS[(lv["level"] - 1) % len(_LS)], label=f"{name} L{lv['level']}")
         if ov.get("sid"):
             s = ov["sid"]
             rows.append([name, "SID" + ("" if s["exact"] else " (sampled)"), ov["codewords_source"]]
@@ -345,8 +348,8 @@ def _monte_carlo(res: dict[str, dict]) -> tuple[list[_Table], str | None]:
         sc = mc["scales"]
         L = len(mc["runs"][0]["flip_rate"])
         for l in range(L):
-            axes[0].plot(sc, [x["flip_rate"][l] for x in mc["runs"]], "o-", color=_col(i),
-                         alpha=0.4 + 0.6 * (l + 1) / L, label=f"{name} L{l + 1}")
+            axes[0].plot(sc, [x["flip_rate"][l] for x in mc["runs"]], color=_col(i),
+                         marker=_MARK[l % len(_MARK)], ls=_LS[l % len(_LS)], label=f"{name} L{l + 1}")
         axes[1].plot(sc, [x["mean_shared_prefix"] for x in mc["runs"]], "o-", color=_col(i), label=name)
     if not any_data:
         return [], None
@@ -474,6 +477,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, title: str = "
             md.append(f"_Not available: {na.get(sid, 'no data')}._\n")
         parts += [t.html() for t in tables] + imgs
         md += [t.md() for t in tables]
+        if imgs:
+            md.append(f"_{len(imgs)} plot(s) in report.html._\n")
         parts.append("</section>")
         body.append("".join(parts))
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
