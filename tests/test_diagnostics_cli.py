@@ -12,11 +12,11 @@ import typer
 from typer.testing import CliRunner
 
 from sidkit.commands.diagnose import compare, diagnose, load_inputs
-from sidkit.tokenizers.base import Tokenizer, register
+from sidkit.tokenizers import base as tokenizer_base
+from sidkit.tokenizers.base import Tokenizer
 from sidkit.types import Codes
 
 
-@register
 class _DiagTestRQ(Tokenizer):
     """Stand-in residual quantizer saved/loaded through the Tokenizer interface."""
 
@@ -49,6 +49,13 @@ class _DiagTestRQ(Tokenizer):
 
     def decode(self, codes):
         return sum(self.codebooks_[l][codes.codes[:, l]] for l in range(codes.n_levels))
+
+
+@pytest.fixture(autouse=True)
+def _registered(monkeypatch):
+    """Register the stand-in only while a test runs, so other suites never see it."""
+    monkeypatch.setitem(tokenizer_base._REGISTRY, _DiagTestRQ.name, _DiagTestRQ)
+
 
 
 def _app() -> typer.Typer:
