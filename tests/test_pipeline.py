@@ -160,3 +160,19 @@ def test_cli_tokenize_and_embed(toy, sidkit_home):
     from sidkit.types import Embeddings
     e = Embeddings.load(toy / "emb")
     assert e.vectors.shape == (60, 384) and e.item_ids[0] == "i0"
+
+
+def test_hourglass_remedies_in_the_pipeline(toy):
+    out = toy / "run"
+    full = Codes.load(run_pipeline(_cfg(toy), out).out / "codes" / "codes")
+    dropped = run_pipeline(_cfg(toy, codes={"hourglass_remedy": "drop_level", "hourglass_level": 1}), out)
+    d = Codes.load(out / "codes" / "codes")
+    assert d.params["hourglass"]["remedy"] == "drop_level"
+    np.testing.assert_array_equal(d.codes[:, 0], full.codes[:, 0])  # level 0 kept
+    assert not d.has_collisions() and dropped.summary("codes")["n_items"] == 60
+    run_pipeline(_cfg(toy, codes={"hourglass_remedy": "topk", "hourglass_k": 1}), out)
+    t = Codes.load(out / "codes" / "codes")
+    info = t.params["hourglass"]
+    assert info["k"] == 1 and info["n_shortened"] > 0 and t.is_variable_length
+    assert not t.has_collisions()
+    np.testing.assert_array_equal(t.lookup(t.codes, t.lengths), np.arange(60))

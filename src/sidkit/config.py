@@ -23,6 +23,7 @@ Example (every key optional; these are the defaults)::
     n_levels = 3
     codebook_sizes = []        # empty: chosen from the catalogue size
     resolve_collisions = true
+    hourglass_remedy = "none"  # or "drop_level" / "topk" (seed 002), on hourglass_level
     params = {}                # any other tokenizer parameter
 """
 
@@ -65,6 +66,10 @@ class CodesConfig(_Strict):
     n_levels: int = Field(3, ge=1, le=8)
     codebook_sizes: list[int] = Field(default_factory=list)
     resolve_collisions: bool = True
+    hourglass_remedy: Literal["none", "drop_level", "topk"] = Field(
+        "none", description="seed 002 remedies for a concentrated middle level")
+    hourglass_level: int = Field(1, ge=0, description="0-based level the remedy acts on")
+    hourglass_k: int | None = Field(None, ge=0, description="top-K; None = chosen from counts")
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("codebook_sizes")

@@ -88,6 +88,18 @@ def make_tokenizer(cfg: ExperimentConfig):
     return cls(**kw)
 
 
+def apply_hourglass_remedy(codes: Codes, cfg: ExperimentConfig) -> Codes:
+    """Apply the configured seed-002 remedy (drop a level, or adaptive top-K removal)."""
+    from .tokenizers import drop_level, topk_removal
+
+    c = cfg.codes
+    if c.hourglass_remedy == "drop_level":
+        return drop_level(codes, c.hourglass_level)
+    if c.hourglass_remedy == "topk":
+        return topk_removal(codes, c.hourglass_level, c.hourglass_k)[0]
+    return codes
+
+
 def sid_summary(codes: Codes) -> dict[str, Any]:
     """Per-level usage, perplexity and the collision rate of a Codes artifact."""
     from .diagnostics.prefix import collisions
@@ -194,6 +206,7 @@ def _codes_stage(cfg: ExperimentConfig) -> Stage:
         else:
             tok.fit(emb.vectors)
         codes = tok.encode(emb.vectors).replace(item_ids=emb.item_ids)
+        codes = apply_hourglass_remedy(codes, cfg)
         if codes.has_collisions() and cfg.codes.resolve_collisions:
             from .tokenizers import resolve_collisions
             codes = resolve_collisions(codes)
@@ -216,6 +229,10 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
         emb = Embeddings.load(inp["embeddings"])
         codes = Codes.load(inp["codes"] / "codes")
         tok = Tokenizer.load(inp["codes"] / "tokenizer")
+        if "hourglass" in codes.params:
+            # remedied codes no longer match what the tokenizer encodes/decodes: diagnose
+            # them from the codes and embeddings alone (prefix-mean fidelity, no re-encoding)
+            tok = None
         pairs = training_pairs(inp["split"], emb.item_ids)
         res = diagnose(codes, emb.vectors, tok, pairs, scales=cfg.diagnostics.perturbation_scales,
                        random_state=cfg.seed)
