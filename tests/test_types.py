@@ -57,3 +57,18 @@ def test_embeddings_validation_and_round_trip(tmp_path):
         Embeddings(bad, np.array(["a", "b", "c"]))
     with pytest.raises(DataError, match="3 rows but there are 2"):
         Embeddings(np.ones((3, 4)), np.array(["a", "b"]))
+
+
+def test_semantic_drops_the_disambiguation_token():
+    # TIGER extra level, with a variable-length SID (item 1 has 1 semantic token + counter)
+    c = Codes(np.array([[0, 1, 0], [1, 0, PAD], [0, 1, 1]]), (2, 2, 2), lengths=[3, 2, 3],
+              collision_rule="extra_level")
+    s = c.semantic()
+    assert s.collision_rule == "none" and s.to_tuples() == [(0, 1), (1,), (0, 1)]
+    assert s.codebook_sizes == (2, 2)
+    g = Codes(np.array([[0, 0], [0, 1], [1, 0]]), (2, 2), collision_rule="by_construction")
+    assert g.semantic().to_tuples() == [(0,), (0,), (1,)]
+    plain = Codes(np.array([[0, 1]]), (2, 2))
+    assert plain.semantic() is plain
+    with pytest.raises(DataError, match="only its disambiguation token"):
+        Codes(np.array([[0, 1]]), (2, 2), lengths=[1], collision_rule="extra_level").semantic()

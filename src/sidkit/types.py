@@ -123,6 +123,28 @@ class Codes:
     def replace(self, **changes: Any) -> "Codes":
         return dataclasses.replace(self, **changes)
 
+    def semantic(self) -> "Codes":
+        """The semantic tokens only: drops each SID's disambiguation token.
+
+        With ``collision_rule`` "extra_level" (TIGER's counter) or "by_construction"
+        (e.g. GAOQ's last level, which enumerates the items of a leaf) the last token
+        of every SID carries no geometry; it is removed (at ``lengths - 1``, so
+        variable-length SIDs work too).  Codes with rule "none" are returned as they are.
+        """
+        if self.collision_rule == "none":
+            return self
+        lengths = self.lengths - 1
+        if self.n_items and (lengths < 1).any():
+            raise DataError("an item's SID has only its disambiguation token",
+                            "pass codes produced by a tokenizer with at least one semantic level")
+        arr = self.codes.copy()
+        arr[np.arange(self.n_items), lengths] = PAD
+        width = max(int(lengths.max()) if self.n_items else self.n_levels - 1, 1)
+        params = {k: v for k, v in self.params.items() if k != "base_levels"}
+        return Codes(arr[:, :width], self.codebook_sizes[:width], lengths=lengths,
+                     method=self.method, params=params, collision_rule="none",
+                     item_ids=self.item_ids)
+
     # ------------------------------------------------------------ identities
     def prefix_keys(self, depth: int) -> np.ndarray:
         """One int64 per item identifying its first ``depth`` tokens (PAD included).

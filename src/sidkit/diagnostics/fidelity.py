@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..types import Codes
+from ..types import PAD, Codes
 
 CHUNK = 65536
 
@@ -178,7 +178,15 @@ def truncate(codes: Codes, depth: int) -> Codes:
 
 
 def _decode(tokenizer: Any, codes: Codes, rows: slice) -> np.ndarray:
-    return np.asarray(tokenizer.decode(_subset(codes, rows)), dtype=np.float64)
+    sub = _subset(codes, rows)
+    width = len(getattr(tokenizer, "codebook_sizes_", ())) or sub.n_levels
+    if width > sub.n_levels:
+        # semantic-only codes (e.g. GAOQ without its enumerating last level): pad with
+        # PAD so the tokenizer decodes the prefix (its deepest centroid)
+        pad = np.full((sub.n_items, width - sub.n_levels), PAD, dtype=np.int64)
+        sizes = tuple(sub.codebook_sizes) + tuple(int(k) for k in tokenizer.codebook_sizes_[sub.n_levels:])
+        sub = sub.replace(codes=np.concatenate([sub.codes, pad], 1), codebook_sizes=sizes)
+    return np.asarray(tokenizer.decode(sub), dtype=np.float64)
 
 
 def codebooks_match_decode(tokenizer: Any, levels: Sequence[np.ndarray], codes: Codes,

@@ -242,8 +242,10 @@ def compare_codes(clean: Codes, pert: Codes) -> dict[str, Any]:
     counter, not a semantic token.
     """
     clean, pert = semantic_codes(clean), semantic_codes(pert)
-    A, B = clean.codes, pert.codes
-    L = clean.n_levels
+    # re-encoded unseen rows may carry another collision rule (GAOQ: "none" for items
+    # that are not training rows), so compare the semantic levels both have
+    L = min(clean.n_levels, pert.n_levels)
+    A, B = clean.codes[:, :L], pert.codes[:, :L]
     flips, lev = [], []
     for l in range(L):
         ok = clean.lengths > l
@@ -251,7 +253,7 @@ def compare_codes(clean: Codes, pert: Codes) -> dict[str, Any]:
         lev.append({"level": l + 1, **overlap_from_labels(A[:, l], B[:, l])})
     changed = (A != B).any(axis=1)
     lcp = _lcp(A, B)
-    sid = overlap_from_labels(clean.sid_keys(), pert.sid_keys())
+    sid = overlap_from_labels(clean.prefix_keys(L), pert.prefix_keys(L))
     return {
         "flip_rate": flips,
         "sid_change_rate": float(changed.mean()),

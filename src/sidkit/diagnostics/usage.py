@@ -104,13 +104,10 @@ def usage(codes: Codes, include_counts: bool = True) -> list[dict[str, Any]]:
 
 
 def semantic_codes(codes: Codes) -> Codes:
-    """The codes without a TIGER disambiguation level (``collision_rule="extra_level"``).
+    """The codes without their disambiguation token (see :meth:`Codes.semantic`).
 
-    The extra level is an arbitrary counter with no geometry; overlap, Monte-Carlo
-    flips and hourglass detection look at the semantic levels only.
+    A TIGER extra level or GAOQ's item-enumerating last level is a counter with no
+    geometry; fidelity, overlap, Monte-Carlo flips and hourglass detection look at the
+    semantic levels only.
     """
-    if codes.collision_rule != "extra_level" or codes.n_levels < 2:
-        return codes
-    L = codes.n_levels - 1
-    return codes.replace(codes=codes.codes[:, :L], codebook_sizes=codes.codebook_sizes[:L],
-                         lengths=np.minimum(codes.lengths, L), collision_rule="none")
+    return codes.semantic()
