@@ -6,10 +6,12 @@ Usage::
     python benchmarks/tokenizers.py --quick    # 20k x 128 items
     python benchmarks/tokenizers.py --n 50000 --dim 64 --only rqkmeans gaoq
 
-Reports, from the same run, the ratios of balanced RQ-KMeans and GAOQ to plain
-RQ-KMeans (SPEC 8 goal: <= 3x).  Neural tokenizers (rqvae, drq) are timed for a few
-epochs only (``--epochs``); their per-epoch time is reported as well.  Writes
-``benchmarks/results/tokenizers.json`` and ``.md`` with the machine it ran on.
+Times ``fit_encode`` (fit + the training codes), best of ``--repeat`` (default 3)
+fits for the k-means family, and reports, from the same run, the ratios of balanced
+RQ-KMeans and GAOQ to plain RQ-KMeans (SPEC 8 goal: <= 3x).  Neural tokenizers
+(rqvae, drq) are fitted once for a few epochs only (``--epochs``); their time per
+epoch (including k-means init and the final encode) is reported as well.  Writes
+``benchmarks/results/tokenizers{--suffix}.json`` and ``.md`` with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def configs(epochs: int, device: str) -> dict[str, dict]:
@@ -72,11 +75,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="20k items (overrides --n)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs for rqvae/drq")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeat", type=int, default=1, help="best of this many fits per entry")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="best of this many fits per k-means entry (rqvae/drq: one fit)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's choice, all cores)")
     ap.add_argument("--only", nargs="*", default=None, help="benchmark entries to run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--suffix", default="", help="results file suffix, e.g. _1thread")
     args = ap.parse_args(argv)
     n = 20_000 if args.quick else args.n
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from sidkit.tokenizers import available, get_tokenizer_class
 
@@ -96,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
         cls = get_tokenizer_class(tok_name)
         params = {k: v for k, v in params.items() if k in cls._param_names()}
         fit_s = float("inf")
-        for _ in range(max(1, args.repeat)):  # best of --repeat
+        reps = 1 if "epochs" in params else max(1, args.repeat)  # neural ones: one fit
+        for _ in range(reps):  # best of --repeat
             tok = cls(**params)
             t0 = time.perf_counter()
             codes = tok.fit_encode(X)
@@ -105,10 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
         tok.encode(X[: min(n, 20_000)])
         enc_s = time.perf_counter() - t0
         row = {"entry": entry, "tokenizer": tok_name, "params": params, "fit_s": round(fit_s, 3),
+               "fits": reps,
                "encode_20k_s": round(enc_s, 3), "codebook_sizes": list(codes.codebook_sizes),
                "unique_sids": codes.n_unique(), "collision_rule": codes.collision_rule}
         if hasattr(tok, "n_epochs_"):
             row["epochs"] = int(tok.n_epochs_)
+            row["s_per_epoch"] = round(fit_s / max(int(tok.n_epochs_), 1), 3)
         print(f"{entry:>18}: fit {fit_s:8.2f}s  sizes {list(codes.codebook_sizes)}", flush=True)
         rows.append(row)
     by = {r["entry"]: r for r in rows}
@@ -123,20 +137,23 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": machine(), "rows": rows, "ratios": ratios, "goal": "ratios <= 3"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenizers.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"tokenizers{args.suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [f"# Tokenizer fit times ({n:,} x {args.dim} synthetic clustered items)", "",
           f"Command: `{result['command'].strip()}`  ",
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-          f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads)", "",
-          "| entry | tokenizer | fit (s) | encode 20k (s) | codebook sizes | unique SIDs | collision rule |",
+          f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads)  ",
+          f"Load average at start: {result['machine']['load_avg_1m_at_start']} (other jobs share "
+          "the cores; absolute times are noisy, compare ratios within one run).", "",
+          "| entry | tokenizer | fit_encode (s) | encode 20k (s) | codebook sizes | unique SIDs | collision rule |",
           "|---|---|---:|---:|---|---:|---|"]
     for r in rows:
-        name = r["entry"] + (f" ({r['epochs']} epochs)" if "epochs" in r else "")
+        name = r["entry"] + (f" ({r['epochs']} epochs, {r['s_per_epoch']:.1f} s/epoch)"
+                             if "epochs" in r else f" (best of {r['fits']})")
         md.append(f"| {name} | {r['tokenizer']} | {r['fit_s']:.2f} | {r['encode_20k_s']:.2f} | "
                   f"{r['codebook_sizes']} | {r['unique_sids']} | {r['collision_rule']} |")
     md += ["", "Ratios in the same run (goal <= 3x plain RQ-KMeans):", ""]
     md += [f"- {k}: {v}x" for k, v in ratios.items()]
-    (out / "tokenizers.md").write_text("\n".join(md) + "\n")
+    (out / f"tokenizers{args.suffix}.md").write_text("\n".join(md) + "\n")
     print(json.dumps(ratios))
     return result
 

@@ -135,3 +135,27 @@ def test_deterministic():
     b = GAOQ(random_state=3, device="cpu").fit(X)
     np.testing.assert_array_equal(a.codes_, b.codes_)
     np.testing.assert_array_equal(a.anchors_, b.anchors_)
+
+
+def test_batched_balanced_kmeans_groups_of_different_sizes():
+    import torch
+
+    from sidkit.tokenizers.gaoq import batched_balanced_kmeans
+
+    rs = np.random.default_rng(0)
+    counts = np.array([50, 80, 33])
+    m, d, k = counts.max(), 6, 5
+    Xp = np.zeros((3, m, d), np.float32)
+    valid = np.arange(m)[None, :] < counts[:, None]
+    Xp[valid] = rs.normal(size=(counts.sum(), d)) + rs.integers(0, 3, (counts.sum(), 1)) * 3.0
+    C, lab = batched_balanced_kmeans(torch.from_numpy(Xp), torch.from_numpy(valid), k, tol=0.1)
+    C, lab = C.numpy(), lab.numpy()
+    assert C.shape == (3, k, d) and (lab[~valid] == -1).all()
+    for p, n in enumerate(counts):
+        sizes = np.bincount(lab[p, :n], minlength=k)
+        t = n / k
+        assert sizes.min() >= min(math.floor(t), math.ceil(0.9 * t))
+        assert sizes.max() <= max(math.ceil(t), math.floor(1.1 * t))
+        # centroids are the means of their members
+        for c in range(k):
+            np.testing.assert_allclose(C[p, c], Xp[p, :n][lab[p, :n] == c].mean(0), atol=1e-4)

@@ -15,19 +15,19 @@ def _clustered(n=1200, d=24, k=16, seed=0):
 
 
 SMALL = dict(codebook_sizes=[16, 16, 16], hidden_sizes=(64, 32), latent_dim=8, epochs=12,
-             batch_size=256, lr=3e-3, device="cpu")
+             batch_size=200, lr=5e-3, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    X = _clustered()
+    X = _clustered(n=800)
     return X, RQVAE(**SMALL).fit(X)
 
 
 def test_loss_decreases_and_usage_floor(fitted):
     X, m = fitted
     h = m.history_
-    assert h[-1]["recon"] < 0.5 * h[0]["recon"]
+    assert h[-1]["recon"] < 0.7 * h[0]["recon"]
     assert h[-1]["loss"] < h[0]["loss"]
     # k-means init + dead-code reset keep most codewords alive on every level
     for u in m.usage_:
@@ -71,6 +71,10 @@ def test_resolve_collisions_and_early_stop():
     assert c.collision_rule == "extra_level" and not c.has_collisions()
     assert c.n_levels == 3
     assert m.decode(c).shape == X.shape
+    # cold start: new items never collide with the catalogue
+    new = m.encode_new(_clustered(n=30, seed=9))
+    both = np.concatenate([c.codes, new.codes])
+    assert len(np.unique(both, axis=0)) == len(both)
 
 
 def test_default_sizes_and_errors():

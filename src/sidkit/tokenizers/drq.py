@@ -254,7 +254,7 @@ class DRQ(Tokenizer):
             m = acc.cpu().numpy() / max(steps, 1)
             history.append({"epoch": epoch, "loss": float(m[0]), "recon": float(m[1]),
                             "infonce": float(m[2])})
-            if m[0] < best - abs(best) * float(self.tol):
+            if not math.isfinite(best) or m[0] < best - abs(best) * float(self.tol):
                 best, since = float(m[0]), 0
             else:
                 since += 1

@@ -2,9 +2,14 @@
 
 Algorithm (SPEC 4.8)
 --------------------
-* Level 1: balanced k-means of all items into ``b_1`` groups.
+* Level 1: balanced k-means of all items into ``b_1`` groups
+  (:func:`sidkit.tokenizers.kmeans.kmeans`, faiss-style sampling).
 * Level ``l`` (``2 <= l <= L-1``): inside every parent node, balanced k-means of its
-  items into ``b_l`` children (fewer when the parent holds fewer than ``b_l`` items).
+  items into ``b_l`` children (a parent with at most ``b_l`` items gets one child per
+  item).  All parents of a level are clustered together by
+  :func:`batched_balanced_kmeans` (padded ``(parents, items, d)`` tensors, one GEMM per
+  Lloyd step for every parent, the same size-constrained assignment rule as
+  :mod:`~sidkit.tokenizers.kmeans`), in blocks that bound memory.
 * Alignment: the child centroids are centred on their parent centroid (the catalogue
   mean for level 1) and matched one-to-one to ``g_l >= b_l`` anchor directions shared
   by every parent, maximising the total cosine with the Hungarian algorithm
@@ -39,7 +44,9 @@ centroid for a full path).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,7 +57,7 @@ from ..utils import progress, resolve_device, rng
 from .base import Tokenizer, check_embeddings, register
 from .rqvae import codes_array
 
-__all__ = ["GAOQ", "auto_branching", "make_anchors"]
+__all__ = ["GAOQ", "auto_branching", "make_anchors", "batched_balanced_kmeans"]
 
 #: items per leaf the automatic branching aims at (rule: N/10 .. N/20 leaves)
 ITEMS_PER_LEAF = 15
@@ -123,6 +130,31 @@ def _group_rank(keys: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------- batched balanced k-means
+#: Lloyd stops once at most this fraction of labels changes between iterations
+_CHANGE_TOL = 1e-3
+
+
+@contextlib.contextmanager
+def _one_thread(device):
+    """Run torch CPU ops on one thread inside the block (restored afterwards).
+
+    The balanced-assignment rounds are many small, memory-light ops for which a
+    thread-pool round trip per op costs more than the op (badly so on a busy
+    machine); the GEMMs outside stay parallel.  No-op on GPU.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _group_rank_t(keys):
     """Rank of each position among equal ``keys``, in current order (torch)."""
     import torch
@@ -148,58 +180,88 @@ def _batched_balanced_assign(dist, valid, lo, hi):
     size bounds.  Same rule as :mod:`sidkit.tokenizers.kmeans`' balanced mode: greedy
     proposals in distance order under capacity ``hi``, then clusters below ``lo``
     take their cheapest moves from clusters above ``lo``.  Returns labels (P, m)
-    (-1 on padding) and the squared distance to the assigned centroid.
+    (-1 on padding) and the squared distance to the assigned centroid.  Rows are
+    handled through flat indices (``index_select``), the distance matrix is
+    computed once by the caller.
     """
     import torch
 
     P, m, k = dist.shape
     dev = dist.device
-    labels = torch.full((P, m), -1, dtype=torch.int64, device=dev)
-    dd = torch.zeros((P, m), dtype=dist.dtype, device=dev)
-    remaining = hi[:, None].expand(P, k).clone().reshape(-1)
-    pending = valid.clone()
+    D = dist.reshape(P * m, k)
+    labels = torch.full((P * m,), -1, dtype=torch.int64, device=dev)
+    dd = torch.zeros(P * m, dtype=dist.dtype, device=dev)
+    remaining = hi[:, None].expand(P, k).reshape(-1).clone()
+    f = torch.nonzero(valid.reshape(-1)).flatten()  # pending rows (flat)
     inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dev)
-    while True:  # phase 1: at least one point is placed per round
-        pp, ii = torch.nonzero(pending, as_tuple=True)
-        if pp.numel() == 0:
-            break
-        full = (remaining.view(P, k) <= 0)[pp]
-        dmin, lab = torch.where(full, inf, dist[pp, ii]).min(1)
+    first = True
+    while f.numel():  # phase 1: at least one point is placed per round
+        pp = torch.div(f, m, rounding_mode="floor")
+        if first and f.numel() == P * m:
+            Df = D
+        else:
+            Df = D.index_select(0, f)  # a copy: masking in place is safe
+            if not first:
+                Df.masked_fill_((remaining.view(P, k) <= 0).index_select(0, pp), float("inf"))
+        first = False
+        dmin, lab = Df.min(1)
         key = pp * k + lab
         o = torch.argsort(dmin, stable=True)
-        acc_o = _group_rank_t(key[o]) < remaining[key[o]]
-        a = o[acc_o]
-        labels[pp[a], ii[a]] = lab[a]
-        dd[pp[a], ii[a]] = dmin[a]
-        remaining -= torch.bincount(key[a], minlength=P * k)
-        pending[pp[a], ii[a]] = False
-    sizes = torch.bincount((torch.arange(P, device=dev)[:, None] * k + labels)[valid],
-                           minlength=P * k).view(P, k)
-    lo2 = lo[:, None]
-    while bool((sizes < lo2).any()):  # phase 2: lift under-filled clusters
-        under = sizes < lo2
-        deficit = (lo2 - sizes).clamp_min(0).reshape(-1)
-        surplus = (sizes - lo2).clamp_min(0).reshape(-1)
-        lab_safe = labels.clamp_min(0)
-        movable = valid & (surplus.view(P, k).gather(1, lab_safe) > 0) & under.any(1)[:, None]
-        pp, ii = torch.nonzero(movable, as_tuple=True)
-        if pp.numel() == 0:  # pragma: no cover - impossible when k * lo <= n
-            break
-        cost = torch.where(under[pp], dist[pp, ii] - dd[pp, ii][:, None], inf)
-        cmin, tgt = cost.min(1)
-        tkey = pp * k + tgt
-        o = torch.argsort(cmin, stable=True)
-        cand = o[_group_rank_t(tkey[o]) < deficit[tkey[o]]]
-        donor = pp[cand] * k + labels[pp[cand], ii[cand]]
-        take = cand[_group_rank_t(donor) < surplus[donor]]
-        if take.numel() == 0:  # pragma: no cover
-            break
-        p_, i_, t_ = pp[take], ii[take], tgt[take]
-        sizes.view(-1).sub_(torch.bincount(p_ * k + labels[p_, i_], minlength=P * k))
-        sizes.view(-1).add_(torch.bincount(p_ * k + t_, minlength=P * k))
-        labels[p_, i_] = t_
-        dd[p_, i_] = dist[p_, i_, t_]
-    return labels, dd
+        acc = torch.zeros_like(o, dtype=torch.bool)
+        acc[o] = _group_rank_t(key[o]) < remaining[key[o]]
+        fa = f[acc]
+        labels[fa] = lab[acc]
+        dd[fa] = dmin[acc]
+        remaining -= torch.bincount(key[acc], minlength=P * k)
+        f = f[~acc]
+    vflat = valid.reshape(-1)
+    row_p = torch.div(torch.arange(P * m, device=dev), m, rounding_mode="floor")
+    gkey = row_p * k + labels.clamp_min(0)
+    sizes = torch.bincount(gkey[vflat], minlength=P * k)
+    lo_k = lo[:, None].expand(P, k).reshape(-1)
+    # phase 2: lift under-filled clusters.  Every movable row (in a cluster above lo,
+    # in a group with an under-filled cluster) proposes its cheapest under-filled
+    # cluster; targets accept their cheapest proposers up to the deficit, donors give
+    # at most their surplus.  Proposals are kept between rounds: only rows whose
+    # target filled up are re-targeted, rows whose donor reached lo drop out.
+    if bool((sizes < lo_k).any()):
+        under_any = (sizes < lo_k).view(P, k).any(1)
+        f = torch.nonzero(vflat & ((sizes - lo_k)[gkey] > 0) & under_any.index_select(0, row_p)).flatten()
+
+        def target(rows):
+            under = (sizes < lo_k).view(P, k)
+            c = D.index_select(0, rows).sub_(dd[rows][:, None])
+            c.masked_fill_(~under.index_select(0, row_p[rows]), inf)
+            return c.min(1)
+
+        cmin, tgt = target(f)
+        while f.numel():
+            surplus = (sizes - lo_k).clamp_min(0)
+            deficit = (lo_k - sizes).clamp_min(0)
+            keep = torch.isfinite(cmin) & (surplus[gkey[f]] > 0)
+            f, cmin, tgt = f[keep], cmin[keep], tgt[keep]
+            if f.numel() == 0:
+                break
+            tkey = row_p[f] * k + tgt
+            o = torch.argsort(cmin, stable=True)
+            cand = o[_group_rank_t(tkey[o]) < deficit[tkey[o]]]
+            donor = gkey[f[cand]]
+            take = cand[_group_rank_t(donor) < surplus[donor]]
+            if take.numel() == 0:  # pragma: no cover - cannot happen, see above
+                break
+            ft, nk = f[take], tkey[take]
+            sizes -= torch.bincount(gkey[ft], minlength=P * k)
+            sizes += torch.bincount(nk, minlength=P * k)
+            labels[ft] = tgt[take]
+            gkey[ft] = nk
+            dd[ft] = D[ft, tgt[take]]
+            rest = torch.ones(f.numel(), dtype=torch.bool, device=dev)
+            rest[take] = False
+            f, cmin, tgt, tkey = f[rest], cmin[rest], tgt[rest], tkey[rest]
+            stale = ~(sizes[tkey] < lo_k[tkey])  # target filled: propose again
+            if bool(stale.any()):
+                cmin[stale], tgt[stale] = target(f[stale])
+    return labels.view(P, m), dd.view(P, m)
 
 
 def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float = 0.1,
@@ -207,9 +269,13 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
     """Balanced k-means of P groups at once (one group per parent node).
 
     ``Xp`` (P, m, d) float32 torch tensor, rows padded past each group's size with
-    ``valid`` (P, m) False; every group must hold more than ``k`` items.  k-means++
-    seeding (batched over groups), Lloyd iterations with the size-constrained
-    assignment of :func:`_batched_balanced_assign`; sizes within ``tol`` of ``n_p / k``.
+    ``valid`` (P, m) False; every group must hold more than ``k`` items.  Seeding with
+    ``k`` distinct random rows per group (faiss's default; on clustered data it matched
+    k-means++ seeding in final inertia, at a constant number of tensor ops instead of
+    ``O(k)``), then Lloyd iterations: unconstrained ones (at most ``n_iter // 2``)
+    warm-start the centroids, then iterations with the size-constrained assignment
+    of :func:`_batched_balanced_assign`; each phase stops once at most ``_CHANGE_TOL``
+    of the labels change.  Final sizes lie within ``tol`` of ``n_p / k``.
     Returns centroids (P, k, d) and labels (P, m) (-1 on padding).
     """
     import torch
@@ -219,43 +285,53 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
     P, m, d = Xp.shape
     dev = Xp.device
     counts = valid.sum(1)
+    n_valid = int(counts.sum())
     t = counts.double() / k
     hi = torch.maximum(torch.ceil(t), torch.floor((1.0 + tol) * t + 1e-9)).long()
     lo = torch.minimum(torch.floor(t), torch.ceil((1.0 - tol) * t - 1e-9)).long().clamp_min(0)
     gen = torch_generator(random_state, device=dev)
     ar = torch.arange(P, device=dev)
     xn = (Xp * Xp).sum(-1)
-    vf = valid.to(Xp.dtype)
-    # ---- k-means++ seeding, one draw per group per step
-    C = torch.empty((P, k, d), dtype=Xp.dtype, device=dev)
-    first = (torch.rand(P, generator=gen, device=dev) * counts).long().clamp(max=m - 1)
-    C[:, 0] = Xp[ar, first]
-    D2 = ((Xp - C[:, :1]) ** 2).sum(-1) * vf
-    for j in range(1, k):
-        w = D2.clamp_min(0)
-        w = torch.where(w.sum(1, keepdim=True) > 0, w, vf)
-        pick = torch.multinomial(w, 1, generator=gen)[:, 0]
-        C[:, j] = Xp[ar, pick]
-        D2 = torch.minimum(D2, ((Xp - C[:, j:j + 1]) ** 2).sum(-1) * vf)
-    # ---- Lloyd with balanced assignment
-    prev = None
+    # ---- seeding: k distinct random rows of each group (faiss's default init), then
+    # a few unconstrained Lloyd steps; a constant number of tensor ops whatever k
+    r = torch.rand((P, m), generator=gen, device=dev) + (~valid).to(Xp.dtype) * 2.0
+    seeds = torch.argsort(r, dim=1)[:, :k]
+    C = torch.gather(Xp, 1, seeds[:, :, None].expand(P, k, d)).clone()
+    # ---- Lloyd: unconstrained iterations first (cheap argmin, at most half of
+    # n_iter), then balanced ones; each phase stops once labels settle
+    def sqdist(C):
+        cn = (C * C).sum(-1)[:, None, :]
+        return torch.baddbmm(cn, Xp, C.transpose(1, 2), alpha=-2.0).add_(xn[:, :, None]).clamp_min_(0)
+
     gkey_base = ar[:, None] * k
-    for _ in range(max(int(n_iter), 1)):
-        dist = (xn[:, :, None] - 2.0 * torch.bmm(Xp, C.transpose(1, 2))
-                + (C * C).sum(-1)[:, None, :]).clamp_min_(0)
-        labels, _ = _batched_balanced_assign(dist, valid, lo, hi)
-        if prev is not None and torch.equal(labels, prev):
-            break
-        prev = labels
-        key = (gkey_base + labels)[valid]
-        sums = torch.zeros((P * k, d), dtype=Xp.dtype, device=dev).index_add_(0, key, Xp[valid])
-        cnt = torch.bincount(key, minlength=P * k).view(P, k)
-        newC = sums.view(P, k, d) / cnt.clamp_min(1)[:, :, None].to(Xp.dtype)
-        C = torch.where((cnt > 0)[:, :, None], newC, C)
-    else:
-        dist = (xn[:, :, None] - 2.0 * torch.bmm(Xp, C.transpose(1, 2))
-                + (C * C).sum(-1)[:, None, :]).clamp_min_(0)
-        labels, _ = _batched_balanced_assign(dist, valid, lo, hi)
+    Xv = Xp[valid]  # the real rows, in (group, row) order
+
+    def lloyd(C, balanced: bool, max_iter: int):
+        prev = None
+        for it in range(max_iter):
+            dist = sqdist(C)
+            if balanced:
+                with _one_thread(dev):
+                    labels, _ = _batched_balanced_assign(dist, valid, lo, hi)
+            else:
+                labels = dist.argmin(-1).masked_fill_(~valid, -1)
+            if prev is not None and int((labels != prev).sum()) <= _CHANGE_TOL * n_valid:
+                return C, labels, it + 1  # converged: labels match C
+            prev = labels
+            key = (gkey_base + labels.clamp_min(0))[valid]
+            sums = torch.zeros((P * k, d), dtype=Xp.dtype, device=dev).index_add_(0, key, Xv)
+            cnt = torch.bincount(key, minlength=P * k).view(P, k)
+            newC = sums.view(P, k, d) / cnt.clamp_min(1)[:, :, None].to(Xp.dtype)
+            C = torch.where((cnt > 0)[:, :, None], newC, C)
+        return C, None, max_iter
+
+    n_iter = max(int(n_iter), 1)
+    C, _, used = lloyd(C, False, n_iter // 2)
+    C, labels, _ = lloyd(C, True, max(n_iter - used, 1))
+    if labels is None:  # not converged: the balanced assignment for the final centroids
+        dist = sqdist(C)
+        with _one_thread(dev):
+            labels, _ = _batched_balanced_assign(dist, valid, lo, hi)
     return C, labels
 
 
@@ -273,7 +349,9 @@ class GAOQ(Tokenizer):
     n_anchors : anchors per clustering level ``g_l >= b_l`` (default ``g_l = b_l``);
         codebook size of level ``l`` is ``g_l``.
     balance_tolerance : cluster sizes within this fraction of the mean (balanced k-means).
-    n_iter, max_points_per_centroid : k-means settings per node.
+    n_iter : Lloyd iterations per k-means.
+    max_points_per_centroid : training-sample cap of the level-1 k-means (faiss-style);
+        deeper levels train on all items of each parent.
     random_state : seeds the anchors and every k-means.
     device, verbose : k-means device (``"auto"``/``"cpu"``/``"cuda"``), progress bar.
 
@@ -281,9 +359,10 @@ class GAOQ(Tokenizer):
     -----------------
     branching_, codebook_sizes_, anchors_ (sum g_l, d), node_centroids_, node_parent_,
     node_token_, node_level_ (the tree; level-1 nodes have parent -1), root_ (catalogue
-    mean), codes_ (training SIDs), item_leaf_, embeddings_ (training items),
-    alignment_ (per level: mean cosine of centred children with their anchor, and
-    with a random anchor).
+    mean), codes_ (training SIDs), item_leaf_, embeddings_ (training items: the saved
+    tokenizer holds a copy of the catalogue embeddings, N x d float32),
+    alignment_ (per clustering level: number of parents, mean cosine of the centred
+    children with their anchor and with a random anchor, seconds spent).
     """
 
     name = "gaoq"
@@ -378,6 +457,7 @@ class GAOQ(Tokenizer):
         next_id = 0
         align = []
         for l in range(L - 1):
+            t_level = time.perf_counter()
             A = anchors[l]
             order = np.argsort(item_node, kind="stable")
             keys = item_node[order]
@@ -421,8 +501,9 @@ class GAOQ(Tokenizer):
             cm = np.concatenate(cos_match) if cos_match else np.zeros(0)
             cr = np.concatenate(cos_rand) if cos_rand else np.zeros(0)
             align.append({"level": l, "n_parents": int(uniq.size),
-                          "matched_cosine": float(cm.mean()) if cm.size else float("nan"),
-                          "random_anchor_cosine": float(cr.mean()) if cr.size else float("nan")})
+                          "matched_cosine": float(cm.mean()) if cm.size else None,
+                          "random_anchor_cosine": float(cr.mean()) if cr.size else None,
+                          "seconds": round(time.perf_counter() - t_level, 4)})
 
         # ---- last level: enumerate the items of each leaf, nearest the centroid first
         leaf = item_node

@@ -455,6 +455,22 @@ class RQVAE(Tokenizer):
             codes = index.transform(codes)
         return codes
 
+    def encode_new(self, X: Any) -> Codes:
+        """SIDs for cold-start items whose extra level continues after the items already
+        under each base SID (existing codes never change); the new items are recorded,
+        as :meth:`RQKMeans.encode_new`."""
+        X = self._check_X(X)
+        sizes = tuple(int(k) for k in self.codebook_sizes_)
+        base = Codes(self._encode_array(X), sizes, method=self.name, params=self.get_params())
+        if not self.resolve_collisions:
+            return base
+        from .collisions import CollisionIndex
+
+        index = CollisionIndex.from_state(self.collision_rows_, self.collision_counts_)
+        out = index.add(base)
+        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+        return out
+
     def latent(self, X: Any) -> np.ndarray:
         """The continuous encoder output (before quantization)."""
         import torch
