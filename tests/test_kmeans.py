@@ -69,6 +69,19 @@ def test_balanced_sizes_within_tolerance():
         kmeans(X, 10, balanced=True, random_state=0).sizes)
 
 
+def test_balanced_candidate_lists_path(monkeypatch):
+    # large problems keep 16 candidates per point instead of the distance matrix
+    import sidkit.tokenizers.kmeans as km
+
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(size=(1500, 8)) * 0.1, rng.normal(size=(500, 8)) * 5]).astype(np.float32)
+    full = kmeans(X, 40, balanced=True, n_iter=3, random_state=0)
+    monkeypatch.setattr(km, "_FULL_D", 0)
+    cand = kmeans(X, 40, balanced=True, n_iter=3, random_state=0)
+    assert np.all(np.abs(cand.sizes - 50) <= 5)
+    assert np.array_equal(full.labels, cand.labels)  # same greedy result either way
+
+
 def test_balanced_with_sampling_checks_all_points():
     X, _ = blobs(n_per=300, k=4, d=4, sep=3.0)
     r = kmeans(X, 8, balanced=True, balance_tolerance=0.1, max_points_per_centroid=20)

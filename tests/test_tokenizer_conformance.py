@@ -19,9 +19,9 @@ SMALL_PARAMS: dict[str, dict] = {
     "rqkmeans": {"codebook_sizes": [8, 8, 8]},
     "hkm": {"codebook_sizes": [4, 4, 4]},
     "rqvae": {"codebook_sizes": [8, 8, 8], "hidden_sizes": [64, 32], "latent_dim": 8,
-              "epochs": 40, "batch_size": 128},
-    "drq": {"codebook_sizes": [8, 8, 8], "hidden_sizes": [64], "latent_dim": 16, "epochs": 20,
-            "batch_size": 64},
+              "epochs": 20, "batch_size": 128, "lr": 5e-3},
+    "drq": {"codebook_sizes": [8, 8, 8], "hidden_sizes": [64], "latent_dim": 16, "epochs": 10,
+            "batch_size": 128, "lr": 1e-2},
     "gaoq": {"branching": [4, 4]},
 }
 

@@ -44,6 +44,19 @@ def group_ranks(keys: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _row_keys(rows: np.ndarray) -> np.ndarray:
+    """One int64 per row (equal iff rows are equal; PAD included), mixed radix."""
+    sub = rows + 1  # PAD -> 0
+    radices = sub.max(axis=0).astype(np.float64) + 1
+    if np.prod(radices) >= 2**62:
+        _, inv = np.unique(sub, axis=0, return_inverse=True)
+        return inv.reshape(-1).astype(np.int64)
+    key = np.zeros(rows.shape[0], dtype=np.int64)
+    for l in range(rows.shape[1]):  # loop over levels, not items
+        key = key * int(radices[l]) + sub[:, l]
+    return key
+
+
 def _as_codes(codes: Any) -> Codes:
     if isinstance(codes, Codes):
         return codes
@@ -128,8 +141,8 @@ class CollisionIndex:
     # ------------------------------------------------------------------ fit
     def fit(self, codes: Codes) -> "CollisionIndex":
         c = _as_codes(codes)
-        rows, counts = np.unique(c.codes, axis=0, return_counts=True)
-        self.rows_ = rows.astype(np.int64)
+        _, first, counts = np.unique(c.sid_keys(), return_index=True, return_counts=True)
+        self.rows_ = c.codes[first].astype(np.int64)
         self.counts_ = counts.astype(np.int64)
         return self
 
@@ -158,7 +171,7 @@ class CollisionIndex:
         if codes.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         both = np.concatenate([self.rows_, codes], axis=0)
-        _, inv = np.unique(both, axis=0, return_inverse=True)
+        _, inv = np.unique(_row_keys(both), return_inverse=True)
         inv = inv.reshape(-1)
         g = self.rows_.shape[0]
         lut = np.full(inv.max() + 1, -1, dtype=np.int64)

@@ -34,12 +34,21 @@ Guarantee: every final cluster size over all ``N`` points lies in ``[lo, hi]``,
 i.e. within ``balance_tolerance * N / K`` of ``N / K`` (or within one item of it
 when the tolerance is smaller than one item).  Centroids are the means of their
 (balanced) members; labels are the balanced assignment, not the nearest centroid.
+
+Cost: one GEMM pass per assignment as in plain k-means; the rounds then run on the
+whole ``(N, K)`` distance matrix when ``N K <= 32M`` (the training sample), or on
+each point's 16 nearest centroids otherwise (all points), refreshing by GEMM only the
+lists of points whose candidates are all full.  Acceptance ranks proposers with one
+sort of an int64 ``(centroid, distance bits)`` key, and only for over-subscribed
+centroids.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +57,7 @@ import numpy as np
 from ..errors import DataError
 from ..utils import resolve_device, rng as make_rng
 
-__all__ = ["KMeansResult", "kmeans", "assign", "as_matrix", "imbalance_factor"]
+__all__ = ["KMeansResult", "kmeans", "assign", "as_matrix", "check_min_items", "imbalance_factor"]
 
 #: target size of the (chunk, K) float32 distance buffer, in elements (16 MiB)
 _BUF_ELEMS = 1 << 22
@@ -72,8 +81,8 @@ def as_matrix(X: Any, *, name: str = "X", min_items: int = 1):
     """Validate ``X`` (numpy array or torch tensor) and return a float32 C-contiguous
     CPU-or-device torch tensor sharing memory with ``X`` when possible.
 
-    The NaN/inf check is a float64 sum (no ``N x d`` boolean temporary); only when the
-    sum is not finite is the offending row searched for.
+    The NaN/inf check is a chunked float32 sum (no ``N x d`` temporary); only when a
+    sum is not finite are the offending rows searched for.
     """
     import torch
 
@@ -86,7 +95,13 @@ def as_matrix(X: Any, *, name: str = "X", min_items: int = 1):
             raise DataError(f"{name} cannot be converted to an array: {e}") from e
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.flags.writeable:
+            t = torch.from_numpy(arr)
+        else:  # e.g. np.load(mmap_mode="r"): sidkit never writes to X, so share it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(arr)
     if t.ndim != 2:
         raise DataError(
             f"{name} must be a 2-D (items, dim) array, got {t.ndim}-D shape {tuple(t.shape)}",
@@ -97,7 +112,14 @@ def as_matrix(X: Any, *, name: str = "X", min_items: int = 1):
     if t.dtype != torch.float32:
         t = t.to(torch.float32)
     t = t.contiguous()
-    if not math.isfinite(float(t.sum(dtype=torch.float64))):
+    # NaN/inf propagate into a sum: a finite float32 sum per chunk proves the chunk
+    # clean (an overflowing sum of huge values only triggers the exact check below)
+    finite = True
+    for s in range(0, t.shape[0], 16384):
+        if not math.isfinite(float(t[s:s + 16384].sum())):
+            finite = False
+            break
+    if not finite:
         bad = ~torch.isfinite(t).all(dim=1)
         if bool(bad.any()):
             rows = torch.nonzero(bad).flatten()
@@ -105,13 +127,18 @@ def as_matrix(X: Any, *, name: str = "X", min_items: int = 1):
                 f"{name} has NaN or inf values in {rows.numel()} row(s), first at row {int(rows[0])}",
                 "drop or re-embed those items",
             )
-    if t.shape[0] < min_items:
+    check_min_items(t.shape[0], min_items, name=name)
+    return t
+
+
+def check_min_items(n: int, k: int, *, name: str = "X") -> None:
+    """DataError when ``n`` items cannot fill ``k`` clusters/codewords."""
+    if n < k:
         raise DataError(
-            f"{name} has {t.shape[0]} items but {min_items} clusters/codewords were requested "
+            f"{name} has {n} items but {k} clusters/codewords were requested "
             "(more clusters than items)",
             "use fewer clusters (smaller codebook sizes) or more items",
         )
-    return t
 
 
 def _chunk_rows(k: int, chunk_size: int | None) -> int:
@@ -134,11 +161,15 @@ def _sqnorms(X, rows=None, chunk: int = 65536, device=None):
     return out
 
 
-def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dist=True):
+def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dist=True,
+              xnorm=None, buf=None):
     """Nearest centroid for ``X`` (or ``X[rows]``) -> (labels int64, sq. distances).
 
-    ``cnorm`` may carry ``inf`` to mask centroids.  ``X`` may live on the CPU while
-    ``C`` lives on a GPU: chunks are moved one at a time.
+    ``cnorm`` may carry ``inf`` to mask centroids; ``xnorm`` (squared row norms of
+    the rows addressed) saves recomputing them when ``X`` is reused across calls.
+    ``X`` may live on the CPU while ``C`` lives on a GPU: chunks are moved one at a
+    time.  ``buf`` (a flat float32 tensor of at least ``chunk * K``) is reused as the
+    distance buffer (avoids page-faulting a fresh one on every call).
     """
     import torch
 
@@ -151,13 +182,14 @@ def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dis
     Ct = C.t()
     labels = torch.empty(n, dtype=torch.int64, device=dev)
     dist = torch.empty(n, dtype=torch.float32, device=dev)
-    buf = torch.empty(chunk, k, dtype=torch.float32, device=dev)
+    if buf is None or buf.numel() < chunk * k:
+        buf = torch.empty(chunk * k, dtype=torch.float32, device=dev)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         xs = X[s:e] if rows is None else X[rows[s:e]]
         if xs.device != dev:
             xs = xs.to(dev, non_blocking=True)
-        b = buf[: e - s]
+        b = buf[: (e - s) * k].view(e - s, k)
         torch.addmm(cnorm, xs, Ct, beta=1.0, alpha=-2.0, out=b)
         if b.numel() <= _SMALL:
             # torch.min(dim) always pays a thread-pool round trip (ms on a busy
@@ -168,7 +200,10 @@ def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dis
         else:
             torch.min(b, dim=1, out=(dist[s:e], labels[s:e]))
         if with_dist:
-            dist[s:e] += torch.linalg.vector_norm(xs, dim=1).square_()
+            if xnorm is not None:
+                dist[s:e] += xnorm[s:e]
+            else:
+                dist[s:e] += torch.linalg.vector_norm(xs, dim=1).square_()
     if with_dist:
         dist.clamp_(min=0.0)
     return labels, dist
@@ -202,6 +237,31 @@ def imbalance_factor(sizes: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------- helpers
+#: work (rows * K * d multiply-adds per pass) below which a k-means runs on one
+#: thread: small torch ops pay a thread-pool round trip (ms on a busy machine)
+_SMALL_WORK = 1 << 24
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Temporarily run torch CPU ops on ``n`` threads (None = leave as is).
+
+    Only a performance knob for loops of small ops (k-means++, tiny problems);
+    the previous setting is always restored.
+    """
+    import torch
+
+    if n is None or torch.get_num_threads() == n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _group_rank_t(keys):
     """For each position, its rank among equal ``keys`` in current order (torch)."""
     import torch
@@ -224,19 +284,28 @@ def _update_centroids(X, labels, k, C_old):
     """Means of the members; clusters without members keep their old centroid."""
     import torch
 
-    counts = torch.bincount(labels, minlength=k)
     if X.device.type == "cpu":
-        # a (K, N) 0/1 CSR matrix times X: faster than torch's CPU index_add_, which
-        # is slow on small inputs with several threads and ~4x slower at 64k x 384
+        # numpy/scipy on the CPU: a (K, N) 0/1 CSR matrix times X is faster than
+        # torch's CPU index_add_ (slow on small inputs with several threads, ~4x
+        # slower at 64k x 384), and the bookkeeping avoids torch's per-op overhead
         import scipy.sparse as sp
 
         n = X.shape[0]
         lab = labels.numpy()
-        oh = sp.csr_matrix((np.ones(n, dtype=np.float32), (lab, np.arange(n))), shape=(k, n))
-        sums = torch.from_numpy(np.asarray(oh @ X.numpy(), dtype=np.float32))
-    else:
-        sums = torch.zeros(k, X.shape[1], dtype=torch.float32, device=X.device)
-        sums.index_add_(0, labels, X)
+        counts = np.bincount(lab, minlength=k)
+        small = lab.astype(np.int16) if k <= np.iinfo(np.int16).max else lab
+        order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
+        indptr = np.zeros(k + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        oh = sp.csr_matrix((np.ones(n, dtype=np.float32), order, indptr), shape=(k, n))
+        sums = np.asarray(oh @ X.numpy(), dtype=np.float32)
+        C = C_old.numpy().copy()
+        nz = counts > 0
+        C[nz] = sums[nz] / counts[nz, None].astype(np.float32)
+        return torch.from_numpy(C), torch.from_numpy(counts)
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.zeros(k, X.shape[1], dtype=torch.float32, device=X.device)
+    sums.index_add_(0, labels, X)
     nz = counts > 0
     C = C_old.clone()
     C[nz] = sums[nz] / counts[nz].unsqueeze(1).to(torch.float32)
@@ -282,6 +351,11 @@ def _repair_empty(C, X, labels, dist, counts) -> int:
 def _kmeanspp(X, k: int, gen: np.random.Generator, n_local_trials: int | None = None):
     """Greedy k-means++ (as scikit-learn): at each step sample ``2 + log K`` candidates
     proportionally to D^2 and keep the one that lowers the potential most."""
+    with _threads(1 if X.device.type == "cpu" else None):  # k small sequential steps
+        return _kmeanspp_impl(X, k, gen, n_local_trials)
+
+
+def _kmeanspp_impl(X, k, gen, n_local_trials):
     import torch
 
     n = X.shape[0]
@@ -310,6 +384,63 @@ def _kmeanspp(X, k: int, gen: np.random.Generator, n_local_trials: int | None = 
     return X[torch.as_tensor(centers, device=X.device)].clone()
 
 
+def _accept_closest(lab, d, capacity):
+    """Per centroid, accept its closest proposers up to ``capacity`` (bool mask).
+
+    Centroids with no more proposers than capacity accept all of them without
+    sorting; the others rank their proposers with ONE sort on the composite int64
+    key ``(label, distance bits)`` (the bit pattern of a float >= 0 is monotone).
+    """
+    import torch
+
+    k = capacity.numel()
+    counts = torch.bincount(lab, minlength=k)
+    over = counts > capacity
+    acc = ~over[lab]
+    sel = torch.nonzero(~acc).flatten()
+    if sel.numel():
+        ls = lab[sel]
+        bits = d[sel].clamp(min=0.0).contiguous().view(torch.int32).to(torch.int64)
+        key = (ls << 32) | bits
+        sk, order = torch.sort(key)
+        g = sk >> 32
+        pos = torch.arange(sel.numel(), device=lab.device)
+        start = torch.ones(sel.numel(), dtype=torch.bool, device=lab.device)
+        start[1:] = g[1:] != g[:-1]
+        first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
+        ok = (pos - first) < capacity[g]
+        acc[sel[order[ok]]] = True
+    return acc
+
+
+def _topk_t(X, C, m: int, *, cnorm=None, chunk: int | None = None, xnorm=None):
+    """The ``m`` nearest centroids of every row, nearest first (chunked GEMM):
+    ``(sq_dists (N, m) float32, indices (N, m) int32)``."""
+    import torch
+
+    dev = C.device
+    n, k = X.shape[0], C.shape[0]
+    chunk = min(_chunk_rows(k, chunk), max(n, 1))
+    if cnorm is None:
+        cnorm = torch.linalg.vector_norm(C, dim=1).square_()
+    Ct = C.t()
+    out_d = torch.empty((n, m), dtype=torch.float32, device=dev)
+    out_i = torch.empty((n, m), dtype=torch.int32, device=dev)
+    buf = torch.empty(chunk, k, dtype=torch.float32, device=dev)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        xs = X[s:e]
+        if xs.device != dev:
+            xs = xs.to(dev, non_blocking=True)
+        b = buf[: e - s]
+        torch.addmm(cnorm, xs, Ct, beta=1.0, alpha=-2.0, out=b)
+        v, i = torch.topk(b, m, dim=1, largest=False, sorted=True)
+        xn = xnorm[s:e] if xnorm is not None else torch.linalg.vector_norm(xs, dim=1).square_()
+        out_d[s:e] = (v + xn[:, None]).clamp_(min=0.0)
+        out_i[s:e] = i.to(torch.int32)
+    return out_d, out_i
+
+
 def _balanced_bounds(n: int, k: int, tol: float) -> tuple[int, int]:
     t = n / k
     hi = max(math.ceil(t), math.floor((1.0 + tol) * t + 1e-9))
@@ -317,63 +448,208 @@ def _balanced_bounds(n: int, k: int, tol: float) -> tuple[int, int]:
     return max(lo, 0), hi
 
 
-def _balanced_assign_t(X, C, lo: int, hi: int, chunk: int | None = None):
-    """Capacity-constrained assignment with every size in [lo, hi] (see module doc)."""
+def _accept_closest(lab, cost, capacity):
+    """Per group ``lab``, accept the lowest-``cost`` members up to ``capacity[lab]``.
+
+    Groups with no more members than capacity accept all without sorting; the rest
+    are ranked with ONE sort on the composite int64 key ``(group, cost bits)`` (the
+    bit pattern of a float32 >= 0 is monotone in its value).
+    """
+    import torch
+
+    k = capacity.numel()
+    counts = torch.bincount(lab, minlength=k)
+    acc = ~(counts > capacity)[lab]
+    sel = torch.nonzero(~acc).flatten()
+    if sel.numel():
+        ls = lab[sel]
+        c = cost[sel]
+        c = (c - c.min()).clamp_(min=0.0).contiguous()
+        key = (ls << 32) | c.view(torch.int32).to(torch.int64)
+        sk, order = torch.sort(key)
+        g = sk >> 32
+        pos = torch.arange(sel.numel(), device=lab.device)
+        start = torch.ones(sel.numel(), dtype=torch.bool, device=lab.device)
+        start[1:] = g[1:] != g[:-1]
+        first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
+        ok = (pos - first) < capacity[g]
+        acc[sel[order[ok]]] = True
+    return acc
+
+
+def _topk_t(X, C, m: int, *, cnorm=None, rows=None, chunk: int | None = None, xnorm=None):
+    """The ``m`` nearest centroids of every row of ``X`` (or ``X[rows]``), nearest
+    first, by chunked GEMM: ``(sq_dists (n, m) float32, indices (n, m) int64)``.
+    ``cnorm`` may carry ``inf`` to mask centroids."""
+    import torch
+
+    dev = C.device
+    k = C.shape[0]
+    n = X.shape[0] if rows is None else rows.numel()
+    chunk = min(_chunk_rows(k, chunk), max(n, 1))
+    if cnorm is None:
+        cnorm = torch.linalg.vector_norm(C, dim=1).square_()
+    Ct = C.t()
+    out_d = torch.empty((n, m), dtype=torch.float32, device=dev)
+    out_i = torch.empty((n, m), dtype=torch.int64, device=dev)
+    buf = torch.empty(chunk, k, dtype=torch.float32, device=dev)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        xs = X[s:e] if rows is None else X[rows[s:e]]
+        if xs.device != dev:
+            xs = xs.to(dev, non_blocking=True)
+        b = buf[: e - s]
+        torch.addmm(cnorm, xs, Ct, beta=1.0, alpha=-2.0, out=b)
+        v, i = torch.topk(b, m, dim=1, largest=False, sorted=True)
+        xn = xnorm[s:e] if xnorm is not None else torch.linalg.vector_norm(xs, dim=1).square_()
+        out_d[s:e] = (v + xn[:, None]).clamp_(min=0.0)
+        out_i[s:e] = i
+    return out_d, out_i
+
+
+def _full_dist_t(X, C, *, chunk: int | None = None, xnorm=None):
+    """The whole (N, K) squared-distance matrix (small problems only)."""
     import torch
 
     dev = C.device
     n, k = X.shape[0], C.shape[0]
+    chunk = min(_chunk_rows(k, chunk), max(n, 1))
     cnorm = torch.linalg.vector_norm(C, dim=1).square_()
+    D = torch.empty((n, k), dtype=torch.float32, device=dev)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        xs = X[s:e].to(dev)
+        torch.addmm(cnorm, xs, C.t(), beta=1.0, alpha=-2.0, out=D[s:e])
+        xn = xnorm[s:e] if xnorm is not None else torch.linalg.vector_norm(xs, dim=1).square_()
+        D[s:e] += xn[:, None]
+    return D.clamp_(min=0.0)
+
+
+#: balanced assignment keeps the whole (N, K) distance matrix up to this many entries
+_FULL_D = 1 << 25
+
+
+def _balanced_assign_t(X, C, lo: int, hi: int, chunk: int | None = None, xnorm=None):
+    """Capacity-constrained assignment with every size in [lo, hi] (see module doc).
+
+    Small problems (N K <= 32M) keep the distance matrix and run every round on it;
+    larger ones keep each point's 16 nearest centroids and refresh (by GEMM) only the
+    lists of points whose candidates are all full.
+    """
+    import torch
+
+    dev = C.device
+    n, k = X.shape[0], C.shape[0]
     labels = torch.full((n,), -1, dtype=torch.int64, device=dev)
     dist = torch.zeros(n, dtype=torch.float32, device=dev)
     remaining = torch.full((k,), hi, dtype=torch.int64, device=dev)
-    pending = None  # None = all rows (avoid gathering a copy of X)
-    inf = torch.tensor(float("inf"), device=dev)
-    # ---- phase 1: capacity hi, greedy in distance order
-    while True:
-        cn = torch.where(remaining > 0, cnorm, inf)
-        lab, d = _assign_t(X, C, cnorm=cn, rows=pending, chunk=chunk)
-        idx = torch.arange(n, device=dev) if pending is None else pending.to(dev)
-        o = torch.argsort(d, stable=True)
-        lab_o = lab[o]
-        rank = _group_rank_t(lab_o)
-        acc_o = rank < remaining[lab_o]
-        acc = torch.empty_like(acc_o)
-        acc[o] = acc_o
-        labels[idx[acc]] = lab[acc]
-        dist[idx[acc]] = d[acc]
+    cnorm = torch.linalg.vector_norm(C, dim=1).square_()
+    D = _full_dist_t(X, C, chunk=chunk, xnorm=xnorm) if n * k <= _FULL_D else None
+    # the rounds are many small, memory-light ops: on a CPU run them on one thread
+    # (a thread-pool round trip per op costs more than the op); GEMMs stay parallel
+    one = 1 if dev.type == "cpu" else None
+    # ---- phase 1: capacity hi; every pending point proposes to its nearest centroid
+    # with room, each centroid accepts its closest proposers
+    pending = torch.arange(n, device=dev)
+    if D is not None:
+        with _threads(one):
+            _rounds_full(D, pending, labels, dist, remaining)
+    else:
+        _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xnorm, one)
+    with _threads(one if D is not None else None):
+        _lift(X, C, D, labels, dist, lo, chunk, xnorm)
+    return labels, dist
+
+
+def _rounds_full(D, pending, labels, dist, remaining):
+    """Phase 1 rounds on a precomputed (N, K) distance matrix."""
+    import torch
+
+    k = D.shape[1]
+    while pending.numel():
+        full = remaining <= 0
+        Dp = D[pending]
+        if bool(full.any()):
+            Dp.masked_fill_(full[None, :], float("inf"))
+        d, lab = torch.min(Dp, dim=1)
+        acc = _accept_closest(lab, d, remaining)
+        labels[pending[acc]] = lab[acc]
+        dist[pending[acc]] = d[acc]
         remaining -= torch.bincount(lab[acc], minlength=k)
-        rej = idx[~acc]
-        if rej.numel() == 0:
-            break
-        pending = rej.to(X.device)
+        pending = pending[~acc]
+
+
+def _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xnorm, one):
+    """Phase 1 rounds on each point's m nearest centroids (large N)."""
+    import torch
+
+    dev = C.device
+    n, k = X.shape[0], C.shape[0]
+    inf = float("inf")
+    m = min(k, 16)
+    cand_d, cand_i = _topk_t(X, C, m, cnorm=cnorm, chunk=chunk, xnorm=xnorm)
+    ptr = torch.zeros(n, dtype=torch.int64, device=dev)
+    while pending.numel():
+        with _threads(one):
+            while True:  # skip candidates that are full (at most m vectorised steps)
+                live = pending[ptr[pending] < m]
+                if live.numel() == 0:
+                    break
+                full = remaining[cand_i[live, ptr[live]]] <= 0
+                if not bool(full.any()):
+                    break
+                ptr[live[full]] += 1
+            dead = pending[ptr[pending] >= m]
+        if dead.numel():  # refresh exhausted lists among centroids with room
+            cn = torch.where(remaining > 0, cnorm, torch.full_like(cnorm, inf))
+            xr = None if xnorm is None else xnorm[dead.to(xnorm.device)]
+            cd, ci = _topk_t(X, C, m, cnorm=cn, rows=dead.to(X.device), chunk=chunk, xnorm=xr)
+            cand_d[dead], cand_i[dead], ptr[dead] = cd, ci, 0
+            continue
+        with _threads(one):
+            lab = cand_i[pending, ptr[pending]]
+            d = cand_d[pending, ptr[pending]]
+            acc = _accept_closest(lab, d, remaining)
+            labels[pending[acc]] = lab[acc]
+            dist[pending[acc]] = d[acc]
+            remaining -= torch.bincount(lab[acc], minlength=k)
+            rej = pending[~acc]
+            ptr[rej] += 1  # a rejection means that centroid is full now
+            pending = rej
+
+
+def _lift(X, C, D, labels, dist, lo, chunk, xnorm):
+    """Phase 2: lift clusters below ``lo`` with the cheapest moves from donors."""
+    import torch
+
+    dev = C.device
+    k = C.shape[0]
     sizes = torch.bincount(labels, minlength=k)
     # ---- phase 2: lift clusters below lo with the cheapest moves from donors
     while bool((sizes < lo).any()):
         under = torch.nonzero(sizes < lo).flatten()
-        deficit = lo - sizes[under]
+        deficit = torch.zeros(k, dtype=torch.int64, device=dev)
+        deficit[under] = lo - sizes[under]
         movable = torch.nonzero(sizes[labels] > lo).flatten()
         if movable.numel() == 0:  # pragma: no cover - impossible when K*lo <= N
             break
-        sub, d_u = _assign_t(X, C[under], rows=movable.to(X.device), chunk=chunk)
+        if D is not None:
+            d_u, sub = torch.min(D[movable][:, under], dim=1)
+        else:
+            xr = None if xnorm is None else xnorm[movable.to(xnorm.device)]
+            sub, d_u = _assign_t(X, C[under], rows=movable.to(X.device), chunk=chunk, xnorm=xr)
+        target = under[sub]
         cost = d_u - dist[movable]
-        o = torch.argsort(cost, stable=True)
-        sub_o = sub[o]
-        acc_o = _group_rank_t(sub_o) < deficit[sub_o]
-        # each donor gives away at most its surplus
-        mv_o = movable[o]
-        donor_o = labels[mv_o]
-        surplus = sizes - lo
-        cand = torch.nonzero(acc_o).flatten()  # still in cost order
-        keep = _group_rank_t(donor_o[cand]) < surplus[donor_o[cand]]
-        take = cand[keep]
-        rows = mv_o[take]
-        new = under[sub_o[take]]
+        ok = _accept_closest(target, cost, deficit)  # each under-filled cluster: its deficit
+        idx = torch.nonzero(ok).flatten()
+        donor = labels[movable[idx]]
+        keep = _accept_closest(donor, cost[idx], sizes - lo)  # each donor: its surplus
+        idx = idx[keep]
+        rows, new = movable[idx], target[idx]
         sizes -= torch.bincount(labels[rows], minlength=k)
         sizes += torch.bincount(new, minlength=k)
         labels[rows] = new
-        dist[rows] = d_u[o][take]
-    return labels, dist
+        dist[rows] = d_u[idx]
 
 
 # ----------------------------------------------------------------- k-means
@@ -389,6 +665,19 @@ def _kmeans_t(Xt, k: int, *, n_iter: int, n_init: int, init: Any,
     import torch
 
     n, d = Xt.shape
+    small = dev.type == "cpu" and n * k * d < _SMALL_WORK
+    with torch.no_grad(), _threads(1 if small else None):
+        return _kmeans_impl(Xt, k, n_iter=n_iter, n_init=n_init, init=init,
+                            max_points_per_centroid=max_points_per_centroid, balanced=balanced,
+                            balance_tolerance=balance_tolerance, gen=gen, dev=dev,
+                            chunk_size=chunk_size, verbose=verbose)
+
+
+def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanced,
+                 balance_tolerance, gen, dev, chunk_size, verbose):
+    import torch
+
+    n, d = Xt.shape
     t0 = time.perf_counter()
 
     with torch.no_grad():
@@ -401,13 +690,14 @@ def _kmeans_t(Xt, k: int, *, n_iter: int, n_init: int, init: Any,
             n_train = n
             Xtr = Xt.to(dev)
         lo, hi = _balanced_bounds(n_train, k, balance_tolerance)
+        xn_tr = _sqnorms(Xtr)
 
         best = None
         for run in range(n_init):
             # ---- init
             if isinstance(init, str):
                 if init == "k-means++":
-                    m = min(n_train, max(64 * k, 10000))
+                    m = min(n_train, max(32 * k, 4096))
                     sub = Xtr if m == n_train else Xtr[torch.as_tensor(
                         np.sort(gen.choice(n_train, size=m, replace=False)), device=dev)]
                     C = _kmeanspp(sub, k, gen)
@@ -427,9 +717,9 @@ def _kmeans_t(Xt, k: int, *, n_iter: int, n_init: int, init: Any,
             it = 0
             for it in range(1, n_iter + 1):
                 if balanced:
-                    lab, dist = _balanced_assign_t(Xtr, C, lo, hi, chunk_size)
+                    lab, dist = _balanced_assign_t(Xtr, C, lo, hi, chunk_size, xnorm=xn_tr)
                 else:
-                    lab, dist = _assign_t(Xtr, C, chunk=chunk_size)
+                    lab, dist = _assign_t(Xtr, C, chunk=chunk_size, xnorm=xn_tr)
                 if verbose:
                     print(f"  kmeans run {run} iter {it}: inertia {float(dist.mean()):.6g} "
                           f"({time.perf_counter() - t0:.1f}s)")
@@ -442,16 +732,16 @@ def _kmeans_t(Xt, k: int, *, n_iter: int, n_init: int, init: Any,
                     _repair_empty(C, Xtr, lab, dist, counts)
             if n_init > 1:
                 if balanced:
-                    _, dist = _balanced_assign_t(Xtr, C, lo, hi, chunk_size)
+                    _, dist = _balanced_assign_t(Xtr, C, lo, hi, chunk_size, xnorm=xn_tr)
                 else:
-                    _, dist = _assign_t(Xtr, C, chunk=chunk_size)
+                    _, dist = _assign_t(Xtr, C, chunk=chunk_size, xnorm=xn_tr)
                 score = float(dist.mean(dtype=torch.float64))
             else:
                 score = 0.0
             if best is None or score < best[0]:
                 best = (score, C, it)
         _, C, n_done = best
-        del Xtr
+        del Xtr, xn_tr
 
         # ---- final assignment of ALL points
         if balanced:
@@ -498,7 +788,7 @@ def kmeans(
     n_iter : Lloyd iterations (assign + update) per run; stops early once the
         training labels no longer change.
     n_init : restarts with different seeds; the lowest training inertia wins.
-    init : ``"k-means++"`` (greedy, on at most ``max(64 K, 10000)`` training points),
+    init : ``"k-means++"`` (greedy, on at most ``max(32 K, 4096)`` training points),
         ``"random"`` (K distinct training points, as faiss) or a ``(K, d)`` array.
     max_points_per_centroid : train on a random sample of at most this many points
         per centroid (faiss's default 256); ``None`` trains on all points.  Labels,

@@ -30,7 +30,7 @@ from ..types import PAD, Codes
 from ..utils import resolve_device, rng as make_rng
 from .base import Tokenizer, register
 from .collisions import CollisionIndex, collision_stats
-from .kmeans import _assign_t, _kmeans_t, as_matrix
+from .kmeans import _assign_t, _kmeans_t, as_matrix, check_min_items
 from .sizing import default_codebook_sizes
 
 __all__ = ["VQ", "RQKMeans", "HierarchicalKMeans", "perplexity"]
@@ -61,20 +61,49 @@ class _ResidualView:
         self.dtype = X.dtype
 
     def __getitem__(self, idx):
-        r = self.X[idx]
+        x = self.X[idx]
         if not self.codebooks:
-            return r
-        r = r.clone() if isinstance(idx, slice) else r
+            return x
         dev = self.codebooks[0].device
-        if r.device != dev:
-            r = r.to(dev)
-        ci = idx if isinstance(idx, slice) else idx.to(self.codes.device)
+        if x.device != dev:
+            x = x.to(dev)
+        advanced = hasattr(idx, "to")  # index tensor: x is already a private copy
+        ci = idx.to(self.codes.device) if advanced else idx
+        r = x if (advanced and x.data_ptr() != self.X.data_ptr()) else None
         for l, C in enumerate(self.codebooks):
-            r -= C[self.codes[ci, l].to(dev)]
+            g = C[self.codes[ci, l].to(dev)]
+            # a slice of X is a view: the first level allocates, X is never modified
+            r = x - g if r is None else r.sub_(g)
         return r
 
-    def to(self, device):
-        return self[slice(None)].to(device)
+    def to(self, device, chunk: int = 16384):
+        """Materialise all residual rows, chunk by chunk into one preallocated tensor
+        (no full-size gather temporary)."""
+        import torch
+
+        if not self.codebooks:
+            return self.X.to(device)
+        n, d = self.shape
+        out = torch.empty((n, d), dtype=torch.float32, device=device)
+        for s in range(0, n, chunk):
+            out[s:s + chunk] = self[slice(s, s + chunk)]
+        return out
+
+
+def _total_variance(Xt, chunk: int = 16384) -> float:
+    """Mean squared distance of the rows to their mean (chunked, float64 sums)."""
+    import torch
+
+    n, d = Xt.shape
+    mean = torch.zeros(d, dtype=torch.float64, device=Xt.device)
+    for s in range(0, n, chunk):
+        mean += Xt[s:s + chunk].sum(0, dtype=torch.float64)
+    mean = (mean / n).to(torch.float32)
+    acc = 0.0
+    for s in range(0, n, chunk):
+        acc += float(torch.linalg.vector_norm(Xt[s:s + chunk] - mean, dim=1).square().sum(
+            dtype=torch.float64))
+    return acc / n
 
 
 def _level_stats(codes: np.ndarray, sizes: Sequence[int]) -> dict[str, list]:
@@ -98,13 +127,18 @@ class _KMeansTokenizer(Tokenizer):
         return resolve_device(self.device)
 
     def fit(self, X: Any, y: Any = None) -> "_KMeansTokenizer":
+        self._fit(X)
+        return self
+
+    def _fit(self, X: Any) -> Codes:
+        """Fit and return the training codes."""
         import torch
 
         t0 = time.perf_counter()
         dev = self._device()
-        pre = as_matrix(X, min_items=1)
-        sizes = self._resolved_sizes(pre.shape[0])
-        Xt = as_matrix(pre, min_items=max(sizes))
+        Xt = as_matrix(X)
+        sizes = self._resolved_sizes(Xt.shape[0])
+        check_min_items(Xt.shape[0], max(sizes))
         gen = make_rng(self.random_state)
         with torch.no_grad():
             base, stats = self._fit_base(Xt, sizes, gen, dev)
@@ -117,16 +151,13 @@ class _KMeansTokenizer(Tokenizer):
         stats["collisions"] = collision_stats(base_codes)
         stats["fit_seconds"] = time.perf_counter() - t0
         self.fit_stats_ = stats
-        self._train_codes = self._finish(base_codes, index)
-        return self
+        return self._finish(base_codes, index)
 
     def fit_encode(self, X: Any, y: Any = None) -> Codes:
-        """Fit and return the training codes (for ``balanced=True`` these are the
-        size-constrained assignment; ``encode`` always uses the nearest codeword)."""
-        self.fit(X, y)
-        codes = self._train_codes
-        del self._train_codes
-        return codes
+        """Fit and return the training codes without a second pass (for
+        ``balanced=True`` these are the size-constrained assignment; ``encode``
+        always uses the nearest codeword)."""
+        return self._fit(X)
 
     # ------------------------------------------------------------- codes
     def _codes_params(self) -> dict[str, Any]:
@@ -233,8 +264,6 @@ class _ResidualKMeans(_KMeansTokenizer):
         codes = torch.empty((n, L), dtype=torch.int64, device=dev)
         Cs: list = []
         level_mse, n_iters = [], []
-        total = float(torch.linalg.vector_norm(Xt - Xt.mean(0), dim=1).square().mean()) if n <= 200_000 \
-            else None
         for l, k in enumerate(sizes):
             view = _ResidualView(Xt, Cs, codes)
             C, labels, dist, it = _kmeans_t(
@@ -246,16 +275,7 @@ class _ResidualKMeans(_KMeansTokenizer):
             Cs.append(C)
             level_mse.append(float(dist.mean(dtype=torch.float64)))
             n_iters.append(it)
-        if total is None:  # variance of X, chunked
-            mean = torch.zeros(d, dtype=torch.float64)
-            for s in range(0, n, 65536):
-                mean += Xt[s:s + 65536].sum(0, dtype=torch.float64)
-            mean = (mean / n).to(torch.float32)
-            acc = 0.0
-            for s in range(0, n, 65536):
-                acc += float(torch.linalg.vector_norm(Xt[s:s + 65536] - mean, dim=1).square().sum(
-                    dtype=torch.float64))
-            total = acc / n
+        total = _total_variance(Xt)
         kmax = max(sizes)
         books = np.zeros((L, kmax, d), dtype=np.float32)
         for l, C in enumerate(Cs):
@@ -280,12 +300,14 @@ class _ResidualKMeans(_KMeansTokenizer):
         n = Xt.shape[0]
         out = torch.empty((n, L), dtype=torch.int64)
         chunk = 16384
+        buf = torch.empty(chunk * max(C.shape[0] for C in Cs), dtype=torch.float32, device=dev)
         for s in range(0, n, chunk):
-            r = Xt[s:s + chunk].to(dev, copy=True)
+            r = Xt[s:s + chunk].to(dev)  # a view of X on the CPU: never modified in place
             for l, C in enumerate(Cs):
-                lab, _ = _assign_t(r, C, cnorm=cn[l], with_dist=False)
+                lab, _ = _assign_t(r, C, cnorm=cn[l], with_dist=False, chunk=chunk, buf=buf)
                 out[s:s + chunk, l] = lab.cpu()
-                r -= C[lab]
+                if l + 1 < L:
+                    r = r - C[lab] if l == 0 else r.sub_(C[lab])
         return out.numpy()
 
     def _decode_base(self, codes: np.ndarray) -> np.ndarray:
@@ -477,7 +499,7 @@ class HierarchicalKMeans(_KMeansTokenizer):
         self.centroids_ = np.concatenate(cents).astype(np.float32)
         self.child_table_ = np.stack(table)
         self.level_mse_ = np.asarray(level_mse)
-        total = float(torch.linalg.vector_norm(Xt - Xt.mean(0), dim=1).square().mean())
+        total = _total_variance(Xt)
         stats = {"level_mse": level_mse,
                  "relative_mse": [m / total if total > 0 else 0.0 for m in level_mse],
                  "total_variance": total, "n_nodes": int(n_nodes)}
