@@ -40,23 +40,7 @@ def strip_extra_level(codes: Codes) -> Codes:
     ``collision_rule == "extra_level"``; other codes are returned unchanged."""
     if codes.collision_rule != "extra_level":
         return codes
-    n, L = codes.codes.shape
-    if L < 2:
-        raise DataError("codes with an extra level must have at least 2 levels")
-    arr = codes.codes.copy()
-    lengths = codes.lengths - 1
-    if (lengths < 1).any():
-        raise DataError("an item has only the disambiguation token",
-                        "pass codes produced by a tokenizer")
-    arr[np.arange(n), lengths] = PAD
-    keep_cols = max(int(lengths.max()), 1)
-    params = dict(codes.params)
-    params.pop("base_levels", None)
-    # for variable-length codes these sizes are upper bounds (they also covered the
-    # disambiguation tokens of shorter items) -- still valid for every token
-    return Codes(arr[:, :keep_cols], tuple(codes.codebook_sizes[:keep_cols]), lengths=lengths,
-                 method=codes.method, params=params, collision_rule="none",
-                 item_ids=codes.item_ids)
+    return codes.semantic()
 
 
 def _check_level(codes: Codes, level: int) -> int:
