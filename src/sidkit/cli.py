@@ -79,15 +79,30 @@ def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
     typer.echo(f"{s['n_items']} items, method {s['method']}, codebook sizes "
                f"{s['codebook_sizes']}, collision rule {s['collision_rule']}")
     rows = []
+    n = len(s["levels"])
     for lv in s["levels"]:
-        rows.append({"level": lv.get("level"), "K": lv.get("K"), "used": lv.get("used"),
-                     "perplexity": lv.get("perplexity"),
-                     "H/log2K": lv.get("norm_entropy"), "gini": lv.get("gini")})
+        extra = s["collision_rule"] != "none" and lv.get("level") == n
+        rows.append({"level": f"{lv.get('level')}{' (disambig.)' if extra else ''}",
+                     "K": lv.get("K"), "used": lv.get("used"), "perplexity": lv.get("perplexity"),
+                     "H/log2K": lv.get("norm_entropy"), "gini": lv.get("gini"),
+                     "top-1% share": lv.get("top1pct_share")})
     print_table(rows)
     c = s["collisions"]
     typer.echo(f"collision rate {c.get('rate', 0):.4f}, items in a collision "
                f"{c.get('share_in_collision', 0):.4f}, largest group {c.get('largest_group')}")
-    if diag and "hourglass" in diag:
+    if not diag:
+        return
+    if diag.get("rel_mse") is not None:
+        typer.echo(f"relative reconstruction MSE (semantic levels) {diag['rel_mse']:.4f}")
+    if diag.get("sid_k_eff"):
+        k = ", ".join(f"s={sc:g}: {v:.1f}" for sc, v in zip(diag["overlap_scales"], diag["sid_k_eff"]))
+        typer.echo(f"effective capacity K_eff of the whole SID ({k})")
+    if diag.get("sid_change_rate"):
+        ch = ", ".join(f"s={sc}: {v:.3f}" for sc, v in diag["sid_change_rate"].items())
+        typer.echo(f"SID change rate under perturbation ({ch})")
+    if diag.get("soft_matching_auc") is not None:
+        typer.echo(f"soft-matching AUC, co-engaged vs random pairs {diag['soft_matching_auc']:.3f}")
+    if diag.get("hourglass"):
         typer.echo(f"hourglass: {diag['hourglass'].get('verdict', '')}")
 
 

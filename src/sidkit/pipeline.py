@@ -243,12 +243,24 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
         return headline(res)
 
     return Stage("diagnostics", fn, cfg.diagnostics.model_dump(),
-                 inputs=("embeddings", "split", "codes"))
+                 inputs=("embeddings", "split", "codes"), version=2)
 
 
 def headline(res: dict[str, Any]) -> dict[str, Any]:
-    """The few diagnostics numbers worth a line in a summary."""
-    return {k: res[k] for k in ("collisions", "hourglass", "overlap") if k in res}
+    """The few diagnostics numbers worth a line in a summary (None where not computed)."""
+    out: dict[str, Any] = {"hourglass": res.get("hourglass")}
+    fid = res.get("fidelity") or {}
+    out["rel_mse"] = fid["levels"][-1]["rel_mse"] if fid.get("levels") else None
+    ov = res.get("overlap") or {}
+    if ov.get("sid"):
+        out["overlap_scales"] = ov["scales"]
+        out["sid_k_eff"] = ov["sid"]["K_eff"]
+    mc = res.get("monte_carlo") or {}
+    runs = [r for r in mc.get("runs", []) if isinstance(r.get("scale"), (int, float))]
+    out["sid_change_rate"] = {str(r["scale"]): r["sid_change_rate"] for r in runs}
+    sm = res.get("soft_matching") or {}
+    out["soft_matching_auc"] = sm.get("auc")
+    return out
 
 
 def build_stages(cfg: ExperimentConfig) -> list[Stage]:
