@@ -250,7 +250,8 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     """The few diagnostics numbers worth a line in a summary (None where not computed)."""
     out: dict[str, Any] = {"hourglass": res.get("hourglass")}
     fid = res.get("fidelity") or {}
-    levels = fid.get("levels") or fid.get("prefix_mean")  # prefix means when no tokenizer
+    levels = [lv for lv in (fid.get("levels") or []) if lv] or \
+        [lv for lv in (fid.get("prefix_mean") or []) if lv]  # prefix means without a tokenizer
     out["rel_mse"] = levels[-1]["rel_mse"] if levels else None
     ov = res.get("overlap") or {}
     if ov.get("sid"):
