@@ -76,7 +76,8 @@ def make_tokenizer(cfg: ExperimentConfig):
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     kw: dict[str, Any] = {"random_state": cfg.seed, "device": cfg.device,
                           "n_levels": cfg.codes.n_levels,
-                          "resolve_collisions": cfg.codes.resolve_collisions}
+                          "resolve_collisions": cfg.codes.resolve_collisions,
+                          "verbose": True}  # progress bars of trained tokenizers
     if cfg.codes.codebook_sizes:
         kw["codebook_sizes"] = list(cfg.codes.codebook_sizes)
     kw = {k: v for k, v in kw.items() if k in accepted}
