@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,37 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import clustered, current_rss_mb, peak_rss_mb
+from _common import machine as _machine
+
 os.environ.setdefault("SIDKIT_NO_PROGRESS", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def clustered(n: int, d: int, n_centers: int = 1000, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
-    """Gaussian blobs around ``n_centers`` centres with per-centre scales (float32)."""
-    rs = np.random.default_rng(seed)
-    centers = rs.normal(size=(n_centers, d)).astype(np.float32)
-    scales = rs.uniform(0.1, 0.6, size=n_centers).astype(np.float32)
-    X = np.empty((n, d), dtype=np.float32)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        z = rs.integers(0, n_centers, e - s)
-        X[s:e] = centers[z] + scales[z, None] * rs.standard_normal((e - s, d), dtype=np.float32)
-    return X
-
-
 def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+    info = _machine()
     try:
         import faiss
 
@@ -90,25 +66,7 @@ def machine() -> dict:
         info["sklearn"] = sklearn.__version__
     except ImportError:  # pragma: no cover
         pass
-    try:
-        info["load_avg_at_start"] = os.getloadavg()
-    except OSError:  # pragma: no cover
-        pass
     return info
-
-
-def _rss_mb() -> float:
-    """Peak RSS of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def _current_rss_mb() -> float:
-    """Current RSS (MB), from /proc (falls back to the peak elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-        return _rss_mb()
 
 
 # ------------------------------------------------------------------ workers
@@ -121,7 +79,7 @@ def run_sidkit(X: np.ndarray, k: int, levels: int, iters: int, full: bool, seed:
     t0 = time.perf_counter()
     codes = tok.fit_encode(X)
     dt = time.perf_counter() - t0
-    peak = _rss_mb()
+    peak = peak_rss_mb()
     # MSE from a chunked decode (after the timing and the peak)
     mse = 0.0
     for s in range(0, len(X), 100_000):
@@ -149,7 +107,7 @@ def run_faiss(X: np.ndarray, k: int, levels: int, iters: int, seed: int) -> dict
         level_mse.append(float(np.einsum("ij,ij->", R, R, dtype=np.float64) / n))
     dt = time.perf_counter() - t0
     return {"seconds": dt, "mse": level_mse[-1], "level_mse": level_mse, "n_iter": [iters] * levels,
-            "peak_rss_mb": _rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def run_sklearn(X: np.ndarray, k: int, levels: int, iters: int, seed: int) -> dict:
@@ -173,7 +131,7 @@ def run_sklearn(X: np.ndarray, k: int, levels: int, iters: int, seed: int) -> di
         n_iter.append(int(km.n_iter_))
     dt = time.perf_counter() - t0
     return {"seconds": dt, "mse": level_mse[-1], "level_mse": level_mse, "n_iter": n_iter,
-            "peak_rss_mb": _rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def worker(args) -> None:
@@ -191,7 +149,7 @@ def worker(args) -> None:
         import faiss  # noqa: F401
     else:
         import sklearn.cluster  # noqa: F401
-    base = _current_rss_mb()
+    base = current_rss_mb()
     if args.method == "sidkit":
         out = run_sidkit(X, args.k, args.levels, args.iters, False, args.seed)
     elif args.method == "sidkit_full":

@@ -19,40 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import clustered, machine
+
 os.environ.setdefault("SIDKIT_NO_PROGRESS", "1")
-
-
-def clustered(n: int, d: int, n_centers: int = 1000, seed: int = 0) -> np.ndarray:
-    """Gaussian blobs around ``n_centers`` centres (float32)."""
-    rs = np.random.default_rng(seed)
-    centers = rs.normal(size=(n_centers, d)).astype(np.float32)
-    X = centers[rs.integers(0, n_centers, n)]
-    X += 0.3 * rs.standard_normal((n, d), dtype=np.float32)
-    return X
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def configs(epochs: int, device: str) -> dict[str, dict]:
@@ -91,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from sidkit.tokenizers import available, get_tokenizer_class
 
-    X = clustered(n, args.dim)
+    X = clustered(n, args.dim, scale=0.3, chunk=None)
     cfg = configs(args.epochs, args.device)
     for name in available():  # every registered tokenizer, even ones added later
         if not any(v[0] == name for v in cfg.values()):
@@ -142,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"Command: `{result['command'].strip()}`  ",
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
           f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads)  ",
-          f"Load average at start: {result['machine']['load_avg_1m_at_start']} (other jobs share "
+          f"Load average at start: {result['machine'].get('load_avg_at_start')} (other jobs share "
           "the cores; absolute times are noisy, compare ratios within one run).", "",
           "| entry | tokenizer | fit_encode (s) | encode 20k (s) | codebook sizes | unique SIDs | collision rule |",
           "|---|---|---:|---:|---|---:|---|"]

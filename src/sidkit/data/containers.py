@@ -68,9 +68,33 @@ def _as_str(col: pd.Series) -> pd.Series:
     return col.astype(str).astype(object)
 
 
+def _vocabulary(df: pd.DataFrame, column: str) -> pd.Index:
+    """The sorted distinct ids of ``df[column]`` (as str), named ``column``."""
+    return pd.Index(np.sort(df[column].unique().astype(str)), name=column, dtype=object)
+
+
+class _UserItemFrame:
+    """``users``/``items`` vocabularies and ``len`` of a frame ``self.df`` with
+    ``user_id`` and ``item_id`` columns (one row per interaction)."""
+
+    @property
+    def users(self) -> pd.Index:
+        """Sorted user-id vocabulary."""
+        return _vocabulary(self.df, "user_id")
+
+    @property
+    def items(self) -> pd.Index:
+        """Sorted item-id vocabulary (for a :class:`Split`, every item of all roles:
+        the catalogue to tokenize and rank)."""
+        return _vocabulary(self.df, "item_id")
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+
 # ----------------------------------------------------------------------- Interactions
 @dataclass(eq=False)
-class Interactions:
+class Interactions(_UserItemFrame):
     """User-item interactions: ``user_id`` (str), ``item_id`` (str), ``timestamp``
     (int64) and optionally ``rating`` (float64).
 
@@ -123,16 +147,6 @@ class Interactions:
 
     # vocabularies ---------------------------------------------------------------
     @property
-    def users(self) -> pd.Index:
-        """Sorted user-id vocabulary."""
-        return pd.Index(np.sort(self.df["user_id"].unique().astype(str)), name="user_id", dtype=object)
-
-    @property
-    def items(self) -> pd.Index:
-        """Sorted item-id vocabulary."""
-        return pd.Index(np.sort(self.df["item_id"].unique().astype(str)), name="item_id", dtype=object)
-
-    @property
     def n_users(self) -> int:
         return int(self.df["user_id"].nunique())
 
@@ -143,9 +157,6 @@ class Interactions:
     @property
     def has_rating(self) -> bool:
         return "rating" in self.df.columns
-
-    def __len__(self) -> int:
-        return len(self.df)
 
     def __repr__(self) -> str:
         return (f"Interactions(name={self.name!r}, users={self.n_users}, items={self.n_items}, "
@@ -301,7 +312,7 @@ class ItemTable:
 
 # ------------------------------------------------------------------------------ Split
 @dataclass(eq=False)
-class Split:
+class Split(_UserItemFrame):
     """Interactions with a role each, in per-user chronological order.
 
     ``df`` columns: ``user_id``, ``item_id``, ``timestamp``, ``position`` (0-based
@@ -334,18 +345,6 @@ class Split:
         df["position"] = df["position"].astype(np.int64)
         df["role"] = df["role"].astype(str).astype(object)
         self.df = df
-
-    @property
-    def users(self) -> pd.Index:
-        return pd.Index(np.sort(self.df["user_id"].unique().astype(str)), name="user_id", dtype=object)
-
-    @property
-    def items(self) -> pd.Index:
-        """Every item of the split (all roles): the catalogue to tokenize and rank."""
-        return pd.Index(np.sort(self.df["item_id"].unique().astype(str)), name="item_id", dtype=object)
-
-    def __len__(self) -> int:
-        return len(self.df)
 
     def __repr__(self) -> str:
         counts = self.df["role"].value_counts()

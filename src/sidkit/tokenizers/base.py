@@ -90,6 +90,11 @@ class Tokenizer:
         return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind
                 not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
+    def _store_params(self, values: dict[str, Any]) -> None:
+        """Store every constructor parameter from ``values`` (pass ``locals()``)."""
+        for p in self._param_names():
+            setattr(self, p, values[p])
+
     def get_params(self) -> dict[str, Any]:
         return {p: getattr(self, p) for p in self._param_names()}
 
@@ -129,6 +134,16 @@ class Tokenizer:
                 f"this {type(self).__name__} is not fitted yet",
                 "call fit(X) before encode/decode, or Tokenizer.load(path)",
             )
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        """Validated float32 ``X`` with the fitted number of features (``n_features_in_``)."""
+        self._check_fitted()
+        X = check_embeddings(X)
+        d = int(self.n_features_in_)
+        if X.shape[1] != d:
+            raise DataError(f"X has {X.shape[1]} features but the tokenizer was fitted on "
+                            f"{d}", "embed the items with the same model")
+        return X
 
     # ------------------------------------------------------------ save/load
     def _extra_state(self) -> dict[str, Any]:

@@ -15,17 +15,17 @@ per-user item-index sequences.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import DataError
 from ..types import Codes
-from ..utils import progress, resolve_device, torch_generator
+from ..utils import resolve_device, torch_generator
 from .base import Tokenizer, check_embeddings, register
 from .rq import RQKMeans
-from .rqvae import AutoEncoder, _check_positive, _check_sizes, flatten_params, init_params_, load_flat_params
+from .rqvae import (AutoEncoder, _check_network_params, _check_positive, _check_sizes, _Trainer,
+                    flatten_params, init_params_, load_flat_params)
 
 __all__ = ["DRQ", "cooccurrence_pairs"]
 
@@ -135,40 +135,13 @@ class DRQ(Tokenizer):
         device: str = "auto",
         verbose: bool = False,
     ):
-        self.codebook_sizes = codebook_sizes
-        self.n_levels = n_levels
-        self.hidden_sizes = hidden_sizes
-        self.latent_dim = latent_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.patience = patience
-        self.tol = tol
-        self.contrastive_weight = contrastive_weight
-        self.temperature = temperature
-        self.balanced = balanced
-        self.balance_tolerance = balance_tolerance
-        self.n_iter = n_iter
-        self.max_points_per_centroid = max_points_per_centroid
-        self.resolve_collisions = resolve_collisions
-        self.random_state = random_state
-        self.device = device
-        self.verbose = verbose
+        self._store_params(locals())
 
     # ---------------------------------------------------------------- helpers
     def _validate_params(self) -> None:
-        _check_positive("n_levels", self.n_levels)
-        _check_positive("latent_dim", self.latent_dim)
-        _check_positive("epochs", self.epochs)
-        _check_positive("batch_size", self.batch_size)
-        _check_positive("lr", self.lr, integer=False)
+        _check_network_params(self)
         _check_positive("temperature", self.temperature, integer=False)
         _check_positive("contrastive_weight", self.contrastive_weight, integer=False, allow_zero=True)
-        _check_positive("weight_decay", self.weight_decay, integer=False, allow_zero=True)
-        _check_positive("patience", self.patience, allow_zero=True)
-        for h in self.hidden_sizes:
-            _check_positive("hidden_sizes entries", h)
         if self.codebook_sizes is not None and not isinstance(self.codebook_sizes, (int, np.integer)):
             _check_sizes(self.codebook_sizes)
 
@@ -217,18 +190,14 @@ class DRQ(Tokenizer):
         ae = ae.to(dev)
         Xt = torch.from_numpy(X).to(dev)
         Pt = torch.from_numpy(pairs).to(dev) if pairs is not None else None
-        opt = torch.optim.AdamW(ae.parameters(), lr=float(self.lr),
-                                weight_decay=float(self.weight_decay))
-        bs = int(min(self.batch_size, n))
+        trainer = _Trainer(self, ae.parameters(), n, "drq stage 1")
+        bs = trainer.batch_size
         pbs = int(min(self.batch_size, pairs.shape[0])) if pairs is not None else 0
         w = float(self.contrastive_weight)
         tau = float(self.temperature)
         history: list[dict[str, Any]] = []
-        best, since = math.inf, 0
-        epochs = progress(range(int(self.epochs)), desc="drq stage 1", total=int(self.epochs),
-                          enabled=None if self.verbose else False)
         ae.train()
-        for epoch in epochs:
+        for epoch in trainer.epochs:
             perm = torch.randperm(n, generator=gen).to(dev)
             acc = torch.zeros(3, dtype=torch.float64, device=dev)
             steps = 0
@@ -246,20 +215,14 @@ class DRQ(Tokenizer):
                     target = torch.arange(pbs, device=dev)
                     nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
                     loss = loss + w * nce
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                trainer.step(loss)
                 acc += torch.stack([loss.detach(), recon.detach(), nce.detach()]).double()
                 steps += 1
             m = acc.cpu().numpy() / max(steps, 1)
             history.append({"epoch": epoch, "loss": float(m[0]), "recon": float(m[1]),
                             "infonce": float(m[2])})
-            if not math.isfinite(best) or m[0] < best - abs(best) * float(self.tol):
-                best, since = float(m[0]), 0
-            else:
-                since += 1
-                if self.patience and since >= int(self.patience):
-                    break
+            if trainer.stop(m[0]):
+                break
         ae.eval()
         return ae, history
 
@@ -305,14 +268,6 @@ class DRQ(Tokenizer):
             for s in range(0, X.shape[0], chunk):
                 out[s:s + chunk] = ae.encoder(torch.from_numpy(X[s:s + chunk]).to(dev)).cpu().numpy()
         return out
-
-    def _check_X(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        X = check_embeddings(X)
-        if X.shape[1] != int(self.n_features_in_):
-            raise DataError(f"X has {X.shape[1]} features but the tokenizer was fitted on "
-                            f"{int(self.n_features_in_)}", "embed the items with the same model")
-        return X
 
     def latent(self, X: Any) -> np.ndarray:
         """The frozen stage-1 latents of ``X`` (what RQ-KMeans quantizes)."""

@@ -44,7 +44,6 @@ centroid for a full path).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any, Sequence
@@ -55,6 +54,7 @@ from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import progress, resolve_device, rng
 from .base import Tokenizer, check_embeddings, register
+from .kmeans import _threads
 from .rqvae import codes_array
 
 __all__ = ["GAOQ", "auto_branching", "make_anchors", "batched_balanced_kmeans"]
@@ -134,39 +134,36 @@ def _group_rank(keys: np.ndarray) -> np.ndarray:
 _CHANGE_TOL = 1e-3
 
 
-@contextlib.contextmanager
 def _one_thread(device):
     """Run torch CPU ops on one thread inside the block (restored afterwards).
 
-    The balanced-assignment rounds are many small, memory-light ops for which a
-    thread-pool round trip per op costs more than the op (badly so on a busy
-    machine); the GEMMs outside stay parallel.  No-op on GPU.
+    The assignment rounds and centroid updates are many small, memory-bound ops for
+    which a thread-pool round trip per op costs more than the op (badly so on a busy
+    machine: ~7x slower updates on 2 shared cores); the GEMMs stay parallel.  No-op
+    on GPU.
+    """
+    return _threads(1 if getattr(device, "type", str(device)) == "cpu" else None)
+
+
+def _rank_by_cost(group, cost):
+    """Rank of each position within its ``group`` when ordered by ``cost`` (float32),
+    ties by position: one stable sort on the composite int64 key ``(group, cost)``.
+
+    The float bits are mapped to an order-preserving unsigned 32-bit key (negative
+    costs included), so this equals ranking in ``argsort(cost, stable=True)`` order.
     """
     import torch
 
-    if getattr(device, "type", str(device)) != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _group_rank_t(keys):
-    """Rank of each position among equal ``keys``, in current order (torch)."""
-    import torch
-
-    n = keys.numel()
+    n = group.numel()
     if n == 0:
-        return keys.clone()
-    perm = torch.sort(keys, stable=True).indices
-    sk = keys[perm]
-    pos = torch.arange(n, device=keys.device)
-    start = torch.ones(n, dtype=torch.bool, device=keys.device)
-    start[1:] = sk[1:] != sk[:-1]
+        return group.clone()
+    bits = (cost + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: -0.0 -> +0.0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
+    sk, perm = torch.sort((group << 32) | bits, stable=True)
+    g = sk >> 32
+    pos = torch.arange(n, device=group.device)
+    start = torch.ones(n, dtype=torch.bool, device=group.device)
+    start[1:] = g[1:] != g[:-1]
     first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
     rank = torch.empty_like(pos)
     rank[perm] = pos - first
@@ -197,18 +194,17 @@ def _batched_balanced_assign(dist, valid, lo, hi):
     first = True
     while f.numel():  # phase 1: at least one point is placed per round
         pp = torch.div(f, m, rounding_mode="floor")
-        if first and f.numel() == P * m:
-            Df = D
+        if first:  # nothing is full yet: row minima of D, no copy
+            dmin, lab = D.min(1)
+            if f.numel() < P * m:
+                dmin, lab = dmin.index_select(0, f), lab.index_select(0, f)
         else:
             Df = D.index_select(0, f)  # a copy: masking in place is safe
-            if not first:
-                Df.masked_fill_((remaining.view(P, k) <= 0).index_select(0, pp), float("inf"))
+            Df.masked_fill_((remaining.view(P, k) <= 0).index_select(0, pp), float("inf"))
+            dmin, lab = Df.min(1)
         first = False
-        dmin, lab = Df.min(1)
         key = pp * k + lab
-        o = torch.argsort(dmin, stable=True)
-        acc = torch.zeros_like(o, dtype=torch.bool)
-        acc[o] = _group_rank_t(key[o]) < remaining[key[o]]
+        acc = _rank_by_cost(key, dmin) < remaining[key]  # closest first per cluster
         fa = f[acc]
         labels[fa] = lab[acc]
         dd[fa] = dmin[acc]
@@ -228,11 +224,21 @@ def _batched_balanced_assign(dist, valid, lo, hi):
         under_any = (sizes < lo_k).view(P, k).any(1)
         f = torch.nonzero(vflat & ((sizes - lo_k)[gkey] > 0) & under_any.index_select(0, row_p)).flatten()
 
+        ar_k = torch.arange(k, device=dev)
+
         def target(rows):
+            # only the under-filled columns of each group: U (P, u) lists them in
+            # column order (k = none), so ties resolve as an argmin over all columns
             under = (sizes < lo_k).view(P, k)
-            c = D.index_select(0, rows).sub_(dd[rows][:, None])
-            c.masked_fill_(~under.index_select(0, row_p[rows]), inf)
-            return c.min(1)
+            u = max(int(under.sum(1).max()), 1)
+            U = torch.sort(torch.where(under, ar_k, k), dim=1).values[:, :u]
+            Ur = U.index_select(0, row_p[rows])
+            pad = Ur == k
+            Ur = Ur.masked_fill(pad, 0)
+            c = D.reshape(-1)[rows[:, None] * k + Ur]
+            c.sub_(dd[rows][:, None]).masked_fill_(pad, inf)
+            cmin, j = c.min(1)
+            return cmin, Ur.gather(1, j[:, None]).squeeze(1)
 
         cmin, tgt = target(f)
         while f.numel():
@@ -243,10 +249,9 @@ def _batched_balanced_assign(dist, valid, lo, hi):
             if f.numel() == 0:
                 break
             tkey = row_p[f] * k + tgt
-            o = torch.argsort(cmin, stable=True)
-            cand = o[_group_rank_t(tkey[o]) < deficit[tkey[o]]]
+            cand = torch.nonzero(_rank_by_cost(tkey, cmin) < deficit[tkey]).flatten()
             donor = gkey[f[cand]]
-            take = cand[_group_rank_t(donor) < surplus[donor]]
+            take = cand[_rank_by_cost(donor, cmin[cand]) < surplus[donor]]
             if take.numel() == 0:  # pragma: no cover - cannot happen, see above
                 break
             ft, nk = f[take], tkey[take]
@@ -309,20 +314,20 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
     def lloyd(C, balanced: bool, max_iter: int):
         prev = None
         for it in range(max_iter):
-            dist = sqdist(C)
-            if balanced:
-                with _one_thread(dev):
+            dist = sqdist(C)  # the GEMM runs on all threads, the rest on one
+            with _one_thread(dev):
+                if balanced:
                     labels, _ = _batched_balanced_assign(dist, valid, lo, hi)
-            else:
-                labels = dist.argmin(-1).masked_fill_(~valid, -1)
-            if prev is not None and int((labels != prev).sum()) <= _CHANGE_TOL * n_valid:
-                return C, labels, it + 1  # converged: labels match C
-            prev = labels
-            key = (gkey_base + labels.clamp_min(0))[valid]
-            sums = torch.zeros((P * k, d), dtype=Xp.dtype, device=dev).index_add_(0, key, Xv)
-            cnt = torch.bincount(key, minlength=P * k).view(P, k)
-            newC = sums.view(P, k, d) / cnt.clamp_min(1)[:, :, None].to(Xp.dtype)
-            C = torch.where((cnt > 0)[:, :, None], newC, C)
+                else:
+                    labels = dist.argmin(-1).masked_fill_(~valid, -1)
+                if prev is not None and int((labels != prev).sum()) <= _CHANGE_TOL * n_valid:
+                    return C, labels, it + 1  # converged: labels match C
+                prev = labels
+                key = (gkey_base + labels.clamp_min(0))[valid]
+                sums = torch.zeros((P * k, d), dtype=Xp.dtype, device=dev).index_add_(0, key, Xv)
+                cnt = torch.bincount(key, minlength=P * k).view(P, k)
+                newC = sums.view(P, k, d) / cnt.clamp_min(1)[:, :, None].to(Xp.dtype)
+                C = torch.where((cnt > 0)[:, :, None], newC, C)
         return C, None, max_iter
 
     n_iter = max(int(n_iter), 1)
@@ -382,15 +387,7 @@ class GAOQ(Tokenizer):
         device: str = "auto",
         verbose: bool = False,
     ):
-        self.branching = branching
-        self.n_levels = n_levels
-        self.n_anchors = n_anchors
-        self.balance_tolerance = balance_tolerance
-        self.n_iter = n_iter
-        self.max_points_per_centroid = max_points_per_centroid
-        self.random_state = random_state
-        self.device = device
-        self.verbose = verbose
+        self._store_params(locals())
 
     # ------------------------------------------------------------ parameters
     def _resolve_branching(self, n: int) -> tuple[int, ...]:
@@ -641,14 +638,6 @@ class GAOQ(Tokenizer):
         return np.where(ok, t["node_order"][pos], -1)
 
     # --------------------------------------------------------------- encoding
-    def _check_X(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        X = check_embeddings(X)
-        if X.shape[1] != int(self.node_centroids_.shape[1]):
-            raise DataError(f"X has {X.shape[1]} features but the tokenizer was fitted on "
-                            f"{int(self.node_centroids_.shape[1])}", "embed the items with the same model")
-        return X
-
     def _match_training(self, X: np.ndarray) -> np.ndarray:
         """Training row of every row of X that equals a training embedding, else -1.
 
@@ -733,6 +722,15 @@ class GAOQ(Tokenizer):
         n_unseen = int((~seen).sum())
         if n_unseen:
             codes[~seen] = self._descend(X[~seen])
+        return self._make_codes(codes, n_unseen)
+
+    def fit_encode(self, X: Any, y: Any = None) -> Codes:
+        """Fit and return the training SIDs (``codes_``; what ``encode(X)`` gives, without
+        matching the rows back to the training items)."""
+        self.fit(X, y)
+        return self._make_codes(self.codes_.copy(), 0)
+
+    def _make_codes(self, codes: np.ndarray, n_unseen: int) -> Codes:
         params = {**self.get_params(), "branching": [int(v) for v in self.branching_],
                   "codebook_sizes": [int(v) for v in self.codebook_sizes_],
                   "n_unseen": n_unseen, "unseen_rule": UNSEEN_RULE}

@@ -161,6 +161,19 @@ def _sqnorms(X, rows=None, chunk: int = 65536, device=None):
     return out
 
 
+def _gemm_plan(X, C, rows, chunk: int | None, cnorm):
+    """Rows addressed, K, rows per GEMM chunk and the squared centroid norms
+    (``cnorm`` when given) for a chunked distance pass over ``X`` (or ``X[rows]``)."""
+    import torch
+
+    k = C.shape[0]
+    n = X.shape[0] if rows is None else rows.numel()
+    chunk = min(_chunk_rows(k, chunk), max(n, 1))
+    if cnorm is None:
+        cnorm = torch.linalg.vector_norm(C, dim=1).square_()
+    return n, k, chunk, cnorm
+
+
 def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dist=True,
               xnorm=None, buf=None):
     """Nearest centroid for ``X`` (or ``X[rows]``) -> (labels int64, sq. distances).
@@ -174,11 +187,7 @@ def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dis
     import torch
 
     dev = C.device
-    k = C.shape[0]
-    n = X.shape[0] if rows is None else rows.numel()
-    chunk = min(_chunk_rows(k, chunk), max(n, 1))
-    if cnorm is None:
-        cnorm = torch.linalg.vector_norm(C, dim=1).square_()
+    n, k, chunk, cnorm = _gemm_plan(X, C, rows, chunk, cnorm)
     Ct = C.t()
     labels = torch.empty(n, dtype=torch.int64, device=dev)
     dist = torch.empty(n, dtype=torch.float32, device=dev)
@@ -384,63 +393,6 @@ def _kmeanspp_impl(X, k, gen, n_local_trials):
     return X[torch.as_tensor(centers, device=X.device)].clone()
 
 
-def _accept_closest(lab, d, capacity):
-    """Per centroid, accept its closest proposers up to ``capacity`` (bool mask).
-
-    Centroids with no more proposers than capacity accept all of them without
-    sorting; the others rank their proposers with ONE sort on the composite int64
-    key ``(label, distance bits)`` (the bit pattern of a float >= 0 is monotone).
-    """
-    import torch
-
-    k = capacity.numel()
-    counts = torch.bincount(lab, minlength=k)
-    over = counts > capacity
-    acc = ~over[lab]
-    sel = torch.nonzero(~acc).flatten()
-    if sel.numel():
-        ls = lab[sel]
-        bits = d[sel].clamp(min=0.0).contiguous().view(torch.int32).to(torch.int64)
-        key = (ls << 32) | bits
-        sk, order = torch.sort(key)
-        g = sk >> 32
-        pos = torch.arange(sel.numel(), device=lab.device)
-        start = torch.ones(sel.numel(), dtype=torch.bool, device=lab.device)
-        start[1:] = g[1:] != g[:-1]
-        first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
-        ok = (pos - first) < capacity[g]
-        acc[sel[order[ok]]] = True
-    return acc
-
-
-def _topk_t(X, C, m: int, *, cnorm=None, chunk: int | None = None, xnorm=None):
-    """The ``m`` nearest centroids of every row, nearest first (chunked GEMM):
-    ``(sq_dists (N, m) float32, indices (N, m) int32)``."""
-    import torch
-
-    dev = C.device
-    n, k = X.shape[0], C.shape[0]
-    chunk = min(_chunk_rows(k, chunk), max(n, 1))
-    if cnorm is None:
-        cnorm = torch.linalg.vector_norm(C, dim=1).square_()
-    Ct = C.t()
-    out_d = torch.empty((n, m), dtype=torch.float32, device=dev)
-    out_i = torch.empty((n, m), dtype=torch.int32, device=dev)
-    buf = torch.empty(chunk, k, dtype=torch.float32, device=dev)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        xs = X[s:e]
-        if xs.device != dev:
-            xs = xs.to(dev, non_blocking=True)
-        b = buf[: e - s]
-        torch.addmm(cnorm, xs, Ct, beta=1.0, alpha=-2.0, out=b)
-        v, i = torch.topk(b, m, dim=1, largest=False, sorted=True)
-        xn = xnorm[s:e] if xnorm is not None else torch.linalg.vector_norm(xs, dim=1).square_()
-        out_d[s:e] = (v + xn[:, None]).clamp_(min=0.0)
-        out_i[s:e] = i.to(torch.int32)
-    return out_d, out_i
-
-
 def _balanced_bounds(n: int, k: int, tol: float) -> tuple[int, int]:
     t = n / k
     hi = max(math.ceil(t), math.floor((1.0 + tol) * t + 1e-9))
@@ -484,11 +436,7 @@ def _topk_t(X, C, m: int, *, cnorm=None, rows=None, chunk: int | None = None, xn
     import torch
 
     dev = C.device
-    k = C.shape[0]
-    n = X.shape[0] if rows is None else rows.numel()
-    chunk = min(_chunk_rows(k, chunk), max(n, 1))
-    if cnorm is None:
-        cnorm = torch.linalg.vector_norm(C, dim=1).square_()
+    n, k, chunk, cnorm = _gemm_plan(X, C, rows, chunk, cnorm)
     Ct = C.t()
     out_d = torch.empty((n, m), dtype=torch.float32, device=dev)
     out_i = torch.empty((n, m), dtype=torch.int64, device=dev)

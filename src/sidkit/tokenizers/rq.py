@@ -116,8 +116,8 @@ def _level_stats(codes: np.ndarray, sizes: Sequence[int]) -> dict[str, list]:
 class _KMeansTokenizer(Tokenizer):
     """Shared plumbing: sizes, validation, collision level, save/load state."""
 
-    def _resolved_sizes(self, n: int) -> tuple[int, ...]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _resolved_sizes(self, n: int) -> tuple[int, ...]:
+        return _sizes_from(self.codebook_sizes, self.n_levels, n)
 
     # subclasses: _fit_base(Xt, sizes, gen, dev) -> (codes (N, L) np, stats dict)
     #             _encode_base(Xt, dev) -> codes (N, L) np
@@ -347,19 +347,7 @@ class RQKMeans(_ResidualKMeans):
                  balanced: bool = False, balance_tolerance: float = 0.1,
                  resolve_collisions: bool = True, random_state: int | None = 0,
                  device: str = "auto"):
-        self.codebook_sizes = codebook_sizes
-        self.n_levels = n_levels
-        self.n_iter = n_iter
-        self.n_init = n_init
-        self.max_points_per_centroid = max_points_per_centroid
-        self.balanced = balanced
-        self.balance_tolerance = balance_tolerance
-        self.resolve_collisions = resolve_collisions
-        self.random_state = random_state
-        self.device = device
-
-    def _resolved_sizes(self, n: int) -> tuple[int, ...]:
-        return _sizes_from(self.codebook_sizes, self.n_levels, n)
+        self._store_params(locals())
 
 
 @register
@@ -375,15 +363,7 @@ class VQ(_ResidualKMeans):
                  max_points_per_centroid: int | None = 256, balanced: bool = False,
                  balance_tolerance: float = 0.1, resolve_collisions: bool = True,
                  random_state: int | None = 0, device: str = "auto"):
-        self.codebook_size = codebook_size
-        self.n_iter = n_iter
-        self.n_init = n_init
-        self.max_points_per_centroid = max_points_per_centroid
-        self.balanced = balanced
-        self.balance_tolerance = balance_tolerance
-        self.resolve_collisions = resolve_collisions
-        self.random_state = random_state
-        self.device = device
+        self._store_params(locals())
 
     def _resolved_sizes(self, n: int) -> tuple[int, ...]:
         return _sizes_from(self.codebook_size, 1, n)
@@ -430,18 +410,7 @@ class HierarchicalKMeans(_KMeansTokenizer):
                  balanced: bool = False, balance_tolerance: float = 0.1,
                  resolve_collisions: bool = True, random_state: int | None = 0,
                  device: str = "auto"):
-        self.codebook_sizes = codebook_sizes
-        self.n_levels = n_levels
-        self.n_iter = n_iter
-        self.max_points_per_centroid = max_points_per_centroid
-        self.balanced = balanced
-        self.balance_tolerance = balance_tolerance
-        self.resolve_collisions = resolve_collisions
-        self.random_state = random_state
-        self.device = device
-
-    def _resolved_sizes(self, n: int) -> tuple[int, ...]:
-        return _sizes_from(self.codebook_sizes, self.n_levels, n)
+        self._store_params(locals())
 
     def _dim(self) -> int:
         return int(self.centroids_.shape[1])

@@ -135,6 +135,50 @@ def _check_positive(name: str, value: Any, *, integer: bool = True, allow_zero: 
                     f"{'integer' if integer else 'number'}, got {value!r}")
 
 
+def _check_network_params(est: Any) -> None:
+    """Validate the auto-encoder and training parameters RQ-VAE and DRQ share."""
+    _check_positive("n_levels", est.n_levels)
+    _check_positive("latent_dim", est.latent_dim)
+    _check_positive("epochs", est.epochs)
+    _check_positive("batch_size", est.batch_size)
+    _check_positive("lr", est.lr, integer=False)
+    _check_positive("weight_decay", est.weight_decay, integer=False, allow_zero=True)
+    _check_positive("patience", est.patience, allow_zero=True)
+    for h in est.hidden_sizes:
+        _check_positive("hidden_sizes entries", h)
+
+
+class _Trainer:
+    """AdamW, mini-batch size, epoch progress bar and early stopping (RQ-VAE, DRQ).
+
+    ``stop(value)`` records an epoch's monitored loss and says whether training ends:
+    after ``patience`` epochs without a relative improvement of ``tol`` (``patience=0``
+    never stops early).
+    """
+
+    def __init__(self, est: Any, params, n: int, desc: str):
+        import torch
+
+        self.opt = torch.optim.AdamW(params, lr=float(est.lr), weight_decay=float(est.weight_decay))
+        self.batch_size = int(min(est.batch_size, n))
+        self.patience, self.tol = int(est.patience), float(est.tol)
+        self.best, self.since = math.inf, 0
+        self.epochs = progress(range(int(est.epochs)), desc=desc, total=int(est.epochs),
+                               enabled=None if est.verbose else False)
+
+    def step(self, loss) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def stop(self, value: float) -> bool:
+        if value < self.best * (1.0 - self.tol):
+            self.best, self.since = float(value), 0
+            return False
+        self.since += 1
+        return bool(self.patience) and self.since >= self.patience
+
+
 def codes_array(codes: Codes | np.ndarray, n_levels: int) -> np.ndarray:
     """The first ``n_levels`` token columns of ``codes`` as int64 (PAD = -1 kept)."""
     arr = codes.codes if isinstance(codes, Codes) else np.asarray(codes)
@@ -220,36 +264,12 @@ class RQVAE(Tokenizer):
         device: str = "auto",
         verbose: bool = False,
     ):
-        self.codebook_sizes = codebook_sizes
-        self.n_levels = n_levels
-        self.hidden_sizes = hidden_sizes
-        self.latent_dim = latent_dim
-        self.beta = beta
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.patience = patience
-        self.tol = tol
-        self.kmeans_init = kmeans_init
-        self.dead_code_reset = dead_code_reset
-        self.resolve_collisions = resolve_collisions
-        self.random_state = random_state
-        self.device = device
-        self.verbose = verbose
+        self._store_params(locals())
 
     # ---------------------------------------------------------------- helpers
     def _validate_params(self) -> None:
-        _check_positive("n_levels", self.n_levels)
-        _check_positive("latent_dim", self.latent_dim)
-        _check_positive("epochs", self.epochs)
-        _check_positive("batch_size", self.batch_size)
-        _check_positive("lr", self.lr, integer=False)
+        _check_network_params(self)
         _check_positive("beta", self.beta, integer=False, allow_zero=True)
-        _check_positive("weight_decay", self.weight_decay, integer=False, allow_zero=True)
-        _check_positive("patience", self.patience, allow_zero=True)
-        for h in self.hidden_sizes:
-            _check_positive("hidden_sizes entries", h)
         if self.codebook_sizes is not None:
             _check_sizes(self.codebook_sizes)
 
@@ -337,16 +357,12 @@ class RQVAE(Tokenizer):
                 C.copy_(torch.randn(C.shape, generator=gen) * 0.1)
         model = model.to(dev)
         Xt = torch.from_numpy(X).to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=float(self.lr),
-                                weight_decay=float(self.weight_decay))
-        bs = int(min(self.batch_size, n))
+        trainer = _Trainer(self, model.parameters(), n, "rqvae")
+        bs = trainer.batch_size
         L = len(sizes)
         history: list[dict[str, Any]] = []
-        best, since_best = math.inf, 0
         initialised = not self.kmeans_init
-        epochs = progress(range(int(self.epochs)), desc="rqvae", total=int(self.epochs),
-                          enabled=None if self.verbose else False)
-        for epoch in epochs:
+        for epoch in trainer.epochs:
             perm = torch.randperm(n, generator=gen).to(dev)
             if not initialised:
                 # k-means on the first batch (enlarged to >= 4 K_max items if it is smaller)
@@ -371,9 +387,7 @@ class RQVAE(Tokenizer):
                 codes, z_q, vq, residuals = self._quantize(z, model.codebooks, float(self.beta))
                 recon = ((model.ae.decoder(z_q) - xb) ** 2).mean()
                 loss = recon + vq
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                trainer.step(loss)
                 w = idx.numel()
                 acc += torch.stack([loss.detach(), recon.detach(), vq.detach()]).double() * w
                 for l in range(L):
@@ -396,12 +410,8 @@ class RQVAE(Tokenizer):
                         n_reset += int(dead.numel())
             history.append({"epoch": epoch, "loss": float(sums[0]), "recon": float(sums[1]),
                             "vq": float(sums[2]), "used": used, "dead_reset": n_reset})
-            if sums[1] < best * (1.0 - float(self.tol)):
-                best, since_best = float(sums[1]), 0
-            else:
-                since_best += 1
-                if self.patience and since_best >= int(self.patience):
-                    break
+            if trainer.stop(sums[1]):
+                break
         model.eval()
         self.n_features_in_ = int(d)
         self.weights_ = flatten_params(model.ae)
@@ -434,14 +444,6 @@ class RQVAE(Tokenizer):
                 c, _, _, _ = self._quantize(z, model.codebooks, 0.0)
                 out[s:s + chunk] = c.cpu().numpy()
         return out
-
-    def _check_X(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        X = check_embeddings(X)
-        if X.shape[1] != int(self.n_features_in_):
-            raise DataError(f"X has {X.shape[1]} features but the tokenizer was fitted on "
-                            f"{int(self.n_features_in_)}", "embed the items with the same model")
-        return X
 
     def encode(self, X: Any) -> Codes:
         X = self._check_X(X)

@@ -1,0 +1,69 @@
+"""Helpers the benchmark scripts share: synthetic data, machine description, RSS."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from pathlib import Path
+
+import numpy as np
+
+
+def clustered(n: int, d: int, n_centers: int = 1000, seed: int = 0, *, scale: float | None = None,
+              chunk: int | None = 100_000) -> np.ndarray:
+    """Gaussian blobs around ``n_centers`` centres (float32), generated ``chunk`` rows at
+    a time (None: all at once).
+
+    ``scale=None`` draws a per-centre scale in ``[0.1, 0.6)``; a number is the same
+    scale for every centre.
+    """
+    rs = np.random.default_rng(seed)
+    centers = rs.normal(size=(n_centers, d)).astype(np.float32)
+    if scale is None:
+        scales = rs.uniform(0.1, 0.6, size=n_centers).astype(np.float32)
+    else:
+        scales = np.full(n_centers, scale, dtype=np.float32)
+    chunk = n if chunk is None else chunk
+    X = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, max(chunk, 1)):
+        e = min(n, s + chunk)
+        z = rs.integers(0, n_centers, e - s)
+        X[s:e] = centers[z] + scales[z, None] * rs.standard_normal((e - s, d), dtype=np.float32)
+    return X
+
+
+def machine() -> dict:
+    """CPU, cores, torch/python versions and the load average when the benchmark starts."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        info["load_avg_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def current_rss_mb() -> float:
+    """Current RSS (MB), from /proc (falls back to the peak elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return peak_rss_mb()
