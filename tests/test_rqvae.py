@@ -91,3 +91,11 @@ def test_default_sizes_and_errors():
         RQVAE(epochs=0).fit(X)
     with pytest.raises(DataError):
         m.decode(np.full((1, 3), 10_000))
+
+
+def test_auto_batch_size_gives_small_catalogues_enough_steps():
+    from sidkit.tokenizers.rqvae import auto_batch_size
+    assert auto_batch_size(1682) == 105      # 16 steps an epoch, not 2
+    assert auto_batch_size(500) == 64
+    assert auto_batch_size(40) == 40         # never more than the items
+    assert auto_batch_size(10**6) == 1024
