@@ -112,3 +112,65 @@ def test_dimension_mismatch():
     tok = RQKMeans(codebook_sizes=[4], n_levels=1).fit(data(n=100))
     with pytest.raises(DataError, match="dimension"):
         tok.encode(np.zeros((3, 5), dtype=np.float32))
+
+
+# ------------------------------------------------------------- fast encode paths
+def _hkm_encode_reference(tok, X):
+    """The straightforward HKM encode: per row, the exact nearest child
+    ``argmin sum((c - x)^2)`` of its current node (first on ties), level by level."""
+    import torch
+
+    cents = torch.from_numpy(tok.centroids_)
+    table = torch.from_numpy(tok.child_table_)
+    x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    L = len(tok.codebook_sizes_)
+    out = np.empty((len(X), L), dtype=np.int64)
+    row = torch.zeros(len(X), dtype=torch.int64)
+    for l in range(L):
+        kids = table[row]
+        dist = (cents[kids.clamp(min=0)] - x[:, None, :]).square_().sum(-1)
+        dist[kids < 0] = float("inf")
+        tok_l = dist.argmin(1)
+        out[:, l] = tok_l.numpy()
+        row = kids.gather(1, tok_l[:, None]).squeeze(1) + 1
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[6, 5, 4], [40, 3], [1, 7]])
+def test_hkm_encode_matches_reference(sizes):
+    X = data(n=400, d=12, seed=3)
+    tok = HierarchicalKMeans(codebook_sizes=sizes, resolve_collisions=False, random_state=0).fit(X)
+    rng = np.random.default_rng(1)
+    # new points, training points (duplicates -> exact ties between leaf centroids)
+    # and points half-way between two centroids (near-ties)
+    c = tok.centroids_
+    a, b = rng.integers(len(c), size=(2, 50))
+    Y = np.concatenate([X, data(n=200, d=12, seed=9), X[:30], (c[a] + c[b]) / 2]).astype(np.float32)
+    assert np.array_equal(tok.encode(Y).codes, _hkm_encode_reference(tok, Y))
+
+
+def test_hkm_encode_node_without_children_matches_reference():
+    X = data(n=300, d=8, seed=4)
+    tok = HierarchicalKMeans(codebook_sizes=[4, 4, 3], resolve_collisions=False).fit(X)
+    tok.child_table_[1 + tok.child_table_[0, 0]] = -1  # first level-1 node loses its children
+    assert np.array_equal(tok.encode(X).codes, _hkm_encode_reference(tok, X))
+
+
+def test_rq_encode_matches_residual_reference_and_rejects_nan():
+    X = data(n=5000, d=16, seed=5)
+    tok = RQKMeans(codebook_sizes=[16, 8, 8], resolve_collisions=False).fit(X)
+    codes = tok.fit_encode(X).codes
+    # reference: nearest codeword per level by brute force on the residual
+    R = X.astype(np.float64)
+    ref = np.empty_like(codes)
+    for l in range(3):
+        C = tok.codebooks_[l, :tok.codebook_sizes_[l]].astype(np.float64)
+        ref[:, l] = (((R[:, None, :] - C[None]) ** 2).sum(-1)).argmin(1)
+        R = R - C[ref[:, l]]
+    assert (tok.encode(X).codes == codes).all()
+    assert (codes == ref).mean() > 0.999  # float32 GEMM vs float64: near-ties may differ
+    for bad in (np.nan, np.inf, -np.inf):
+        Y = X.copy()
+        Y[4321, 3] = bad
+        with pytest.raises(DataError, match="row 4321"):
+            tok.encode(Y)

@@ -77,12 +77,14 @@ class KMeansResult:
 
 
 # ----------------------------------------------------------------- validation
-def as_matrix(X: Any, *, name: str = "X", min_items: int = 1):
+def as_matrix(X: Any, *, name: str = "X", min_items: int = 1, check_finite: bool = True):
     """Validate ``X`` (numpy array or torch tensor) and return a float32 C-contiguous
     CPU-or-device torch tensor sharing memory with ``X`` when possible.
 
     The NaN/inf check is a chunked float32 sum (no ``N x d`` temporary); only when a
-    sum is not finite are the offending rows searched for.
+    sum is not finite are the offending rows searched for.  ``check_finite=False``
+    skips that pass: the caller must then call :func:`check_finite` itself when its
+    own computation flags a non-finite value.
     """
     import torch
 
@@ -112,23 +114,31 @@ def as_matrix(X: Any, *, name: str = "X", min_items: int = 1):
     if t.dtype != torch.float32:
         t = t.to(torch.float32)
     t = t.contiguous()
-    # NaN/inf propagate into a sum: a finite float32 sum per chunk proves the chunk
-    # clean (an overflowing sum of huge values only triggers the exact check below)
-    finite = True
-    for s in range(0, t.shape[0], 16384):
-        if not math.isfinite(float(t[s:s + 16384].sum())):
-            finite = False
-            break
-    if not finite:
-        bad = ~torch.isfinite(t).all(dim=1)
-        if bool(bad.any()):
-            rows = torch.nonzero(bad).flatten()
-            raise DataError(
-                f"{name} has NaN or inf values in {rows.numel()} row(s), first at row {int(rows[0])}",
-                "drop or re-embed those items",
-            )
+    if check_finite:
+        # NaN/inf propagate into a sum: a finite float32 sum per chunk proves the chunk
+        # clean (an overflowing sum of huge values only triggers the exact check below)
+        finite = True
+        for s in range(0, t.shape[0], 16384):
+            if not math.isfinite(float(t[s:s + 16384].sum())):
+                finite = False
+                break
+        if not finite:
+            check_finite_rows(t, name=name)
     check_min_items(t.shape[0], min_items, name=name)
     return t
+
+
+def check_finite_rows(t, *, name: str = "X") -> None:
+    """DataError naming the rows of ``t`` holding NaN or inf (exact check)."""
+    import torch
+
+    bad = ~torch.isfinite(t).all(dim=1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()
+        raise DataError(
+            f"{name} has NaN or inf values in {rows.numel()} row(s), first at row {int(rows[0])}",
+            "drop or re-embed those items",
+        )
 
 
 def check_min_items(n: int, k: int, *, name: str = "X") -> None:
@@ -216,6 +226,74 @@ def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dis
     if with_dist:
         dist.clamp_(min=0.0)
     return labels, dist
+
+
+#: rows per chunk of :func:`_encode_residual_t`
+_ENC_CHUNK = 4096
+
+
+def _encode_residual_t(X, Cs, *, cnorms=None, chunk: int | None = None, out=None):
+    """Residual-quantisation encode: codes ``(N, L)`` int64 of the rows of ``X``
+    against the codebooks ``Cs`` (level ``l`` quantises ``x - sum_{j<l} C_j[c_j]``).
+
+    The same arithmetic as :func:`_assign_t` per level (``addmm(||c||^2, r, C^T,
+    alpha=-2)``, then the first minimum) and the same residual updates as
+    :class:`~sidkit.tokenizers.rq._ResidualView` (``x - g_0``, then ``-= g_l``), so
+    the codes are those of the fit, but fused per chunk of rows: every buffer (the
+    ``(chunk, K)`` distances, the residual, the gathered codewords, labels, minima) is
+    allocated once and reused, and a chunk stays in cache from one level to the next.
+
+    Returns ``(codes, finite)``: ``finite`` is False when some row's first-level
+    minimum is not finite, which happens whenever that row holds NaN or inf (the
+    caller then checks ``X`` exactly; huge finite rows may also overflow).
+    """
+    import torch
+
+    dev = Cs[0].device
+    n, d = X.shape
+    L = len(Cs)
+    kmax = max(C.shape[0] for C in Cs)
+    if cnorms is None:
+        cnorms = [torch.linalg.vector_norm(C, dim=1).square_() for C in Cs]
+    Cts = [C.t() for C in Cs]
+    chunk = min(max(1, int(chunk or _ENC_CHUNK)), max(n, 1))
+    if out is None:
+        out = torch.empty((n, L), dtype=torch.int64, device=dev)
+    dbuf = torch.empty(chunk * kmax, dtype=torch.float32, device=dev)
+    rbuf = torch.empty((chunk, d), dtype=torch.float32, device=dev)
+    gbuf = torch.empty((chunk, d), dtype=torch.float32, device=dev)
+    mins = torch.empty(chunk, dtype=torch.float32, device=dev)
+    labs = torch.empty((L, chunk), dtype=torch.int64, device=dev)
+    finite = True
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        m = e - s
+        x = X[s:e]
+        if x.device != dev:
+            x = x.to(dev, non_blocking=True)
+        r = x  # a view of X: never modified in place
+        for l in range(L):
+            k = Cs[l].shape[0]
+            b = dbuf[: m * k].view(m, k)
+            torch.addmm(cnorms[l], r, Cts[l], beta=1.0, alpha=-2.0, out=b)
+            lab = labs[l, :m]
+            if b.numel() <= _SMALL:  # inline argmin (see _assign_t)
+                torch.argmin(b, dim=1, out=lab)
+                if l == 0:
+                    torch.gather(b, 1, lab[:, None], out=mins[:m, None])
+            else:
+                torch.min(b, dim=1, out=(mins[:m], lab))
+            if l == 0 and finite and not bool(torch.isfinite(mins[:m]).all()):
+                finite = False
+            if l + 1 < L:
+                g = gbuf[:m]
+                torch.index_select(Cs[l], 0, lab, out=g)
+                if l == 0:
+                    r = torch.sub(x, g, out=rbuf[:m])
+                else:
+                    r.sub_(g)
+        out[s:e] = labs[:, :m].t()
+    return out, finite
 
 
 def assign(X: Any, centroids: Any, *, chunk_size: int | None = None,
