@@ -33,8 +33,9 @@ def clustered(n: int, d: int, n_centers: int = 1000, seed: int = 0, *, scale: fl
     return X
 
 
-def machine() -> dict:
-    """CPU, cores, torch/python versions and the load average when the benchmark starts."""
+def machine(*peers: str) -> dict:
+    """CPU, cores, torch/python versions, the load average when the benchmark starts,
+    and the versions of the named peer libraries (``"faiss"``, ``"sklearn"``) installed."""
     import torch
 
     cpu = platform.processor() or ""
@@ -52,6 +53,14 @@ def machine() -> dict:
         info["load_avg_at_start"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover
         pass
+    for peer in peers:
+        try:
+            mod = __import__(peer)
+        except ImportError:  # pragma: no cover
+            continue
+        info[peer] = mod.__version__
+        if peer == "faiss":
+            info["faiss_threads"] = mod.omp_get_max_threads()
     return info
 
 

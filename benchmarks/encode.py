@@ -43,15 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    info = _machine()
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-        info["faiss_threads"] = faiss.omp_get_max_threads()
-    except ImportError:  # pragma: no cover
-        pass
-    return info
+    return _machine("faiss")
 
 
 def main(argv=None) -> dict:

@@ -52,21 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    info = _machine()
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-        info["faiss_threads"] = faiss.omp_get_max_threads()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import sklearn
-
-        info["sklearn"] = sklearn.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return info
+    return _machine("faiss", "sklearn")
 
 
 # ------------------------------------------------------------------ workers
