@@ -396,20 +396,29 @@ class Split(_UserItemFrame):
             allowed = ("train",) if role == "valid" else ("train", "valid")
         else:
             allowed = ("train", "valid") if role == "valid" else ROLES
+        truncate_history([], max_len)  # validates max_len
         df = self.df.sort_values(["user_id", "position"], kind="stable")
-        rows = []
-        for u, g in df.groupby("user_id", sort=True):
-            items = g["item_id"].tolist()
-            roles = g["role"].tolist()
-            ts = g["timestamp"].tolist()
-            pos = g["position"].tolist()
-            hist: list[str] = []
-            for it, r, t, p in zip(items, roles, ts, pos):
-                if r == role and hist:
-                    rows.append((u, truncate_history(hist, max_len), it, t, p))
-                if r in allowed:
-                    hist.append(it)
-        return pd.DataFrame(rows, columns=["user_id", "history", "target", "timestamp", "position"])
+        user = df["user_id"].to_numpy()
+        ok = df["role"].isin(allowed).to_numpy()
+        # exclusive count of history rows before each row, per user (vectorised):
+        # ``done`` counts them over the whole frame, ``base`` at the user's first row
+        new_user = np.r_[True, user[1:] != user[:-1]] if len(user) else np.zeros(0, bool)
+        group = np.cumsum(new_user) - 1
+        done = np.cumsum(ok) - ok
+        base = done[new_user][group]
+        count = done - base
+        is_target = (df["role"].to_numpy() == role) & (count > 0)
+        end = done[is_target]                       # history rows are hist_items[start:end]
+        start = end - (np.minimum(count[is_target], max_len) if max_len else count[is_target])
+        hist_items = df["item_id"].to_numpy()[ok]
+        rows = pd.DataFrame({
+            "user_id": user[is_target],
+            "history": [hist_items[a:b].tolist() for a, b in zip(start, end)],
+            "target": df["item_id"].to_numpy()[is_target],
+            "timestamp": df["timestamp"].to_numpy()[is_target],
+            "position": df["position"].to_numpy()[is_target],
+        })
+        return rows.reset_index(drop=True)
 
     # files ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
