@@ -81,10 +81,11 @@ class TextEmbedder:
     device : "auto", "cpu" or "cuda".
     cache : cache results under ``$SIDKIT_HOME/embeddings`` keyed by
         (model fingerprint, normalize, texts); ``False`` disables.
+    show_progress : progress bar; ``None`` shows it unless ``SIDKIT_NO_PROGRESS=1``.
     """
 
     def __init__(self, model: str = "default", batch_size: int = 64, normalize: bool = True,
-                 device: str = "auto", cache: bool = True, show_progress: bool = True):
+                 device: str = "auto", cache: bool = True, show_progress: bool | None = None):
         self.model = model
         self.batch_size = batch_size
         self.normalize = normalize
@@ -130,7 +131,9 @@ class TextEmbedder:
             if arr.shape[0] == len(texts):
                 return arr
         st = self._load_model()
-        arr = st.encode(texts, batch_size=self.batch_size, show_progress_bar=self.show_progress,
+        show = (os.environ.get("SIDKIT_NO_PROGRESS", "0") != "1" if self.show_progress is None
+                else self.show_progress)
+        arr = st.encode(texts, batch_size=self.batch_size, show_progress_bar=show,
                         convert_to_numpy=True, normalize_embeddings=self.normalize)
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if path is not None:
