@@ -57,7 +57,7 @@ from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import progress, resolve_device, rng
 from .base import Tokenizer, check_embeddings, register
-from .kmeans import _threads
+from .kmeans import _rank_in_sorted_groups, _threads
 from .rqvae import codes_array
 
 __all__ = ["GAOQ", "auto_branching", "make_anchors", "batched_balanced_kmeans"]
@@ -170,14 +170,7 @@ def _rank_by_cost(group, cost):
     bits = (cost + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: -0.0 -> +0.0
     bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
     sk, perm = torch.sort((group << 32) | bits, stable=True)
-    g = sk >> 32
-    pos = torch.arange(n, device=group.device)
-    start = torch.ones(n, dtype=torch.bool, device=group.device)
-    start[1:] = g[1:] != g[:-1]
-    first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
-    rank = torch.empty_like(pos)
-    rank[perm] = pos - first
-    return rank
+    return _rank_in_sorted_groups(sk >> 32, perm)
 
 
 def _batched_balanced_assign(dist, valid, lo, hi, xn=None):

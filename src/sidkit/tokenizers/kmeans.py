@@ -357,10 +357,18 @@ def _group_rank_t(keys):
     if n == 0:
         return keys.clone()
     perm = torch.sort(keys, stable=True).indices
-    sk = keys[perm]
-    pos = torch.arange(n, device=keys.device)
-    is_start = torch.ones(n, dtype=torch.bool, device=keys.device)
-    is_start[1:] = sk[1:] != sk[:-1]
+    return _rank_in_sorted_groups(keys[perm], perm)
+
+
+def _rank_in_sorted_groups(sorted_group, perm):
+    """Ranks within runs of equal ``sorted_group`` (= ``group[perm]``), scattered back
+    through ``perm`` to the original positions (torch)."""
+    import torch
+
+    n = sorted_group.numel()
+    pos = torch.arange(n, device=sorted_group.device)
+    is_start = torch.ones(n, dtype=torch.bool, device=sorted_group.device)
+    is_start[1:] = sorted_group[1:] != sorted_group[:-1]
     start = torch.cummax(torch.where(is_start, pos, torch.zeros_like(pos)), dim=0).values
     rank = torch.empty_like(pos)
     rank[perm] = pos - start
