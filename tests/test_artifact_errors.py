@@ -331,3 +331,57 @@ def test_cli_tokenize_damaged_embeddings_dir(run, tmp_path, rel, damage):
     _cli_fails_cleanly(["tokenize", run / "embeddings", "--out", tmp_path / "out", "--sizes", "4,4"],
                        rel if damage is not remove else "embeddings")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ sidkit run
+@pytest.fixture()
+def toy_config(tmp_path):
+    """A 30-item RecBole data set with an embeddings file; returns a config writer."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "toy"
+    d.mkdir()
+    rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(20):
+        rows += [f"u{u}\ti{i}\t4\t{1000 + 10 * t + u}"
+                 for t, i in enumerate(rng.choice(30, size=8, replace=False))]
+    (d / "toy.inter").write_text("\n".join(rows) + "\n")
+    items = ["item_id:token\tmovie_title:token_seq"] + [f"i{i}\tMovie {i}" for i in range(30)]
+    (d / "toy.item").write_text("\n".join(items) + "\n")
+    save_npy(tmp_path / "emb.npy", rng.normal(size=(30, 8)).astype(np.float32))
+
+    def write(extra_codes: str = "", emb: Path | None = None) -> Path:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[data]\ndataset = "{d}"\nuser_core = 2\n'
+                       f'[embed]\nembeddings_file = "{emb or tmp_path / "emb.npy"}"\n'
+                       f'[codes]\ncodebook_sizes = [3, 3]\n{extra_codes}')
+        return cfg
+
+    return write
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage, object_npy], ids=lambda f: f.__name__)
+def test_cli_run_damaged_embeddings_file(toy_config, tmp_path, damage):
+    damage(tmp_path / "emb.npy")
+    _cli_fails_cleanly(["run", toy_config(), "--out", tmp_path / "run"], "emb.npy")
+
+
+def test_cli_run_bad_tokenizer_parameter(toy_config, tmp_path):
+    out = _cli_fails_cleanly(["run", toy_config("params = { n_init = 0 }\n"), "--out",
+                              tmp_path / "run"], "n_init=0")
+    assert "must be an integer >= 1" in out
+    assert not (tmp_path / "run" / "data").exists()  # checked before any stage ran
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage], ids=lambda f: f.__name__)
+def test_split_parquet_damaged(tmp_path, damage):
+    import pandas as pd
+
+    from sidkit.data.containers import Split
+
+    df = pd.DataFrame({"user_id": ["u0"] * 3, "item_id": ["a", "b", "c"], "timestamp": [1, 2, 3],
+                       "position": [0, 1, 2], "role": ["train", "valid", "test"]})
+    Split(df).save(tmp_path / "split")
+    damage(tmp_path / "split" / "split.parquet")
+    with pytest.raises(ArtifactError) as e:
+        Split.load(tmp_path / "split")
+    check_error(e.value, tmp_path / "split" / "split.parquet")

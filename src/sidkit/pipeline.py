@@ -284,7 +284,7 @@ def run_pipeline(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
                  on_stage: Callable[[StageResult], None] | None = None) -> PipelineResult:
     """Run every stage of ``cfg`` into ``out``; returns each stage's result."""
     out = Path(out)
-    make_tokenizer(cfg)  # fail fast on an unknown tokenizer or parameter, before any stage
+    make_tokenizer(cfg)._check_params()  # fail fast on a bad tokenizer or parameter value
     results = []
     for stage in build_stages(cfg):
         r = run_stage(stage, out, force=force)
