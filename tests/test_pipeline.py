@@ -357,7 +357,7 @@ def test_csv_without_column_mapping_names_the_config_key(tmp_path):
     _csv_data(tmp_path)
     cfg = _csv_cfg(tmp_path).model_dump()
     cfg["data"]["columns"] = {}
-    with pytest.raises(DataError, match=r"no column 'user_id'"):
+    with pytest.raises(DataError, match=r"no column 'user_id'.*\n.*\[data\] columns = \{ user_id = \"<your column>\" \}"):
         run_pipeline(config_from_dict(cfg), tmp_path / "run")
     with pytest.raises(ConfigError, match=r"unknown column name\(s\) \['user'\]"):
         config_from_dict({"data": {"columns": {"user": "uid"}}})
@@ -410,3 +410,9 @@ def test_cuda_without_cuda_fails_before_any_stage(toy):
     with pytest.raises(ConfigError, match="CUDA is not available"):
         run_pipeline(config_from_dict({**_cfg(toy).model_dump(), "device": "cuda"}), toy / "run")
     assert not (toy / "run").exists()
+
+
+def test_column_mapping_on_a_format_without_columns_is_a_clear_error(toy):
+    with pytest.raises(DataError, match=r"unexpected option\(s\) \['columns'\].*\n.*\[data\] columns"):
+        run_pipeline(_cfg(toy, data={"columns": {"user_id": "uid"}}), toy / "run")
+    assert not (toy / "run" / "data").exists()
