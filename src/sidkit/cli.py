@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .commands._common import handle_errors, parse_params, print_table
+from .commands._common import handle_errors, parse_params, parse_sizes, print_table
 
 app = typer.Typer(
     help="sidkit: Semantic IDs for generative recommendation.",
@@ -159,7 +159,7 @@ def tokenize(
     embeddings: Path = typer.Argument(..., help="Embeddings directory or a .npy file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (codes + tokenizer)."),
     method: str = typer.Option("rqkmeans", help="Tokenizer: rqkmeans, vq, hkm, rqvae, drq, gaoq."),
-    levels: int = typer.Option(3, help="Number of semantic levels."),
+    levels: Optional[int] = typer.Option(None, help="Number of semantic levels (default: the number of --sizes, else 3)."),
     sizes: Optional[str] = typer.Option(None, help="Codebook sizes per level, e.g. 16,16,16 (default: from N)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Extra tokenizer parameter key=value (repeatable)."),
     resolve: bool = typer.Option(True, "--resolve-collisions/--no-resolve-collisions", help="Add a disambiguation level."),
@@ -175,17 +175,20 @@ def tokenize(
     from .tokenizers import resolve_collisions
     from .types import Embeddings
 
+    codes_cfg = {"method": method, "resolve_collisions": resolve, "params": parse_params(param)}
+    if levels is not None:
+        codes_cfg["n_levels"] = levels
+    if sizes:
+        codes_cfg["codebook_sizes"] = parse_sizes(sizes)
+    cfg = config_from_dict({"seed": seed, "device": device, "codes": codes_cfg}, "command line")
+    tok = make_tokenizer(cfg)
+    tok._check_params()  # bad -p values fail before the embeddings are read
     if embeddings.suffix == ".npy":
         vec = load_npy(embeddings)
         emb = Embeddings(vec, np.arange(len(vec)).astype(str), source=str(embeddings))
     else:
         emb = Embeddings.load(embeddings)
-    codes_cfg = {"method": method, "n_levels": levels, "resolve_collisions": resolve,
-                 "params": parse_params(param)}
-    if sizes:
-        codes_cfg["codebook_sizes"] = [int(s) for s in sizes.split(",")]
-    cfg = config_from_dict({"seed": seed, "device": device, "codes": codes_cfg}, "command line")
-    tok = make_tokenizer(cfg).fit(emb.vectors)
+    tok.fit(emb.vectors)
     codes = tok.encode(emb.vectors).replace(item_ids=emb.item_ids)
     if resolve and codes.has_collisions():
         codes = resolve_collisions(codes)

@@ -24,7 +24,7 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
 
     [codes]
     method = "rqkmeans"
-    n_levels = 3
+    n_levels = 3               # or len(codebook_sizes) when those are given
     codebook_sizes = []        # empty: chosen from the catalogue size
     resolve_collisions = true
     hourglass_remedy = "none"  # or "drop_level" / "topk" (seed 002), on hourglass_level
@@ -37,7 +37,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -96,6 +96,22 @@ class CodesConfig(_Strict):
         if any(k < 2 for k in v):
             raise ValueError("every codebook size must be >= 2")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _levels_match_sizes(cls, data: Any) -> Any:
+        """``codebook_sizes`` alone sets ``n_levels``; both given must agree."""
+        if not isinstance(data, dict):
+            return data
+        sizes = data.get("codebook_sizes")
+        if isinstance(sizes, list) and sizes:
+            if "n_levels" not in data:
+                return {**data, "n_levels": len(sizes)}
+            if data["n_levels"] != len(sizes):
+                raise ValueError(f"n_levels = {data['n_levels']!r} but codebook_sizes = {sizes} "
+                                 f"has {len(sizes)} entries: give one size per level "
+                                 "(or drop n_levels)")
+        return data
 
 
 class DiagnosticsConfig(_Strict):

@@ -377,7 +377,6 @@ def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
     from .utils import resolve_device
 
     out = Path(out)
-    make_tokenizer(cfg)  # unknown tokenizer or parameter
     try:
         dev = resolve_device(cfg.device)
     except SidkitError as err:
@@ -386,6 +385,7 @@ def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {cfg.device!r} is not supported",
                           "set device (or --device) to auto, cpu or cuda")
+    make_tokenizer(cfg)._check_params()  # unknown tokenizer, bad parameter or value
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"run directory {out} exists and is not a folder",
                             "choose another --out")

@@ -42,6 +42,22 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``"16,16,8"`` -> ``[16, 16, 8]``; anything else is a ConfigError naming the value."""
+    from ..errors import ConfigError
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--sizes {text!r} is not a comma-separated list of integers",
+                          "write e.g. --sizes 256,256,256") from None
+    if any(k < 2 for k in sizes):
+        raise ConfigError(f"--sizes {text!r}: every codebook size must be >= 2",
+                          "write e.g. --sizes 256,256,256")
+    return sizes
+
+
 def print_table(rows: list[dict[str, Any]], file=None) -> None:
     """Print rows of dicts as an aligned text table."""
     file = file or sys.stdout
