@@ -62,6 +62,8 @@ def run(
 
     def on_stage(r) -> None:
         what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
+        if r.reason:
+            typer.echo(f"[{r.name:<11}] {r.reason}; rerunning", err=True)
         typer.echo(f"[{r.name:<11}] {what:>7}  -> {r.path}", err=True)
 
     res = run_pipeline(cfg, out, force=force, on_stage=on_stage)
@@ -87,9 +89,8 @@ def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
                      "H/log2K": lv.get("norm_entropy"), "gini": lv.get("gini"),
                      "top-1% share": lv.get("top1pct_share")})
     print_table(rows)
-    c = s["collisions"]
-    typer.echo(f"collision rate {c.get('rate', 0):.4f}, items in a collision "
-               f"{c.get('share_in_collision', 0):.4f}, largest group {c.get('largest_group')}")
+    for line in collision_lines(s):
+        typer.echo(line)
     if not diag:
         return
     if diag.get("rel_mse") is not None:
@@ -104,6 +105,24 @@ def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
         typer.echo(f"soft-matching AUC, co-engaged vs random pairs {diag['soft_matching_auc']:.3f}")
     if diag.get("hourglass"):
         typer.echo(f"hourglass: {diag['hourglass'].get('verdict', '')}")
+
+
+def collision_lines(s: dict) -> list[str]:
+    """Semantic collisions (before the disambiguation token) first, then final SIDs."""
+    c, sem = s["collisions"], s.get("semantic_collisions")
+    out = []
+    if sem is not None and s.get("collision_rule", "none") != "none":
+        out.append(f"semantic collisions (before the disambiguation token): rate {sem['rate']:.4f}, "
+                   f"items sharing their semantic SID {sem['share_in_collision']:.4f} "
+                   f"({sem['share_in_collision']:.1%}), largest group {sem['largest_group']}, "
+                   f"{sem['n_unique']} distinct semantic SIDs")
+        out.append(f"final SIDs ({s['collision_rule']}): collision rate {c['rate']:.4f}, "
+                   f"largest group {c['largest_group']}")
+    else:
+        out.append(f"semantic collisions (no disambiguation token): rate {c['rate']:.4f}, "
+                   f"items sharing their SID {c['share_in_collision']:.4f} "
+                   f"({c['share_in_collision']:.1%}), largest group {c['largest_group']}")
+    return out
 
 
 @app.command()

