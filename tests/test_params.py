@@ -141,3 +141,13 @@ def test_refit_keeps_the_saved_tokenizer_identical(emb, tmp_path):
         dirs.append(tok.save(tmp_path / f"t{k}"))
     assert output_hash(dirs[0]) == output_hash(dirs[1])
     assert "fit_seconds" not in (dirs[0] / "tokenizer.json").read_text()
+
+
+def test_check_scale_leaves_nan_and_inf_to_the_finiteness_check():
+    X = np.ones((5, 4), np.float32)
+    X[2, 1] = np.inf
+    check_scale(X)  # no scale error: the NaN/inf check reports the row
+    X[2, 1] = np.nan
+    check_scale(X)
+    with pytest.raises(DataError, match="first at row 2"):
+        check_embeddings(X)

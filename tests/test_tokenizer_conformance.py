@@ -234,6 +234,13 @@ def test_huge_values_are_rejected_not_collapsed(name, X):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_huge_values_are_rejected_at_encode(name, X, fitted):
+    tok, _ = fitted(name)
+    with pytest.raises(DataError, match=r"values up to 9\.27e\+20 (.|\n)*rescale"):
+        tok.encode(X * np.float32(1e20))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_params_round_trip_and_not_fitted(name, X):
     tok = make(name)
     clone = type(tok)(**tok.get_params())

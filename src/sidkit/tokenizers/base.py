@@ -194,10 +194,12 @@ def check_scale(X: Any, *, name: str = "X") -> None:
     except ImportError:  # pragma: no cover - torch is a dependency
         is_tensor = False
     if is_tensor:
-        lo, hi = torch.aminmax(X.detach())
-        m = max(abs(float(lo)), abs(float(hi)))
+        lo, hi = (float(v) for v in torch.aminmax(X.detach()))
     else:
-        m = max(abs(float(np.min(X))), abs(float(np.max(X))))
+        lo, hi = float(np.min(X)), float(np.max(X))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return  # NaN/inf: the caller's finiteness check names the rows
+    m = max(abs(lo), abs(hi))
     limit = math.sqrt(float(np.finfo(np.float32).max) / (64.0 * X.shape[1]))
     if m > limit:
         raise DataError(

@@ -190,6 +190,7 @@ class _KMeansTokenizer(Tokenizer):
     def _prepare(self, X: Any):
         self._check_fitted()
         Xt = as_matrix(X, check_finite=not self._encode_checks_finite)
+        check_scale(Xt)
         d = self._dim()
         if Xt.shape[1] != d:
             raise DataError(f"X has dimension {Xt.shape[1]} but the tokenizer was fitted on {d}",
