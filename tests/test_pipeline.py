@@ -407,7 +407,8 @@ def test_cuda_without_cuda_fails_before_any_stage(toy):
     import torch
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(ConfigError, match="CUDA is not available"):
+    with pytest.raises(ConfigError, match=r"device 'cuda' requested but CUDA is not available\n"
+                                          r"  fix: set device \(or --device\) to auto or cpu"):
         run_pipeline(config_from_dict({**_cfg(toy).model_dump(), "device": "cuda"}), toy / "run")
     assert not (toy / "run").exists()
 
@@ -416,3 +417,17 @@ def test_column_mapping_on_a_format_without_columns_is_a_clear_error(toy):
     with pytest.raises(DataError, match=r"unexpected option\(s\) \['columns'\].*\n.*\[data\] columns"):
         run_pipeline(_cfg(toy, data={"columns": {"user_id": "uid"}}), toy / "run")
     assert not (toy / "run" / "data").exists()
+
+
+def test_cli_diagnose_of_a_run_leaves_the_pipeline_stages_alone(toy):
+    out = toy / "run"
+    run_pipeline(_cfg(toy, diagnostics={"report": False}), out)
+    before = (out / "diagnostics" / "report.json").read_bytes()
+    for target in (out, out / "codes" / "codes.npz"):
+        r = runner.invoke(app, ["diagnose", str(target), "--scales", "0,0.1", "--no-monte-carlo"])
+        assert r.exit_code == 0, r.output
+        assert (out / "diagnose" / "report.html").exists()
+    assert (out / "diagnostics" / "report.json").read_bytes() == before
+    assert not (out / "codes" / "diagnostics").exists()
+    res = run_pipeline(_cfg(toy, diagnostics={"report": False}), out)
+    assert all(r.status == "cached" for r in res.stages)
