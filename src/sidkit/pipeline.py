@@ -380,7 +380,8 @@ def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
     try:
         dev = resolve_device(cfg.device)
     except SidkitError as err:
-        raise ConfigError(f"device {cfg.device!r}: {err.problem}",
+        raise ConfigError(err.problem, "set device (or --device) to auto or cpu"
+                          if "CUDA" in err.problem else
                           "set device (or --device) to auto, cpu or cuda") from None
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {cfg.device!r} is not supported",
