@@ -109,6 +109,44 @@ def test_save_load_identical(name, X, fitted, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_damaged_state_fails_at_load_not_later(name, X, fitted, tmp_path):
+    """Each saved tensor missing, or cut to half its rows: Tokenizer.load raises an
+    ArtifactError, or the loaded tokenizer still encodes and decodes (the tensor was
+    cut consistently) -- never an IndexError/RuntimeError at first use."""
+    from safetensors.numpy import load_file, save_file
+
+    from sidkit.errors import ArtifactError
+
+    tok, _ = fitted(name)
+    tok.save(tmp_path / "ok")
+    state = load_file(str(tmp_path / "ok" / "state.safetensors"))
+    n_errors = 0
+    for a in tok._state_attrs:
+        for how in ("drop", "half"):
+            t = dict(state)
+            if how == "drop":
+                del t[a]
+            elif t[a].ndim and t[a].shape[0] >= 2:
+                t[a] = np.ascontiguousarray(t[a][: t[a].shape[0] // 2])
+            else:
+                continue
+            d = tmp_path / f"{a}-{how}"
+            d.mkdir()
+            (d / "tokenizer.json").write_bytes((tmp_path / "ok" / "tokenizer.json").read_bytes())
+            save_file(t, str(d / "state.safetensors"))
+            try:
+                loaded = Tokenizer.load(d)
+            except ArtifactError as e:
+                assert str(d) in str(e) and "fix:" in str(e), str(e)
+                n_errors += 1
+                continue
+            assert how == "half", f"{a} missing but the tokenizer loaded"
+            check_valid(loaded.encode(X[:50]), 50)
+            assert loaded.decode(loaded.encode(X[:50])).shape == (50, X.shape[1])
+    assert n_errors >= len(tok._state_attrs)  # at least every drop
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_unseen_items(name, X, fitted):
     tok, _ = fitted(name)
     rng = np.random.default_rng(1)

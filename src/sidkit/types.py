@@ -153,17 +153,7 @@ class Codes:
         Computed as a mixed-radix number, falling back to ``np.unique`` row ids when
         the radix product would overflow int64.
         """
-        if depth <= 0:
-            return np.zeros(self.n_items, dtype=np.int64)
-        sub = self.codes[:, :depth] + 1  # PAD -> 0
-        radices = np.asarray(self.codebook_sizes[:depth], dtype=np.float64) + 1
-        if np.prod(radices) < 2**62:
-            key = np.zeros(self.n_items, dtype=np.int64)
-            for l in range(depth):  # loop over levels, not items
-                key = key * int(radices[l]) + sub[:, l]
-            return key
-        _, inv = np.unique(sub, axis=0, return_inverse=True)
-        return inv.reshape(-1).astype(np.int64)
+        return joint_keys([self], depth)[0]
 
     def sid_keys(self) -> np.ndarray:
         """One int64 per item identifying its whole SID."""

@@ -24,8 +24,8 @@ from ..types import Codes
 from ..utils import resolve_device, torch_generator
 from .base import Bool, Int, Ints, Real, Tokenizer, check_embeddings, register
 from .rq import RQKMeans
-from .rqvae import (NETWORK_CONSTRAINTS, AutoEncoder, _check_network_params, _check_positive, _check_sizes, _Trainer,
-                    flatten_params, init_params_, load_flat_params)
+from .rqvae import (NETWORK_CONSTRAINTS, AutoEncoder, _check_network_params, _check_positive,
+                    _check_sizes, _Trainer, flatten_params, init_params_, load_flat_params)
 
 __all__ = ["DRQ", "cooccurrence_pairs"]
 
