@@ -106,7 +106,7 @@ def test_dead_code_reset_never_makes_nan_codewords(n, batch_size):
     """N mod batch = 1: the last mini-batch holds one residual.  Resetting dead codes
     from it alone gave NaN codewords (std of one row) and one token per level."""
     X = _clustered(n=n, d=16, k=32, seed=1)
-    m = RQVAE(codebook_sizes=[32, 32, 32], hidden_sizes=(32,), latent_dim=8, epochs=4,
+    m = RQVAE(codebook_sizes=[32, 32, 32], hidden_sizes=(32,), latent_dim=8, epochs=2,
               batch_size=batch_size, lr=5e-3, patience=0, device="cpu").fit(X)
     assert (batch_size or 1024) == 1024 and n % 1024 == 1
     assert np.isfinite(m.codebooks_).all() and np.isfinite(m.weights_).all()

@@ -6,7 +6,9 @@ inside each group of identical SIDs (0, 1, 2, ... in item order), so every item 
 a distinct SID and ``Codes.lookup`` maps each SID back to exactly one item.
 :class:`CollisionIndex` remembers how many items each base SID already holds so that
 new (cold-start) items get the next free number under their SID without changing
-the codes of existing items.
+the codes of existing items.  :class:`CatalogueIndex` is the fitted catalogue's
+item -> SID table that makes every tokenizer's ``encode`` batch-independent
+(:func:`catalogue_codes`; see ``docs/encoding.md``).
 
 Variable-length SIDs (hourglass top-K removal): the token is appended right after
 each item's last token, so position ``j`` of the result holds a disambiguation
@@ -56,6 +58,21 @@ def _row_keys(rows: np.ndarray) -> np.ndarray:
     for l in range(rows.shape[1]):  # loop over levels, not items
         key = key * int(radices[l]) + sub[:, l]
     return key
+
+
+def _match_rows(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Index into the distinct rows ``table`` of every row of ``rows``, -1 when absent."""
+    if rows.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    if table.shape[0] == 0:
+        return np.full(rows.shape[0], -1, dtype=np.int64)
+    both = np.concatenate([table, rows], axis=0)
+    _, inv = np.unique(_row_keys(both), return_inverse=True)
+    inv = inv.reshape(-1)
+    g = table.shape[0]
+    lut = np.full(inv.max() + 1, -1, dtype=np.int64)
+    lut[inv[:g]] = np.arange(g)
+    return lut[inv[g:]]
 
 
 def _as_codes(codes: Any) -> Codes:
@@ -169,15 +186,7 @@ class CollisionIndex:
 
     def _match(self, codes: np.ndarray) -> np.ndarray:
         """Index into ``rows_`` of every row of ``codes``, -1 when unseen."""
-        if codes.shape[0] == 0:
-            return np.zeros(0, dtype=np.int64)
-        both = np.concatenate([self.rows_, codes], axis=0)
-        _, inv = np.unique(_row_keys(both), return_inverse=True)
-        inv = inv.reshape(-1)
-        g = self.rows_.shape[0]
-        lut = np.full(inv.max() + 1, -1, dtype=np.int64)
-        lut[inv[:g]] = np.arange(g)
-        return lut[inv[g:]]
+        return _match_rows(self.rows_, codes)
 
     # ------------------------------------------------------------ transform
     def transform(self, codes: Codes) -> Codes:
@@ -355,19 +364,6 @@ class CatalogueIndex:
         self._cache = c
         return c
 
-    def _group_of(self, route: np.ndarray) -> np.ndarray:
-        """Index into the distinct catalogue routes of every row, -1 when unseen."""
-        groups = self._tables()["groups"]
-        if route.shape[0] == 0 or groups.shape[0] == 0:
-            return np.full(route.shape[0], -1, np.int64)
-        both = np.concatenate([groups, route], axis=0)
-        _, inv = np.unique(_row_keys(both), return_inverse=True)
-        inv = inv.reshape(-1)
-        g = groups.shape[0]
-        lut = np.full(int(inv.max()) + 1, -1, dtype=np.int64)
-        lut[inv[:g]] = np.arange(g)
-        return lut[inv[g:]]
-
     # --------------------------------------------------------------- match
     def match(self, X: Any, route: np.ndarray, prints: np.ndarray | None = None) -> np.ndarray:
         """Catalogue item (row of ``sids_``) of every row of ``X``, -1 for a new item.
@@ -384,7 +380,7 @@ class CatalogueIndex:
         t = self._tables()
         f = self.fingerprint(X) if prints is None else prints
         tol = float(self.tol_[0])
-        g = self._group_of(route)
+        g = _match_rows(t["groups"], route)
         rows = np.flatnonzero(g >= 0)
         if rows.size == 0:
             return out
