@@ -392,19 +392,20 @@ class CatalogueIndex:
         rows, lo, cnt = rows[has], lo[has], cnt[has]
         if rows.size == 0:
             return out
-        m = int(cnt.max())
         best = np.full(rows.size, -1, np.int64)
-        chunk = max(1, (1 << 22) // (m * t["prints"].shape[1]))
-        ar = np.arange(m)
-        for s in range(0, rows.size, chunk):  # padded gather of the candidates
-            c_, l_ = cnt[s:s + chunk], lo[s:s + chunk]
-            valid = ar[None, :] < c_[:, None]
-            cand = np.where(valid, l_[:, None] + ar[None, :], 0)
-            diff = t["prints"][cand] - f[rows[s:s + chunk], None, :]
-            d2 = np.where(valid, np.einsum("ijk,ijk->ij", diff, diff, dtype=np.float64), np.inf)
-            j = d2.argmin(1)
-            ok = d2[np.arange(j.size), j] <= tol * tol
-            best[s:s + chunk] = np.where(ok, cand[np.arange(j.size), j], -1)
+        ps = t["prints"]
+        # candidates grouped by their number (usually 1-3): no padding to the largest
+        for c in np.unique(cnt):  # loop over distinct candidate counts, not items
+            allc = np.flatnonzero(cnt == c)
+            chunk = max(1, (1 << 22) // int(c * ps.shape[1]))
+            for s in range(0, allc.size, chunk):
+                sel = allc[s:s + chunk]
+                cand = lo[sel, None] + np.arange(c)[None, :]
+                diff = ps[cand] - f[rows[sel], None, :]
+                d2 = np.einsum("ijk,ijk->ij", diff, diff)
+                j = d2.argmin(1)
+                ar = np.arange(j.size)
+                best[sel] = np.where(d2[ar, j] <= tol * tol, cand[ar, j], -1)
         hit = best >= 0
         rows, best = rows[hit], best[hit]
         # rows matching a class of identical catalogue rows take its members in turn

@@ -154,13 +154,20 @@ class _KMeansTokenizer(Tokenizer):
         return out
 
     # --- catalogue SIDs (batch-independent encode; see collisions.CatalogueIndex)
+    #: fit codes are the nearest-codeword codes ``encode`` computes (no extra pass)
+    _fit_codes_are_routes = False
+
     def _fit_catalogue(self, Xt, codes: Codes) -> None:
         """Store the item -> SID table of the fitted catalogue, keyed by each item's
         encode route (nearest codewords: may differ from balanced fit codes)."""
         import torch
 
-        with torch.no_grad():
-            route = self._encode_base(Xt, self._device())
+        L = len(self.codebook_sizes_)
+        if self._fit_codes_are_routes and not getattr(self, "balanced", False):
+            route = codes.codes[:, :L]
+        else:
+            with torch.no_grad():
+                route = self._encode_base(Xt, self._device())
         CatalogueIndex().fit(Xt, route, codes.codes, random_state=self.random_state).to_owner(self)
 
     def fit_encode(self, X: Any, y: Any = None) -> Codes:
@@ -261,6 +268,10 @@ class _KMeansTokenizer(Tokenizer):
 # ============================================================== RQ-KMeans / VQ
 class _ResidualKMeans(_KMeansTokenizer):
     _encode_checks_finite = True
+    # unbalanced: the final k-means assignment of every level is the nearest codeword
+    # with encode's arithmetic (kmeans._encode_residual_t), so fit codes are the routes
+    # (tests/test_catalogue_sids.py checks it item by item)
+    _fit_codes_are_routes = True
     _state_attrs = ("codebooks_", "codebook_sizes_", "level_mse_", *CATALOGUE_ATTRS)
 
     def _dim(self) -> int:
