@@ -179,3 +179,17 @@ def test_sigterm_removes_the_running_stages_temp_dir(tmp_path):
         p.kill()
     assert rc == 128 + signal.SIGTERM, p.stderr.read()
     assert list(root.iterdir()) == []
+
+
+def test_old_meta_folder_with_a_user_file_is_not_replaced(tmp_path):
+    a = Stage("a", _writer([], "A"))
+    run_stage(a, tmp_path)
+    meta_path = tmp_path / "a" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["outputs"]  # as written by sidkit before per-file records
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "a" / "mine.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match=r"holds file\(s\) the 'a' stage does not write: \['mine.txt'\]"):
+        run_stage(a, tmp_path)  # the combined hash changed -> rerun -> but not over mine.txt
+    assert (tmp_path / "a" / "mine.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
