@@ -433,3 +433,21 @@ def test_cli_diagnose_of_a_run_leaves_the_pipeline_stages_alone(toy):
     assert default_out(toy / "emb.npy") == toy / "diagnostics"  # outside a run: as before
     res = run_pipeline(_cfg(toy, diagnostics={"report": False}), out)
     assert all(r.status == "cached" for r in res.stages)
+
+
+def test_data_items_table_renders_the_item_texts(tmp_path):
+    """Without embeddings_file the [data] items table gives the texts to embed."""
+    from sidkit.pipeline import build_stages
+    from sidkit.stages import run_stage
+
+    _csv_data(tmp_path)
+    (tmp_path / "items.csv").write_text("iid,title,genre\n" + "".join(f"i{i},Film {i},Drama\n" for i in range(8)))
+    cfg = _csv_cfg(tmp_path, items=str(tmp_path / "items.csv")).model_dump()
+    cfg["embed"] = {"template": "{title} ({genre})"}
+    out = tmp_path / "run"
+    for stage in build_stages(config_from_dict(cfg))[:3]:  # data, split, items
+        run_stage(stage, out)
+    t = json.loads((out / "items" / "texts.json").read_text())
+    assert t["item_ids"] == [f"i{i}" for i in range(8)]
+    assert t["texts"][:2] == ["Film 0 (Drama)", "Film 1 (Drama)"]
+    assert not (out / "items" / "item_ids.json").exists()
