@@ -63,6 +63,17 @@ def stage_key(stage: Stage, input_hashes: dict[str, str]) -> str:
                      "version": stage.version, "params": stage.params, "inputs": input_hashes})
 
 
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished directory ``tmp`` onto ``target`` (same parent), replacing it."""
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        target.rename(trash / "old")
+        tmp.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
 def run_stage(stage: Stage, root: Path, *, force: bool = False) -> StageResult:
     """Run ``stage`` under ``root/<name>`` unless an identical result is stored."""
     root.mkdir(parents=True, exist_ok=True)
@@ -91,13 +102,7 @@ def run_stage(stage: Stage, root: Path, *, force: bool = False) -> StageResult:
             "seconds": round(seconds, 3), "summary": summary,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{stage.name}.", suffix=".old", dir=root))
-            target.rename(trash / "old")
-            tmp.rename(target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

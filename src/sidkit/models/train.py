@@ -17,7 +17,6 @@ non-determinism of some kernels).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..errors import ArtifactError, DataError
 from ..io import SCHEMA_VERSION, hash_obj, read_json, write_json
+from ..stages import replace_dir
 from .base import Recommender
 
 CKPT_FORMAT = "sidkit-train-checkpoint"
@@ -167,13 +167,7 @@ def save_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state: 
         save_file(tensors, str(tmp / "optim.safetensors"))
         write_json(tmp / "state.json", {"format": CKPT_FORMAT, "schema_version": SCHEMA_VERSION,
                                         "param_groups": groups, **state})
-        if path.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            path.rename(trash / "old")
-            tmp.rename(path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
