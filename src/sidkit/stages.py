@@ -243,6 +243,22 @@ def stage_key(stage: Stage, input_hashes: dict[str, str]) -> str:
                      "version": stage.version, "params": stage.params, "inputs": input_hashes})
 
 
+def replace_dir(tmp: Path, target: Path, *, prefix: str | None = None) -> None:
+    """Move the finished directory ``tmp`` onto ``target`` (same parent), replacing it.
+
+    The old folder is first renamed aside into ``<prefix>*.old`` (default
+    ``.<target name>.``) and only then removed, so a crash never leaves ``target`` half-written.
+    """
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}.", suffix=".old",
+                                      dir=target.parent))
+        target.rename(trash / "old")
+        tmp.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
 def run_stage(stage: Stage, root: Path, *, force: bool = False) -> StageResult:
     """Run ``stage`` under ``root/<name>`` unless an identical, intact result is stored."""
     root.mkdir(parents=True, exist_ok=True)
@@ -279,12 +295,7 @@ def run_stage(stage: Stage, root: Path, *, force: bool = False) -> StageResult:
         if target.exists():
             check_replaceable(target, stage.name)  # nothing appeared while the stage ran
             _check_old_meta_files(target, records)
-            trash = Path(tempfile.mkdtemp(prefix=_tmp_prefix(stage.name), suffix=".old", dir=root))
-            target.rename(trash / "old")
-            tmp.rename(target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        replace_dir(tmp, target, prefix=_tmp_prefix(stage.name))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
