@@ -234,7 +234,7 @@ TOKENIZER_DAMAGE = (
        ("state.safetensors", reshape_tensor("codebooks_", lambda a: a[:, :2, :])),
        ("state.safetensors", reshape_tensor("codebooks_", lambda a: a.reshape(-1, a.shape[-1]))),
        ("state.safetensors", reshape_tensor("codebook_sizes_", lambda a: a[:1])),
-       ("state.safetensors", reshape_tensor("collision_rows_", lambda a: a[:, :1]))]
+       ("state.safetensors", reshape_tensor("catalogue_sids_", lambda a: a[:, :1]))]
 )
 
 

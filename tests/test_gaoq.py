@@ -58,7 +58,56 @@ def test_collision_free_and_balanced(fitted):
     # last level enumerates each leaf: b_L >= ceil(N / prod(b)) and covers every leaf
     assert m.codebook_sizes_[-1] >= math.ceil(len(X) / np.prod(m.branching_))
     assert c.codes[:, -1].max() < m.codebook_sizes_[-1]
-    np.testing.assert_array_equal(m.decode(c), X)  # training SIDs decode to the item
+
+
+def test_decode_reconstructs_from_the_tree(fitted):
+    X, m = fitted
+    c = m.encode(X)
+    Xh = m.decode(c)
+    rel = ((Xh - X) ** 2).sum() / ((X - X.mean(0)) ** 2).sum()
+    assert 0.0 < rel < 0.5  # a reconstruction, not the stored item
+    # a SID decodes to its leaf centroid: the last token (leaf enumeration) is ignored
+    q = c.codes.copy()
+    q[:, -1] = 0
+    np.testing.assert_array_equal(m.decode(q), Xh)
+    leaf_mean = X[(c.codes[:, :-1] == c.codes[0, :-1]).all(1)].mean(0)
+    np.testing.assert_allclose(Xh[0], leaf_mean, atol=0.6)  # balanced leaf ~ its centroid
+    # finer levels help: the level-1 centroid alone reconstructs worse
+    top = m.node_centroids_[np.flatnonzero(m.node_level_ == 0)]
+    X1 = top[np.argsort(m.node_token_[m.node_level_ == 0])][c.codes[:, 0]]
+    assert ((X1 - X) ** 2).sum() > 1.2 * ((Xh - X) ** 2).sum()
+
+
+def test_state_holds_no_catalogue_embeddings(tmp_path):
+    import os
+
+    sizes = {}
+    for d in (16, 128):
+        X = _clustered(n=1500, d=d)
+        m = GAOQ(device="cpu").fit(X)
+        m.save(tmp_path / str(d))
+        from safetensors.numpy import load_file
+
+        state = load_file(str(tmp_path / str(d) / "state.safetensors"))
+        assert not any(v.ndim == 2 and v.shape == (1500, d) for v in state.values())
+        assert not any(v.size >= 1500 * d for v in state.values())
+        sizes[d] = os.path.getsize(tmp_path / str(d) / "state.safetensors")
+        per_dim_rows = m.node_centroids_.shape[0] + m.anchors_.shape[0] + 2 + 8
+        assert m.catalogue_prints_.shape == (1500, 8)
+    # growth with d comes from the tree (nodes, anchors, projection), not from N x d
+    assert sizes[128] - sizes[16] <= per_dim_rows * 112 * 4 + 4096
+    assert sizes[128] - sizes[16] < 1500 * 112 * 4 / 4
+
+
+def test_noise_does_not_reroute_catalogue_items():
+    """GAOQ matched catalogue rows by a hash of their bytes: X + 1e-6 re-routed items
+    (its balanced fit puts some items outside their nearest leaf) and gave shared SIDs."""
+    X = _clustered(n=2000, d=64)
+    m = GAOQ(device="cpu").fit(X)
+    c = m.encode(X).codes
+    for noisy in (X + np.float32(1e-6), X * np.float32(1 + 1e-6)):
+        np.testing.assert_array_equal(m.encode(noisy).codes, c)
+    assert len(np.unique(c, axis=0)) == 2000
 
 
 def test_token_means_same_direction_under_every_parent(fitted):
@@ -93,10 +142,14 @@ def test_unseen_items_and_save_load(fitted, tmp_path):
     X, m = fitted
     new = _clustered(n=200, seed=7)
     c = m.encode(new)
-    assert c.params["n_unseen"] == 200 and c.collision_rule == "none"
+    assert c.params["n_unseen"] == 200 and c.collision_rule == "by_construction"
     assert c.codes.shape == (200, 3) and (c.codes >= 0).all()
-    # the unseen item takes the nearest leaf-mate's SID; decode is that member
-    err = ((m.decode(c) - new) ** 2).mean()
+    # an unseen item gets the next free number of its leaf: no catalogue item's SID
+    both = np.concatenate([m.codes_, c.codes])
+    assert len(np.unique(both, axis=0)) == len(both)
+    leaf_size = np.array([((m.codes_[:, :-1] == row[:-1]).all(1)).sum() for row in c.codes])
+    assert (c.codes[:, -1] >= leaf_size).all()
+    err = ((m.decode(c) - new) ** 2).mean()  # decodes to its leaf centroid
     assert err < 0.5 * ((new - X.mean(0)) ** 2).mean()
     # mixing seen and unseen rows keeps the training SIDs
     mixed = m.encode(np.concatenate([X[:10], new[:5]]))

@@ -221,7 +221,7 @@ def test_embeddings_file_inside_the_run_dir_is_refused(toy):
         run_pipeline(_cfg(toy, embed={"embeddings_file": str(mine)}), out)
     assert mine.read_bytes() == (toy / "emb.npy").read_bytes() and _stage_dirs(out) == ["embeddings"]
     # also when it is a previous run's own output that a rerun would replace
-    run_pipeline(_cfg(toy), toy / "r2")
+    run_pipeline(_cfg(toy, diagnostics={"report": False}), toy / "r2")
     prev = toy / "r2" / "embeddings" / "embeddings.npy"
     with pytest.raises(ConfigError, match="lies inside the run directory's stage folder"):
         run_pipeline(_cfg(toy, embed={"embeddings_file": str(prev)}), toy / "r2")
@@ -232,7 +232,7 @@ def test_corrupt_or_replaced_cached_outputs_rerun_with_a_reason(toy):
     cfg.write_text(f'[data]\ndataset = "{toy / "toy"}"\nuser_core = 2\n'
                    f'[embed]\nembeddings_file = "{toy / "emb.npy"}"\n'
                    '[codes]\nn_levels = 2\ncodebook_sizes = [3, 4]\n'
-                   '[diagnostics]\nperturbation_scales = [0.5]\n')
+                   '[diagnostics]\nperturbation_scales = [0.5]\nreport = false\n')
     out = toy / "run"
     cmd = ["run", str(cfg), "--out", str(out)]
     assert runner.invoke(app, cmd).exit_code == 0
@@ -264,7 +264,8 @@ def test_corrupt_or_replaced_cached_outputs_rerun_with_a_reason(toy):
 
 def test_next_run_removes_temp_dirs_of_a_killed_run(toy):
     out = toy / "run"
-    run_pipeline(_cfg(toy), out)
+    cfg = _cfg(toy, diagnostics={"report": False})
+    run_pipeline(cfg, out)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     left = [out / f".codes.{dead.pid}-abcdefgh.tmp", out / ".items.abcdefgh.tmp"]
@@ -272,7 +273,7 @@ def test_next_run_removes_temp_dirs_of_a_killed_run(toy):
         p.mkdir()
         (p / "codes.npz").write_bytes(b"partial")
     (out / ".my.tmp").mkdir()
-    assert all(r.status == "cached" for r in run_pipeline(_cfg(toy), out).stages)
+    assert all(r.status == "cached" for r in run_pipeline(cfg, out).stages)
     assert not any(p.exists() for p in left) and (out / ".my.tmp").exists()
 
 
@@ -407,7 +408,8 @@ def test_cuda_without_cuda_fails_before_any_stage(toy):
     import torch
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(ConfigError, match="CUDA is not available"):
+    with pytest.raises(ConfigError, match=r"device 'cuda' requested but CUDA is not available\n"
+                                          r"  fix: set device \(or --device\) to auto or cpu"):
         run_pipeline(config_from_dict({**_cfg(toy).model_dump(), "device": "cuda"}), toy / "run")
     assert not (toy / "run").exists()
 
@@ -416,3 +418,36 @@ def test_column_mapping_on_a_format_without_columns_is_a_clear_error(toy):
     with pytest.raises(DataError, match=r"unexpected option\(s\) \['columns'\].*\n.*\[data\] columns"):
         run_pipeline(_cfg(toy, data={"columns": {"user_id": "uid"}}), toy / "run")
     assert not (toy / "run" / "data").exists()
+
+
+def test_cli_diagnose_of_a_run_leaves_the_pipeline_stages_alone(toy):
+    out = toy / "run"
+    run_pipeline(_cfg(toy, diagnostics={"report": False}), out)
+    before = (out / "diagnostics" / "report.json").read_bytes()
+    r = runner.invoke(app, ["diagnose", str(out), "--scales", "0,0.1", "--no-monte-carlo"])
+    assert r.exit_code == 0, r.output
+    assert (out / "diagnose" / "report.html").exists()
+    assert (out / "diagnostics" / "report.json").read_bytes() == before
+    from sidkit.commands.diagnose import default_out
+    assert default_out(out / "codes" / "codes.npz") == out / "diagnose"  # not RUN/codes/diagnostics
+    assert default_out(toy / "emb.npy") == toy / "diagnostics"  # outside a run: as before
+    res = run_pipeline(_cfg(toy, diagnostics={"report": False}), out)
+    assert all(r.status == "cached" for r in res.stages)
+
+
+def test_data_items_table_renders_the_item_texts(tmp_path):
+    """Without embeddings_file the [data] items table gives the texts to embed."""
+    from sidkit.pipeline import build_stages
+    from sidkit.stages import run_stage
+
+    _csv_data(tmp_path)
+    (tmp_path / "items.csv").write_text("iid,title,genre\n" + "".join(f"i{i},Film {i},Drama\n" for i in range(8)))
+    cfg = _csv_cfg(tmp_path, items=str(tmp_path / "items.csv")).model_dump()
+    cfg["embed"] = {"template": "{title} ({genre})"}
+    out = tmp_path / "run"
+    for stage in build_stages(config_from_dict(cfg))[:3]:  # data, split, items
+        run_stage(stage, out)
+    t = json.loads((out / "items" / "texts.json").read_text())
+    assert t["item_ids"] == [f"i{i}" for i in range(8)]
+    assert t["texts"][:2] == ["Film 0 (Drama)", "Film 1 (Drama)"]
+    assert not (out / "items" / "item_ids.json").exists()

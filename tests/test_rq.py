@@ -77,11 +77,15 @@ def test_encode_new_does_not_change_existing(tmp_path):
                  tuple(max(a, b) for a, b in zip(old.codebook_sizes, new.codebook_sizes)))
     assert not both.has_collisions()
     assert np.array_equal(tok.encode(X).codes, old.codes)
-    # the index state is saved too
+    # the index state is saved too: recorded items keep their SIDs after load
     tok.save(tmp_path / "t")
-    again = Tokenizer.load(tmp_path / "t").encode_new(X[:1])
+    loaded = Tokenizer.load(tmp_path / "t")
+    assert np.array_equal(loaded.encode(X[:50] + 0.01).codes, new.codes)
+    again = loaded.encode_new(X[:1] + 0.02)
     assert Codes(np.concatenate([both.codes, again.codes]),
                  tuple(max(a, b) for a, b in zip(both.codebook_sizes, again.codebook_sizes))).n_unique() == 551
+    # a catalogue item passed to encode_new keeps its catalogue SID
+    assert np.array_equal(loaded.encode_new(X[:1]).codes, old.codes[:1])
 
 
 def test_hkm_children_per_parent_and_decode_leaf():

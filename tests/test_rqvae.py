@@ -99,3 +99,34 @@ def test_auto_batch_size_gives_small_catalogues_enough_steps():
     assert auto_batch_size(500) == 64
     assert auto_batch_size(40) == 40         # never more than the items
     assert auto_batch_size(10**6) == 1024
+
+
+@pytest.mark.parametrize("n, batch_size", [(1025, 1024), (16 * 1024 + 1, None)])
+def test_dead_code_reset_never_makes_nan_codewords(n, batch_size):
+    """N mod batch = 1: the last mini-batch holds one residual.  Resetting dead codes
+    from it alone gave NaN codewords (std of one row) and one token per level."""
+    X = _clustered(n=n, d=16, k=32, seed=1)
+    m = RQVAE(codebook_sizes=[32, 32, 32], hidden_sizes=(32,), latent_dim=8, epochs=2,
+              batch_size=batch_size, lr=5e-3, patience=0, device="cpu").fit(X)
+    assert (batch_size or 1024) == 1024 and n % 1024 == 1
+    assert np.isfinite(m.codebooks_).all() and np.isfinite(m.weights_).all()
+    assert sum(h["dead_reset"] for h in m.history_) > 0  # the reset path ran
+    for u in m.usage_:  # 32 clusters: every level keeps many codes in use
+        assert u["perplexity"] > 8 and u["used"] >= 16, m.usage_
+
+
+def test_dead_code_reset_spreads_over_many_items():
+    """Dead codes are reset onto distinct residuals of many items, not onto the 2
+    items of a small last mini-batch."""
+    import torch
+
+    from sidkit.tokenizers.rqvae import _reset_codewords
+
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    new = _reset_codewords(pool, 10, gen)
+    assert torch.isfinite(new).all()
+    # 10 distinct source rows (noise is 1% of the spread, rows are 2 apart)
+    assert len(np.unique(np.round(new.numpy()[:, 0] / 2))) == 10
+    one = _reset_codewords(pool[:1], 3, gen)  # a single row: finite, near that row
+    assert torch.isfinite(one).all() and float((one - pool[:1]).abs().max()) < 1e-3

@@ -121,13 +121,17 @@ def test_changed_outputs_are_not_cached(tmp_path, tamper, reason):
     assert again.status == "cached" and again.reason is None
 
 
+def _as_old_meta(stage_dir):
+    """Drop the per-file records, as sidkit wrote meta.json before they existed."""
+    meta = json.loads((stage_dir / "meta.json").read_text())
+    del meta["outputs"]
+    (stage_dir / "meta.json").write_text(json.dumps(meta))
+
+
 def test_old_meta_without_file_records_is_verified_by_its_combined_hash(tmp_path):
     a = Stage("a", _writer([], "A"))
     run_stage(a, tmp_path)
-    meta_path = tmp_path / "a" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    del meta["outputs"]  # as written by sidkit before per-file records
-    meta_path.write_text(json.dumps(meta))
+    _as_old_meta(tmp_path / "a")
     assert run_stage(a, tmp_path).status == "cached"
     (tmp_path / "a" / "v.txt").write_text("Z")
     r = run_stage(a, tmp_path)
@@ -179,3 +183,14 @@ def test_sigterm_removes_the_running_stages_temp_dir(tmp_path):
         p.kill()
     assert rc == 128 + signal.SIGTERM, p.stderr.read()
     assert list(root.iterdir()) == []
+
+
+def test_old_meta_folder_with_a_user_file_is_not_replaced(tmp_path):
+    a = Stage("a", _writer([], "A"))
+    run_stage(a, tmp_path)
+    _as_old_meta(tmp_path / "a")
+    (tmp_path / "a" / "mine.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match=r"holds file\(s\) the 'a' stage does not write: \['mine.txt'\]"):
+        run_stage(a, tmp_path)  # the combined hash changed -> rerun -> but not over mine.txt
+    assert (tmp_path / "a" / "mine.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]

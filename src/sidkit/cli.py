@@ -25,6 +25,10 @@ def _mount() -> None:
     app.add_typer(data_cmd.app, name="data", help="Fetch and inspect data sets.")
     app.command("diagnose")(diag_cmd.diagnose)
     app.command("compare")(diag_cmd.compare)
+    from .commands import train as train_cmd  # issue 9: recommenders
+
+    app.command("train")(train_cmd.train)
+    app.command("evaluate")(train_cmd.evaluate)
 
 
 @app.command()

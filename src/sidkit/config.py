@@ -29,13 +29,22 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     resolve_collisions = true
     hourglass_remedy = "none"  # or "drop_level" / "topk" (seed 002), on hourglass_level
     params = {}                # any other tokenizer parameter
+
+    [model]                    # optional: no table = no recommender stage in `sidkit run`
+    type = "sasrec"            # or "popularity"
+    hidden = 64                # (sasrec) + n_blocks, n_heads, max_len, dropout, ffn, stride
+
+    [train]                    # the training loop of torch models + evaluation options
+    epochs = 200
+    patience = 20
+    lr = 1e-3
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -119,6 +128,39 @@ class DiagnosticsConfig(_Strict):
     report: bool = True
 
 
+# --- recommender tables ([model], [train]) ------------------------------------
+class PopularityConfig(_Strict):
+    type: Literal["popularity"] = "popularity"
+
+
+class SASRecConfig(_Strict):
+    type: Literal["sasrec"] = "sasrec"
+    hidden: int = Field(64, ge=1)
+    n_blocks: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    max_len: int = Field(50, ge=1, description="history length (the model's own; [data] max_len is for SID data)")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    ffn: int | None = Field(None, ge=1, description="feed-forward width; None = hidden")
+    stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
+
+
+ModelConfig = Annotated[Union[PopularityConfig, SASRecConfig], Field(discriminator="type")]
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1, description="evaluations without a better validation NDCG@10")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    batch_size: int = Field(128, ge=1)
+    clip: float | None = Field(1.0, gt=0, description="max gradient norm; None = no clipping")
+    eval_every: int = Field(1, ge=1, description="validate every this many epochs")
+    eval_batch_size: int = Field(1024, ge=1)
+    mask_seen: bool = Field(False, description="remove the items of the input history from the ranking")
+    seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
+
+
 class ExperimentConfig(_Strict):
     name: str = "ml-100k"
     seed: int = 0
@@ -127,6 +169,8 @@ class ExperimentConfig(_Strict):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     codes: CodesConfig = Field(default_factory=CodesConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    model: ModelConfig | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _format_errors(e: ValidationError, origin: str) -> str:

@@ -312,13 +312,17 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
         res = diagnose(codes, emb.vectors, tok, pairs, scales=cfg.diagnostics.perturbation_scales,
                        random_state=cfg.seed)
         if cfg.diagnostics.report:
-            write_report({cfg.codes.method: res}, out, title=f"sidkit diagnostics: {cfg.name}")
+            rec = read_json(inp["recommender"] / "metrics.json") if "recommender" in inp else None  # issue 9
+            write_report({cfg.codes.method: res}, out, title=f"sidkit diagnostics: {cfg.name}",
+                         recommender=rec)
         else:
             write_json(out / "report.json", res)
         return headline(res)
 
+    rec_input = ("recommender",) if cfg.model is not None else ()  # issue 9: metrics in the report
     return Stage("diagnostics", fn, cfg.diagnostics.model_dump(),
-                 inputs=("embeddings", "split", "codes"), version=3)  # 3: semantic collisions
+                 inputs=("embeddings", "split", "codes") + rec_input,
+                 version=3)  # 3: semantic collisions
 
 
 def headline(res: dict[str, Any]) -> dict[str, Any]:
@@ -340,9 +344,23 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- recommender stage (issue 9): only when the config has a [model] table -------------
+def _recommender_stage(cfg: ExperimentConfig) -> Stage:
+    """RUN/recommender/: models/seed-<s>/, metrics.json, metrics.md (see sidkit.eval.experiment)."""
+    from .eval.experiment import recommender_stage_fn
+
+    params = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
+              "seeds": list(cfg.train.seeds) or [cfg.seed]}
+    return Stage("recommender", recommender_stage_fn(cfg), params, inputs=("split",))
+
+
 def build_stages(cfg: ExperimentConfig) -> list[Stage]:
-    return [_data_stage(cfg), _split_stage(cfg), _items_stage(cfg), _embeddings_stage(cfg),
-            _codes_stage(cfg), _diagnostics_stage(cfg)]
+    stages = [_data_stage(cfg), _split_stage(cfg), _items_stage(cfg), _embeddings_stage(cfg),
+              _codes_stage(cfg), _diagnostics_stage(cfg)]
+    if cfg.model is not None:  # before diagnostics, whose report then shows the metrics
+        stages.insert(-1, _recommender_stage(cfg))
+    return stages
+# --- end recommender stage --------------------------------------------------------------
 
 
 @dataclass
@@ -380,7 +398,8 @@ def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
     try:
         dev = resolve_device(cfg.device)
     except SidkitError as err:
-        raise ConfigError(f"device {cfg.device!r}: {err.problem}",
+        raise ConfigError(err.problem, "set device (or --device) to auto or cpu"
+                          if "CUDA" in err.problem else
                           "set device (or --device) to auto, cpu or cuda") from None
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {cfg.device!r} is not supported",

@@ -132,6 +132,20 @@ def check_replaceable(directory: Path, name: str) -> None:
                                 "rerunning the stage would delete them", fix)
 
 
+def _check_old_meta_files(target: Path, new_records: dict[str, Any]) -> None:
+    """A meta.json written before per-file records cannot tell which files are
+    sidkit's: refuse to replace a folder holding files the stage no longer writes."""
+    meta = read_meta(target) or {}
+    if meta.get("outputs") is not None:
+        return  # check_replaceable already compared the files with meta.json
+    extra = [p.relative_to(target).as_posix() for p in _output_files(target)
+             if p.relative_to(target).as_posix() not in new_records]
+    if extra:
+        raise ArtifactError(f"{target} holds file(s) the {target.name!r} stage does not write: "
+                            f"{extra[:5]}; sidkit will not delete them",
+                            "move them out of the run directory, then run again")
+
+
 def verify_outputs(directory: Path, meta: dict[str, Any]) -> str | None:
     """None when the stage's files match meta.json (sizes first, then SHA-256);
     otherwise a sentence saying what changed."""
@@ -229,6 +243,22 @@ def stage_key(stage: Stage, input_hashes: dict[str, str]) -> str:
                      "version": stage.version, "params": stage.params, "inputs": input_hashes})
 
 
+def replace_dir(tmp: Path, target: Path, *, prefix: str | None = None) -> None:
+    """Move the finished directory ``tmp`` onto ``target`` (same parent), replacing it.
+
+    The old folder is first renamed aside into ``<prefix>*.old`` (default
+    ``.<target name>.``) and only then removed, so a crash never leaves ``target`` half-written.
+    """
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}.", suffix=".old",
+                                      dir=target.parent))
+        target.rename(trash / "old")
+        tmp.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
 def run_stage(stage: Stage, root: Path, *, force: bool = False) -> StageResult:
     """Run ``stage`` under ``root/<name>`` unless an identical, intact result is stored."""
     root.mkdir(parents=True, exist_ok=True)
@@ -264,12 +294,8 @@ def run_stage(stage: Stage, root: Path, *, force: bool = False) -> StageResult:
         })
         if target.exists():
             check_replaceable(target, stage.name)  # nothing appeared while the stage ran
-            trash = Path(tempfile.mkdtemp(prefix=_tmp_prefix(stage.name), suffix=".old", dir=root))
-            target.rename(trash / "old")
-            tmp.rename(target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(target)
+            _check_old_meta_files(target, records)
+        replace_dir(tmp, target, prefix=_tmp_prefix(stage.name))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

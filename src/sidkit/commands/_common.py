@@ -12,12 +12,16 @@ from ..errors import SidkitError
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a SidkitError into one clear message on stderr and exit code 1."""
+    """Turn a SidkitError into one clear message on stderr and exit code 1; SIGTERM
+    becomes an exit (code 143) that lets atomic writes remove their temporary files."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..stages import sigterm_as_exit
+
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_exit():
+                return fn(*args, **kwargs)
         except SidkitError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None

@@ -145,10 +145,23 @@ def _run(paths: list[Path], out: Path, scales: str, monte_carlo: bool, n_mc: int
     typer.echo(str(paths_out["html"]))
 
 
+def default_out(path: Path) -> Path:
+    """RUN/diagnostics (or next to a Codes file), but never inside a folder that
+    ``sidkit run`` owns (one with a meta.json): the pipeline would rerun or refuse it.
+    There the report goes to RUN/diagnose instead."""
+    base = path if path.is_dir() else path.parent
+    if (base / "meta.json").exists():  # a Codes file inside a pipeline stage folder
+        return base.parent / "diagnose"
+    if (base / "diagnostics" / "meta.json").exists():  # the pipeline's own diagnostics stage
+        return base / "diagnose"
+    return base / "diagnostics"
+
+
 def diagnose(
     run_or_codes: Path = typer.Argument(..., help="a pipeline run directory or a Codes .npz/.json file"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="output directory (default: RUN/diagnostics or next to the codes)"),
+                                       help="output directory (default: RUN/diagnostics or next to the codes; "
+                                            "RUN/diagnose for a `sidkit run` directory)"),
     scales: str = typer.Option(DEFAULT_SCALES, "--scales", help="perturbation scales s (x data RMS)"),
     monte_carlo: bool = typer.Option(True, "--monte-carlo/--no-monte-carlo",
                                      help="re-encode perturbed items (needs embeddings + tokenizer)"),
@@ -160,8 +173,7 @@ def diagnose(
     """Diagnose one tokenizer's Semantic IDs: report.html, report.json, report.md."""
     try:
         if out is None:
-            p = Path(run_or_codes)
-            out = (p / "diagnostics") if p.is_dir() else p.parent / "diagnostics"
+            out = default_out(Path(run_or_codes))
         _run([run_or_codes], out, scales, monte_carlo, n_mc, seed, "sidkit diagnostics", paired)
     except SidkitError as e:
         typer.echo(f"error: {e}", err=True)

@@ -436,14 +436,32 @@ def _timing_tables(res: dict[str, dict]) -> list[_Table]:
     return [_Table("Computation time (s)", ["tokenizer"] + keys, rows)]
 
 
+# --- recommender metrics (issue 9) -------------------------------------------------
+def _recommender_tables(doc: Mapping[str, Any]) -> tuple[str, list[_Table]]:
+    """Mean (± std over seeds) test and validation metrics of a ``metrics.json`` document."""
+    proto = doc.get("protocol", {})
+    note = (f"Model {doc.get('model', {}).get('type', '?')}; split {proto.get('split')}, "
+            f"{proto.get('ranking')}; seen items masked: {'yes' if proto.get('mask_seen') else 'no'}; "
+            f"{proto.get('selection')}. Mean ± std over {doc.get('summary', {}).get('n_seeds', '?')} seed(s).")
+    tables = []
+    for role in ("test", "valid"):
+        s = doc.get("summary", {}).get(role)
+        if s:
+            tables.append(_Table(f"{role.capitalize()} metrics", ["metric", "mean", "std"],
+                                 [[k, v["mean"], v["std"]] for k, v in s.items()]))
+    return note, tables
+# --- end recommender metrics -------------------------------------------------------
+
+
 # ---------------------------------------------------------------- writer
 def write_report(results: Mapping[str, Any], out_dir: str | Path, title: str = "sidkit diagnostics",
-                 **diagnose_kwargs: Any) -> dict[str, Path]:
+                 recommender: Mapping[str, Any] | None = None, **diagnose_kwargs: Any) -> dict[str, Path]:
     """Write ``report.html``, ``report.json`` and ``report.md`` into ``out_dir``.
 
     ``results`` maps a tokenizer name to a :func:`diagnose` result, a ``Codes`` object,
     or a dict of ``diagnose`` inputs (``{"codes": ..., "X": ..., "tokenizer": ...}``);
-    extra keyword arguments go to ``diagnose`` for the latter two.
+    extra keyword arguments go to ``diagnose`` for the latter two.  ``recommender``: a
+    recommender ``metrics.json`` document, shown in a "Recommendation metrics" section.
     """
     res = _normalise(results, diagnose_kwargs)
     out_dir = Path(out_dir)
@@ -481,6 +499,9 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, title: str = "
         ("collisions", "Collisions", "", _collision_tables(res), []),
         ("timing", "Timing", "", _timing_tables(res), []),
     ]
+    if recommender is not None:  # issue 9
+        sections.insert(1, ("recommendation", "Recommendation metrics",
+                            *_recommender_tables(recommender), []))
     body, md = [], [f"# {title}\n", f"Tokenizers: {', '.join(res)}\n"]
     for sid, head, note, tables, imgs in sections:
         parts = [f'<section id="{sid}"><h2>{html.escape(head)}</h2>']

@@ -286,14 +286,18 @@ class DRQ(Tokenizer):
         return codes.replace(method=self.name, params=params)
 
     def encode(self, X: Any) -> Codes:
+        """Encoder -> RQ-KMeans :meth:`~RQKMeans.encode` of the latents: a catalogue
+        item gets its fit-time SID whatever the batch, a new item a SID no catalogue
+        item holds (with ``resolve_collisions``)."""
         return self._relabel(self.quantizer_.encode(self.latent(X)))
 
     def encode_new(self, X: Any) -> Codes:
-        """Cold-start items whose extra collision level continues after the catalogue's
-        (see :meth:`RQKMeans.encode_new`); records them in the collision index."""
+        """As :meth:`encode`, and the new items join the catalogue (see
+        :meth:`RQKMeans.encode_new`)."""
         q = self.quantizer_
         out = self._relabel(q.encode_new(self.latent(X)))
-        self.rq_collision_rows_, self.rq_collision_counts_ = q.collision_rows_, q.collision_counts_
+        for a in RQKMeans._state_attrs:  # the catalogue grew
+            setattr(self, _RQ_PREFIX + a, getattr(q, a))
         return out
 
     def decode(self, codes: Codes | np.ndarray) -> np.ndarray:

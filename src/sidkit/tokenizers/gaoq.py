@@ -33,16 +33,20 @@ reported in ``branching_`` and in ``Codes.params["branching"]``.
 
 Encoding
 --------
-Rows identical to a training item get that item's SID (the stored training codes).
-Any other (unseen) item descends by nearest child centroid at every level, and its
-last token is the index of the nearest training item in the reached leaf -- so an
-unseen item **shares the SID of its nearest leaf-mate** and ``encode`` reports
-``collision_rule="none"`` and ``params["n_unseen"]`` when such items are present.
-The fitted tokenizer stores the training embeddings (``embeddings_``) for this.
+``encode`` routes every row down the tree by nearest child centroid (levels
+``1..L-1``).  A catalogue item -- a row within ``MATCH_RTOL`` of a fitted item on
+the same route (:class:`~sidkit.tokenizers.collisions.CatalogueIndex`: a small
+fingerprint per item, no ``N x d`` copy of the catalogue) -- gets its fit-time SID
+whatever else is in the batch, even when the balanced fit put it in another leaf
+than its nearest one.  A new item gets the next free last token of its leaf
+(leaf size + rank among the batch's new items in that leaf): a SID no catalogue item
+holds (``params["n_unseen"]``, ``params["unseen_rule"]``).  :meth:`GAOQ.encode_new`
+also records the new items.
 
-Decoding: a SID of a training item decodes to that item's embedding; any other
-valid path decodes to the centroid of the deepest node it reaches (the leaf
-centroid for a full path).
+Decoding: the centroid of the deepest tree node the SID's clustering tokens reach
+(the leaf centroid for a full path); the last token only enumerates the leaf's
+items and is ignored.  The fitted tokenizer stores the tree (centroids, anchors) and
+the item -> SID table, never the catalogue embeddings.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import progress, resolve_device, rng
 from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_embeddings, register
+from .collisions import CATALOGUE_ATTRS, CatalogueIndex, catalogue_codes
 from .kmeans import _rank_in_sorted_groups, _threads
 from .rqvae import codes_array
 
@@ -64,7 +69,7 @@ __all__ = ["GAOQ", "auto_branching", "make_anchors", "batched_balanced_kmeans"]
 
 #: items per leaf the automatic branching aims at (rule: N/10 .. N/20 leaves)
 ITEMS_PER_LEAF = 15
-UNSEEN_RULE = "nearest_leaf_member"
+UNSEEN_RULE = "next_free_in_leaf"
 
 
 def auto_branching(n_items: int, n_levels: int = 3, items_per_leaf: float = ITEMS_PER_LEAF) -> tuple[int, ...]:
@@ -110,31 +115,6 @@ def make_anchors(dim: int, n_anchors: int, random_state: Any = 0) -> np.ndarray:
     A = np.concatenate(blocks, 0)
     A /= np.linalg.norm(A, axis=1, keepdims=True)
     return A.astype(np.float32)
-
-
-def _row_hashes(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """A 64-bit hash of every row's bytes (exact-duplicate detection)."""
-    u = np.ascontiguousarray(X, dtype=np.float32).view(np.uint32)
-    mult = rng(0x5EED).integers(1, 2**63 - 1, size=u.shape[1], dtype=np.uint64) | np.uint64(1)
-    out = np.empty(u.shape[0], dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for s in range(0, u.shape[0], chunk):
-            blk = u[s:s + chunk].astype(np.uint64)
-            blk ^= blk >> np.uint64(7)
-            out[s:s + chunk] = (blk * mult[None, :]).sum(1, dtype=np.uint64)
-    return out
-
-
-def _group_rank(keys: np.ndarray) -> np.ndarray:
-    """Rank of each position among equal ``keys``, in order of appearance."""
-    o = np.argsort(keys, kind="stable")
-    sk = keys[o]
-    start = np.r_[True, sk[1:] != sk[:-1]] if sk.size else np.zeros(0, bool)
-    pos = np.arange(sk.size)
-    first = np.maximum.accumulate(np.where(start, pos, 0)) if sk.size else pos
-    rank = np.empty_like(pos)
-    rank[o] = pos - first
-    return rank
 
 
 # ------------------------------------------------------- batched balanced k-means
@@ -379,22 +359,28 @@ class GAOQ(Tokenizer):
     -----------------
     branching_, codebook_sizes_, anchors_ (sum g_l, d), node_centroids_, node_parent_,
     node_token_, node_level_ (the tree; level-1 nodes have parent -1), root_ (catalogue
-    mean), codes_ (training SIDs), item_leaf_, embeddings_ (training items: the saved
-    tokenizer holds a copy of the catalogue embeddings, N x d float32),
+    mean), ``catalogue_*`` (the item -> SID table and per-item fingerprints, see
+    :class:`~sidkit.tokenizers.collisions.CatalogueIndex`; no ``N x d`` array),
+    codes_ (the catalogue SIDs in item order, a view of ``catalogue_sids_``),
     alignment_ (per clustering level: number of parents, mean cosine of the centred
     children with their anchor and with a random anchor, seconds spent).
     """
 
     name = "gaoq"
     _state_attrs = ("branching_", "codebook_sizes_", "anchors_", "node_centroids_",
-                    "node_parent_", "node_token_", "node_level_", "root_", "codes_",
-                    "item_leaf_", "embeddings_")
+                    "node_parent_", "node_token_", "node_level_", "root_", *CATALOGUE_ATTRS)
     _parameter_constraints = {
         "branching": [None, Ints(ge=2)], "n_levels": [None, Int(ge=2)],
         "n_anchors": [None, Ints(ge=2)], "balance_tolerance": [Real(ge=0, lt=1)],
         "n_iter": [Int(ge=1)], "max_points_per_centroid": [None, Int(ge=1)],
         "random_state": [None, Int(ge=0)], "device": [Device()], "verbose": [Bool()],
     }
+
+    @property
+    def codes_(self) -> np.ndarray:
+        """SIDs of the fitted catalogue's items, in item order."""
+        self._check_fitted()
+        return self.catalogue_sids_
 
     def __init__(
         self,
@@ -548,11 +534,12 @@ class GAOQ(Tokenizer):
         self.node_token_ = np.concatenate(tokens)
         self.node_level_ = np.concatenate(levels)
         self.root_ = root
-        self.codes_ = codes
-        self.item_leaf_ = leaf
-        self.embeddings_ = X.copy()
         self.alignment_ = align
         self._cache = None
+        # the item -> SID table, keyed by each item's nearest-child route (the balanced
+        # fit can put an item in another leaf than its nearest one)
+        route = self._route(X)
+        CatalogueIndex().fit(X, route, codes, random_state=self.random_state).to_owner(self)
         return self
 
     #: padded (parents x items x clusters) distance elements per batched k-means call
@@ -630,26 +617,15 @@ class GAOQ(Tokenizer):
         return self.anchors_[off[level]:off[level + 1]]
 
     def _tables(self) -> dict[str, Any]:
-        """Lookup tables derived from the fitted arrays (cached)."""
+        """Lookup tables derived from the fitted tree (cached)."""
         c = getattr(self, "_cache", None)
-        if c is not None and c["codes"] is self.codes_:
+        if c is not None and c["parent"] is self.node_parent_:
             return c
         G = int(self.codebook_sizes_.max()) + 1
         node_key = (self.node_parent_ + 1) * G + self.node_token_
         korder = np.argsort(node_key, kind="stable")
-        L = len(self.codebook_sizes_)
-        mem_key = self.item_leaf_ * G + self.codes_[:, L - 1]
-        morder = np.argsort(mem_key, kind="stable")
-        leaf_order = np.argsort(self.item_leaf_, kind="stable")
-        n_nodes = self.node_parent_.size
-        leaf_count = np.bincount(self.item_leaf_, minlength=n_nodes)
-        leaf_start = np.r_[0, np.cumsum(leaf_count)[:-1]]
-        hashes = _row_hashes(self.embeddings_)
-        horder = np.argsort(hashes, kind="stable")
-        c = {"codes": self.codes_, "G": G, "node_key_sorted": node_key[korder], "node_order": korder,
-             "mem_key_sorted": mem_key[morder], "mem_order": morder, "leaf_order": leaf_order,
-             "leaf_count": leaf_count, "leaf_start": leaf_start,
-             "hash_sorted": hashes[horder], "hash_order": horder}
+        c = {"parent": self.node_parent_, "G": G, "node_key_sorted": node_key[korder],
+             "node_order": korder}
         self._cache = c
         return c
 
@@ -663,34 +639,13 @@ class GAOQ(Tokenizer):
         return np.where(ok, t["node_order"][pos], -1)
 
     # --------------------------------------------------------------- encoding
-    def _match_training(self, X: np.ndarray) -> np.ndarray:
-        """Training row of every row of X that equals a training embedding, else -1.
-
-        Repeated identical rows are matched to identical training rows in turn.
-        """
-        t = self._tables()
-        hs = t["hash_sorted"]
-        qh = _row_hashes(X)
-        lo = np.searchsorted(hs, qh, "left")
-        cnt = np.searchsorted(hs, qh, "right") - lo
-        found = cnt > 0
-        rank = _group_rank(qh)
-        pos = np.minimum(lo + rank % np.maximum(cnt, 1), hs.size - 1)
-        cand = t["hash_order"][pos]
-        match = np.where(found, cand, -1)
-        if found.any():
-            f = np.flatnonzero(found)
-            same = (X[f] == self.embeddings_[cand[f]]).all(1)
-            match[f[~same]] = -1
-        return match
-
-    def _descend(self, X: np.ndarray) -> np.ndarray:
-        """SIDs of unseen items: nearest child per level, then nearest leaf member."""
+    def _route(self, X: np.ndarray) -> np.ndarray:
+        """Clustering tokens (N, L-1) of the nearest child centroid at every level."""
         from .kmeans import assign
 
         n = X.shape[0]
         L = len(self.codebook_sizes_)
-        out = np.empty((n, L), dtype=np.int64)
+        out = np.empty((n, L - 1), dtype=np.int64)
         lvl = self.node_level_
         top = np.flatnonzero(lvl == 0)
         lab, _ = assign(X, self.node_centroids_[top])
@@ -714,67 +669,63 @@ class GAOQ(Tokenizer):
                 new[rows] = kids[d2.argmin(1)]
             node = new
             out[:, l] = self.node_token_[node]
-        # nearest training member of the reached leaf (padded gather, chunked)
-        t = self._tables()
-        cnt, st = t["leaf_count"][node], t["leaf_start"][node]
-        m = max(int(cnt.max()), 1)
-        E = self.embeddings_
-        chunk = max(1, (1 << 22) // (m * E.shape[1]))
-        best = np.empty(n, np.int64)
-        ar = np.arange(m)
-        for s in range(0, n, chunk):
-            c_, s_ = cnt[s:s + chunk], st[s:s + chunk]
-            valid = ar[None, :] < c_[:, None]
-            mem = t["leaf_order"][np.where(valid, s_[:, None] + ar[None, :], 0)]
-            diff = E[mem] - X[s:s + chunk, None, :]
-            d2 = np.where(valid, np.einsum("ijk,ijk->ij", diff, diff), np.inf)
-            best[s:s + chunk] = mem[np.arange(mem.shape[0]), d2.argmin(1)]
-        out[:, L - 1] = self.codes_[best, L - 1]
         return out
 
     def encode(self, X: Any) -> Codes:
-        """SIDs of ``X``; training items keep their SID, unseen items descend the tree.
+        """SIDs of ``X`` whatever else is in the batch: a catalogue item gets its fit-time
+        SID, a new item the next free last token of its nearest-child leaf (a SID no
+        catalogue item holds; see the module docstring).  ``collision_rule`` is
+        ``"by_construction"``: the last token enumerates a leaf's items."""
+        return self._encode(X, record=False)
 
-        ``collision_rule`` is ``"by_construction"`` when the returned SIDs are unique and
-        no row is unseen, else ``"none"`` (an unseen item shares the SID of its nearest
-        leaf-mate; see ``params["unseen_rule"]``).
-        """
+    def encode_new(self, X: Any) -> Codes:
+        """As :meth:`encode`, and the new items join the catalogue (later calls return
+        the same SIDs for them)."""
+        return self._encode(X, record=True)
+
+    def _encode(self, X: Any, record: bool) -> Codes:
         X = self._check_X(X)
-        match = self._match_training(X)
-        codes = np.empty((X.shape[0], len(self.codebook_sizes_)), np.int64)
-        seen = match >= 0
-        codes[seen] = self.codes_[match[seen]]
-        n_unseen = int((~seen).sum())
-        if n_unseen:
-            codes[~seen] = self._descend(X[~seen])
-        return self._make_codes(codes, n_unseen)
+        g = tuple(int(k) for k in self.codebook_sizes_[:-1])
+        route = Codes(self._route(X), g)
+        cat = CatalogueIndex.from_owner(self)
+        out, n_new = catalogue_codes(cat, route, X, disambiguate=True,
+                                     min_extra_size=int(self.codebook_sizes_[-1]), record=record)
+        if record:
+            cat.to_owner(self)
+        return self._make_codes(out.codes, n_new, last_size=int(out.codebook_sizes[-1]))
 
     def fit_encode(self, X: Any, y: Any = None) -> Codes:
-        """Fit and return the training SIDs (``codes_``; what ``encode(X)`` gives, without
-        matching the rows back to the training items)."""
+        """Fit and return the catalogue SIDs (``codes_``; what ``encode(X)`` gives)."""
         self.fit(X, y)
         return self._make_codes(self.codes_.copy(), 0)
 
-    def _make_codes(self, codes: np.ndarray, n_unseen: int) -> Codes:
+    def _make_codes(self, codes: np.ndarray, n_unseen: int, last_size: int | None = None) -> Codes:
+        sizes = [int(k) for k in self.codebook_sizes_]
+        if last_size is not None:
+            sizes[-1] = max(sizes[-1], int(last_size))
         params = {**self.get_params(), "branching": [int(v) for v in self.branching_],
-                  "codebook_sizes": [int(v) for v in self.codebook_sizes_],
-                  "n_unseen": n_unseen, "unseen_rule": UNSEEN_RULE}
-        out = Codes(codes, tuple(int(k) for k in self.codebook_sizes_), method=self.name,
-                    params=params, collision_rule="none")
-        if n_unseen == 0 and not out.has_collisions():
-            out = out.replace(collision_rule="by_construction")
-        return out
+                  "codebook_sizes": sizes, "n_unseen": n_unseen, "unseen_rule": UNSEEN_RULE}
+        return Codes(codes, tuple(sizes), method=self.name, params=params,
+                     collision_rule="by_construction")
 
     def decode(self, codes: Codes | np.ndarray) -> np.ndarray:
-        """Training item's embedding for its SID, else the deepest reached node's centroid."""
+        """Centroid of the deepest node the clustering tokens reach (the leaf centroid
+        for a full path; the catalogue mean when even the first token is unknown).
+
+        The last token (the item's number within its leaf) carries no geometry: any
+        non-negative value is accepted, so new items' SIDs decode too.
+        """
         self._check_fitted()
         L = len(self.codebook_sizes_)
         arr = codes_array(codes, L)
-        for l, k in enumerate(self.codebook_sizes_):
+        for l, k in enumerate(self.codebook_sizes_[:-1]):
             bad = (arr[:, l] >= k) | (arr[:, l] < PAD)
             if bad.any():
                 raise DataError(f"token {int(arr[bad, l][0])} at level {l} is outside 0..{int(k) - 1}",
                                 "pass codes made by this tokenizer")
+        if (arr[:, L - 1] < PAD).any():
+            raise DataError(f"last-level token {int(arr[:, L - 1].min())} is negative",
+                            "pass codes made by this tokenizer")
         n = arr.shape[0]
         node = np.full(n, -1, np.int64)
         deepest = np.full(n, -1, np.int64)
@@ -783,15 +734,8 @@ class GAOQ(Tokenizer):
             deepest = np.where(node >= 0, node, deepest)
             if (node < 0).all():
                 break
-        out = np.where(deepest[:, None] >= 0, self.node_centroids_[np.maximum(deepest, 0)],
-                       self.root_[None, :]).astype(np.float32)
-        t = self._tables()
-        key = node * t["G"] + arr[:, L - 1]
-        ks = t["mem_key_sorted"]
-        pos = np.minimum(np.searchsorted(ks, key), ks.size - 1)
-        hit = (node >= 0) & (arr[:, L - 1] >= 0) & (ks[pos] == key)
-        out[hit] = self.embeddings_[t["mem_order"][pos[hit]]]
-        return out
+        return np.where(deepest[:, None] >= 0, self.node_centroids_[np.maximum(deepest, 0)],
+                        self.root_[None, :]).astype(np.float32)
 
     # ------------------------------------------------------------- save/load
     def _extra_state(self) -> dict[str, Any]:
@@ -801,3 +745,4 @@ class GAOQ(Tokenizer):
         self.n_features_in_ = int(state.get("n_features_in", self.node_centroids_.shape[1]))
         self.alignment_ = list(state.get("alignment", []))
         self._cache = None
+        self._catalogue_cache = None

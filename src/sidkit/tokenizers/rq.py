@@ -29,7 +29,7 @@ from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import resolve_device, rng as make_rng
 from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_scale, register
-from .collisions import CollisionIndex, collision_stats
+from .collisions import CATALOGUE_ATTRS, CatalogueIndex, CollisionIndex, catalogue_codes, collision_stats
 from .kmeans import _encode_residual_t, _kmeans_t, as_matrix, check_finite_rows, check_min_items
 from .sizing import default_codebook_sizes
 
@@ -146,14 +146,31 @@ class _KMeansTokenizer(Tokenizer):
             base, stats = self._fit_base(Xt, sizes, gen, dev)
         self.codebook_sizes_ = np.asarray(sizes, dtype=np.int64)
         base_codes = self._make_codes(base)
-        index = CollisionIndex().fit(base_codes)
-        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+        out = self._finish(base_codes, CollisionIndex().fit(base_codes))
+        self._fit_catalogue(Xt, out)
         stats.update(_level_stats(base, sizes))
         stats["codebook_sizes"] = list(sizes)
         stats["collisions"] = collision_stats(base_codes)
         stats["fit_seconds"] = time.perf_counter() - t0
         self.fit_stats_ = stats
-        return self._finish(base_codes, index)
+        return out
+
+    # --- catalogue SIDs (batch-independent encode; see collisions.CatalogueIndex)
+    #: fit codes are the nearest-codeword codes ``encode`` computes (no extra pass)
+    _fit_codes_are_routes = False
+
+    def _fit_catalogue(self, Xt, codes: Codes) -> None:
+        """Store the item -> SID table of the fitted catalogue, keyed by each item's
+        encode route (nearest codewords: may differ from balanced fit codes)."""
+        import torch
+
+        L = len(self.codebook_sizes_)
+        if self._fit_codes_are_routes and not getattr(self, "balanced", False):
+            route = codes.codes[:, :L]
+        else:
+            with torch.no_grad():
+                route = self._encode_base(Xt, self._device())
+        CatalogueIndex().fit(Xt, route, codes.codes, random_state=self.random_state).to_owner(self)
 
     def fit_encode(self, X: Any, y: Any = None) -> Codes:
         """Fit and return the training codes without a second pass (for
@@ -181,9 +198,6 @@ class _KMeansTokenizer(Tokenizer):
             return base_codes
         return index.transform(base_codes)
 
-    def _index(self) -> CollisionIndex:
-        return CollisionIndex.from_state(self.collision_rows_, self.collision_counts_)
-
     #: the encode path checks NaN/inf itself (see ``_ResidualKMeans._encode_base``)
     _encode_checks_finite = False
 
@@ -198,32 +212,32 @@ class _KMeansTokenizer(Tokenizer):
         return Xt
 
     def encode(self, X: Any) -> Codes:
-        """SIDs of the rows of ``X``; with ``resolve_collisions`` the extra level
-        numbers identical base SIDs within this batch (the training set re-encodes to
-        its training codes).  Use :meth:`encode_new` for cold-start items that must
-        not collide with the fitted catalogue."""
-        import torch
+        """SIDs of the rows of ``X``, whatever else is in the batch.
 
-        Xt = self._prepare(X)
-        with torch.no_grad():
-            base = self._encode_base(Xt, self._device())
-        return self._finish(self._make_codes(base), self._index())
+        A catalogue item (a row within ``MATCH_RTOL`` of a fitted item on the same
+        nearest-codeword route, see :class:`~sidkit.tokenizers.collisions.CatalogueIndex`)
+        gets its fit-time SID (what ``fit_encode`` returned).  A new item gets its
+        nearest-codeword tokens and, with ``resolve_collisions``, an extra token no
+        catalogue item holds under those tokens (catalogue count + rank among this
+        batch's new items).  :meth:`encode_new` also records the new items."""
+        return self._encode(X, record=False)
 
     def encode_new(self, X: Any) -> Codes:
-        """SIDs for new items: the extra level continues after the items already
-        under each base SID (existing codes never change); the new items are
-        recorded, so repeated calls keep all SIDs distinct."""
+        """As :meth:`encode`, and the new items join the catalogue: later calls
+        return the same SIDs for them and give other new items other SIDs."""
+        return self._encode(X, record=True)
+
+    def _encode(self, X: Any, record: bool) -> Codes:
         import torch
 
         Xt = self._prepare(X)
         with torch.no_grad():
-            base = self._encode_base(Xt, self._device())
-        base_codes = self._make_codes(base)
-        if not self.resolve_collisions:
-            return base_codes
-        index = self._index()
-        out = index.add(base_codes)
-        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+            route = self._encode_base(Xt, self._device())
+        cat = CatalogueIndex.from_owner(self)
+        out, _ = catalogue_codes(cat, self._make_codes(route), Xt,
+                                 disambiguate=bool(self.resolve_collisions), record=record)
+        if record:
+            cat.to_owner(self)
         return out
 
     def _base_array(self, codes: Codes | np.ndarray) -> np.ndarray:
@@ -257,8 +271,11 @@ class _KMeansTokenizer(Tokenizer):
 # ============================================================== RQ-KMeans / VQ
 class _ResidualKMeans(_KMeansTokenizer):
     _encode_checks_finite = True
-    _state_attrs = ("codebooks_", "codebook_sizes_", "level_mse_", "collision_rows_",
-                    "collision_counts_")
+    # unbalanced: the final k-means assignment of every level is the nearest codeword
+    # with encode's arithmetic (kmeans._encode_residual_t), so fit codes are the routes
+    # (tests/test_catalogue_sids.py checks it item by item)
+    _fit_codes_are_routes = True
+    _state_attrs = ("codebooks_", "codebook_sizes_", "level_mse_", *CATALOGUE_ATTRS)
 
     def _dim(self) -> int:
         return int(self.codebooks_.shape[2])
@@ -412,7 +429,7 @@ class HierarchicalKMeans(_KMeansTokenizer):
 
     name = "hkm"
     _state_attrs = ("centroids_", "child_table_", "codebook_sizes_", "level_mse_",
-                    "collision_rows_", "collision_counts_")
+                    *CATALOGUE_ATTRS)
 
     _parameter_constraints = {"codebook_sizes": [None, Int(ge=2), Ints(ge=2)],
                               "n_levels": [None, Int(ge=1)],

@@ -7,7 +7,9 @@ k-means on the first batch's latents/residuals, the straight-through estimator, 
     loss = ||x - x_hat||^2 + sum_l ( ||sg[r_l] - e_l||^2 + beta ||r_l - sg[e_l]||^2 )
 
 with ``beta = 0.25``.  Codewords that no item used during an epoch are re-initialised
-to random residuals of that level ("dead-code reset").  Training uses AdamW with early
+to distinct random residuals of that level drawn from the last ``max(2048, 4 K_max,
+2 batch)`` items of the epoch (all items for small catalogues), plus 1% of their spread
+as noise ("dead-code reset").  Training uses AdamW with early
 stopping on the reconstruction loss.
 
 The network is stored as one flat float32 vector (``weights_``, the concatenated
@@ -28,6 +30,7 @@ from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import progress, resolve_device, torch_generator
 from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_embeddings, register
+from .collisions import CATALOGUE_ATTRS
 
 __all__ = ["RQVAE", "AutoEncoder", "flatten_params", "load_flat_params"]
 
@@ -231,6 +234,28 @@ def level_usage(codes: np.ndarray, sizes: Sequence[int]) -> list[dict[str, float
     return out
 
 
+#: residuals kept per level for the dead-code reset (at least; see ``RQVAE.fit``)
+RESET_POOL = 2048
+
+
+def _reset_codewords(pool, n_dead: int, gen):
+    """``n_dead`` new codewords: distinct random rows of ``pool`` (with replacement only
+    when the pool is smaller) plus 1% of the pool's per-dimension spread as noise.
+
+    Always finite: the spread is the population std (0 for a single row), floored."""
+    import torch
+
+    dev = pool.device
+    m = pool.shape[0]
+    if m >= n_dead:
+        pick = torch.randperm(m, generator=gen)[:n_dead].to(dev)
+    else:
+        pick = torch.randint(m, (n_dead,), generator=gen).to(dev)
+    noise = torch.randn((n_dead, pool.shape[1]), generator=gen).to(dev)
+    scale = pool.std(0, unbiased=False, keepdim=True).clamp_min(1e-6) * 0.01
+    return pool[pick] + noise * scale
+
+
 # --------------------------------------------------------------------- tokenizer
 @register
 class RQVAE(Tokenizer):
@@ -249,25 +274,25 @@ class RQVAE(Tokenizer):
     patience, tol : stop when the epoch reconstruction loss has not improved by a relative
         ``tol`` for ``patience`` epochs (``patience=0`` disables early stopping).
     kmeans_init : initialise each codebook by k-means on the first batch's residuals.
-    dead_code_reset : re-initialise codewords unused during an epoch to random residuals.
+    dead_code_reset : re-initialise codewords unused during an epoch to random residuals
+        of that level from the epoch's last ``max(2048, 4 K_max, 2 batch_size)`` items.
     resolve_collisions : append a disambiguation level (TIGER) so SIDs are unique
-        (``collision_rule="extra_level"``); the extra token numbers the items sharing a
-        SID among the items passed to ``encode`` (so re-encoding the training catalogue
-        gives the fit-time codes); its codebook size is at least the largest training
-        group (``collision_counts_``).
+        (``collision_rule="extra_level"``); the extra token numbers the catalogue items
+        sharing a SID in catalogue order and is stored (``catalogue_sids_``), so
+        ``encode`` returns a catalogue item's SID whatever the batch; new items get the
+        next free numbers (see ``encode``).
     random_state, device, verbose : seed, ``"auto"``/``"cpu"``/``"cuda"``, progress bar.
 
     Fitted attributes
     -----------------
     weights_ (flat network parameters), codebooks_ (sum K_l, latent_dim),
     codebook_sizes_, history_ (one dict per epoch), usage_ (per-level usage on the
-    training items), collision_rows_/collision_counts_ (distinct training SIDs and their
-    item counts), n_features_in_, n_epochs_.
+    training items), ``catalogue_*`` (the item -> SID table of the fitted catalogue, see
+    :class:`~sidkit.tokenizers.collisions.CatalogueIndex`), n_features_in_, n_epochs_.
     """
 
     name = "rqvae"
-    _state_attrs = ("weights_", "codebooks_", "codebook_sizes_", "collision_rows_",
-                    "collision_counts_")
+    _state_attrs = ("weights_", "codebooks_", "codebook_sizes_", *CATALOGUE_ATTRS)
     _parameter_constraints = {
         "codebook_sizes": [None, Ints(ge=2)], **NETWORK_CONSTRAINTS, "beta": [Real(ge=0)],
         "batch_size": [None, Int(ge=1)], "kmeans_init": [Bool()], "dead_code_reset": [Bool()],
@@ -323,7 +348,8 @@ class RQVAE(Tokenizer):
 
     def _model(self):
         """The torch model rebuilt from the fitted arrays (cached; CPU unless fitted on GPU)."""
-        self._check_fitted()
+        if not hasattr(self, "weights_"):  # fit encodes the catalogue before it is complete
+            self._check_fitted()
         cached = getattr(self, "_torch_model", None)
         if cached is not None and cached[0] is self.weights_:
             return cached[1]
@@ -391,6 +417,10 @@ class RQVAE(Tokenizer):
         trainer = _Trainer(self, model.parameters(), n, "rqvae")
         bs = trainer.batch_size
         L = len(sizes)
+        # dead codes are reset onto residuals of the last pool_size items seen (the last
+        # few mini-batches), never onto the last mini-batch alone (N mod batch_size = 1
+        # would leave one residual and a NaN spread)
+        pool_size = int(min(n, max(RESET_POOL, 4 * max(sizes), 2 * bs)))
         history: list[dict[str, Any]] = []
         initialised = not self.kmeans_init
         for epoch in trainer.epochs:
@@ -409,7 +439,8 @@ class RQVAE(Tokenizer):
                 initialised = True
             counts = [torch.zeros(int(k), dtype=torch.long, device=dev) for k in sizes]
             acc = torch.zeros(3, dtype=torch.float64, device=dev)
-            last_res = None
+            recent: list[list[Any]] = [[] for _ in sizes]  # per level: recent residual batches
+            n_recent = 0
             model.train()
             for start in range(0, n, bs):
                 idx = perm[start:start + bs]
@@ -423,21 +454,24 @@ class RQVAE(Tokenizer):
                 acc += torch.stack([loss.detach(), recon.detach(), vq.detach()]).double() * w
                 for l in range(L):
                     counts[l] += torch.bincount(codes[:, l], minlength=int(sizes[l]))
-                last_res = residuals
+                if self.dead_code_reset:  # keep the last >= pool_size residuals per level
+                    for l in range(L):
+                        recent[l].append(residuals[l])
+                    n_recent += w
+                    while n_recent - recent[0][0].shape[0] >= pool_size:
+                        n_recent -= recent[0][0].shape[0]
+                        for l in range(L):
+                            recent[l].pop(0)
             sums = acc.cpu().numpy() / n
             used = [int((c > 0).sum()) for c in counts]
             n_reset = 0
-            if self.dead_code_reset and last_res is not None:
+            if self.dead_code_reset and n_recent:
                 with torch.no_grad():
                     for l, C in enumerate(model.codebooks):
                         dead = torch.nonzero(counts[l] == 0).reshape(-1)
                         if dead.numel() == 0:
                             continue
-                        pool = last_res[l]
-                        pick = torch.randint(pool.shape[0], (dead.numel(),), generator=gen).to(dev)
-                        noise = torch.randn((dead.numel(), C.shape[1]), generator=gen).to(dev)
-                        scale = pool.std(0, keepdim=True).clamp_min(1e-6) * 0.01
-                        C[dead] = pool[pick] + noise * scale
+                        C[dead] = _reset_codewords(torch.cat(recent[l]), int(dead.numel()), gen)
                         n_reset += int(dead.numel())
             history.append({"epoch": epoch, "loss": float(sums[0]), "recon": float(sums[1]),
                             "vq": float(sums[2]), "used": used, "dead_reset": n_reset})
@@ -452,14 +486,13 @@ class RQVAE(Tokenizer):
         self.history_ = history
         self.n_epochs_ = len(history)
         self._torch_model = None
-        self.collision_rows_ = np.zeros((0, L), np.int64)
-        self.collision_counts_ = np.zeros(0, np.int64)
         train_codes = self._encode_array(X)
         self.usage_ = level_usage(train_codes, sizes)
-        from .collisions import CollisionIndex
+        from .collisions import CatalogueIndex, resolve_collisions
 
-        index = CollisionIndex().fit(Codes(train_codes, sizes))
-        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+        sids = resolve_collisions(Codes(train_codes, sizes)).codes if self.resolve_collisions \
+            else train_codes
+        CatalogueIndex().fit(X, train_codes, sids, random_state=self.random_state).to_owner(self)
         return self
 
     # --------------------------------------------------------------- encoding
@@ -477,31 +510,32 @@ class RQVAE(Tokenizer):
         return out
 
     def encode(self, X: Any) -> Codes:
-        X = self._check_X(X)
-        sizes = tuple(int(k) for k in self.codebook_sizes_)
-        codes = Codes(self._encode_array(X), sizes, method=self.name,
-                      params=self.get_params(), collision_rule="none")
-        if self.resolve_collisions:
-            from .collisions import CollisionIndex
+        """SIDs of the rows of ``X``, whatever else is in the batch.
 
-            index = CollisionIndex.from_state(self.collision_rows_, self.collision_counts_)
-            codes = index.transform(codes)
-        return codes
+        A catalogue item (a row of the fitted ``X``, up to float noise: see
+        :class:`~sidkit.tokenizers.collisions.CatalogueIndex`) gets its fit-time SID; a
+        new item gets its quantized tokens and, with ``resolve_collisions``, an extra
+        token no catalogue item holds under them.  :meth:`encode_new` also records
+        the new items."""
+        return self._encode(X, record=False)
 
     def encode_new(self, X: Any) -> Codes:
-        """SIDs for cold-start items whose extra level continues after the items already
-        under each base SID (existing codes never change); the new items are recorded,
-        as :meth:`RQKMeans.encode_new`."""
+        """As :meth:`encode`, and the new items join the catalogue (later calls return
+        the same SIDs for them), as :meth:`RQKMeans.encode_new`."""
+        return self._encode(X, record=True)
+
+    def _encode(self, X: Any, record: bool) -> Codes:
+        from .collisions import CatalogueIndex, catalogue_codes
+
         X = self._check_X(X)
         sizes = tuple(int(k) for k in self.codebook_sizes_)
-        base = Codes(self._encode_array(X), sizes, method=self.name, params=self.get_params())
-        if not self.resolve_collisions:
-            return base
-        from .collisions import CollisionIndex
-
-        index = CollisionIndex.from_state(self.collision_rows_, self.collision_counts_)
-        out = index.add(base)
-        self.collision_rows_, self.collision_counts_ = index.rows_, index.counts_
+        route = Codes(self._encode_array(X), sizes, method=self.name,
+                      params=self.get_params(), collision_rule="none")
+        cat = CatalogueIndex.from_owner(self)
+        out, _ = catalogue_codes(cat, route, X, disambiguate=bool(self.resolve_collisions),
+                                 record=record)
+        if record:
+            cat.to_owner(self)
         return out
 
     def latent(self, X: Any) -> np.ndarray:
