@@ -218,7 +218,8 @@ def _codes_stage(cfg: ExperimentConfig) -> Stage:
         return summary
 
     params = {"codes": cfg.codes.model_dump(), "seed": cfg.seed}
-    return Stage("codes", fn, params, inputs=("embeddings", "split"))
+    # version 2: tokenizers store the catalogue's item -> SID table (docs/encoding.md)
+    return Stage("codes", fn, params, inputs=("embeddings", "split"), version=2)
 
 
 def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
