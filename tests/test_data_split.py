@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import re
+
 import pytest
 
 from sidkit.data import (Interactions, dedup, kcore, leave_one_out, make_split, preprocess,
@@ -66,7 +68,22 @@ def test_kcore_empty_raises():
     with pytest.raises(DataError) as e:
         kcore(_random_inter(), k=1000)
     msg = str(e.value)
-    assert "user_k=1000" in msg and "smaller k" in msg
+    assert "user_k=1000" in msg
+    # the suggested thresholds are the largest that keep data
+    t = int(re.search(r"fix: use user_k=(\d+), item_k=\1 or lower", msg).group(1))
+    assert (e.value.max_user_k, e.value.max_item_k) == (t, t)
+    assert len(kcore(_random_inter(), k=t)) > 0
+    with pytest.raises(DataError):
+        kcore(_random_inter(), k=t + 1)
+
+
+def test_kcore_one_side_suggests_the_largest_count():
+    rows = [("1", "a", 1), ("1", "b", 2), ("1", "c", 3), ("2", "a", 4), ("2", "b", 5)]
+    with pytest.raises(DataError, match=r"fix: use user_k=3 or lower") as e:
+        kcore(_inter(rows), user_k=4)
+    assert e.value.max_user_k == 3 and len(kcore(_inter(rows), user_k=3)) == 3
+    with pytest.raises(DataError, match=r"use item_k=2 or lower"):
+        kcore(_inter(rows), user_k=0, item_k=5)
 
 
 # ---------------------------------------------------------------------- chronology

@@ -417,3 +417,36 @@ def test_sid_overlap_sampled_estimator_matches_exact():
     sub = sid_overlap(codes, cw, [0.0, 0.3, 1.0], max_exact=1, n_sample=400, random_state=1)
     assert sub["O"][0] == pytest.approx(ex["O"][0])  # identical-SID part is exact
     np.testing.assert_allclose(sub["O"], ex["O"], rtol=0.1)
+
+
+# semantic SIDs (0,0) x3, (0,1), (1,1) x2; the last level is TIGER's counter
+_DISAMBIG = Codes(np.array([[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [1, 1, 0], [1, 1, 1]]),
+                  (2, 2, 3), method="toy", collision_rule="extra_level")
+_SEM = {"n_items": 6, "n_unique": 3, "rate": 0.5, "share_in_collision": 5 / 6,
+        "largest_group": 3, "n_groups": 2}
+_FINAL = {"n_items": 6, "n_unique": 6, "rate": 0.0, "share_in_collision": 0.0,
+          "largest_group": 1, "n_groups": 0}
+
+
+def test_semantic_collisions_count_before_the_disambiguation_token(tmp_path):
+    from sidkit.cli import collision_lines
+    from sidkit.diagnostics import write_report
+    from sidkit.pipeline import sid_summary
+
+    res = diagnose(_DISAMBIG)
+    assert res["semantic_collisions"] == _SEM and res["collisions"] == _FINAL
+    s = sid_summary(_DISAMBIG)
+    assert s["semantic_collisions"] == _SEM and s["collisions"] == _FINAL
+    lines = collision_lines(s)
+    assert lines[0] == ("semantic collisions (before the disambiguation token): rate 0.5000, "
+                        "items sharing their semantic SID 0.8333 (83.3%), largest group 3, "
+                        "3 distinct semantic SIDs")
+    assert lines[1] == "final SIDs (extra_level): collision rate 0.0000, largest group 1"
+    md = write_report({"toy": res}, tmp_path)["md"].read_text()
+    assert "| toy | semantic (before the disambiguation token) | 6 | 3 | 0.5 | 0.8333 | 3 | 2 | extra_level |" in md
+    assert "| toy | final SID | 6 | 6 | 0 | 0 | 1 | 0 | extra_level |" in md
+    # without a disambiguation token the semantic SIDs are the SIDs
+    plain = _DISAMBIG.semantic()
+    assert diagnose(plain)["semantic_collisions"] == diagnose(plain)["collisions"] == _SEM
+    assert collision_lines(sid_summary(plain))[0].startswith(
+        "semantic collisions (no disambiguation token): rate 0.5000, items sharing their SID 0.8333")

@@ -77,24 +77,32 @@ def run_dir(tmp_path):
     items = np.array([f"i{k}" for k in range(120)])
     tok.encode(X).replace(item_ids=items).save(run / "codes" / "codes")
     tok.save(run / "codes" / "tokenizer")
-    try:
-        from sidkit.data.containers import Split
+    from sidkit.data.containers import Split
 
-        users = np.repeat([f"u{k}" for k in range(10)], 6)
-        df = pd.DataFrame({"user_id": users, "item_id": items[g.integers(0, 120, 60)],
-                           "timestamp": np.arange(60), "position": np.tile(np.arange(6), 10),
-                           "role": np.tile(["train"] * 4 + ["valid", "test"], 10)})
-        Split(df).save(run / "split")
-    except Exception:  # the split container is optional for this test
-        pass
+    users = np.repeat([f"u{k}" for k in range(10)], 6)
+    df = pd.DataFrame({"user_id": users, "item_id": items[g.integers(0, 120, 60)],
+                       "timestamp": np.arange(60), "position": np.tile(np.arange(6), 10),
+                       "role": np.tile(["train"] * 4 + ["valid", "test"], 10)})
+    Split(df).save(run / "split")
     return run
+
+
+def _expected_pairs(run_dir):
+    """Consecutive training items of each user as item rows (a != b), by hand."""
+    df = pd.read_parquet(run_dir / "split" / "split.parquet")
+    out = []
+    for _, g in df[df["role"] == "train"].sort_values(["user_id", "position"]).groupby("user_id"):
+        rows = [int(i[1:]) for i in g["item_id"]]
+        out += [(a, b) for a, b in zip(rows[:-1], rows[1:]) if a != b]
+    return out
 
 
 def test_load_inputs(run_dir):
     inp = load_inputs(run_dir)
-    assert set(inp) >= {"codes", "X", "tokenizer"}
-    if (run_dir / "split").exists():
-        assert inp["pairs"].shape[1] == 2 and len(inp["pairs"]) <= 30
+    assert set(inp) == {"codes", "X", "tokenizer", "pairs"}
+    expected = _expected_pairs(run_dir)
+    assert 25 <= len(expected) <= 30  # 10 users x 3 consecutive training pairs
+    assert sorted(map(tuple, inp["pairs"].tolist())) == sorted(expected)
 
 
 def test_cli_diagnose_and_compare(run_dir, tmp_path):
@@ -107,8 +115,7 @@ def test_cli_diagnose_and_compare(run_dir, tmp_path):
     res = data["tokenizers"]["run"]
     assert res["monte_carlo"]["n_sampled"] == 50 and res["fidelity"]["source"] == "codebooks"
     assert res["monte_carlo"]["paired"]["sid_change_rate"] == 0.0
-    if (run_dir / "split").exists():
-        assert res["soft_matching"]["n_pairs"] > 0
+    assert res["soft_matching"]["n_pairs"] == len(_expected_pairs(run_dir))
     codes_file = run_dir / "codes" / "codes.npz"
     out = tmp_path / "cmp"
     r = CliRunner().invoke(_app(), ["compare", str(run_dir), str(codes_file), "--out", str(out),

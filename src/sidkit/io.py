@@ -16,7 +16,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .errors import ArtifactError
+
 SCHEMA_VERSION = 1
+
+#: the fix suggested when an artifact file cannot be read
+REWRITE_FIX = ("the file is damaged or was not written by sidkit: re-run the step that "
+               "wrote it (`sidkit run CONFIG --force` for a run directory) or re-save it")
 
 
 @contextlib.contextmanager
@@ -75,8 +81,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, to_json(obj) + "\n")
 
 
+def _missing(path: Path) -> ArtifactError:
+    return ArtifactError(f"{path} does not exist", "check the path, or " + REWRITE_FIX)
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse a JSON file; a missing, unreadable or invalid file raises an ArtifactError
+    naming it (never FileNotFoundError / UnicodeDecodeError / JSONDecodeError)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} cannot be read as UTF-8 text ({e})", REWRITE_FIX) from None
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError (empty, truncated, garbage)
+        raise ArtifactError(f"{path} is not valid JSON ({e})", REWRITE_FIX) from None
 
 
 def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
@@ -85,8 +107,37 @@ def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
             np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def load_npy(path: str | os.PathLike) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+def _load_error(path: Path, e: ValueError, kind: str) -> ArtifactError:
+    """numpy's ValueError on load -> an ArtifactError without its allow_pickle advice."""
+    msg = str(e)
+    if "Object arrays" in msg:  # a real object-dtype array
+        return ArtifactError(f"{path} holds an object-dtype array (it would need pickle, "
+                             "which sidkit never loads)",
+                             "save a numeric array, e.g. np.save(path, X.astype(np.float32))")
+    if "pickle" in msg:  # numpy's fallback for bytes that are neither .npy nor .npz
+        return ArtifactError(f"{path} is not a {kind} file (unrecognised or pickled content)",
+                             REWRITE_FIX)
+    return ArtifactError(f"{path} is not a valid {kind} file ({msg})", REWRITE_FIX)
+
+
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """Load a ``.npy`` array without pickle; anything but a plain numeric/string array
+    file (missing, truncated, garbage, an object array, an ``.npz``) raises an
+    ArtifactError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except ValueError as e:
+        raise _load_error(path, e, ".npy") from None
+    except (OSError, EOFError) as e:
+        raise ArtifactError(f"{path} is not a valid .npy file ({e})", REWRITE_FIX) from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+        arr.close()
+        raise ArtifactError(f"{path} is an .npz archive, not a .npy array",
+                            "pass the .npy file (np.save), or " + REWRITE_FIX)
+    return arr
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -96,8 +147,24 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """All arrays of an ``.npz`` without pickle; a missing, truncated or garbage file or
+    an object array raises an ArtifactError naming the file (never BadZipFile)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not an .npz archive")
+        with z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise _load_error(path, e, ".npz") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError) as e:
+        raise ArtifactError(f"{path} is not a valid .npz file ({type(e).__name__}: {e})",
+                            REWRITE_FIX) from None
 
 
 def hash_bytes(data: bytes) -> str:

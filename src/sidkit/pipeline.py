@@ -8,10 +8,18 @@ Run layout::
 
     RUN/data/         interactions.parquet, items.parquet (+ JSON metadata)
     RUN/split/        split.parquet (+ JSON)
-    RUN/items/        items.parquet, texts.json (the rendered item texts)
+    RUN/items/        items.parquet, texts.json (the rendered item texts), or
+                      item_ids.json (row order) when [embed] embeddings_file is given
     RUN/embeddings/   embeddings.npy, embeddings.json
     RUN/codes/        codes.npz, codes.json, tokenizer/, summary.json
     RUN/diagnostics/  report.html, report.json, report.md
+
+Every stage folder holds a ``meta.json`` (see :mod:`sidkit.stages`).  Before any stage
+runs, :func:`run_pipeline` checks that each existing stage path is a folder sidkit
+wrote (anything else is an error and is left untouched), that no input of the config
+lies inside a stage folder, that the device exists, and removes the temporary folders
+of killed runs.  A cached stage whose files no longer match its meta.json reruns, and
+so does every stage after it.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import ExperimentConfig
-from .errors import DataError
+from .errors import ArtifactError, ConfigError, DataError, SidkitError
 from .io import hash_file, load_npy, read_json, write_json
-from .stages import Stage, StageResult, run_stage
+from .stages import (Stage, StageResult, check_replaceable, clean_stale_tmp, run_stage,
+                     sigterm_as_exit)
 from .types import Codes, Embeddings
 
 STAGES = ("data", "split", "items", "embeddings", "codes", "diagnostics")
@@ -102,7 +111,13 @@ def apply_hourglass_remedy(codes: Codes, cfg: ExperimentConfig) -> Codes:
 
 
 def sid_summary(codes: Codes) -> dict[str, Any]:
-    """Per-level usage, perplexity and the collision rate of a Codes artifact."""
+    """Per-level usage, perplexity and collisions of a Codes artifact.
+
+    ``semantic_collisions`` counts items that share their semantic SID (the tokens
+    before a disambiguation token, :meth:`Codes.semantic`): the honest headline.
+    ``collisions`` counts whole final SIDs, 0 by construction once a disambiguation
+    level was added.
+    """
     from .diagnostics.prefix import collisions
     from .diagnostics.usage import usage
 
@@ -110,25 +125,68 @@ def sid_summary(codes: Codes) -> dict[str, Any]:
     return {"n_items": codes.n_items, "n_levels": codes.n_levels,
             "codebook_sizes": list(codes.codebook_sizes), "method": codes.method,
             "collision_rule": codes.collision_rule, "levels": levels,
+            "semantic_collisions": collisions(codes.semantic()),
             "collisions": collisions(codes)}
 
 
 # ------------------------------------------------------------------ stages
 def _data_stage(cfg: ExperimentConfig) -> Stage:
-    from .data import dataset_info, load_dataset, preprocess
+    import pandas as pd
+
+    from .data import ItemTable, dataset_info, load_dataset, preprocess
+    from .data.split import KCoreEmpty
 
     d = cfg.data
 
     def fn(out: Path, _: dict[str, Path]) -> dict[str, Any]:
-        kw = {"source": d.source} if d.source else {}
+        kw: dict[str, Any] = {"source": d.source} if d.source else {}
+        if d.columns:
+            kw["columns"] = dict(d.columns)
         ds = load_dataset(d.dataset, **kw)
-        ds.interactions = preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core)
+        if d.items:
+            ds.items = _load_items(Path(d.items).expanduser(), d.columns.get("item_id"))
+        elif ds.items is None:
+            # no side information: the catalogue is every item id of the data file
+            # (before k-core), sorted as strings -- the row order of an embeddings_file
+            ids = np.unique(ds.interactions.df["item_id"].astype(str).to_numpy())
+            ds.items = ItemTable(pd.DataFrame({"item_id": ids}), name=ds.name,
+                                 source="item ids of the interactions")
+        try:
+            ds.interactions = preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core)
+        except KCoreEmpty as e:
+            raise DataError(
+                f"k-core filtering with [data] user_core = {e.user_k}, item_core = {e.item_k} "
+                f"removes every interaction of {d.dataset} ({e.n_interactions} interactions)",
+                "set [data] " + ", ".join([f"user_core = {e.max_user_k}"] * bool(e.user_k)
+                                          + [f"item_core = {e.max_item_k}"] * bool(e.item_k))
+                + " or lower (the largest thresholds that keep data), or 0 to disable") from None
         ds.save(out)
         return dataset_info(ds.interactions)
 
     params = {"dataset": d.dataset, "user_core": d.user_core, "item_core": d.item_core,
               "source": _source_fingerprint(d.dataset, d.source)}
-    return Stage("data", fn, params)
+    if d.items or d.columns:  # absent for configs without them: their runs stay cached
+        params.update(items=_source_fingerprint(d.items, None) if d.items else None,
+                      columns=dict(d.columns))
+    return Stage("data", fn, params, version=2)  # 2: id-only item table when the data has none
+
+
+def _load_items(path: Path, id_column: str | None):
+    """The ``[data] items`` table; its id column is ``item_id`` or the mapped one."""
+    from .data import load_item_table
+    from .data.tabular import read_table
+
+    if not path.is_file():
+        raise DataError(f"[data] items file {path} does not exist",
+                        "give the path of a CSV/TSV/Parquet item table")
+    cols = list(read_table(path).columns)
+    col = id_column if id_column and id_column in cols else "item_id"
+    if col not in cols:
+        raise DataError(f"[data] items file {path} has no item id column "
+                        f"{(id_column or 'item_id')!r}; columns found: {cols}",
+                        "name the column item_id, or map it with [data] columns = "
+                        "{ item_id = \"<your column>\" }")
+    return load_item_table(path, item_id=col)
 
 
 def _split_stage(cfg: ExperimentConfig) -> Stage:
@@ -150,19 +208,31 @@ def _split_stage(cfg: ExperimentConfig) -> Stage:
 def _items_stage(cfg: ExperimentConfig) -> Stage:
     from .data import ItemTable, item_texts
 
+    from_file = bool(cfg.embed.embeddings_file)
+
     def fn(out: Path, inp: dict[str, Path]) -> dict[str, Any]:
         if not (inp["data"] / "items.json").exists():
             raise DataError("the data set has no item table (titles, categories, ...), so there "
                             "is no item text to embed",
-                            "give an item file with the data, or set [embed] embeddings_file")
+                            "give an item table with [data] items, or set [embed] embeddings_file")
         items = ItemTable.load(inp["data"])
-        texts = item_texts(items, cfg.embed.template)
+        ids = items.items.astype(str).tolist()
         items.save(out)
-        write_json(out / "texts.json", {"item_ids": items.items.astype(str).tolist(),
-                                        "texts": texts})
+        if from_file:  # no texts: the embeddings come from a file, one row per item in this order
+            write_json(out / "item_ids.json", {"item_ids": ids})
+            return {"n_items": len(items), "texts": "skipped ([embed] embeddings_file is given)"}
+        if not items.fields:
+            raise DataError("the data set has no item table (titles, categories, ...), so there "
+                            "is no item text to embed",
+                            "give an item table with [data] items, or set [embed] embeddings_file")
+        texts = item_texts(items, cfg.embed.template)
+        write_json(out / "texts.json", {"item_ids": ids, "texts": texts})
         return {"n_items": len(items), "example": texts[0] if texts else ""}
 
-    return Stage("items", fn, {"template": cfg.embed.template}, inputs=("data",))
+    params: dict[str, Any] = {"template": cfg.embed.template}
+    if from_file:
+        params = {"texts": False}
+    return Stage("items", fn, params, inputs=("data",))
 
 
 def _embeddings_stage(cfg: ExperimentConfig) -> Stage:
@@ -172,9 +242,8 @@ def _embeddings_stage(cfg: ExperimentConfig) -> Stage:
     e = cfg.embed
 
     def fn(out: Path, inp: dict[str, Path]) -> dict[str, Any]:
-        t = read_json(inp["items"] / "texts.json")
-        ids = np.asarray(t["item_ids"])
         if e.embeddings_file:
+            ids = np.asarray(read_json(inp["items"] / "item_ids.json")["item_ids"])
             path = Path(e.embeddings_file).expanduser()
             if not path.is_file() or path.suffix != ".npy":
                 raise DataError(f"embeddings_file {path} is not an existing .npy file",
@@ -183,9 +252,13 @@ def _embeddings_stage(cfg: ExperimentConfig) -> Stage:
             if vec.ndim != 2 or vec.shape[0] != len(ids):
                 raise DataError(
                     f"embeddings_file {path} has shape {vec.shape}, expected ({len(ids)}, dim): "
-                    "one row per item in item-table order", "re-export the embeddings")
+                    "one row per item in item-table order",
+                    f"re-export the embeddings in the order of {inp['items'] / 'item_ids.json'} "
+                    "(the item table, or without one the item ids sorted as strings)")
             emb = Embeddings(vec, ids, source=f"file:{path.name}")
         else:
+            t = read_json(inp["items"] / "texts.json")
+            ids = np.asarray(t["item_ids"])
             emb_vec = TextEmbedder(e.model, e.batch_size, e.normalize, cfg.device).embed(t["texts"])
             emb = Embeddings(emb_vec, ids, source="text", meta={"model": e.model,
                                                                 "normalize": e.normalize})
@@ -193,7 +266,7 @@ def _embeddings_stage(cfg: ExperimentConfig) -> Stage:
         return {"n_items": len(emb), "dim": emb.dim, "source": emb.source}
 
     model_id = (hash_file(e.embeddings_file) if e.embeddings_file and Path(e.embeddings_file).is_file()
-                else _model_fingerprint(resolve_model_dir(e.model)))
+                else None if e.embeddings_file else _model_fingerprint(resolve_model_dir(e.model)))
     return Stage("embeddings", fn, {"model": model_id, "normalize": e.normalize,
                                     "file": e.embeddings_file}, inputs=("items",))
 
@@ -218,8 +291,9 @@ def _codes_stage(cfg: ExperimentConfig) -> Stage:
         return summary
 
     params = {"codes": cfg.codes.model_dump(), "seed": cfg.seed}
-    # version 2: tokenizers store the catalogue's item -> SID table (docs/encoding.md)
-    return Stage("codes", fn, params, inputs=("embeddings", "split"), version=2)
+    # version 2: summary.json counts semantic collisions; version 3: tokenizers store
+    # the catalogue's item -> SID table (docs/encoding.md)
+    return Stage("codes", fn, params, inputs=("embeddings", "split"), version=3)
 
 
 def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
@@ -239,13 +313,17 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
         res = diagnose(codes, emb.vectors, tok, pairs, scales=cfg.diagnostics.perturbation_scales,
                        random_state=cfg.seed)
         if cfg.diagnostics.report:
-            write_report({cfg.codes.method: res}, out, title=f"sidkit diagnostics: {cfg.name}")
+            rec = read_json(inp["recommender"] / "metrics.json") if "recommender" in inp else None  # issue 9
+            write_report({cfg.codes.method: res}, out, title=f"sidkit diagnostics: {cfg.name}",
+                         recommender=rec)
         else:
             write_json(out / "report.json", res)
         return headline(res)
 
+    rec_input = ("recommender",) if cfg.model is not None else ()  # issue 9: metrics in the report
     return Stage("diagnostics", fn, cfg.diagnostics.model_dump(),
-                 inputs=("embeddings", "split", "codes"), version=2)
+                 inputs=("embeddings", "split", "codes") + rec_input,
+                 version=3)  # 3: semantic collisions
 
 
 def headline(res: dict[str, Any]) -> dict[str, Any]:
@@ -267,9 +345,23 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- recommender stage (issue 9): only when the config has a [model] table -------------
+def _recommender_stage(cfg: ExperimentConfig) -> Stage:
+    """RUN/recommender/: models/seed-<s>/, metrics.json, metrics.md (see sidkit.eval.experiment)."""
+    from .eval.experiment import recommender_stage_fn
+
+    params = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
+              "seeds": list(cfg.train.seeds) or [cfg.seed]}
+    return Stage("recommender", recommender_stage_fn(cfg), params, inputs=("split",))
+
+
 def build_stages(cfg: ExperimentConfig) -> list[Stage]:
-    return [_data_stage(cfg), _split_stage(cfg), _items_stage(cfg), _embeddings_stage(cfg),
-            _codes_stage(cfg), _diagnostics_stage(cfg)]
+    stages = [_data_stage(cfg), _split_stage(cfg), _items_stage(cfg), _embeddings_stage(cfg),
+              _codes_stage(cfg), _diagnostics_stage(cfg)]
+    if cfg.model is not None:  # before diagnostics, whose report then shows the metrics
+        stages.insert(-1, _recommender_stage(cfg))
+    return stages
+# --- end recommender stage --------------------------------------------------------------
 
 
 @dataclass
@@ -281,15 +373,76 @@ class PipelineResult:
         return next(s.summary for s in self.stages if s.name == name)
 
 
+def _config_paths(cfg: ExperimentConfig) -> list[tuple[str, Path]]:
+    """The files and folders a config reads, by config key."""
+    d, e = cfg.data, cfg.embed
+    paths = [("[data] dataset", d.dataset), ("[data] source", d.source), ("[data] items", d.items),
+             ("[embed] embeddings_file", e.embeddings_file),
+             ("[embed] model", None if e.model == "default" else e.model)]
+    return [(k, Path(v).expanduser()) for k, v in paths if v]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
+    """Every check that can fail before a stage runs: tokenizer and parameters, device,
+    config inputs inside stage folders, and stage paths sidkit did not write."""
+    from .utils import resolve_device
+
+    out = Path(out)
+    try:
+        dev = resolve_device(cfg.device)
+    except SidkitError as err:
+        raise ConfigError(err.problem, "set device (or --device) to auto or cpu"
+                          if "CUDA" in err.problem else
+                          "set device (or --device) to auto, cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {cfg.device!r} is not supported",
+                          "set device (or --device) to auto, cpu or cuda")
+    make_tokenizer(cfg)._check_params()  # unknown tokenizer, bad parameter or value
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"run directory {out} exists and is not a folder",
+                            "choose another --out")
+    for name in STAGES:
+        for key, path in _config_paths(cfg):
+            if _inside(path, out / name):
+                raise ConfigError(
+                    f"{key} {path} lies inside the run directory's stage folder {out / name}, "
+                    "which sidkit replaces when the stage reruns",
+                    "move it outside the run directory (or choose another --out)")
+    for name in STAGES:
+        check_replaceable(out / name, name)
+
+
 def run_pipeline(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
                  on_stage: Callable[[StageResult], None] | None = None) -> PipelineResult:
-    """Run every stage of ``cfg`` into ``out``; returns each stage's result."""
+    """Run every stage of ``cfg`` into ``out``; returns each stage's result.
+
+    Checks everything it can first (:func:`validate_run`) so that a bad config fails
+    before any stage runs, and removes the temporary folders of killed runs.  A cached
+    stage whose files changed since they were written reruns (``StageResult.reason``
+    says why), and so does every stage after it.  SIGTERM during the run removes the
+    temporary folder of the running stage and exits with code 143.
+    """
     out = Path(out)
-    make_tokenizer(cfg)  # fail fast on an unknown tokenizer or parameter, before any stage
+    validate_run(cfg, out)
+    clean_stale_tmp(out, STAGES)
     results = []
-    for stage in build_stages(cfg):
-        r = run_stage(stage, out, force=force)
-        results.append(r)
-        if on_stage is not None:
-            on_stage(r)
+    rerun_from: str | None = None
+    with sigterm_as_exit():
+        for stage in build_stages(cfg):
+            r = run_stage(stage, out, force=force or rerun_from is not None)
+            if rerun_from is not None and r.reason is None:
+                r.reason = f"upstream stage {rerun_from!r} was rerun"
+            if r.reason is not None and rerun_from is None:
+                rerun_from = stage.name
+            results.append(r)
+            if on_stage is not None:
+                on_stage(r)
     return PipelineResult(out, results)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, DataError
-from .io import SCHEMA_VERSION, load_npz, read_json, save_npz, write_json
+from .io import REWRITE_FIX, SCHEMA_VERSION, load_npz, read_json, save_npz, write_json
 
 PAD = -1
 COLLISION_RULES = ("none", "extra_level", "by_construction")
@@ -153,17 +153,7 @@ class Codes:
         Computed as a mixed-radix number, falling back to ``np.unique`` row ids when
         the radix product would overflow int64.
         """
-        if depth <= 0:
-            return np.zeros(self.n_items, dtype=np.int64)
-        sub = self.codes[:, :depth] + 1  # PAD -> 0
-        radices = np.asarray(self.codebook_sizes[:depth], dtype=np.float64) + 1
-        if np.prod(radices) < 2**62:
-            key = np.zeros(self.n_items, dtype=np.int64)
-            for l in range(depth):  # loop over levels, not items
-                key = key * int(radices[l]) + sub[:, l]
-            return key
-        _, inv = np.unique(sub, axis=0, return_inverse=True)
-        return inv.reshape(-1).astype(np.int64)
+        return joint_keys([self], depth)[0]
 
     def sid_keys(self) -> np.ndarray:
         """One int64 per item identifying its whole SID."""
@@ -180,7 +170,11 @@ class Codes:
         return [tuple(int(t) for t in row[:n]) for row, n in zip(self.codes, self.lengths)]
 
     def lookup(self, sids: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Map SIDs back to item rows; -1 where a SID is unknown or ambiguous."""
+        """Map SIDs back to item rows; -1 where a SID is unknown or ambiguous.
+
+        Catalogue and query SIDs get their keys in one pass (:func:`joint_keys`), so the
+        lookup is exact for any codebook sizes (also when prod(K_l + 1) >= 2^62).
+        """
         sids = np.atleast_2d(np.asarray(sids, dtype=np.int64))
         if sids.shape[1] != self.n_levels:
             raise DataError(f"SIDs must have {self.n_levels} columns, got {sids.shape[1]}")
@@ -190,10 +184,9 @@ class Codes:
         q = Codes(np.where(sids < 0, 0, sids), self.codebook_sizes).codes  # validate range
         q = np.where(sids < 0, PAD, q)
         probe = self.replace(codes=q, lengths=(q >= 0).sum(1).clip(1), item_ids=None)
-        keys = self.sid_keys()
+        keys, qk = joint_keys([self, probe])
         order = np.argsort(keys, kind="stable")
         sk = keys[order]
-        qk = probe.sid_keys()
         pos = np.searchsorted(sk, qk)
         pos_c = np.minimum(pos, len(sk) - 1)
         found = (pos < len(sk)) & (sk[pos_c] == qk)
@@ -227,6 +220,8 @@ class Codes:
 
     @classmethod
     def load(cls, path: str | Path) -> "Codes":
+        """Read ``<path>.npz`` + ``<path>.json``; any problem raises an ArtifactError
+        naming the file (missing, damaged, edited into something inconsistent)."""
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
         npz, meta_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
@@ -236,21 +231,70 @@ class Codes:
                 "point to the file written by Codes.save or `sidkit tokenize`",
             )
         meta = read_json(meta_path)
-        if meta.get("artifact") != "Codes" or meta.get("schema_version") != SCHEMA_VERSION:
+        if (not isinstance(meta, dict) or meta.get("artifact") != "Codes"
+                or meta.get("schema_version") != SCHEMA_VERSION):
             raise ArtifactError(
                 f"{meta_path} is not a Codes artifact of schema version {SCHEMA_VERSION}",
                 "re-create it with this version of sidkit",
             )
+        sizes = meta.get("codebook_sizes")
+        if not (isinstance(sizes, list) and all(isinstance(k, int) and not isinstance(k, bool)
+                                                for k in sizes)):
+            raise ArtifactError(f"{meta_path}: key 'codebook_sizes' is missing or not a list "
+                                f"of integers ({sizes!r})", REWRITE_FIX)
+        for key, typ, default in (("method", str, ""), ("params", dict, {}),
+                                  ("collision_rule", str, "none")):
+            if not isinstance(meta.get(key, default), typ):
+                raise ArtifactError(f"{meta_path}: key {key!r} must be a {typ.__name__}, got "
+                                    f"{meta[key]!r}", REWRITE_FIX)
         arrays = load_npz(npz)
-        return cls(
-            codes=arrays["codes"],
-            lengths=arrays["lengths"],
-            codebook_sizes=tuple(meta["codebook_sizes"]),
-            method=meta.get("method", ""),
-            params=meta.get("params", {}),
-            collision_rule=meta.get("collision_rule", "none"),
-            item_ids=arrays.get("item_ids"),
-        )
+        missing = [k for k in ("codes", "lengths") if k not in arrays]
+        if missing:
+            raise ArtifactError(f"{npz} lacks array(s) {missing}", REWRITE_FIX)
+        try:
+            return cls(
+                codes=arrays["codes"],
+                lengths=arrays["lengths"],
+                codebook_sizes=tuple(sizes),
+                method=meta.get("method", ""),
+                params=meta.get("params", {}),
+                collision_rule=meta.get("collision_rule", "none"),
+                item_ids=arrays.get("item_ids"),
+            )
+        except DataError as e:
+            raise ArtifactError(f"{npz} and {meta_path.name} do not form valid codes: "
+                                f"{e.problem}", REWRITE_FIX) from None
+
+
+def joint_keys(codes: list["Codes"], depth: int | None = None) -> list[np.ndarray]:
+    """Prefix keys of several Codes that are comparable ACROSS them.
+
+    ``Codes.prefix_keys`` falls back to row ranks within one array when the radix
+    product overflows int64 (e.g. 8 levels of 256), so keys of two arrays cannot be
+    compared; here the rows of all arrays are keyed together.  ``depth`` defaults to
+    the smallest number of levels.  Two rows get the same key iff their first
+    ``depth`` tokens (PAD included) are equal.
+    """
+    if not codes:
+        return []
+    depth = min(c.n_levels for c in codes) if depth is None else int(depth)
+    if depth <= 0:
+        return [np.zeros(c.n_items, dtype=np.int64) for c in codes]
+    sizes = np.max([c.codebook_sizes[:depth] for c in codes], axis=0)
+    radices = sizes.astype(np.float64) + 1
+    if np.prod(radices) < 2**62:
+        out = []
+        for c in codes:
+            key = np.zeros(c.n_items, dtype=np.int64)
+            for l in range(depth):  # loop over levels, not items
+                key = key * int(radices[l]) + (c.codes[:, l] + 1)
+            out.append(key)
+        return out
+    rows = np.concatenate([c.codes[:, :depth] for c in codes])
+    _, inv = np.unique(rows, axis=0, return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int64)
+    bounds = np.cumsum([c.n_items for c in codes])[:-1]
+    return np.split(inv, bounds)
 
 
 @dataclass(frozen=True, eq=False)
@@ -316,6 +360,16 @@ class Embeddings:
         if not (d / "embeddings.npy").exists() or not (d / "embeddings.json").exists():
             raise ArtifactError(f"no Embeddings artifact in {d}",
                                 "point to a directory with embeddings.npy and embeddings.json")
-        meta = read_json(d / "embeddings.json")
-        return cls(load_npy(d / "embeddings.npy"), np.asarray(meta["item_ids"]),
-                   meta.get("source", ""), meta.get("meta", {}))
+        meta_path, npy = d / "embeddings.json", d / "embeddings.npy"
+        meta = read_json(meta_path)
+        ids = meta.get("item_ids") if isinstance(meta, dict) else None
+        if not isinstance(ids, list):
+            raise ArtifactError(f"{meta_path}: key 'item_ids' is missing or not a list",
+                                REWRITE_FIX)
+        vec = load_npy(npy)
+        try:
+            return cls(vec, np.asarray(ids), str(meta.get("source", "")),
+                       meta.get("meta", {}) if isinstance(meta.get("meta"), dict) else {})
+        except DataError as e:
+            raise ArtifactError(f"{npy} and {meta_path.name} do not form valid embeddings: "
+                                f"{e.problem}", REWRITE_FIX) from None

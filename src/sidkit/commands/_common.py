@@ -12,12 +12,16 @@ from ..errors import SidkitError
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a SidkitError into one clear message on stderr and exit code 1."""
+    """Turn a SidkitError into one clear message on stderr and exit code 1; SIGTERM
+    becomes an exit (code 143) that lets atomic writes remove their temporary files."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..stages import sigterm_as_exit
+
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_exit():
+                return fn(*args, **kwargs)
         except SidkitError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
@@ -40,6 +44,22 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             out[k.strip()] = v
     return out
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"16,16,8"`` -> ``[16, 16, 8]``; anything else is a ConfigError naming the value."""
+    from ..errors import ConfigError
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--sizes {text!r} is not a comma-separated list of integers",
+                          "write e.g. --sizes 256,256,256") from None
+    if any(k < 2 for k in sizes):
+        raise ConfigError(f"--sizes {text!r}: every codebook size must be >= 2",
+                          "write e.g. --sizes 256,256,256")
+    return sizes
 
 
 def print_table(rows: list[dict[str, Any]], file=None) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import typer
 
 from ..errors import ArtifactError, SidkitError
+from ..io import load_npy
 
 DEFAULT_SCALES = "0,0.02,0.05,0.1,0.2,0.5"
 MAX_PAIRS = 1_000_000
@@ -70,19 +71,23 @@ def load_inputs(path: Path, seed: int = 0) -> dict[str, Any]:
         return inputs
     emb = run / "embeddings" / "embeddings.npy"
     if emb.exists():
-        X = np.load(emb, mmap_mode="r", allow_pickle=False)
+        X = load_npy(emb, mmap_mode="r")
+        if X.ndim != 2 or not np.issubdtype(X.dtype, np.number):
+            raise ArtifactError(f"{emb} holds a {X.ndim}-D {X.dtype} array, not (items, dim) "
+                                "numbers", "re-run the embeddings stage (`sidkit run CONFIG --force`)")
         if X.shape[0] == codes.n_items:
             inputs["X"] = X
         else:
             _warn(f"{emb} has {X.shape[0]} rows but the codes have {codes.n_items}; ignoring embeddings")
     tok_dir = run / "codes" / "tokenizer"
     if tok_dir.exists():
-        try:
-            from ..tokenizers import Tokenizer
+        from ..tokenizers import Tokenizer
 
+        try:
             inputs["tokenizer"] = Tokenizer.load(tok_dir)
-        except SidkitError as e:
-            _warn(f"could not load the tokenizer in {tok_dir} ({e.problem}); tokenizer metrics skipped")
+        except ArtifactError as e:  # a damaged artifact is an error, not a skipped metric
+            raise ArtifactError(e.problem, f"{e.fix}; or delete {tok_dir} to diagnose the "
+                                "codes without the tokenizer metrics") from None
     try:
         pairs = _co_engaged_pairs(run, codes, seed)
     except SidkitError as e:
@@ -131,7 +136,7 @@ def _run(paths: list[Path], out: Path, scales: str, monte_carlo: bool, n_mc: int
             if not Path(paired).exists():
                 raise ArtifactError(f"paired view {paired} does not exist",
                                     "pass an (N, d) .npy in the row order of the codes")
-            inputs["X2"] = np.load(paired, mmap_mode="r", allow_pickle=False)
+            inputs["X2"] = load_npy(paired, mmap_mode="r")
         typer.echo(f"diagnosing {name} ({inputs['codes']!r})", err=True)
         results[name] = run_diagnose(scales=sc, monte_carlo=monte_carlo, n_mc=n_mc,
                                      random_state=seed, **inputs)
@@ -140,10 +145,23 @@ def _run(paths: list[Path], out: Path, scales: str, monte_carlo: bool, n_mc: int
     typer.echo(str(paths_out["html"]))
 
 
+def default_out(path: Path) -> Path:
+    """RUN/diagnostics (or next to a Codes file), but never inside a folder that
+    ``sidkit run`` owns (one with a meta.json): the pipeline would rerun or refuse it.
+    There the report goes to RUN/diagnose instead."""
+    base = path if path.is_dir() else path.parent
+    if (base / "meta.json").exists():  # a Codes file inside a pipeline stage folder
+        return base.parent / "diagnose"
+    if (base / "diagnostics" / "meta.json").exists():  # the pipeline's own diagnostics stage
+        return base / "diagnose"
+    return base / "diagnostics"
+
+
 def diagnose(
     run_or_codes: Path = typer.Argument(..., help="a pipeline run directory or a Codes .npz/.json file"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="output directory (default: RUN/diagnostics or next to the codes)"),
+                                       help="output directory (default: RUN/diagnostics or next to the codes; "
+                                            "RUN/diagnose for a `sidkit run` directory)"),
     scales: str = typer.Option(DEFAULT_SCALES, "--scales", help="perturbation scales s (x data RMS)"),
     monte_carlo: bool = typer.Option(True, "--monte-carlo/--no-monte-carlo",
                                      help="re-encode perturbed items (needs embeddings + tokenizer)"),
@@ -155,8 +173,7 @@ def diagnose(
     """Diagnose one tokenizer's Semantic IDs: report.html, report.json, report.md."""
     try:
         if out is None:
-            p = Path(run_or_codes)
-            out = (p / "diagnostics") if p.is_dir() else p.parent / "diagnostics"
+            out = default_out(Path(run_or_codes))
         _run([run_or_codes], out, scales, monte_carlo, n_mc, seed, "sidkit diagnostics", paired)
     except SidkitError as e:
         typer.echo(f"error: {e}", err=True)

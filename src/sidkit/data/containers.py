@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ArtifactError, DataError
-from ..io import SCHEMA_VERSION, atomic_path, read_json, write_json
+from ..io import REWRITE_FIX, SCHEMA_VERSION, atomic_path, read_json, write_json
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 REQUIRED_INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -46,13 +46,19 @@ def _read(directory: str | Path, stem: str, artifact: str) -> tuple[pd.DataFrame
             f"point to the directory written by {artifact}.save",
         )
     meta = read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{meta_path} does not hold a JSON object", REWRITE_FIX)
     if meta.get("artifact") != artifact or meta.get("schema_version") != SCHEMA_VERSION:
         raise ArtifactError(
             f"{meta_path} is not a {artifact} artifact of schema version {SCHEMA_VERSION} "
             f"(found artifact={meta.get('artifact')!r}, schema_version={meta.get('schema_version')!r})",
             "re-create it with this version of sidkit",
         )
-    df = pd.read_parquet(pq, engine="pyarrow")
+    try:
+        df = pd.read_parquet(pq, engine="pyarrow")
+    except Exception as e:  # pyarrow's ArrowInvalid / OSError on a damaged file
+        raise ArtifactError(f"{pq} is not a readable parquet file ({type(e).__name__}: {e})",
+                            REWRITE_FIX) from None
     if len(df) != meta.get("n_rows", len(df)):
         raise ArtifactError(
             f"{pq} has {len(df)} rows but its metadata says {meta['n_rows']}",

@@ -100,7 +100,11 @@ def load_dataset(name_or_path: str | Path, **kw: Any) -> Dataset:
 
 def _no_more(kw: dict, what: str) -> None:
     if kw:
-        raise DataError(f"unexpected option(s) {sorted(kw)} for {what}", "drop them")
+        fix = "drop them"
+        if "columns" in kw:
+            fix = ("a column mapping (columns=, or [data] columns in a run config) only applies "
+                   "to a CSV/TSV/Parquet interactions file: drop it")
+        raise DataError(f"unexpected option(s) {sorted(kw)} for {what}", fix)
 
 
 def _load_path(path: Path, name: str | None = None, **kw: Any) -> Dataset:

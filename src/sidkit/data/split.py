@@ -54,21 +54,19 @@ def dedup(inter: Interactions, keep: str = "first") -> Interactions:
     return inter.with_df(df.reset_index(drop=True))
 
 
-def kcore(inter: Interactions, k: int | None = None, *, user_k: int | None = None,
-          item_k: int | None = None, max_iter: int = 100) -> Interactions:
-    """Iterative k-core: drop users with < ``user_k`` and items with < ``item_k``
-    interactions until both hold (each pass can create new violators).
+class KCoreEmpty(DataError):
+    """k-core filtering removed every interaction; carries the largest thresholds
+    (``max_user_k``, ``max_item_k``) that still keep data."""
 
-    ``k`` sets both thresholds; ``user_k``/``item_k`` override one side; 0 or None
-    disables that side.  Raises :class:`DataError` when nothing is left.
-    """
-    uk = user_k if user_k is not None else k
-    ik = item_k if item_k is not None else k
-    uk, ik = int(uk or 0), int(ik or 0)
-    if uk < 0 or ik < 0:
-        raise DataError(f"k-core thresholds must be >= 0, got user_k={uk}, item_k={ik}",
-                        "use 0 to disable filtering on one side")
-    df = inter.df
+    def __init__(self, problem: str, fix: str, *, user_k: int, item_k: int, max_user_k: int,
+                 max_item_k: int, n_interactions: int) -> None:
+        super().__init__(problem, fix)
+        self.user_k, self.item_k = user_k, item_k
+        self.max_user_k, self.max_item_k = max_user_k, max_item_k
+        self.n_interactions = n_interactions
+
+
+def _kcore_df(df: pd.DataFrame, uk: int, ik: int, max_iter: int) -> pd.DataFrame:
     for _ in range(max_iter):
         keep = np.ones(len(df), dtype=bool)
         if uk > 1:
@@ -80,13 +78,57 @@ def kcore(inter: Interactions, k: int | None = None, *, user_k: int | None = Non
         df = df[keep]
         if len(df) == 0:
             break
+    return df
+
+
+def largest_kcore(inter: Interactions, user_k: int, item_k: int,
+                  max_iter: int = 100) -> tuple[int, int]:
+    """The largest thresholds ``(u, i)``, u <= user_k and i <= item_k, whose k-core is
+    not empty: one side alone gives its largest count; with both sides on, both are
+    capped at the largest ``t`` (binary search) for which ``(min(user_k, t),
+    min(item_k, t))`` keeps data."""
+    df = inter.df
     if len(df) == 0:
-        raise DataError(
+        return 0, 0
+    if not item_k or item_k <= 1:
+        return min(user_k, int(df.groupby("user_id").size().max())), item_k
+    if not user_k or user_k <= 1:
+        return user_k, min(item_k, int(df.groupby("item_id").size().max()))
+    lo, hi = 1, max(user_k, item_k)  # t = 1 keeps everything
+    while lo < hi:
+        t = (lo + hi + 1) // 2
+        if len(_kcore_df(df, min(user_k, t), min(item_k, t), max_iter)):
+            lo = t
+        else:
+            hi = t - 1
+    return min(user_k, lo), min(item_k, lo)
+
+
+def kcore(inter: Interactions, k: int | None = None, *, user_k: int | None = None,
+          item_k: int | None = None, max_iter: int = 100) -> Interactions:
+    """Iterative k-core: drop users with < ``user_k`` and items with < ``item_k``
+    interactions until both hold (each pass can create new violators).
+
+    ``k`` sets both thresholds; ``user_k``/``item_k`` override one side; 0 or None
+    disables that side.  Raises :class:`KCoreEmpty` (a DataError naming the largest
+    thresholds that keep data) when nothing is left.
+    """
+    uk = user_k if user_k is not None else k
+    ik = item_k if item_k is not None else k
+    uk, ik = int(uk or 0), int(ik or 0)
+    if uk < 0 or ik < 0:
+        raise DataError(f"k-core thresholds must be >= 0, got user_k={uk}, item_k={ik}",
+                        "use 0 to disable filtering on one side")
+    df = _kcore_df(inter.df, uk, ik, max_iter)
+    if len(df) == 0:
+        mu, mi = largest_kcore(inter, uk, ik, max_iter)
+        best = ", ".join([f"user_k={mu}"] * bool(uk) + [f"item_k={mi}"] * bool(ik))
+        raise KCoreEmpty(
             f"k-core filtering with user_k={uk}, item_k={ik} removed every interaction "
             f"of {inter.name or 'the data set'} ({len(inter)} interactions, {inter.n_users} users, "
             f"{inter.n_items} items)",
-            f"use a smaller k (e.g. k={max(1, max(uk, ik) // 2)}) or 0 to disable that side",
-        )
+            f"use {best} or lower (the largest thresholds that keep data), or 0 to disable a side",
+            user_k=uk, item_k=ik, max_user_k=mu, max_item_k=mi, n_interactions=len(inter))
     return inter.with_df(df.reset_index(drop=True))
 
 

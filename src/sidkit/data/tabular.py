@@ -85,7 +85,8 @@ def load_table(path: str | Path, columns: Mapping[str, str] | None = None, *, se
                 continue
             raise DataError(
                 f"{path} has no column {src!r} for {std}; columns found: {found}",
-                f"pass columns={{'{std}': '<your column>'}} naming one of {found}",
+                f"map it to one of {found}: columns={{'{std}': '<your column>'}} in Python, "
+                f"or [data] columns = {{ {std} = \"<your column>\" }} in a run config",
             )
         col = df[src]
         if std == "timestamp":

@@ -94,7 +94,8 @@ def diagnose(codes: Codes, X: np.ndarray | None = None, tokenizer: Any = None,
 
     Code-only metrics (usage, prefix structure, collisions, hourglass) always run.
     A TIGER disambiguation level (``collision_rule="extra_level"``) counts in usage,
-    prefix structure and collisions, but fidelity, overlap, Monte-Carlo flips and the
+    prefix structure and ``collisions`` (final SIDs); ``semantic_collisions`` counts
+    items sharing their semantic SID (before that token).  Fidelity, overlap, Monte-Carlo flips and the
     hourglass rule use the semantic levels only (``meta.semantic_levels``).
     With ``X`` (row order of the codes): fidelity and data-estimated codewords;
     with a ``tokenizer``: its codewords, fidelity from ``codebooks_``/``decode`` and the
@@ -133,8 +134,11 @@ def diagnose(codes: Codes, X: np.ndarray | None = None, tokenizer: Any = None,
     t["prefix"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     res["collisions"] = collisions(codes)
-    t["collisions"] = time.perf_counter() - t0
     sem = semantic_codes(codes)
+    # items sharing their semantic SID (before the disambiguation token): the headline;
+    # "collisions" above counts whole final SIDs (0 by construction with a counter level)
+    res["semantic_collisions"] = collisions(sem)
+    t["collisions"] = time.perf_counter() - t0
     ls = sem.n_levels
     res["meta"]["semantic_levels"] = ls
     res["hourglass"] = detect_hourglass(res["usage"][:ls], res["prefix"][:ls], delta=hourglass_delta)

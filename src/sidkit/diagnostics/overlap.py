@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from ..types import Codes
+from ..types import Codes, joint_keys
 from ..utils import rng
 from .prefix import _lcp
 from .usage import semantic_codes
@@ -253,7 +253,7 @@ def compare_codes(clean: Codes, pert: Codes) -> dict[str, Any]:
         lev.append({"level": l + 1, **overlap_from_labels(A[:, l], B[:, l])})
     changed = (A != B).any(axis=1)
     lcp = _lcp(A, B)
-    sid = overlap_from_labels(clean.prefix_keys(L), pert.prefix_keys(L))
+    sid = overlap_from_labels(*joint_keys([clean, pert], L))  # comparable across the two
     return {
         "flip_rate": flips,
         "sid_change_rate": float(changed.mean()),

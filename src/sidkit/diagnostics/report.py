@@ -143,7 +143,8 @@ def _summary(res: dict[str, dict]) -> list[_Table]:
             name, m["method"], m["n_items"], "x".join(str(k) for k in m["codebook_sizes"]),
             " / ".join(f"{x['norm_entropy']:.2f}" for x in u),
             " / ".join(f"{x['perplexity']:.1f}" for x in u),
-            r["collisions"]["rate"],
+            _sem_coll(r)["share_in_collision"],
+            r["collisions"]["share_in_collision"],
             lv[-1]["rel_mse"] if lv else None,
             pm[-1]["rel_mse"] if pm else None,
             ov["sid"]["K_eff"][i_s] if ov and i_s is not None and ov.get("sid") else None,
@@ -153,7 +154,8 @@ def _summary(res: dict[str, dict]) -> list[_Table]:
         ])
     return [_Table("Summary (scale-dependent columns at s = 0.1)",
                    ["tokenizer", "method", "items", "K", "norm. entropy per level",
-                    "perplexity per level", "collision rate", "rel. MSE (tokenizer)",
+                    "perplexity per level", "items in a semantic collision",
+                    "items in a final-SID collision", "rel. MSE (tokenizer)",
                     "rel. MSE (prefix mean)", "SID K_eff", "MC SID change", "soft-match AUC",
                     "hourglass"], rows)]
 
@@ -394,13 +396,28 @@ def _soft_tables(res: dict[str, dict]) -> list[_Table]:
                     "mean shared prefix (random)", "AUC (ties 1/2)"], rows)]
 
 
+def _sem_coll(r: dict) -> dict:
+    """Collisions of the semantic SIDs (before the disambiguation token); older
+    results without them: the whole-SID collisions when there is no such token."""
+    sem = r.get("semantic_collisions")
+    if sem is None and r["meta"].get("collision_rule", "none") == "none":
+        sem = r["collisions"]
+    return sem or {k: None for k in ("n_items", "n_unique", "rate", "share_in_collision",
+                                      "largest_group", "n_groups")}
+
+
 def _collision_tables(res: dict[str, dict]) -> list[_Table]:
-    rows = [[n, r["collisions"]["n_items"], r["collisions"]["n_unique"], r["collisions"]["rate"],
-             r["collisions"]["share_in_collision"], r["collisions"]["largest_group"],
-             r["collisions"]["n_groups"], r["meta"]["collision_rule"]] for n, r in res.items()]
-    return [_Table("Collisions of whole SIDs", ["tokenizer", "items", "unique SIDs", "rate",
-                                                "share of items in a collision", "largest group",
-                                                "colliding groups", "collision rule"], rows)]
+    keys = ("n_items", "n_unique", "rate", "share_in_collision", "largest_group", "n_groups")
+    rows = []
+    for n, r in res.items():
+        rows.append([n, "semantic (before the disambiguation token)",
+                     *(_sem_coll(r)[k] for k in keys), r["meta"]["collision_rule"]])
+        rows.append([n, "final SID", *(r["collisions"][k] for k in keys),
+                     r["meta"]["collision_rule"]])
+    return [_Table("Collisions: items sharing their semantic SID (headline) and whole final SIDs",
+                   ["tokenizer", "SIDs", "items", "unique SIDs", "rate",
+                    "share of items in a collision", "largest group", "colliding groups",
+                    "collision rule"], rows)]
 
 
 def _hourglass_tables(res: dict[str, dict]) -> list[_Table]:
@@ -419,14 +436,32 @@ def _timing_tables(res: dict[str, dict]) -> list[_Table]:
     return [_Table("Computation time (s)", ["tokenizer"] + keys, rows)]
 
 
+# --- recommender metrics (issue 9) -------------------------------------------------
+def _recommender_tables(doc: Mapping[str, Any]) -> tuple[str, list[_Table]]:
+    """Mean (± std over seeds) test and validation metrics of a ``metrics.json`` document."""
+    proto = doc.get("protocol", {})
+    note = (f"Model {doc.get('model', {}).get('type', '?')}; split {proto.get('split')}, "
+            f"{proto.get('ranking')}; seen items masked: {'yes' if proto.get('mask_seen') else 'no'}; "
+            f"{proto.get('selection')}. Mean ± std over {doc.get('summary', {}).get('n_seeds', '?')} seed(s).")
+    tables = []
+    for role in ("test", "valid"):
+        s = doc.get("summary", {}).get(role)
+        if s:
+            tables.append(_Table(f"{role.capitalize()} metrics", ["metric", "mean", "std"],
+                                 [[k, v["mean"], v["std"]] for k, v in s.items()]))
+    return note, tables
+# --- end recommender metrics -------------------------------------------------------
+
+
 # ---------------------------------------------------------------- writer
 def write_report(results: Mapping[str, Any], out_dir: str | Path, title: str = "sidkit diagnostics",
-                 **diagnose_kwargs: Any) -> dict[str, Path]:
+                 recommender: Mapping[str, Any] | None = None, **diagnose_kwargs: Any) -> dict[str, Path]:
     """Write ``report.html``, ``report.json`` and ``report.md`` into ``out_dir``.
 
     ``results`` maps a tokenizer name to a :func:`diagnose` result, a ``Codes`` object,
     or a dict of ``diagnose`` inputs (``{"codes": ..., "X": ..., "tokenizer": ...}``);
-    extra keyword arguments go to ``diagnose`` for the latter two.
+    extra keyword arguments go to ``diagnose`` for the latter two.  ``recommender``: a
+    recommender ``metrics.json`` document, shown in a "Recommendation metrics" section.
     """
     res = _normalise(results, diagnose_kwargs)
     out_dir = Path(out_dir)
@@ -464,6 +499,9 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, title: str = "
         ("collisions", "Collisions", "", _collision_tables(res), []),
         ("timing", "Timing", "", _timing_tables(res), []),
     ]
+    if recommender is not None:  # issue 9
+        sections.insert(1, ("recommendation", "Recommendation metrics",
+                            *_recommender_tables(recommender), []))
     body, md = [], [f"# {title}\n", f"Tokenizers: {', '.join(res)}\n"]
     for sid, head, note, tables, imgs in sections:
         parts = [f'<section id="{sid}"><h2>{html.escape(head)}</h2>']

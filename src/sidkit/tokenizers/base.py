@@ -9,8 +9,9 @@ parameters) -- plain files, never pickle.
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -40,6 +41,172 @@ def get_tokenizer_class(name: str) -> type["Tokenizer"]:
         ) from None
 
 
+# ---------------------------------------------------------------- parameter constraints
+# scikit-learn's ``_parameter_constraints`` idea: every tokenizer declares, per
+# constructor parameter, the list of accepted forms; one function checks them all
+# (at ``fit`` and when a saved tokenizer is loaded).  ``None`` in a list accepts None.
+
+class Constraint:
+    """One accepted form of a parameter value (see :data:`Tokenizer._parameter_constraints`)."""
+
+    def accepts(self, value: Any) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v: Any) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v)))
+
+
+def _bounds_text(ge, gt, le, lt) -> str:
+    parts = [f">= {ge:g}" if ge is not None else None, f"> {gt:g}" if gt is not None else None,
+             f"<= {le:g}" if le is not None else None, f"< {lt:g}" if lt is not None else None]
+    return " and ".join(p for p in parts if p)
+
+
+def _in_bounds(v: float, ge, gt, le, lt) -> bool:
+    return ((ge is None or v >= ge) and (gt is None or v > gt)
+            and (le is None or v <= le) and (lt is None or v < lt))
+
+
+class Int(Constraint):
+    """An integer (not a bool, not a float) within optional bounds."""
+
+    def __init__(self, ge: int | None = None, le: int | None = None):
+        self.ge, self.le = ge, le
+
+    def accepts(self, value: Any) -> bool:
+        return _is_int(value) and _in_bounds(value, self.ge, None, self.le, None)
+
+    def describe(self) -> str:
+        b = _bounds_text(self.ge, None, self.le, None)
+        return f"an integer {b}" if b else "an integer"
+
+
+class Real(Constraint):
+    """A finite number within optional bounds (``ge``/``gt``/``le``/``lt``)."""
+
+    def __init__(self, ge: float | None = None, gt: float | None = None,
+                 le: float | None = None, lt: float | None = None):
+        self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
+
+    def accepts(self, value: Any) -> bool:
+        return _is_real(value) and _in_bounds(float(value), self.ge, self.gt, self.le, self.lt)
+
+    def describe(self) -> str:
+        b = _bounds_text(self.ge, self.gt, self.le, self.lt)
+        return f"a number {b}" if b else "a finite number"
+
+
+class Ints(Constraint):
+    """A list/tuple of integers, each ``>= ge`` (non-empty unless ``allow_empty``)."""
+
+    def __init__(self, ge: int | None = None, allow_empty: bool = False):
+        self.ge, self.allow_empty = ge, allow_empty
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, np.ndarray):
+            value = value.tolist() if value.ndim == 1 else None
+        if not isinstance(value, (list, tuple)) or (not value and not self.allow_empty):
+            return False
+        return all(_is_int(v) and (self.ge is None or v >= self.ge) for v in value)
+
+    def describe(self) -> str:
+        each = f", each >= {self.ge}" if self.ge is not None else ""
+        return f"a {'' if self.allow_empty else 'non-empty '}list of integers{each}"
+
+
+class Bool(Constraint):
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, (bool, np.bool_))
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+class Device(Constraint):
+    """``"auto"`` or a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``...)."""
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        if value == "auto":
+            return True
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, TypeError, ValueError):
+            return False
+        return True
+
+    def describe(self) -> str:
+        return "'auto', 'cpu' or 'cuda[:N]'"
+
+
+def _describe(options: Sequence[Any]) -> str:
+    return " or ".join("None" if c is None else c.describe() for c in options)
+
+
+def check_params(cls: type, params: dict[str, Any]) -> None:
+    """Check ``params`` against ``cls._parameter_constraints``; raise one DataError naming
+    the parameter and its value.  Also checks ``n_levels`` against ``codebook_sizes``."""
+    constraints = getattr(cls, "_parameter_constraints", {})
+    label = getattr(cls, "__name__", str(cls))
+    for k, v in params.items():
+        options = constraints.get(k)
+        if options is None:
+            continue
+        if any((c is None and v is None) or (c is not None and c.accepts(v)) for c in options):
+            continue
+        raise DataError(f"{label} parameter {k}={v!r} is invalid: must be {_describe(options)}",
+                        f"pass a valid {k} (see help({label}))")
+    sizes, L = params.get("codebook_sizes"), params.get("n_levels")
+    if isinstance(sizes, (list, tuple, np.ndarray)) and L is not None and len(sizes) != L:
+        raise DataError(f"{label}: codebook_sizes={list(sizes)!r} has {len(sizes)} entries but "
+                        f"n_levels={L!r}",
+                        "give one codebook size per level, or leave n_levels at None "
+                        "(the number of sizes)")
+
+
+def check_scale(X: Any, *, name: str = "X") -> None:
+    """Raise a DataError if ``X`` is so large that squared distances overflow float32.
+
+    Squared distances are computed as ``|x|^2 - 2 x.c + |c|^2`` in float32; with
+    ``max|x| = m`` in ``d`` dims they reach ``4 d m^2``.  Values beyond
+    ``sqrt(float32_max / (64 d))`` (about 1e17 at d = 384) would silently turn into
+    inf and collapse every level onto a couple of codewords, so they are rejected.
+    ``X`` is a 2-D numpy array or torch tensor; no ``N x d`` temporary is made.
+    """
+    if getattr(X, "ndim", 0) != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        return
+    try:
+        import torch
+
+        is_tensor = isinstance(X, torch.Tensor)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        is_tensor = False
+    if is_tensor:
+        lo, hi = torch.aminmax(X.detach())
+        m = max(abs(float(lo)), abs(float(hi)))
+    else:
+        m = max(abs(float(np.min(X))), abs(float(np.max(X))))
+    limit = math.sqrt(float(np.finfo(np.float32).max) / (64.0 * X.shape[1]))
+    if m > limit:
+        raise DataError(
+            f"{name} has values up to {m:.3g} in absolute value; squared distances in "
+            f"{X.shape[1]} dims would overflow float32 (values must stay below {limit:.3g})",
+            "rescale the embeddings first, e.g. L2-normalise each row or divide by "
+            f"the max abs value ({m:.3g})")
+
+
 def check_embeddings(X: Any, *, min_items: int = 1, name: str = "X") -> np.ndarray:
     """Validate an embedding matrix and return it as C-contiguous float32.
 
@@ -59,6 +226,8 @@ def check_embeddings(X: Any, *, min_items: int = 1, name: str = "X") -> np.ndarr
         raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{name} is empty (shape {arr.shape})", "pass at least one item")
+    if arr.dtype.itemsize > 4 and np.issubdtype(arr.dtype, np.floating):
+        check_scale(arr[np.isfinite(arr).all(axis=1)], name=name)  # before float32 turns it to inf
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(arr)
     if not finite.all():
@@ -67,6 +236,7 @@ def check_embeddings(X: Any, *, min_items: int = 1, name: str = "X") -> np.ndarr
             f"{name} has NaN or inf values in {rows.size} row(s), first at row {int(rows[0])}",
             "drop or re-embed those items",
         )
+    check_scale(arr, name=name)
     if arr.shape[0] < min_items:
         raise DataError(
             f"{name} has {arr.shape[0]} items but at least {min_items} are needed "
@@ -82,6 +252,11 @@ class Tokenizer:
     name: ClassVar[str] = "base"
     #: names of the fitted array attributes saved by ``save`` (each ends in ``_``)
     _state_attrs: ClassVar[tuple[str, ...]] = ()
+    #: accepted forms of every constructor parameter (scikit-learn style): a list of
+    #: :class:`Constraint` objects or ``None``; checked by :meth:`_check_params` at the
+    #: top of ``fit`` and by :meth:`load`.  Every registered tokenizer declares all its
+    #: parameters (the conformance suite checks this).
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {}
 
     # ------------------------------------------------------------ parameters
     @classmethod
@@ -106,6 +281,11 @@ class Tokenizer:
                                 f"valid parameters: {', '.join(sorted(valid))}")
             setattr(self, k, v)
         return self
+
+    def _check_params(self) -> None:
+        """Validate the constructor parameters (call first thing in ``fit``): a DataError
+        names the parameter, its value and what is accepted."""
+        check_params(type(self), self.get_params())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -154,7 +334,13 @@ class Tokenizer:
         """Restore what ``_extra_state`` returned (override)."""
 
     def save(self, path: str | Path) -> Path:
-        """Save to directory ``path``: ``tokenizer.json`` + ``state.safetensors``."""
+        """Save to directory ``path``: ``tokenizer.json`` + ``state.safetensors``.
+
+        Timings (keys named ``seconds`` or ``*_seconds`` in the extra state) are left
+        out: the saved files depend only on the fitted model, so a refit with the same
+        seed gives byte-identical files (and the same pipeline stage hash).  They stay
+        on the fitted object (e.g. ``fit_stats_["fit_seconds"]``).
+        """
         from safetensors.numpy import save_file
 
         self._check_fitted()
@@ -170,28 +356,123 @@ class Tokenizer:
                 "schema_version": SCHEMA_VERSION,
                 "name": self.name,
                 "params": self.get_params(),
-                "extra_state": self._extra_state(),
+                "extra_state": _without_timings(self._extra_state()),
             },
         )
         return path
 
     @staticmethod
     def load(path: str | Path) -> "Tokenizer":
-        """Load any registered tokenizer saved with :meth:`save`."""
-        from safetensors.numpy import load_file
+        """Load any registered tokenizer saved with :meth:`save`.
 
+        Every problem with the directory (missing or damaged files, edited parameters
+        that the constructor would not accept, missing tensors or tensors that do not
+        fit the parameters) raises one :class:`ArtifactError` naming the file.
+        """
         path = Path(path)
-        meta_path = path / "tokenizer.json"
-        if not meta_path.exists():
-            raise ArtifactError(f"no saved tokenizer in {path} (missing tokenizer.json)",
+        meta_path, state_path = path / "tokenizer.json", path / "state.safetensors"
+        fix = ("re-save the tokenizer with Tokenizer.save, or re-run the step that wrote "
+               "it (`sidkit run CONFIG --force`, `sidkit tokenize`)")
+        if not path.is_dir():
+            raise ArtifactError(f"no saved tokenizer at {path} (not a directory)",
                                 "pass the directory written by Tokenizer.save")
-        meta = read_json(meta_path)
+        if not meta_path.is_file():
+            raise ArtifactError(f"no saved tokenizer in {path} (missing tokenizer.json)",
+                                "pass the directory written by Tokenizer.save; " + fix)
+        meta = read_json(meta_path)  # ArtifactError naming the file if unreadable
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"{meta_path} does not hold a JSON object", fix)
         if meta.get("schema_version") != SCHEMA_VERSION:
-            raise ArtifactError(f"{meta_path} has schema version {meta.get('schema_version')}, "
+            raise ArtifactError(f"{meta_path} has schema version {meta.get('schema_version')!r}, "
                                 f"expected {SCHEMA_VERSION}", "re-fit the tokenizer")
-        cls = get_tokenizer_class(meta["name"])
-        obj = cls(**meta["params"])
-        for k, v in load_file(str(path / "state.safetensors")).items():
+        name = meta.get("name")
+        if not isinstance(name, str):
+            raise ArtifactError(f"{meta_path}: key 'name' is missing or not a string ({name!r})",
+                                fix)
+        try:
+            cls = get_tokenizer_class(name)
+        except DataError as e:
+            raise ArtifactError(f"{meta_path}: {e.problem}", e.fix) from None
+        params = meta.get("params", {})
+        if not isinstance(params, dict):
+            raise ArtifactError(f"{meta_path}: key 'params' must be an object, got {params!r}", fix)
+        unknown = sorted(set(params) - set(cls._param_names()))
+        if unknown:
+            raise ArtifactError(
+                f"{meta_path}: unknown parameter(s) {unknown} for tokenizer {name!r}",
+                f"valid parameters: {', '.join(cls._param_names())}; {fix}")
+        try:
+            check_params(cls, params)
+        except DataError as e:
+            raise ArtifactError(f"{meta_path}: {e.problem}", fix) from None
+        obj = cls(**params)
+        extra = meta.get("extra_state", {})
+        if not isinstance(extra, dict):
+            raise ArtifactError(f"{meta_path}: key 'extra_state' must be an object", fix)
+        for k, v in _load_tensors(state_path, cls._state_attrs, fix).items():
             setattr(obj, k, v)
-        obj._set_extra_state(meta.get("extra_state", {}))
+        try:
+            obj._set_extra_state(extra)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtifactError(f"{meta_path}: extra_state is incomplete or malformed "
+                                f"({type(e).__name__}: {e})", fix) from None
+        _probe(obj, path, fix)
         return obj
+
+
+def _without_timings(obj: Any) -> Any:
+    """``obj`` (JSON-like) without dict keys ``seconds`` / ``*_seconds``."""
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items()
+                if not (isinstance(k, str) and (k == "seconds" or k.endswith("_seconds")))}
+    if isinstance(obj, (list, tuple)):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _load_tensors(state_path: Path, names: Sequence[str], fix: str) -> dict[str, np.ndarray]:
+    """The tensors of a ``state.safetensors``; exactly ``names``, numeric, else ArtifactError."""
+    from safetensors.numpy import load_file
+
+    if not state_path.is_file():
+        raise ArtifactError(f"{state_path} is missing", fix)
+    try:
+        tensors = load_file(str(state_path))
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError
+        raise ArtifactError(f"{state_path} is not a readable safetensors file "
+                            f"({type(e).__name__}: {e})", fix) from None
+    missing = [a for a in names if a not in tensors]
+    extra = sorted(set(tensors) - set(names))
+    if missing or extra:
+        what = "; ".join(x for x in (f"missing tensor(s) {missing}" if missing else "",
+                                     f"unexpected tensor(s) {extra}" if extra else "") if x)
+        raise ArtifactError(f"{state_path} does not match its tokenizer.json: {what}", fix)
+    return tensors
+
+
+def _probe(obj: "Tokenizer", path: Path, fix: str) -> None:
+    """Encode and decode two rows with a freshly loaded tokenizer, so tensors of the wrong
+    shape or dtype fail here with an ArtifactError rather than later with an IndexError."""
+    from ..errors import SidkitError
+    from ..utils import resolve_device
+
+    dev = getattr(obj, "device", "auto")
+    try:
+        resolve_device(dev)
+    except SidkitError:
+        return  # e.g. fitted on CUDA, loaded without: the device error comes at first use
+    if getattr(obj, "n_features_in_", None) is None and not hasattr(obj, "_dim"):
+        return  # a tokenizer that does not expose its input dimension: nothing to probe
+    try:
+        d = getattr(obj, "n_features_in_", None)
+        d = int(d) if d is not None else int(obj._dim())
+        codes = obj.encode(np.zeros((2, d), np.float32))
+        # decode the encoded rows and the last codeword of every level (all tables full size)
+        top = np.asarray(codes.codebook_sizes, dtype=np.int64)[None, :] - 1
+        Xh = np.asarray(obj.decode(np.concatenate([codes.codes[:1], top])))
+        if Xh.shape != (2, d) or not np.isfinite(Xh).all():
+            raise ValueError(f"decode returned shape {Xh.shape}, finite={np.isfinite(Xh).all()}")
+    except Exception as e:  # any failure means the saved state is inconsistent
+        raise ArtifactError(
+            f"the tokenizer in {path} is inconsistent: state.safetensors does not fit "
+            f"tokenizer.json ({type(e).__name__}: {e})", fix) from None

@@ -22,10 +22,10 @@ import numpy as np
 from ..errors import DataError
 from ..types import Codes
 from ..utils import resolve_device, torch_generator
-from .base import Tokenizer, check_embeddings, register
+from .base import Bool, Int, Ints, Real, Tokenizer, check_embeddings, register
 from .rq import RQKMeans
-from .rqvae import (AutoEncoder, _check_network_params, _check_positive, _check_sizes, _Trainer,
-                    flatten_params, init_params_, load_flat_params)
+from .rqvae import (NETWORK_CONSTRAINTS, AutoEncoder, _check_network_params, _check_positive,
+                    _check_sizes, _Trainer, flatten_params, init_params_, load_flat_params)
 
 __all__ = ["DRQ", "cooccurrence_pairs"]
 
@@ -111,11 +111,17 @@ class DRQ(Tokenizer):
 
     name = "drq"
     _state_attrs = ("weights_",) + tuple(_RQ_PREFIX + a for a in RQKMeans._state_attrs)
+    _parameter_constraints = {
+        "codebook_sizes": [None, Int(ge=2), Ints(ge=2)], **NETWORK_CONSTRAINTS,
+        "batch_size": [Int(ge=1)], "contrastive_weight": [Real(ge=0)],
+        "temperature": [Real(gt=0)], "balanced": [Bool()], "balance_tolerance": [Real(ge=0, lt=1)],
+        "n_iter": [Int(ge=1)], "max_points_per_centroid": [None, Int(ge=1)],
+    }
 
     def __init__(
         self,
         codebook_sizes: Sequence[int] | None = None,
-        n_levels: int = 3,
+        n_levels: int | None = None,
         hidden_sizes: Sequence[int] = (512, 256),
         latent_dim: int = 64,
         epochs: int = 50,
@@ -232,6 +238,7 @@ class DRQ(Tokenizer):
         ``pairs``: optional ``(M, 2)`` row indices of co-engaged items
         (see :func:`cooccurrence_pairs`).
         """
+        self._check_params()
         self._validate_params()
         X = check_embeddings(X, min_items=2)
         P = _check_pairs(pairs, X.shape[0])

@@ -60,7 +60,7 @@ import numpy as np
 from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import progress, resolve_device, rng
-from .base import Tokenizer, check_embeddings, register
+from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_embeddings, register
 from .collisions import CATALOGUE_ATTRS, CatalogueIndex, catalogue_codes
 from .kmeans import _rank_in_sorted_groups, _threads
 from .rqvae import codes_array
@@ -369,6 +369,12 @@ class GAOQ(Tokenizer):
     name = "gaoq"
     _state_attrs = ("branching_", "codebook_sizes_", "anchors_", "node_centroids_",
                     "node_parent_", "node_token_", "node_level_", "root_", *CATALOGUE_ATTRS)
+    _parameter_constraints = {
+        "branching": [None, Ints(ge=2)], "n_levels": [None, Int(ge=2)],
+        "n_anchors": [None, Ints(ge=2)], "balance_tolerance": [Real(ge=0, lt=1)],
+        "n_iter": [Int(ge=1)], "max_points_per_centroid": [None, Int(ge=1)],
+        "random_state": [None, Int(ge=0)], "device": [Device()], "verbose": [Bool()],
+    }
 
     @property
     def codes_(self) -> np.ndarray:
@@ -438,6 +444,7 @@ class GAOQ(Tokenizer):
 
         from .kmeans import kmeans
 
+        self._check_params()
         if not (isinstance(self.balance_tolerance, (int, float)) and 0 <= self.balance_tolerance < 1):
             raise DataError(f"balance_tolerance must be in [0, 1), got {self.balance_tolerance!r}",
                             "use e.g. 0.1 for sizes within 10% of the mean")

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import resolve_device, rng as make_rng
-from .base import Tokenizer, register
+from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_scale, register
 from .collisions import CATALOGUE_ATTRS, CatalogueIndex, CollisionIndex, catalogue_codes, collision_stats
 from .kmeans import _encode_residual_t, _kmeans_t, as_matrix, check_finite_rows, check_min_items
 from .sizing import default_codebook_sizes
@@ -134,9 +134,11 @@ class _KMeansTokenizer(Tokenizer):
         """Fit and return the training codes."""
         import torch
 
+        self._check_params()
         t0 = time.perf_counter()
         dev = self._device()
         Xt = as_matrix(X)
+        check_scale(Xt)
         sizes = self._resolved_sizes(Xt.shape[0])
         check_min_items(Xt.shape[0], max(sizes))
         gen = make_rng(self.random_state)
@@ -330,16 +332,23 @@ class _ResidualKMeans(_KMeansTokenizer):
         return out
 
 
+_KMEANS_CONSTRAINTS: dict[str, list] = {
+    "n_iter": [Int(ge=1)], "n_init": [Int(ge=1)], "max_points_per_centroid": [None, Int(ge=1)],
+    "balanced": [Bool()], "balance_tolerance": [Real(ge=0, lt=1)],
+    "resolve_collisions": [Bool()], "random_state": [None, Int(ge=0)], "device": [Device()],
+}
+
+
 @register
 class RQKMeans(_ResidualKMeans):
     """Residual k-means (RQ-KMeans): level ``l`` is k-means on level ``l-1``'s residuals.
 
     Parameters
     ----------
-    codebook_sizes : int, sequence of ints, or None (chosen from the number of items
-        by :func:`~sidkit.tokenizers.sizing.default_codebook_sizes`).  A sequence
-        fixes the number of levels (it overrides ``n_levels``).
-    n_levels : number of semantic levels when ``codebook_sizes`` is None or an int.
+    codebook_sizes : int, sequence of ints (each >= 2), or None (chosen from the number
+        of items by :func:`~sidkit.tokenizers.sizing.default_codebook_sizes`).
+    n_levels : number of semantic levels; None = ``len(codebook_sizes)`` for a sequence,
+        else 3.  Given with a sequence of another length it is an error.
     n_iter, n_init, max_points_per_centroid : k-means settings per level (faiss-style
         sampling of at most ``max_points_per_centroid * K`` points; None = all).
     balanced, balance_tolerance : size-constrained k-means per level.
@@ -352,8 +361,11 @@ class RQKMeans(_ResidualKMeans):
     """
 
     name = "rqkmeans"
+    _parameter_constraints = {"codebook_sizes": [None, Int(ge=2), Ints(ge=2)],
+                              "n_levels": [None, Int(ge=1)], **_KMEANS_CONSTRAINTS}
 
-    def __init__(self, codebook_sizes: int | Sequence[int] | None = None, n_levels: int = 3,
+    def __init__(self, codebook_sizes: int | Sequence[int] | None = None,
+                 n_levels: int | None = None,
                  n_iter: int = 20, n_init: int = 1, max_points_per_centroid: int | None = 256,
                  balanced: bool = False, balance_tolerance: float = 0.1,
                  resolve_collisions: bool = True, random_state: int | None = 0,
@@ -369,6 +381,7 @@ class VQ(_ResidualKMeans):
     """
 
     name = "vq"
+    _parameter_constraints = {"codebook_size": [None, Int(ge=2)], **_KMEANS_CONSTRAINTS}
 
     def __init__(self, codebook_size: int | None = None, n_iter: int = 20, n_init: int = 1,
                  max_points_per_centroid: int | None = 256, balanced: bool = False,
@@ -380,7 +393,8 @@ class VQ(_ResidualKMeans):
         return _sizes_from(self.codebook_size, 1, n)
 
 
-def _sizes_from(spec: Any, n_levels: int, n: int) -> tuple[int, ...]:
+def _sizes_from(spec: Any, n_levels: int | None, n: int) -> tuple[int, ...]:
+    n_levels = 3 if n_levels is None else n_levels
     if spec is None:
         return default_codebook_sizes(n, n_levels)
     if isinstance(spec, (int, np.integer)):
@@ -416,7 +430,12 @@ class HierarchicalKMeans(_KMeansTokenizer):
     _state_attrs = ("centroids_", "child_table_", "codebook_sizes_", "level_mse_",
                     *CATALOGUE_ATTRS)
 
-    def __init__(self, codebook_sizes: int | Sequence[int] | None = None, n_levels: int = 3,
+    _parameter_constraints = {"codebook_sizes": [None, Int(ge=2), Ints(ge=2)],
+                              "n_levels": [None, Int(ge=1)],
+                              **{k: v for k, v in _KMEANS_CONSTRAINTS.items() if k != "n_init"}}
+
+    def __init__(self, codebook_sizes: int | Sequence[int] | None = None,
+                 n_levels: int | None = None,
                  n_iter: int = 20, max_points_per_centroid: int | None = 256,
                  balanced: bool = False, balance_tolerance: float = 0.1,
                  resolve_collisions: bool = True, random_state: int | None = 0,

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import progress, resolve_device, torch_generator
-from .base import Tokenizer, check_embeddings, register
+from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_embeddings, register
 from .collisions import CATALOGUE_ATTRS
 
 __all__ = ["RQVAE", "AutoEncoder", "flatten_params", "load_flat_params"]
@@ -138,9 +138,20 @@ def _check_positive(name: str, value: Any, *, integer: bool = True, allow_zero: 
                     f"{'integer' if integer else 'number'}, got {value!r}")
 
 
+#: constraints of the auto-encoder and training parameters RQ-VAE and DRQ share
+NETWORK_CONSTRAINTS: dict[str, list] = {
+    "n_levels": [None, Int(ge=1)], "hidden_sizes": [Ints(ge=1, allow_empty=True)],
+    "latent_dim": [Int(ge=1)], "epochs": [Int(ge=1)], "lr": [Real(gt=0)],
+    "weight_decay": [Real(ge=0)], "patience": [Int(ge=0)], "tol": [Real(ge=0)],
+    "resolve_collisions": [Bool()], "random_state": [None, Int(ge=0)], "device": [Device()],
+    "verbose": [Bool()],
+}
+
+
 def _check_network_params(est: Any) -> None:
     """Validate the auto-encoder and training parameters RQ-VAE and DRQ share."""
-    _check_positive("n_levels", est.n_levels)
+    if est.n_levels is not None:
+        _check_positive("n_levels", est.n_levels)
     _check_positive("latent_dim", est.latent_dim)
     _check_positive("epochs", est.epochs)
     if est.batch_size is not None:
@@ -254,7 +265,7 @@ class RQVAE(Tokenizer):
     ----------
     codebook_sizes : per-level codebook sizes; ``None`` = ``default_codebook_sizes(N, n_levels)``
         chosen at fit time (see ``codebook_sizes_``).
-    n_levels : number of levels when ``codebook_sizes`` is None (default 3).
+    n_levels : number of levels; None = ``len(codebook_sizes)``, or 3 when that is None.
     hidden_sizes, latent_dim : encoder MLP ``d -> hidden... -> latent_dim``; the decoder mirrors it.
     beta : commitment weight (0.25).
     epochs, batch_size, lr, weight_decay : AdamW training; ``batch_size=None`` picks
@@ -282,11 +293,15 @@ class RQVAE(Tokenizer):
 
     name = "rqvae"
     _state_attrs = ("weights_", "codebooks_", "codebook_sizes_", *CATALOGUE_ATTRS)
+    _parameter_constraints = {
+        "codebook_sizes": [None, Ints(ge=2)], **NETWORK_CONSTRAINTS, "beta": [Real(ge=0)],
+        "batch_size": [None, Int(ge=1)], "kmeans_init": [Bool()], "dead_code_reset": [Bool()],
+    }
 
     def __init__(
         self,
         codebook_sizes: Sequence[int] | None = None,
-        n_levels: int = 3,
+        n_levels: int | None = None,
         hidden_sizes: Sequence[int] = (512, 256, 128),
         latent_dim: int = 32,
         beta: float = 0.25,
@@ -317,7 +332,8 @@ class RQVAE(Tokenizer):
             return _check_sizes(self.codebook_sizes)
         from .sizing import default_codebook_sizes
 
-        return _check_sizes(default_codebook_sizes(n_items, int(self.n_levels)))
+        return _check_sizes(default_codebook_sizes(n_items, 3 if self.n_levels is None
+                                                   else int(self.n_levels)))
 
     def _build(self, n_features: int, sizes: Sequence[int], device):
         import torch
@@ -379,6 +395,7 @@ class RQVAE(Tokenizer):
 
         from .kmeans import kmeans
 
+        self._check_params()
         self._validate_params()
         X = check_embeddings(X, min_items=2)
         sizes = self._resolve_sizes(X.shape[0])

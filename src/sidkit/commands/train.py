@@ -1,0 +1,117 @@
+"""`sidkit train CONFIG --out DIR` and `sidkit evaluate RUN_DIR`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ArtifactError, ConfigError
+from ._common import handle_errors
+
+
+def _with_overrides(cfg, device: str | None, seeds: str | None, epochs: int | None):
+    if not (device or seeds or epochs):
+        return cfg
+    from ..config import config_from_dict
+
+    d = cfg.model_dump()
+    if device:
+        d["device"] = device
+    if seeds:
+        try:
+            d["train"]["seeds"] = [int(s) for s in seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}",
+                              "write e.g. --seeds 0,1,2") from None
+    if epochs:
+        d["train"]["epochs"] = epochs
+    return config_from_dict(d, "command line")
+
+
+@handle_errors
+def train(
+    config: Path = typer.Argument(..., help="TOML config with a [model] table (and optionally [train])."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (data/, split/, recommender/)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (overrides [train] seeds)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (overrides [train] epochs)."),
+    force: bool = typer.Option(False, "--force", help="Retrain from scratch (drops stored checkpoints)."),
+) -> None:
+    """Train and evaluate the configured recommender (runs the data and split stages as needed).
+
+    Writes RUN/recommender/models/seed-<s>/, metrics.json and metrics.md; an interrupted
+    run resumes from its last epoch checkpoint when started again.
+    """
+    from ..config import load_config
+    from ..pipeline import _data_stage, _recommender_stage, _split_stage
+    from ..stages import run_stage
+
+    cfg = _with_overrides(load_config(config), device, seeds, epochs)
+    if cfg.model is None:
+        raise ConfigError(f"{config} has no [model] table, so there is nothing to train",
+                          'add e.g.\n[model]\ntype = "sasrec"')
+    if force:
+        shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
+    for stage in (_data_stage(cfg), _split_stage(cfg), _recommender_stage(cfg)):
+        r = run_stage(stage, out, force=force and stage.name == "recommender")
+        what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
+        typer.echo(f"[{r.name:<11}] {what:>7}  -> {r.path}", err=True)
+    typer.echo((out / "recommender" / "metrics.md").read_text(encoding="utf-8"))
+
+
+def _find_models(run: Path) -> tuple[Path, list[Path]]:
+    """(split dir, model dirs) of a run directory, its recommender/ dir, or one model dir."""
+    run = Path(run)
+    if (run / "model.json").is_file():
+        models, root = [run], run.parents[2] if len(run.parents) > 2 else run
+    else:
+        rec = run / "recommender" if (run / "recommender").is_dir() else run
+        models = sorted(p for p in (rec / "models").glob("seed-*") if (p / "model.json").is_file())
+        root = rec.parent
+    if not models:
+        raise ArtifactError(f"no trained recommender under {run} (expected recommender/models/seed-*/model.json)",
+                            "train one with `sidkit train CONFIG.toml --out RUN_DIR`")
+    return root / "split", models
+
+
+@handle_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `sidkit train` (or a model directory)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Split directory (default: RUN_DIR/split)."),
+    role: str = typer.Option("test", "--role", help="test or valid."),
+    mask_seen: bool = typer.Option(False, "--mask-seen/--no-mask-seen", help="Remove history items from the ranking."),
+    ks: str = typer.Option("5,10,20", "--ks", help="Cut-offs of Recall@k and NDCG@k."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Evaluate trained recommenders on their split (full ranking; see docs/evaluation.md)."""
+    from ..data import Split
+    from ..eval import SequenceData, evaluate as run_eval, format_metrics_table, metric_names
+    from ..eval.experiment import summarise
+    from ..io import to_json
+    from ..models import Recommender
+
+    try:
+        cutoffs = [int(k) for k in ks.split(",")]
+    except ValueError:
+        raise ConfigError(f"--ks must be comma-separated integers, got {ks!r}", "write e.g. --ks 5,10,20") from None
+    split_dir, model_dirs = _find_models(run_dir)
+    split_dir = split or split_dir
+    data = SequenceData.from_split(Split.load(split_dir))
+    rows, records = [], []
+    for d in model_dirs:
+        model = Recommender.load(d)
+        m = run_eval(model, data, role, mask_seen=mask_seen, ks=cutoffs)
+        m.pop("seconds")
+        records.append({role: m})
+        rows.append({"model": f"{model.name} ({d.name})", **m})
+    if as_json:
+        typer.echo(to_json({"role": role, "mask_seen": mask_seen, "models": [str(d) for d in model_dirs],
+                            "records": [r[role] for r in records], "summary": summarise(records, (role,))}))
+        return
+    typer.echo(f"{role} metrics, full ranking over {data.n_items} items, "
+               f"seen items masked: {'yes' if mask_seen else 'no'}\n")
+    typer.echo(format_metrics_table(rows, metric_names(sorted(set(cutoffs)))
+                                    + (["invalid_rate"] if "invalid_rate" in rows[0] else []) + ["n_examples"]))

@@ -1,0 +1,178 @@
+"""Train and evaluate the configured recommender on a split, over seeds, into one directory.
+
+Layout written by :func:`train_and_evaluate` (``OUT`` is ``RUN/recommender``)::
+
+    OUT/models/seed-<s>/   model.json, weights.safetensors (best-validation weights)
+    OUT/metrics.json       protocol, one record per seed, mean and std over seeds
+    OUT/metrics.md         the same as Markdown tables
+
+A record: ``model``, ``tokenizer`` (None for item-id models), ``seed``, ``protocol``,
+``valid`` and ``test`` metrics (test from the best-validation checkpoint),
+``best_epoch``, ``epochs_run``, ``seconds_per_epoch``, ``train_seconds``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io import write_json, write_text
+from .harness import evaluate
+from .metrics import metric_names
+
+TIE_BREAK = "equal scores: lower catalogue index (item ids sorted as strings) first"
+
+
+def protocol(data, cfg_train, max_len: int | None, dataset: str = "") -> dict[str, Any]:
+    """The evaluation protocol of a run, as recorded next to every figure."""
+    return {"dataset": dataset, "split": data.kind, "n_items": int(data.n_items),
+            "n_users": int(len(data.users)),
+            "inputs": "test: history up to and including the validation item; valid: history before it",
+            "max_len": max_len, "ranking": "full (all catalogue items, no negative sampling)",
+            "mask_seen": bool(cfg_train.mask_seen), "tie_break": TIE_BREAK,
+            "selection": "best validation ndcg@10 (test figures from that checkpoint)"}
+
+
+def make_model(model_cfg):
+    """A recommender instance from a ``[model]`` config table."""
+    from ..models import get_recommender_class
+
+    if model_cfg is None:
+        raise ConfigError("the config has no [model] table", 'add e.g. [model] type = "sasrec"')
+    params = model_cfg.model_dump()
+    cls = get_recommender_class(params.pop("type"))
+    return cls(**params)
+
+
+def fit_one(model_cfg, train_cfg, data, seed: int, device: str = "auto",
+            checkpoint_dir: Path | None = None, progress: bool | None = None):
+    """Fit one model for one seed; returns ``(model, record_without_metrics)``."""
+    from ..models import TorchRecommender
+
+    model = make_model(model_cfg)
+    t0 = time.perf_counter()
+    if isinstance(model, TorchRecommender):
+        model.fit(data, train=train_cfg, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
+                  progress=progress)
+    else:
+        model.fit(data)
+    hist = getattr(model, "history_", [])
+    secs = [h["seconds"] for h in hist]
+    rec = {"model": model.name, "tokenizer": None, "seed": int(seed),
+           "best_epoch": getattr(model, "best_epoch_", None), "epochs_run": len(hist),
+           "seconds_per_epoch": float(np.median(secs)) if secs else None,
+           "train_seconds": time.perf_counter() - t0}
+    return model, rec
+
+
+def score_record(model, data, rec: dict[str, Any], train_cfg) -> dict[str, Any]:
+    kw = {"mask_seen": train_cfg.mask_seen, "batch_size": train_cfg.eval_batch_size}
+    for role in ("valid", "test"):
+        if role == "valid" and data.n_role("valid") == 0:
+            rec[role] = None
+            continue
+        m = evaluate(model, data, role, **kw)
+        rec[f"{role}_eval_seconds"] = m.pop("seconds")
+        rec[role] = m
+    return rec
+
+
+def summarise(records: list[dict[str, Any]], roles: Iterable[str] = ("valid", "test")) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) over records."""
+    out: dict[str, Any] = {"n_seeds": len(records)}
+    for role in roles:
+        recs = [r[role] for r in records if r.get(role)]
+        if not recs:
+            continue
+        keys = [k for k in recs[0] if isinstance(recs[0][k], float)]
+        out[role] = {k: {"mean": float(np.mean([r[k] for r in recs])),
+                         "std": float(np.std([r[k] for r in recs], ddof=1)) if len(recs) > 1 else 0.0}
+                     for k in keys}
+    for k in ("best_epoch", "seconds_per_epoch"):
+        vals = [r[k] for r in records if r.get(k) is not None]
+        if vals:
+            out[k] = {"mean": float(np.mean(vals)),
+                      "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+    return out
+
+
+def _pm(s: dict[str, float] | None, digits: int = 4) -> str:
+    if not s:
+        return ""
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def metrics_markdown(groups: dict[str, list[dict[str, Any]]], proto: dict[str, Any],
+                     title: str = "Recommendation metrics") -> str:
+    """Markdown: the protocol, then a mean ± std table per role (one row per model)."""
+    names = metric_names()
+    lines = [f"# {title}", "", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in proto.items() if v not in ("", None)),
+             "", f"Seen items masked: **{'yes' if proto.get('mask_seen') else 'no'}**. "
+             "Mean ± sample standard deviation over seeds.", ""]
+    for role in ("test", "valid"):
+        rows = []
+        for label, recs in groups.items():
+            s = summarise(recs)
+            if role not in s:
+                continue
+            rows.append(f"| {label} | {len(recs)} | " + " | ".join(_pm(s[role].get(m)) for m in names)
+                        + f" | {_pm(s.get('best_epoch'), 1)} | {_pm(s.get('seconds_per_epoch'), 2)} |")
+        if rows:
+            lines += [f"## {role.capitalize()} (mask seen: {'yes' if proto.get('mask_seen') else 'no'})", "",
+                      "| model | seeds | " + " | ".join(names) + " | best epoch | s/epoch |",
+                      "|---|---:|" + "---:|" * (len(names) + 2)] + rows + [""]
+    return "\n".join(lines)
+
+
+def train_and_evaluate(cfg, data, out: Path, *, checkpoint_root: Path | None = None,
+                       progress: bool | None = None) -> dict[str, Any]:
+    """Fit ``cfg.model`` for every seed of ``cfg.train.seeds`` (or ``cfg.seed``) on ``data``,
+    evaluate valid and test, write ``out/models``, ``out/metrics.json`` and ``out/metrics.md``.
+
+    Checkpoints go to ``checkpoint_root/seed-<s>`` (resumed when present, removed when a
+    seed finishes).  Returns the metrics document.
+    """
+    out = Path(out)
+    seeds = list(cfg.train.seeds) or [cfg.seed]
+    records = []
+    for seed in seeds:
+        ck = checkpoint_root / f"seed-{seed}" if checkpoint_root is not None else None
+        model, rec = fit_one(cfg.model, cfg.train, data, seed, cfg.device, ck, progress)
+        records.append(score_record(model, data, rec, cfg.train))
+        model.save(out / "models" / f"seed-{seed}")
+    proto = protocol(data, cfg.train, getattr(model, "max_len", None), cfg.data.dataset)
+    for r in records:
+        r["protocol"] = proto
+    doc = {"protocol": proto, "model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
+           "records": records, "summary": summarise(records)}
+    write_json(out / "metrics.json", doc)
+    write_text(out / "metrics.md", metrics_markdown({cfg.model.type: records}, proto) + "\n")
+    if checkpoint_root is not None:
+        for seed in seeds:
+            shutil.rmtree(checkpoint_root / f"seed-{seed}", ignore_errors=True)
+    return doc
+
+
+def recommender_stage_fn(cfg):
+    """The pipeline stage function: train + evaluate on ``RUN/split``, write into the stage dir.
+
+    Checkpoints live in ``RUN/checkpoints/recommender`` (outside the stage's temporary
+    directory) so an interrupted stage resumes where it stopped.
+    """
+    def fn(out: Path, inp: dict[str, Path]) -> dict[str, Any]:
+        from ..data import Split
+        from .sequences import SequenceData
+
+        data = SequenceData.from_split(Split.load(inp["split"]))
+        root = inp["split"].parent / "checkpoints" / "recommender"
+        doc = train_and_evaluate(cfg, data, out, checkpoint_root=root)
+        s = doc["summary"]
+        return {"model": cfg.model.type, "n_seeds": s["n_seeds"], "mask_seen": cfg.train.mask_seen,
+                "test": {k: v["mean"] for k, v in s["test"].items()}}
+
+    return fn

@@ -1,0 +1,154 @@
+"""Ranking metrics on items (never on SIDs), one held-out target per example.
+
+Everything goes through the 0-based **rank** of the target item in the model's
+ranking (``-1``: the target is not in the returned list).  With one relevant item
+per example the usual definitions reduce to
+
+- ``Recall@k`` (= HR@k) = 1 if rank < k,
+- ``NDCG@k`` = 1 / log2(rank + 2) if rank < k (the ideal DCG is 1),
+- ``MRR@k`` = 1 / (rank + 1) if rank < k,
+
+averaged over examples.  ``coverage@k`` is the share of the catalogue that appears in
+at least one top-k list.
+
+Ties in a score vector are broken deterministically: among equal scores the item
+with the **lower catalogue index** ranks first (:func:`ranks_from_scores`,
+:func:`topk_from_scores`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+DEFAULT_KS = (5, 10, 20)
+
+
+def _check_k(k: int, n_items: int | None = None) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DataError(f"k must be a positive integer, got {k!r}", "use e.g. k=10")
+    if n_items is not None and k > n_items:
+        raise DataError(f"k={k} is larger than the catalogue ({n_items} items)",
+                        f"use k <= {n_items}")
+    return int(k)
+
+
+def ranks_from_scores(scores, targets, exclude=None):
+    """0-based rank of ``targets[b]`` in row ``b`` of ``scores`` (higher = better).
+
+    ``scores``: (B, N) numpy or torch; ``targets``: (B,) catalogue indices.  An item
+    ranks before the target when its score is higher, or equal with a lower index.
+    ``exclude``: optional boolean (B, N) mask of items removed from the ranking (the
+    target itself is never removed).  Returns int64 numpy (B,).
+    """
+    import torch
+
+    s = torch.as_tensor(scores)
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=s.device)
+    if s.ndim != 2 or t.shape != (s.shape[0],):
+        raise DataError(f"scores must be (B, N) and targets (B,), got {tuple(s.shape)} and {tuple(t.shape)}",
+                        "pass one score row per target")
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= s.shape[1]):
+        raise DataError(f"target indices must lie in [0, {s.shape[1]}), got {int(t.min())}..{int(t.max())}",
+                        "map item ids to catalogue indices first")
+    st = s.gather(1, t[:, None])
+    idx = torch.arange(s.shape[1], device=s.device)
+    before = (s > st) | ((s == st) & (idx[None, :] < t[:, None]))
+    if exclude is not None:
+        ex = torch.as_tensor(exclude, device=s.device).bool().clone()
+        ex[torch.arange(len(t), device=s.device), t] = False
+        before &= ~ex
+    return before.sum(1).cpu().numpy().astype(np.int64)
+
+
+def topk_from_scores(scores, k: int, exclude=None) -> np.ndarray:
+    """(B, k) catalogue indices of the ``k`` best items per row, ties to the lower index.
+
+    ``exclude`` (boolean (B, N)) removes items (they are ranked last, after every other
+    item, and returned only when fewer than ``k`` items remain).
+    """
+    import torch
+
+    s = torch.as_tensor(scores)
+    k = _check_k(k, s.shape[1])
+    key = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
+    if exclude is not None:
+        key = key.masked_fill(torch.as_tensor(exclude, device=s.device).bool(), float("-inf"))
+    # stable sort of the negated scores: equal scores keep ascending index order
+    order = torch.sort(-key, dim=1, stable=True).indices[:, :k]
+    return order.cpu().numpy().astype(np.int64)
+
+
+def ranks_from_lists(topk: np.ndarray, targets) -> np.ndarray:
+    """0-based rank of each target in its recommended list, ``-1`` when absent.
+
+    ``topk``: (B, K) catalogue indices (``-1`` marks an invalid or missing slot, e.g.
+    a generated SID that maps to no item).  Only the first occurrence counts.
+    """
+    topk = np.asarray(topk)
+    targets = np.asarray(targets)
+    if topk.ndim != 2 or targets.shape != (topk.shape[0],):
+        raise DataError(f"lists must be (B, K) and targets (B,), got {topk.shape} and {targets.shape}",
+                        "pass one list per target")
+    hit = topk == targets[:, None]
+    return np.where(hit.any(1), hit.argmax(1), -1).astype(np.int64)
+
+
+def _at(ranks: np.ndarray, k: int) -> np.ndarray:
+    return (ranks >= 0) & (ranks < k)
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Share of examples whose target ranks in the top ``k`` (= hit rate with one target)."""
+    k = _check_k(k)
+    ranks = np.asarray(ranks)
+    return float(_at(ranks, k).mean()) if ranks.size else float("nan")
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean of 1/log2(rank + 2) over examples with rank < k (0 otherwise)."""
+    k = _check_k(k)
+    ranks = np.asarray(ranks)
+    if not ranks.size:
+        return float("nan")
+    gain = np.where(_at(ranks, k), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+    return float(gain.mean())
+
+
+def mrr_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean reciprocal rank, counting only ranks < k."""
+    k = _check_k(k)
+    ranks = np.asarray(ranks)
+    if not ranks.size:
+        return float("nan")
+    return float(np.where(_at(ranks, k), 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0).mean())
+
+
+def coverage_at_k(topk: np.ndarray, n_items: int, k: int) -> float:
+    """Share of the ``n_items`` catalogue appearing in at least one top-``k`` list
+    (invalid ``-1`` entries ignored)."""
+    k = _check_k(k)
+    top = np.asarray(topk)[:, :k]
+    valid = top[top >= 0]
+    return float(np.unique(valid).size / n_items) if n_items else float("nan")
+
+
+def metric_names(ks: Sequence[int] = DEFAULT_KS, mrr_k: int = 20, coverage_k: int = 10) -> list[str]:
+    return ([f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]
+            + [f"mrr@{mrr_k}", f"coverage@{coverage_k}"])
+
+
+def ranking_metrics(ranks: np.ndarray, topk: np.ndarray | None, n_items: int,
+                    ks: Iterable[int] = DEFAULT_KS, mrr_k: int = 20,
+                    coverage_k: int = 10) -> dict[str, float]:
+    """Every metric of the protocol from the target ranks (and top lists for coverage)."""
+    ks = [_check_k(k) for k in ks]
+    out = {f"recall@{k}": recall_at_k(ranks, k) for k in ks}
+    out.update({f"ndcg@{k}": ndcg_at_k(ranks, k) for k in ks})
+    out[f"mrr@{mrr_k}"] = mrr_at_k(ranks, mrr_k)
+    if topk is not None:
+        out[f"coverage@{coverage_k}"] = coverage_at_k(topk, n_items, coverage_k)
+    return out

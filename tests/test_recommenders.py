@@ -1,0 +1,170 @@
+"""Recommenders in the harness: popularity, SASRec, the training loop, save/load, bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sidkit.data import Interactions, leave_one_out
+from sidkit.errors import ArtifactError, DataError, NotFittedError
+from sidkit.eval import SequenceData, evaluate
+from sidkit.models import Popularity, Recommender, SASRec
+
+TINY = {"hidden": 16, "n_blocks": 1, "n_heads": 1, "max_len": 8, "dropout": 0.0}
+
+
+def _split(seqs):
+    rows = [(u, it, t) for u, s in seqs.items() for t, it in enumerate(s)]
+    return leave_one_out(Interactions(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])))
+
+
+def cyclic_data(n_items=24, n_users=48, length=14):
+    """User u walks the cycle i00 -> i01 -> ... from item u % n_items: the next item is
+    always the successor of the last one."""
+    ids = [f"i{k:02d}" for k in range(n_items)]
+    return SequenceData.from_split(_split({f"u{u:02d}": [ids[(u + t) % n_items] for t in range(length)]
+                                           for u in range(n_users)}))
+
+
+# ------------------------------------------------------------------ popularity
+def test_popularity_exact_on_a_toy_split():
+    split = _split({"a": ["x", "y", "z", "w"], "b": ["y", "x", "z", "v"], "c": ["y", "w", "v"]})
+    data = SequenceData.from_split(split)        # catalogue v, w, x, y, z
+    pop = Popularity().fit(data)
+    # training items: a: x y; b: y x; c: y  -> counts v0 w0 x2 y3 z0 (valid/test never counted)
+    np.testing.assert_array_equal(pop.counts_, [0, 0, 2, 3, 0])
+    assert pop.recommend(np.zeros((1, 3), int), 5).tolist() == [[3, 2, 0, 1, 4]]   # ties: lower index
+    res = evaluate(pop, data, "test", ks=(1, 2, 5), mrr_k=5, coverage_k=2, return_ranks=True)
+    # test targets: a -> w (rank 3), b -> v (rank 2), c -> v (rank 2)
+    np.testing.assert_array_equal(res["ranks"], [3, 2, 2])
+    assert res["recall@1"] == 0 and res["recall@5"] == 1
+    assert res["ndcg@5"] == pytest.approx((1 / np.log2(5) + 2 / np.log2(4)) / 3)
+    assert res["mrr@5"] == pytest.approx((1 / 4 + 2 / 3) / 3)
+    assert res["coverage@2"] == pytest.approx(2 / 5)
+    # masking seen items from the ranking y x v w z: a saw x y z -> v w (w: rank 1);
+    # b saw y x z -> v w (v: 0); c saw y w -> x v z (v: 1)
+    masked = evaluate(pop, data, "test", ks=(1, 2), mrr_k=2, coverage_k=2, mask_seen=True, return_ranks=True)
+    np.testing.assert_array_equal(masked["ranks"], [1, 0, 1])
+
+
+def test_identical_rankings_are_deterministic():
+    data = cyclic_data()
+
+    class Constant(Popularity):
+        name = "constant-test"
+
+        def fit(self, data, **_):
+            super().fit(data)
+            self.counts_ = np.zeros_like(self.counts_)
+            return self
+
+    m = Constant().fit(data)
+    a = evaluate(m, data, "test", return_ranks=True)
+    b = evaluate(m, data, "test", return_ranks=True, batch_size=5)
+    # every score equal: the rank of a target is its catalogue index
+    np.testing.assert_array_equal(a["ranks"], data.eval_inputs("test", 8)["targets"])
+    np.testing.assert_array_equal(a["ranks"], b["ranks"])
+    assert {k: v for k, v in a.items() if k not in ("seconds", "ranks")} == \
+        {k: v for k, v in b.items() if k not in ("seconds", "ranks")}
+    assert a["coverage@10"] == pytest.approx(10 / 24)
+
+
+# ----------------------------------------------------------------------- SASRec
+def test_sasrec_learns_a_deterministic_pattern():
+    data = cyclic_data()
+    m = SASRec(**TINY).fit(data, train={"epochs": 20, "lr": 1e-2, "warmup_steps": 5, "batch_size": 32,
+                                        "eval_every": 5}, seed=0, device="cpu")
+    losses = [h["loss"] for h in m.history_]
+    assert losses[-1] < 0.2 * losses[0]                      # training lowers the loss
+    for role in ("valid", "test"):
+        assert evaluate(m, data, role, ks=(1, 5))["recall@1"] == 1.0
+
+
+def test_training_lowers_the_loss_in_a_few_epochs():
+    m = SASRec(**TINY).fit(cyclic_data(), train={"epochs": 4, "lr": 5e-3, "warmup_steps": 0, "batch_size": 8},
+                           seed=1, device="cpu")
+    losses = [h["loss"] for h in m.history_]
+    assert losses[-1] < losses[0]
+    assert m.best_epoch_ == max(range(1, 5), key=lambda e: m.history_[e - 1]["valid"]["ndcg@10"])
+
+
+def _train_cfg(epochs):
+    return {"epochs": epochs, "lr": 5e-3, "warmup_steps": 3, "batch_size": 8, "patience": 10}
+
+
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
+    data = cyclic_data(n_users=24)
+    full = SASRec(**{**TINY, "dropout": 0.3}).fit(data, train=_train_cfg(3), seed=3, device="cpu")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(rec):
+        if rec["epoch"] == 1:
+            raise Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Stop):
+        SASRec(**{**TINY, "dropout": 0.3}).fit(data, train=_train_cfg(3), seed=3, device="cpu",
+                                               checkpoint_dir=ck, callbacks=[stop_after_first])
+    assert (ck / "state.json").is_file()
+    resumed = SASRec(**{**TINY, "dropout": 0.3}).fit(data, train=_train_cfg(3), seed=3, device="cpu",
+                                                     checkpoint_dir=ck)
+    a, b = full._state(), resumed._state()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(full.history_) == strip(resumed.history_)
+    assert evaluate(full, data, "test")["ndcg@10"] == evaluate(resumed, data, "test")["ndcg@10"]
+
+    # a checkpoint written for another config is refused with a clear error
+    with pytest.raises(ArtifactError, match="another model config"):
+        SASRec(**{**TINY, "hidden": 8}).fit(data, train=_train_cfg(3), seed=3, device="cpu", checkpoint_dir=ck)
+
+
+def test_save_load_round_trip_and_catalogue_check(tmp_path):
+    data = cyclic_data()
+    m = SASRec(**TINY).fit(data, train=_train_cfg(2), seed=0, device="cpu")
+    m.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m")
+    assert isinstance(back, SASRec) and back.get_params() == m.get_params()
+    h = data.eval_inputs("test", 8)["history"]
+    np.testing.assert_allclose(np.asarray(back.score(h)), np.asarray(m.score(h)), rtol=1e-6, atol=1e-6)
+    assert back.best_epoch_ == m.best_epoch_
+    pop = Popularity().fit(data)
+    pop.save(tmp_path / "p")
+    np.testing.assert_array_equal(Recommender.load(tmp_path / "p").counts_, pop.counts_)
+
+    other = cyclic_data(n_items=25)
+    with pytest.raises(ArtifactError, match="another catalogue"):
+        evaluate(back, other, "test")
+
+
+def test_bad_inputs(tmp_path):
+    data = cyclic_data()
+    pop = Popularity()
+    with pytest.raises(NotFittedError):
+        pop.recommend(np.zeros((1, 2), int), 3)
+    pop.fit(data)
+    with pytest.raises(DataError, match="not in the model's catalogue"):
+        pop.recommend_ids([["i00", "nope"]], 3)
+    assert pop.recommend_ids([["i00", "i01"]], 2) == [["i00", "i01"]]   # every count ties: lower index first
+    with pytest.raises(DataError, match="larger than the catalogue"):
+        evaluate(pop, data, "test", ks=(5, 25))
+    with pytest.raises(DataError, match="tokens must lie"):
+        pop.score(np.array([[0, 99]]))
+    with pytest.raises(ArtifactError, match="no saved recommender"):
+        Recommender.load(tmp_path)
+    # weights that do not match the saved parameters
+    m = SASRec(**TINY).fit(data, train=_train_cfg(1), seed=0, device="cpu")
+    m.save(tmp_path / "m")
+    import json
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["params"]["hidden"] = 32
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="do not match"):
+        Recommender.load(tmp_path / "m")
+    # a split without validation/test examples
+    one = SequenceData.from_split(_split({"a": ["x"], "b": ["y"]}))
+    with pytest.raises(DataError, match="no test examples"):
+        evaluate(Popularity().fit(one), one, "test", ks=(1,), mrr_k=1, coverage_k=1)

@@ -1,0 +1,160 @@
+"""`sidkit train` / `sidkit evaluate`, the optional recommender stage of `sidkit run`."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sidkit.cli import app
+from sidkit.config import config_from_dict
+from sidkit.errors import ConfigError
+from sidkit.pipeline import build_stages
+from test_pipeline import toy  # noqa: F401  (fixture: the pipeline's synthetic data set)
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """30 items, 40 users with 10 interactions each (RecBole atomic files)."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "tiny"
+    d.mkdir()
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(40):
+        start = rng.integers(30)
+        rows += [f"u{u}\ti{(start + t) % 30:02d}\t{1000 + 10 * t}" for t in range(10)]
+    (d / "tiny.inter").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def _toml(tmp, model: str, extra: str = "") -> str:
+    p = tmp / f"{model}.toml"
+    p.write_text(f'[data]\ndataset = "{tmp / "tiny"}"\nuser_core = 0\n\n[model]\ntype = "{model}"\n'
+                 + ("hidden = 8\nn_blocks = 1\nn_heads = 1\nmax_len = 6\n" if model == "sasrec" else "")
+                 + '\n[train]\nepochs = 2\nbatch_size = 16\nwarmup_steps = 2\n' + extra)
+    return str(p)
+
+
+def test_cli_train_and_evaluate(tiny):
+    out = tiny / "run"
+    r = runner.invoke(app, ["train", _toml(tiny, "sasrec", "seeds = [0, 1]\n"), "--out", str(out),
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "recommender" / "metrics.json").read_text())
+    assert [rec["seed"] for rec in doc["records"]] == [0, 1]
+    rec = doc["records"][0]
+    assert rec["model"] == "sasrec" and rec["tokenizer"] is None and rec["epochs_run"] == 2
+    assert 1 <= rec["best_epoch"] <= 2 and rec["seconds_per_epoch"] > 0
+    assert set(rec["test"]) >= {"recall@5", "ndcg@10", "mrr@20", "coverage@10"}
+    assert doc["protocol"]["mask_seen"] is False and doc["summary"]["n_seeds"] == 2
+    md = (out / "recommender" / "metrics.md").read_text()
+    assert "Seen items masked: **no**" in md and "| sasrec | 2 |" in md
+    assert "ndcg@10" in r.output
+    assert not (out / "checkpoints" / "recommender" / "seed-0").exists()   # removed once done
+
+    # evaluate the stored models: same figures as training wrote
+    r = runner.invoke(app, ["evaluate", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.output)
+    assert ev["records"][0]["ndcg@10"] == pytest.approx(rec["test"]["ndcg@10"])
+    r = runner.invoke(app, ["evaluate", str(out / "recommender" / "models" / "seed-1"), "--mask-seen"])
+    assert r.exit_code == 0 and "seen items masked: yes" in r.output
+
+    # a second train is a cache hit
+    r = runner.invoke(app, ["train", _toml(tiny, "sasrec", "seeds = [0, 1]\n"), "--out", str(out)])
+    assert r.exit_code == 0 and "cached" in r.output
+
+
+def test_cli_bad_inputs(tiny):
+    out = tiny / "run"
+    r = runner.invoke(app, ["train", _toml(tiny, "popularity"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    # a config without [model]
+    bare = tiny / "bare.toml"
+    bare.write_text(f'[data]\ndataset = "{tiny / "tiny"}"\n')
+    r = runner.invoke(app, ["train", str(bare), "--out", str(tiny / "x")])
+    assert r.exit_code == 1 and "no [model] table" in r.output
+    assert not (tiny / "x" / "recommender").exists()
+    # model-specific keys under another type, unknown [train] keys
+    bad = tiny / "bad.toml"
+    bad.write_text('[model]\ntype = "popularity"\nhidden = 3\n')
+    r = runner.invoke(app, ["train", str(bad), "--out", str(tiny / "y")])
+    assert r.exit_code == 1 and "unknown key 'model.popularity.hidden'" in r.output
+    # evaluating on another catalogue
+    (tiny / "tiny2").mkdir()
+    rows = (tiny / "tiny" / "tiny.inter").read_text().replace("\ti0", "\tj0")
+    (tiny / "tiny2" / "tiny2.inter").write_text(rows)
+    cfg2 = tiny / "c2.toml"
+    cfg2.write_text(f'[data]\ndataset = "{tiny / "tiny2"}"\nuser_core = 0\n[model]\ntype = "popularity"\n')
+    assert runner.invoke(app, ["train", str(cfg2), "--out", str(tiny / "run2")]).exit_code == 0
+    r = runner.invoke(app, ["evaluate", str(out), "--split", str(tiny / "run2" / "split")])
+    assert r.exit_code == 1 and "another catalogue" in r.output
+    # a cut-off beyond the catalogue (30 items)
+    r = runner.invoke(app, ["evaluate", str(out), "--ks", "5,40"])
+    assert r.exit_code == 1 and "k=40 is larger than the catalogue (30 items)" in r.output
+    # nothing trained there
+    r = runner.invoke(app, ["evaluate", str(tiny / "x")])
+    assert r.exit_code == 1 and "no trained recommender" in r.output
+
+
+def test_interrupted_cli_run_resumes_and_refuses_a_changed_config(tiny, monkeypatch):
+    from sidkit.models import train as train_mod
+
+    out = tiny / "run"
+    cfg = _toml(tiny, "sasrec", "seeds = [0]\n")
+    real = train_mod.save_checkpoint
+    calls = []
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first(path, **kw):
+        real(path, **kw)
+        calls.append(kw["state"]["epoch"])
+        if kw["state"]["epoch"] == 1 and len(calls) == 1:
+            raise Crash
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", crash_after_first)
+    with pytest.raises(Crash):
+        runner.invoke(app, ["train", cfg, "--out", str(out)], catch_exceptions=False)
+    assert not (out / "recommender").exists()                    # nothing half-written
+    assert (out / "checkpoints" / "recommender" / "seed-0" / "state.json").is_file()
+    # a changed model config refuses the stored checkpoint
+    changed = tiny / "changed.toml"
+    changed.write_text(open(cfg).read().replace("hidden = 8", "hidden = 4"))
+    r = runner.invoke(app, ["train", str(changed), "--out", str(out)])
+    assert r.exit_code == 1 and "another model config" in r.output and "--force" in r.output
+    assert not (out / "recommender").exists()
+    # the original config resumes (epoch 2 only) and finishes
+    r = runner.invoke(app, ["train", cfg, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert calls == [1, 2]
+    doc = json.loads((out / "recommender" / "metrics.json").read_text())
+    assert doc["records"][0]["epochs_run"] == 2
+
+
+def test_run_gains_a_recommender_stage_only_with_a_model_table(tmp_path):
+    base = {"data": {"dataset": "x"}, "embed": {"embeddings_file": None}}
+    names = [s.name for s in build_stages(config_from_dict(base))]
+    assert "recommender" not in names
+    names = [s.name for s in build_stages(config_from_dict({**base, "model": {"type": "popularity"}}))]
+    assert names[-2:] == ["recommender", "diagnostics"]
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        config_from_dict({"train": {"epoch": 3}})
+
+
+def test_run_with_a_model_writes_metrics_and_the_report_section(toy):
+    from test_pipeline import _cfg
+
+    from sidkit.pipeline import run_pipeline
+
+    cfg = _cfg(toy, model={"type": "popularity"})
+    res = run_pipeline(cfg, toy / "run")
+    assert [r.name for r in res.stages][-2:] == ["recommender", "diagnostics"]
+    doc = json.loads((toy / "run" / "recommender" / "metrics.json").read_text())
+    assert doc["records"][0]["model"] == "popularity" and doc["protocol"]["mask_seen"] is False
+    html = (toy / "run" / "diagnostics" / "report.html").read_text()
+    assert 'id="recommendation"' in html and "seen items masked: no" in html
+    assert "Recommendation metrics" in (toy / "run" / "diagnostics" / "report.md").read_text()
