@@ -227,5 +227,5 @@ def test_state_of_an_older_version_is_a_clear_error(tmp_path):
     state["codes_"] = m.codes_.copy()
     state["embeddings_"] = X
     save_file(state, str(tmp_path / "g" / "state.safetensors"))
-    with pytest.raises(ArtifactError, match="older sidkit"):
+    with pytest.raises(ArtifactError, match=r"unexpected tensor\(s\) \['codes_', 'embeddings_'\]"):
         Tokenizer.load(tmp_path / "g")

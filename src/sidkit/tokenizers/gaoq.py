@@ -382,14 +382,6 @@ class GAOQ(Tokenizer):
         self._check_fitted()
         return self.catalogue_sids_
 
-    @codes_.setter
-    def codes_(self, value: Any) -> None:  # a state file of an older sidkit
-        from ..errors import ArtifactError
-
-        raise ArtifactError("this GAOQ state was saved by an older sidkit (it stores the "
-                            "catalogue embeddings and codes_)",
-                            "re-fit the tokenizer (sidkit run --force, or GAOQ().fit(X))")
-
     def __init__(
         self,
         branching: Sequence[int] | None = None,
