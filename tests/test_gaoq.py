@@ -212,3 +212,20 @@ def test_batched_balanced_kmeans_groups_of_different_sizes():
         # centroids are the means of their members
         for c in range(k):
             np.testing.assert_allclose(C[p, c], Xp[p, :n][lab[p, :n] == c].mean(0), atol=1e-4)
+
+
+def test_state_of_an_older_version_is_a_clear_error(tmp_path):
+    """Older GAOQ states stored the catalogue embeddings and codes_: re-fit, no traceback."""
+    from safetensors.numpy import load_file, save_file
+
+    from sidkit.errors import ArtifactError
+
+    X = _clustered(n=200, d=8)
+    m = GAOQ(device="cpu").fit(X)
+    m.save(tmp_path / "g")
+    state = load_file(str(tmp_path / "g" / "state.safetensors"))
+    state["codes_"] = m.codes_.copy()
+    state["embeddings_"] = X
+    save_file(state, str(tmp_path / "g" / "state.safetensors"))
+    with pytest.raises(ArtifactError, match=r"unexpected tensor\(s\) \['codes_', 'embeddings_'\]"):
+        Tokenizer.load(tmp_path / "g")

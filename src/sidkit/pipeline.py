@@ -291,8 +291,9 @@ def _codes_stage(cfg: ExperimentConfig) -> Stage:
         return summary
 
     params = {"codes": cfg.codes.model_dump(), "seed": cfg.seed}
-    # version 2: summary.json counts semantic collisions
-    return Stage("codes", fn, params, inputs=("embeddings", "split"), version=2)
+    # version 2: summary.json counts semantic collisions; version 3: tokenizers store
+    # the catalogue's item -> SID table (docs/encoding.md)
+    return Stage("codes", fn, params, inputs=("embeddings", "split"), version=3)
 
 
 def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:

@@ -173,9 +173,9 @@ class _KMeansTokenizer(Tokenizer):
         CatalogueIndex().fit(Xt, route, codes.codes, random_state=self.random_state).to_owner(self)
 
     def fit_encode(self, X: Any, y: Any = None) -> Codes:
-        """Fit and return the training codes without a second pass (for
-        ``balanced=True`` these are the size-constrained assignment; ``encode``
-        always uses the nearest codeword)."""
+        """Fit and return the catalogue SIDs without a second pass (for
+        ``balanced=True`` the size-constrained assignment; ``encode`` returns the same
+        SIDs for these items and the nearest codewords for new ones)."""
         return self._fit(X)
 
     # ------------------------------------------------------------- codes
