@@ -80,3 +80,30 @@ def test_rerun_is_cached(run_dir):
     again = CliRunner().invoke(app, ["run", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert again.output.count("cached") == 6 and "rerunning" not in again.output
+
+
+@pytest.mark.parametrize("k", [None, 64, 256])
+def test_ml100k_rqkmeans_levels_do_not_collapse(run_dir, k):
+    """Issue 8 item 11: on the run's own text embeddings, greedy k-means++ seeded the
+    later levels on outliers and one code swallowed the items (3 x 64: 1,550 of 1,682
+    items in one level-3 code, perplexity 1.8).  No level of the default tokenizer
+    (default sizes, and 64 / 256 per level) may put more than a third of the items
+    into one code, and every level uses its codebook (perplexity >= K / 2)."""
+    from sidkit.tokenizers import RQKMeans
+
+    out, result = run_dir
+    assert result.exit_code == 0, result.output
+    X = Embeddings.load(out / "embeddings").vectors
+    if k is None:  # the default run's own codes (default sizes: 24 per level)
+        codes = Codes.load(out / "codes" / "codes")
+    else:
+        codes = RQKMeans(codebook_sizes=k).fit_encode(X)
+    n = len(X)
+    for level in range(3):
+        tokens = codes.codes[:, level]
+        size = codes.codebook_sizes[level]
+        top = np.bincount(tokens, minlength=size).max()
+        assert top <= n / 3, (level, top)
+        p = np.bincount(tokens, minlength=size) / n
+        p = p[p > 0]
+        assert np.exp(-(p * np.log(p)).sum()) >= size / 2, level

@@ -152,3 +152,32 @@ def test_encode_residual_matches_chained_assign(chunk):
     Y = Xt.clone()
     Y[5, 2] = float("nan")
     assert not _encode_residual_t(Y, Cs, chunk=chunk)[1]
+
+
+def test_empty_cluster_repair_splits_the_donor():
+    # one isotropic Gaussian in 64-d, the second centroid far away -> empty at the start.
+    # Refilling it ON the donor's farthest point would win that point only (in high
+    # dimension every point is nearer to the mean than to another point); the repair
+    # splits the donor in two instead, so k-means finds the two halves of 2-means.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 64)).astype(np.float32)
+    init = np.stack([X.mean(0), X.mean(0) + 1e4]).astype(np.float32)
+    r = kmeans(X, 2, init=init, n_iter=10)
+    assert r.sizes.min() >= 120, r.sizes
+
+
+def test_bisecting_init_does_not_seed_on_outliers():
+    # isotropic data with heavy-tailed norms (like RQ-KMeans' later-level residuals):
+    # greedy k-means++ seeds on the far points, which keep a few points each while
+    # one cluster takes most of the mass; the bisecting init starts from means of
+    # groups and keeps every cluster below a third of the data
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(1500, 128)) * rng.lognormal(0, 0.5, size=(1500, 1))).astype(np.float32)
+    pp = kmeans(X, 32, init="k-means++", random_state=0)
+    bis = kmeans(X, 32, init="bisecting", random_state=0)
+    assert bis.sizes.max() <= 1500 / 3 < 1500 / 2 < pp.sizes.max(), (bis.sizes, pp.sizes)
+    again = kmeans(X, 32, init="bisecting", random_state=0)  # deterministic per seed
+    assert np.array_equal(again.labels, bis.labels) and (bis.sizes > 0).all()
+    # no cluster can split (all points equal): the missing centroids are data rows
+    same = kmeans(np.ones((10, 3), dtype=np.float32), 4, init="bisecting")
+    assert same.sizes.sum() == 10 and np.allclose(same.centroids, 1.0)

@@ -93,8 +93,20 @@ def test_hkm_children_per_parent_and_decode_leaf():
     tok = HierarchicalKMeans(codebook_sizes=[4, 4, 4], random_state=0)
     codes = tok.fit_encode(X)
     base = codes.codes[:, :3]
-    # every token is a valid child of its parent; a parent never has more than K children
-    assert base.max() < 4
+    # every token names an existing child of its parent node in the child table ...
+    table = tok.child_table_
+    row = np.zeros(len(X), dtype=np.int64)  # child-table row of the parent (0 = root)
+    for l in range(3):
+        node = table[row, base[:, l]]
+        assert (node >= 0).all()
+        # ... every child of a parent holds items, and no parent has more than K children
+        for r in np.unique(row):
+            n_children = int((table[r] >= 0).sum())
+            assert 1 <= n_children <= 4
+            assert np.array_equal(np.unique(base[row == r, l]), np.arange(n_children))
+        row = node + 1
+    # distinct code paths <-> distinct leaf nodes
+    assert len(np.unique(row)) == len(np.unique(codes.prefix_keys(3)))
     # decode = centroid of the leaf node = mean of the leaf's members
     Xh = tok.decode(codes)
     keys = codes.prefix_keys(3)

@@ -5,7 +5,8 @@ In the spirit of faiss ``contrib/clustering.py``: small functions with named sta
 * :func:`assign` -- nearest centroid of every row, by chunked GEMM distances
   ``||x||^2 - 2 x.c + ||c||^2`` (one ``addmm`` into a preallocated ``(chunk, K)``
   buffer per chunk, then ``min``), so memory stays bounded whatever ``N``.
-* :func:`kmeans` -- Lloyd's algorithm with greedy k-means++ init (on a sample),
+* :func:`kmeans` -- Lloyd's algorithm with greedy k-means++ or bisecting init (on a
+  sample; the tokenizers use bisecting, see :func:`_bisecting`),
   faiss-style training-set sampling (at most ``max_points_per_centroid * K`` rows),
   ``n_init`` restarts (best training inertia wins), empty-cluster repair, and an
   optional size-constrained (*balanced*) mode.  The returned labels, inertia and
@@ -375,25 +376,45 @@ def _rank_in_sorted_groups(sorted_group, perm):
     return rank
 
 
+def _segment_sums_np(X, labels, k: int):
+    """``(sums (k, d) float32, counts (k,))`` of the rows of CPU tensor ``X`` per
+    label, as numpy arrays.
+
+    A ``(K, N)`` 0/1 CSR matrix times ``X`` (scipy) is faster than torch's CPU
+    ``index_add_`` (slow on small inputs with several threads, ~4x slower at
+    64k x 384), and the bookkeeping avoids torch's per-op overhead.
+    """
+    import scipy.sparse as sp
+
+    n = X.shape[0]
+    lab = labels.numpy()
+    counts = np.bincount(lab, minlength=k)
+    small = lab.astype(np.int16) if k <= np.iinfo(np.int16).max else lab
+    order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
+    indptr = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    oh = sp.csr_matrix((np.ones(n, dtype=np.float32), order, indptr), shape=(k, n))
+    return np.asarray(oh @ X.numpy(), dtype=np.float32), counts
+
+
+def _segment_sums(X, labels, k: int):
+    """Torch ``(sums (k, d), counts (k,))`` of the rows of ``X`` per label."""
+    import torch
+
+    if X.device.type == "cpu":
+        sums, counts = _segment_sums_np(X, labels, k)
+        return torch.from_numpy(sums), torch.from_numpy(counts)
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.zeros(k, X.shape[1], dtype=torch.float32, device=X.device)
+    return sums.index_add_(0, labels, X), counts
+
+
 def _update_centroids(X, labels, k, C_old):
     """Means of the members; clusters without members keep their old centroid."""
     import torch
 
     if X.device.type == "cpu":
-        # numpy/scipy on the CPU: a (K, N) 0/1 CSR matrix times X is faster than
-        # torch's CPU index_add_ (slow on small inputs with several threads, ~4x
-        # slower at 64k x 384), and the bookkeeping avoids torch's per-op overhead
-        import scipy.sparse as sp
-
-        n = X.shape[0]
-        lab = labels.numpy()
-        counts = np.bincount(lab, minlength=k)
-        small = lab.astype(np.int16) if k <= np.iinfo(np.int16).max else lab
-        order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
-        indptr = np.zeros(k + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        oh = sp.csr_matrix((np.ones(n, dtype=np.float32), order, indptr), shape=(k, n))
-        sums = np.asarray(oh @ X.numpy(), dtype=np.float32)
+        sums, counts = _segment_sums_np(X, labels, k)
         C = C_old.numpy().copy()
         nz = counts > 0
         C[nz] = sums[nz] / counts[nz, None].astype(np.float32)
@@ -408,14 +429,20 @@ def _update_centroids(X, labels, k, C_old):
 
 
 def _repair_empty(C, X, labels, dist, counts) -> int:
-    """Split the largest clusters to refill empty ones (in place on ``C``).
+    """Split the largest clusters to refill empty ones (in place on ``C``), as
+    faiss's ``split_clusters`` does, but along a direction inside the donor.
 
     For each empty cluster (in index order) the currently largest cluster is the
-    donor; the empty centroid moves onto the donor member farthest from the donor's
-    centroid (the next farthest when a donor is used again), and the donor's size is
-    halved for the next choice.  A centroid placed on a data point owns at least
-    that point at the next assignment (unless it has an exact duplicate centroid),
-    so no cluster stays empty when there are at least K distinct points.
+    donor: with ``u`` the offset from the donor's centroid ``c`` to its member
+    farthest from ``c`` (the next farthest when a donor is used again), the empty
+    centroid becomes ``c + u / 16`` and the donor's ``c - u / 16``, so the donor's
+    members are split in two by the hyperplane through ``c`` normal to ``u`` (a
+    real split: placing the new centroid *on* the far member would, on
+    near-isotropic high-dimensional residuals, win that one point only).  The far
+    member is nearer to ``c + u / 16`` than it was to ``c``, hence than to any other
+    centroid, so the refilled cluster owns at least that point at the next
+    assignment (unless two centroids coincide); the donor's size is halved for the
+    next choice.
     """
     import torch
 
@@ -436,7 +463,9 @@ def _repair_empty(C, X, labels, dist, counts) -> int:
             break  # nothing left to split
         row = int(order[starts[j] + used[j]])
         used[j] += 1
-        C[e] = X[row].to(C.device)
+        u = (X[row].to(C.device) - C[j]) * (1.0 / 16.0)
+        C[e] = C[j] + u
+        C[j] -= u
         sizes[j] /= 2.0
         sizes[e] = sizes[j]
         n_fixed += 1
@@ -477,6 +506,111 @@ def _kmeanspp_impl(X, k, gen, n_local_trials):
         closest = d[:, best].contiguous()
         centers.append(int(cand[best]))
     return X[torch.as_tensor(centers, device=X.device)].clone()
+
+
+def _bisecting(X, k: int, gen: np.random.Generator, *, power_iters: int = 2,
+               two_means_iters: int = 1):
+    """Bisecting init: centroids that are means of groups of points, never single
+    points (so never outliers).
+
+    Start from one cluster (the mean); each round splits the clusters with the largest
+    within-cluster sum of squares (SSE) -- at most all of them, and no more than the
+    ``k`` centroids still missing -- each along its principal direction (power
+    iteration), refined by ``two_means_iters`` steps of 2-means inside the cluster.
+    All clusters of a round are split at once with segment sums (``index_add_``), so
+    a round is a constant number of passes over the rows: ``ceil(log2 k)`` rounds at
+    least, ``O(rounds * N * d)`` work in all.  Clusters whose points are all equal
+    cannot split; when no cluster can, the missing centroids are random rows (as
+    faiss's init).
+
+    Why: greedy k-means++ samples seeds proportionally to the squared distance, so on
+    near-isotropic data (the residuals of RQ-KMeans' later levels) it seeds on
+    outliers; those centroids keep one or two points while the remaining mass shares
+    a few centroids, and Lloyd cannot undo it -- on MovieLens-100K text embeddings
+    (1,682 x 384, 3 x 64) level 3 put 1,550 items into one code.
+    """
+    # O(N d) elementwise ops: on small inputs a thread-pool round trip per op costs
+    # more than the op (10x slower with 2 threads on a busy 2-core machine)
+    small = X.device.type == "cpu" and X.shape[0] * X.shape[1] < _SMALL_INIT
+    with _threads(1 if small else None):
+        return _bisecting_impl(X, k, gen, power_iters, two_means_iters)
+
+
+#: elements of the rows below which the bisecting init runs on one thread
+_SMALL_INIT = 1 << 22
+
+
+def _bisecting_impl(X, k, gen, power_iters, two_means_iters):
+    import torch
+
+    dev = X.device
+    n, d = X.shape
+    Xf = X.contiguous()
+    labels = torch.zeros(n, dtype=torch.int64, device=dev)
+    C = torch.zeros((k, d), dtype=torch.float32, device=dev)
+    C[0] = Xf.mean(0)
+    dist = (Xf - C[0]).square_().sum(1)
+    m = 1
+    stuck = torch.zeros(k, dtype=torch.bool, device=dev)  # cannot be split
+    while m < k:
+        cnt = torch.bincount(labels, minlength=m)
+        sse = torch.zeros(m, dtype=torch.float64, device=dev).index_add_(
+            0, labels, dist.to(torch.float64))
+        score = torch.where((cnt >= 2) & ~stuck[:m] & (sse > 0), sse,
+                            torch.full_like(sse, -1.0))
+        t = min(k - m, int((score > 0).sum()))
+        if t == 0:
+            break
+        sel = torch.topk(score, t).indices
+        slot = torch.full((m,), -1, dtype=torch.int64, device=dev)  # split j -> 0..t-1
+        slot[sel] = torch.arange(t, device=dev)
+        rows = torch.nonzero(slot[labels] >= 0).flatten()
+        g = slot[labels[rows]]  # group (0..t-1) of every row being split
+        Y = Xf[rows]
+        mu = C[sel]
+        Yc = Y - mu[g]
+        # ---- principal direction of every selected cluster (power iteration)
+        v = torch.from_numpy(gen.standard_normal((t, d)).astype(np.float32)).to(dev)
+        for _ in range(power_iters):
+            p = (Yc * v[g]).sum(1)
+            v = _segment_sums(Yc * p[:, None], g, t)[0]
+            v /= torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_(min=1e-30)
+        side = (Yc * v[g]).sum(1) > 0
+        del Yc
+        # ---- 2-means inside each cluster, from the split by the sign of the projection
+        for it in range(two_means_iters + 1):
+            key = 2 * g + (~side).to(torch.int64)
+            sums, num = _segment_sums(Y, key, 2 * t)
+            num = num.view(t, 2)
+            means = (sums / num.view(-1, 1).clamp(min=1).to(torch.float32)).view(t, 2, d)
+            if it == two_means_iters:
+                break
+            a, b = means[:, 0], means[:, 1]
+            ok = (num > 0).all(1)
+            # nearer to a than to b  <=>  (y - (a + b) / 2) . (a - b) > 0
+            w = a - b
+            thr = ((a + b) * 0.5 * w).sum(1)
+            new = (Y * w[g]).sum(1) > thr[g]
+            side = torch.where(ok[g], new, side)
+        ok = (num > 0).all(1)
+        stuck[sel[~ok]] = True
+        good = torch.nonzero(ok).flatten()
+        tn = good.numel()
+        if tn == 0:
+            continue
+        new_id = torch.full((t,), -1, dtype=torch.int64, device=dev)
+        new_id[good] = m + torch.arange(tn, device=dev)
+        C[sel[good]] = means[good, 0]
+        C[m:m + tn] = means[good, 1]
+        gid = torch.where(side, sel[g], new_id[g])
+        keep = new_id[g] >= 0
+        gid = torch.where(keep, gid, labels[rows])
+        labels[rows] = gid
+        dist[rows] = (Y - C[gid]).square_().sum(1)
+        m += tn
+    if m < k:  # duplicates: no cluster can split any more
+        C[m:] = Xf[torch.as_tensor(gen.choice(n, size=k - m, replace=n < k - m), device=dev)]
+    return C
 
 
 def _balanced_bounds(n: int, k: int, tol: float) -> tuple[int, int]:
@@ -735,12 +869,17 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
                     sub = Xtr if m == n_train else Xtr[torch.as_tensor(
                         np.sort(gen.choice(n_train, size=m, replace=False)), device=dev)]
                     C = _kmeanspp(sub, k, gen)
+                elif init == "bisecting":
+                    m = min(n_train, max(32 * k, 4096))
+                    sub = Xtr if m == n_train else Xtr[torch.as_tensor(
+                        np.sort(gen.choice(n_train, size=m, replace=False)), device=dev)]
+                    C = _bisecting(sub, k, gen)
                 elif init == "random":
                     C = Xtr[torch.as_tensor(gen.choice(n_train, size=k, replace=False),
                                             device=dev)].clone()
                 else:
                     raise DataError(f"unknown init {init!r}",
-                                    "use 'k-means++', 'random' or a (K, d) array")
+                                    "use 'k-means++', 'bisecting', 'random' or a (K, d) array")
             else:
                 C = as_matrix(init, name="init").to(dev).clone()
                 if tuple(C.shape) != (k, d):
@@ -787,14 +926,10 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
             for _ in range(3):  # sampling can leave a cluster empty over all points
                 if bool((counts > 0).all()):
                     break
-                empty = torch.nonzero(counts == 0).flatten()
                 if not _repair_empty(C, Xt, labels, dist, counts):
                     break
-                # only the moved centroids changed: compare every point against them
-                sub, d_new = _assign_t(Xt, C[empty], chunk=chunk_size)
-                better = d_new < dist
-                labels[better] = empty[sub[better]]
-                dist[better] = d_new[better]
+                # the refilled centroids and their donors moved: assign again
+                labels, dist = _assign_t(Xt, C, chunk=chunk_size)
                 counts = torch.bincount(labels, minlength=k)
     return C, labels, dist, int(n_done)
 
@@ -823,7 +958,11 @@ def kmeans(
         training labels no longer change.
     n_init : restarts with different seeds; the lowest training inertia wins.
     init : ``"k-means++"`` (greedy, on at most ``max(32 K, 4096)`` training points),
-        ``"random"`` (K distinct training points, as faiss) or a ``(K, d)`` array.
+        ``"bisecting"`` (splits of the largest-SSE clusters along their principal
+        direction, on at most ``max(32 K, 4096)`` training points: every centroid is a
+        mean of points, never an outlier; the default of the RQ-KMeans / VQ
+        tokenizers), ``"random"`` (K distinct training points, as faiss) or a
+        ``(K, d)`` array.
     max_points_per_centroid : train on a random sample of at most this many points
         per centroid (faiss's default 256); ``None`` trains on all points.  Labels,
         inertia and sizes are always over all points.

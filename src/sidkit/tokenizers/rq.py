@@ -6,8 +6,9 @@
 * :class:`HierarchicalKMeans` (``"hkm"``): level ``l`` clusters the items of every
   level-``l-1`` cluster separately; decode returns the leaf centroid.
 
-All share :mod:`sidkit.tokenizers.kmeans` (chunked GEMM assignment, k-means++,
-faiss-style sampling, empty-cluster repair, balanced mode), never materialise an
+All share :mod:`sidkit.tokenizers.kmeans` (chunked GEMM assignment, bisecting init
+for VQ / RQ-KMeans and k-means++ for HKM, faiss-style sampling, empty-cluster repair
+by splitting the largest cluster, balanced mode), never materialise an
 ``N x d`` residual matrix for large ``N`` (residual rows are computed chunk by chunk
 from ``X`` and the codes), and resolve collisions with an extra level
 (:mod:`sidkit.tokenizers.collisions`) unless ``resolve_collisions=False``.
@@ -292,7 +293,7 @@ class _ResidualKMeans(_KMeansTokenizer):
             view = _ResidualView(Xt, Cs, codes)
             C, labels, dist, it = _kmeans_t(
                 view, int(k), n_iter=self.n_iter, n_init=getattr(self, "n_init", 1),
-                init="k-means++", max_points_per_centroid=self.max_points_per_centroid,
+                init="bisecting", max_points_per_centroid=self.max_points_per_centroid,
                 balanced=self.balanced, balance_tolerance=getattr(self, "balance_tolerance", 0.1),
                 gen=gen, dev=dev)
             codes[:, l] = labels.to(dev)
@@ -351,7 +352,10 @@ class RQKMeans(_ResidualKMeans):
     n_levels : number of semantic levels; None = ``len(codebook_sizes)`` for a sequence,
         else 3.  Given with a sequence of another length it is an error.
     n_iter, n_init, max_points_per_centroid : k-means settings per level (faiss-style
-        sampling of at most ``max_points_per_centroid * K`` points; None = all).
+        sampling of at most ``max_points_per_centroid * K`` points; None = all).  Each
+        level starts from the bisecting init (centroids are means of groups of points;
+        greedy k-means++ seeded the later levels' near-isotropic residuals on outliers,
+        and one code took 1,550 of MovieLens-100K's 1,682 items at 3 x 64).
     balanced, balance_tolerance : size-constrained k-means per level.
     resolve_collisions : append a disambiguation level (TIGER).
     random_state, device : seed; ``"auto"`` uses CUDA when present.
