@@ -33,7 +33,7 @@ def _load_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_docs(records: list[dict], docs: Path, command: str) -> None:
+def write_docs(records: list[dict], docs: Path, command: str, note: str = "") -> None:
     from sidkit.eval.experiment import metrics_markdown, summarise
     from sidkit.io import write_json, write_text
 
@@ -45,7 +45,7 @@ def write_docs(records: list[dict], docs: Path, command: str) -> None:
         groups.setdefault(r["model"], []).append(r)
     order = [m for m in ("popularity", "sasrec") if m in groups] + [m for m in groups if m not in ("popularity", "sasrec")]
     groups = {m: groups[m] for m in order}
-    write_json(docs / "results.json", {"protocol": proto, "command": command,
+    write_json(docs / "results.json", {"protocol": proto, "command": command, "note": note,
                                        "summary": {m: summarise(rs) for m, rs in groups.items()},
                                        "records": [r for rs in groups.values() for r in rs]})
     md = metrics_markdown(groups, proto, title="Results: MovieLens-100K, leave-one-out")
@@ -60,6 +60,7 @@ def write_docs(records: list[dict], docs: Path, command: str) -> None:
              "|---|---:|---:|---:|---:|---:|---:|---:|", seeds, "",
              "Written by `benchmarks/results_ml100k.py` from `docs/results.json`'s records; reproduce with", "",
              f"    {command}", "",
+             *([note, ""] if note else []),
              "Seconds per epoch are medians of the training time of each epoch (validation excluded) on a "
              "shared 2-core CPU (1 torch thread per run); they vary with the machine's load.", ""]
     write_text(docs / "results.md", md + "\n".join(extra))
@@ -77,11 +78,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "results_ml100k")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
     ap.add_argument("--write-only", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence added to docs/results.md (e.g. how runs were capped)")
     args = ap.parse_args()
     command = ("SIDKIT_HOME=/work/cache python benchmarks/results_ml100k.py "
                f"--seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} --threads {args.threads}")
     if args.write_only:
-        write_docs(_load_records(args.records), args.docs, command)
+        write_docs(_load_records(args.records), args.docs, command, args.note)
         return
 
     import torch
@@ -116,7 +118,7 @@ def main() -> None:
                 f.write(json.dumps(rec) + "\n")
             print(f"{name} seed {seed}: test ndcg@10 {rec['test']['ndcg@10']:.4f} recall@10 "
                   f"{rec['test']['recall@10']:.4f} best epoch {rec['best_epoch']} ({time.time() - t0:.0f}s)", flush=True)
-    write_docs(_load_records(args.records), args.docs, command)
+    write_docs(_load_records(args.records), args.docs, command, args.note)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,16 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
         SASRec(**{**TINY, "hidden": 8}).fit(data, train=_train_cfg(3), seed=3, device="cpu", checkpoint_dir=ck)
 
 
+def test_a_stopped_run_is_extended_by_a_larger_patience(tmp_path):
+    data = cyclic_data(n_users=24)
+    cfg = {"epochs": 6, "lr": 1e-4, "warmup_steps": 0, "batch_size": 16, "patience": 1}
+    a = SASRec(**TINY).fit(data, train=cfg, seed=0, device="cpu", checkpoint_dir=tmp_path / "ck")
+    ref = SASRec(**TINY).fit(data, train={**cfg, "patience": 3}, seed=0, device="cpu")
+    b = SASRec(**TINY).fit(data, train={**cfg, "patience": 3}, seed=0, device="cpu", checkpoint_dir=tmp_path / "ck")
+    assert len(a.history_) <= len(b.history_) == len(ref.history_)
+    assert [r["loss"] for r in b.history_] == [r["loss"] for r in ref.history_]
+
+
 def test_save_load_round_trip_and_catalogue_check(tmp_path):
     data = cyclic_data()
     m = SASRec(**TINY).fit(data, train=_train_cfg(2), seed=0, device="cpu")

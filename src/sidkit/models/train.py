@@ -125,7 +125,8 @@ class TorchRecommender(Recommender):
 
 # ------------------------------------------------------------------ checkpoints
 def _fingerprint(model: TorchRecommender, data, cfg, seed: int, n_samples: int) -> str:
-    train = {k: v for k, v in cfg.model_dump().items() if k not in ("epochs", "seeds")}
+    # epochs and patience only decide when to stop: a finished run can be extended
+    train = {k: v for k, v in cfg.model_dump().items() if k not in ("epochs", "patience", "seeds")}
     return hash_obj({"type": model.name, "params": model.get_params(), "train": train, "seed": int(seed),
                      "catalogue": data.catalogue_hash, "n_samples": int(n_samples)})
 
@@ -253,7 +254,8 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
             if len(cuda) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(cuda)
         epoch, step, best, best_epoch, bad = (st["epoch"], st["step"], st["best"], st["best_epoch"], st["bad"])
-        history, stopped = st["history"], st["stopped"]
+        history = st["history"]
+        stopped = bad >= cfg.patience  # the patience given now (a larger one resumes a stopped run)
 
     bar = _progress_bar(cfg.epochs, epoch, progress)
     warm = max(int(cfg.warmup_steps), 0)
