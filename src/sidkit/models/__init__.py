@@ -4,14 +4,20 @@
 - :class:`SASRec`: causal self-attention over item ids (torch),
 - :func:`train_loop`: AdamW + warm-up, clipping, early stopping on validation
   NDCG@10, per-epoch checkpoints with exact resume.
+- :class:`SIDTokens`, :class:`SIDTrie`, :func:`beam_search`: SID token data, the trie of
+  valid SIDs and the constrained beam search generative models decode with.
 """
 
 from .base import Recommender, available, get_recommender_class, register
+from .beam import BeamResult, beam_search, beam_users
 from .popularity import Popularity
 from .sasrec import SASRec
+from .sid_tokens import SIDTokens, user_bucket
 from .train import TorchRecommender, train_loop
+from .trie import SIDTrie
 
 load_recommender = Recommender.load
 
-__all__ = ["Popularity", "Recommender", "SASRec", "TorchRecommender", "available", "get_recommender_class",
-           "load_recommender", "register", "train_loop"]
+__all__ = ["BeamResult", "Popularity", "Recommender", "SASRec", "SIDTokens", "SIDTrie", "TorchRecommender",
+           "available", "beam_search", "beam_users", "get_recommender_class", "load_recommender", "register",
+           "train_loop", "user_bucket"]
