@@ -130,3 +130,21 @@ def test_dead_code_reset_spreads_over_many_items():
     assert len(np.unique(np.round(new.numpy()[:, 0] / 2))) == 10
     one = _reset_codewords(pool[:1], 3, gen)  # a single row: finite, near that row
     assert torch.isfinite(one).all() and float((one - pool[:1]).abs().max()) < 1e-3
+
+
+def test_dead_codes_go_where_the_level_quantizes_worst():
+    """k-means++ seeding: rows already on a codeword (zero error) are never picked."""
+    import torch
+
+    from sidkit.tokenizers.rqvae import _reset_codewords
+
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
+    book = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    for _ in range(5):
+        new = _reset_codewords(pool, 2, gen, codebook=book)
+        far = {tuple(np.round(r).astype(int)) for r in new.numpy()}
+        assert far == {(5, 5), (-5, 5)}
+    # fewer rows with an error than dead codes: uniform over the pool, still finite
+    new = _reset_codewords(pool[:3], 2, gen, codebook=book)
+    assert torch.isfinite(new).all()

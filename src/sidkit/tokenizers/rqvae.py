@@ -7,9 +7,10 @@ k-means on the first batch's latents/residuals, the straight-through estimator, 
     loss = ||x - x_hat||^2 + sum_l ( ||sg[r_l] - e_l||^2 + beta ||r_l - sg[e_l]||^2 )
 
 with ``beta = 0.25``.  Codewords that no item used during an epoch are re-initialised
-to distinct random residuals of that level drawn from the last ``max(2048, 4 K_max,
-2 batch)`` items of the epoch (all items for small catalogues), plus 1% of their spread
-as noise ("dead-code reset").  Training uses AdamW with early
+to distinct residuals of that level drawn from the last ``max(2048, 4 K_max, 2 batch)``
+items of the epoch (all items for small catalogues) with probability proportional to
+their squared quantization error (k-means++ seeding), plus 1% of their spread as noise
+("dead-code reset").  Training uses AdamW with early
 stopping on the reconstruction loss.
 
 The network is stored as one flat float32 vector (``weights_``, the concatenated
@@ -238,16 +239,30 @@ def level_usage(codes: np.ndarray, sizes: Sequence[int]) -> list[dict[str, float
 RESET_POOL = 2048
 
 
-def _reset_codewords(pool, n_dead: int, gen):
-    """``n_dead`` new codewords: distinct random rows of ``pool`` (with replacement only
-    when the pool is smaller) plus 1% of the pool's per-dimension spread as noise.
+def _reset_codewords(pool, n_dead: int, gen, codebook=None):
+    """``n_dead`` new codewords: distinct rows of ``pool`` plus 1% of the pool's
+    per-dimension spread as noise.
 
-    Always finite: the spread is the population std (0 for a single row), floored."""
+    With ``codebook`` the rows are drawn with probability proportional to their squared
+    distance to the nearest codeword (k-means++ seeding: new codewords go where the
+    level quantizes worst); otherwise uniformly.  Rows repeat only when fewer than
+    ``n_dead`` are available.  Always finite: the spread is the population std (0 for
+    a single row), floored.
+    """
     import torch
 
     dev = pool.device
     m = pool.shape[0]
-    if m >= n_dead:
+    w = None
+    if codebook is not None:
+        d2 = torch.cat([((pool[s:s + 256, None, :] - codebook[None, :, :]) ** 2).sum(-1).min(1).values
+                        for s in range(0, m, 256)])  # exact differences, 256 rows at a time
+        w = d2.double().cpu()
+        if not bool(torch.isfinite(w).all()) or int((w > 0).sum()) < n_dead:
+            w = None
+    if w is not None:
+        pick = torch.multinomial(w, n_dead, replacement=False, generator=gen).to(dev)
+    elif m >= n_dead:
         pick = torch.randperm(m, generator=gen)[:n_dead].to(dev)
     else:
         pick = torch.randint(m, (n_dead,), generator=gen).to(dev)
@@ -274,8 +289,9 @@ class RQVAE(Tokenizer):
     patience, tol : stop when the epoch reconstruction loss has not improved by a relative
         ``tol`` for ``patience`` epochs (``patience=0`` disables early stopping).
     kmeans_init : initialise each codebook by k-means on the first batch's residuals.
-    dead_code_reset : re-initialise codewords unused during an epoch to random residuals
-        of that level from the epoch's last ``max(2048, 4 K_max, 2 batch_size)`` items.
+    dead_code_reset : re-initialise codewords unused during an epoch to residuals of that
+        level from the epoch's last ``max(2048, 4 K_max, 2 batch_size)`` items, drawn
+        in proportion to their squared quantization error.
     resolve_collisions : append a disambiguation level (TIGER) so SIDs are unique
         (``collision_rule="extra_level"``); the extra token numbers the catalogue items
         sharing a SID in catalogue order and is stored (``catalogue_sids_``), so
@@ -471,7 +487,8 @@ class RQVAE(Tokenizer):
                         dead = torch.nonzero(counts[l] == 0).reshape(-1)
                         if dead.numel() == 0:
                             continue
-                        C[dead] = _reset_codewords(torch.cat(recent[l]), int(dead.numel()), gen)
+                        C[dead] = _reset_codewords(torch.cat(recent[l]), int(dead.numel()), gen,
+                                                   codebook=C.detach())
                         n_reset += int(dead.numel())
             history.append({"epoch": epoch, "loss": float(sums[0]), "recon": float(sums[1]),
                             "vq": float(sums[2]), "used": used, "dead_reset": n_reset})
