@@ -191,3 +191,14 @@ def test_bad_input_errors():
         beam_search(lambda tok, s: (torch.zeros(1, 3), s), None, sid, 1, beam=2)
     empty = beam_search(m.step, m.start(), sid, 0, beam=2)
     assert empty.items.shape == (0, 2)
+
+
+def test_low_precision_log_probs_are_summed_in_float32():
+    sid = SIDTokens(Codes(np.array([[0, 1], [1, 0], [1, 2]]), (2, 3)))
+    m = TinyModel(sid.vocab_size, n_users=2, seed=1)
+    res = beam_search(lambda tok, s: (lambda lp, st: (lp.to(torch.bfloat16), st))(*m.step(tok, s)),
+                      m.start(), sid, 2, beam=3, reorder=m.reorder)
+    assert res.scores.dtype == np.float32
+    assert (np.sort(res.items, 1) == [0, 1, 2]).all()
+    with pytest.raises(DataError, match="cannot be split evenly"):
+        beam_users(7, 2)

@@ -5,6 +5,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidkit.errors import ArtifactError, DataError
 from sidkit.eval.sequences import pad_left
@@ -111,3 +113,24 @@ def test_unknown_items_are_errors():
         sid.stream_items(np.array([[5, 6, 10, 4]]))
     with pytest.raises(DataError, match="no user tokens"):
         sid.user_tokens(["u"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=4), seed=st.integers(0, 10_000),
+       variable=st.booleans(), max_len=st.integers(1, 6), users=st.booleans())
+def test_property_history_stream_round_trip(sizes, seed, variable, max_len, users):
+    rs = np.random.default_rng(seed)
+    L = len(sizes)
+    raw = np.stack([rs.integers(0, k, size=60) for k in sizes], 1)
+    lengths = rs.integers(1, L + 1, size=60) if variable else np.full(60, L)
+    raw = np.where(np.arange(L)[None, :] < lengths[:, None], raw, -1)
+    _, first = np.unique(np.c_[raw, lengths], axis=0, return_index=True)
+    codes = Codes(raw[first], tuple(sizes), lengths=lengths[first])
+    sid = SIDTokens(codes, user_buckets=7 if users else 0)
+    seqs = [rs.integers(1, sid.n_items + 1, size=rs.integers(0, max_len + 1)).tolist() for _ in range(8)]
+    hist = pad_left(seqs, max_len)
+    stream = sid.history_tokens(hist, users=[f"u{i}" for i in range(8)] if users else None)
+    assert stream.shape == (8, max_len * L + users)
+    H = max(max(len(q) for q in seqs), 1)
+    np.testing.assert_array_equal(sid.stream_items(stream), pad_left(seqs, H))
+    np.testing.assert_array_equal(sid.items_of(sid.item_tokens), np.arange(sid.n_items))

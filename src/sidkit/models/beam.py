@@ -88,13 +88,16 @@ def _check_args(beam, k, n_users, n_items, constrained):
 
 
 def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int = 20, k: int | None = None,
-                reorder: Callable[[Any, Any], Any] | None = None, constrained: bool = True) -> BeamResult:
+                reorder: Callable[[Any, Any], Any] | None = None, constrained: bool = True,
+                device=None) -> BeamResult:
     """Top-``k`` items of ``n_users`` users by beam search of width ``beam``.
 
     ``sid_tokens``: the :class:`~sidkit.models.sid_tokens.SIDTokens` the model was trained
     on; ``step``/``reorder``/row layout: see the module docstring (``reorder=None``: the
     state holds no per-row caches).  ``k`` defaults to ``beam`` (constrained: at most
-    the number of items) and may not exceed it.
+    the number of items) and may not exceed it.  ``device``: where the first step's
+    (empty) token tensor lives (default CPU); later tensors follow the log-probs.
+    Scores are summed in float32 (float64 if the model returns float64).
     With ``beam`` at least the number of valid SIDs the result is exact (every SID
     ranked by its summed log-probability); narrower beams are approximate.
     """
@@ -110,18 +113,19 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
     cur = 1                                               # beams per user so far
     toks = None
     scores = nodes = done = None
-    device = None
     for t in range(W):
         R = B * cur
         inp = toks.reshape(R, t) if toks is not None else None
         if inp is None:
-            inp = torch.zeros((R, 0), dtype=torch.long)
+            inp = torch.zeros((R, 0), dtype=torch.long, device=device)
         logp, state = step(inp, state)
         if not isinstance(logp, torch.Tensor) or logp.shape != (R, V):
             raise DataError(f"the model's step returned log-probs of shape "
                             f"{tuple(getattr(logp, 'shape', ()))}, expected ({R}, {V}) (rows, vocabulary)",
                             "return one row of log-probabilities over the SID vocabulary per input row")
-        if device is None:
+        if logp.dtype not in (torch.float32, torch.float64):
+            logp = logp.float()
+        if scores is None:
             device = logp.device
             scores = torch.zeros((B, 1), dtype=logp.dtype, device=device)
             nodes = torch.zeros((B, 1), dtype=torch.long, device=device)
@@ -149,20 +153,22 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
                 cand_node = torch.where(flat_done[:, None], flat_nodes[:, None], cand_node)
         total = scores.reshape(R, 1) + cand_lp
         kk = min(beam, C)
-        if C > beam:
-            row_val, row_idx = total.topk(kk, dim=1)
-        else:
-            row_val = total
-            row_idx = torch.arange(C, device=device).expand(R, C)
         n_new = min(beam, cur * kk)
-        val, idx = row_val.reshape(B, cur * kk).topk(n_new, dim=1)            # (B, n_new), sorted
-        parent = idx // kk + (torch.arange(B, device=device) * cur)[:, None]  # global row
-        col = row_idx.reshape(R * kk)[(parent * kk + idx % kk).reshape(-1)].reshape(B, n_new)
-        if constrained:
-            new_tok = cand_tok[parent, col]
-            new_node = cand_node[parent, col]
+        if C > beam:                                       # each row's best beam first, then the user's
+            row_val, row_idx = total.topk(kk, dim=1)
+            val, idx = row_val.reshape(B, cur * kk).topk(n_new, dim=1)        # (B, n_new), sorted
+            col = row_idx.reshape(B, cur * kk).gather(1, idx)
         else:
-            new_tok = torch.where(flat_done[parent], torch.full_like(col, PAD), col)
+            val, idx = total.reshape(B, cur * C).topk(n_new, dim=1)
+            col = idx % C
+        j = idx // kk                                      # parent beam within the user
+        parent = j + (torch.arange(B, device=device) * cur)[:, None]          # global row
+        if constrained:
+            within = j * C + col
+            new_tok = cand_tok.reshape(B, cur * C).gather(1, within)
+            new_node = cand_node.reshape(B, cur * C).gather(1, within)
+        else:
+            new_tok = col.masked_fill(flat_done[parent], PAD)
             new_node = torch.zeros_like(col)
         if constrained:
             new_done = trie_terminal(trie, device)[new_node.clamp(min=0)]
@@ -181,7 +187,8 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
             new_tok = torch.cat([new_tok, torch.full((B, pad), PAD, dtype=torch.long, device=device)], 1)
             new_node = torch.cat([new_node, torch.zeros((B, pad), dtype=torch.long, device=device)], 1)
             new_done = torch.cat([new_done, torch.ones((B, pad), dtype=torch.bool, device=device)], 1)
-        toks = torch.cat([toks.reshape(R, t)[parent.reshape(-1)].reshape(B, beam, t), new_tok[:, :, None]], 2)
+        toks = torch.cat([toks.reshape(R, t).index_select(0, parent.reshape(-1)).reshape(B, beam, t),
+                          new_tok[:, :, None]], 2)
         scores, nodes, done, cur = val, new_node, new_done, beam
         if t == W - 1 or bool(done.all()):
             break
