@@ -178,3 +178,27 @@ def test_bad_inputs(tmp_path):
     one = SequenceData.from_split(_split({"a": ["x"], "b": ["y"]}))
     with pytest.raises(DataError, match="no test examples"):
         evaluate(Popularity().fit(one), one, "test", ks=(1,), mrr_k=1, coverage_k=1)
+
+
+def test_generative_interface_lists_invalid_rate_and_masking():
+    """A model that returns top-k lists (as SID decoders will): ranks from the lists,
+    the invalid-output rate from the -1 slots, seen items dropped with mask_seen."""
+    split = _split({"a": ["x", "y", "z", "w"], "b": ["y", "x", "z", "v"]})
+    data = SequenceData.from_split(split)          # catalogue v0 w1 x2 y3 z4
+
+    class Lists(Popularity):
+        name = "lists-test"
+        scores_all_items = False
+
+        def recommend(self, history, k):
+            # every user: y, <invalid>, w, v, x
+            return np.tile(np.array([3, -1, 1, 0, 2]), (len(history), 1))
+
+    m = Lists().fit(data)
+    res = evaluate(m, data, "test", ks=(1, 3), mrr_k=5, coverage_k=2, return_ranks=True)
+    np.testing.assert_array_equal(res["ranks"], [2, 3])            # a -> w at 2, b -> v at 3
+    assert res["invalid_rate"] == pytest.approx(1 / 5)
+    assert res["recall@3"] == pytest.approx(1 / 2) and res["coverage@2"] == pytest.approx(1 / 5)
+    # a saw x y z, b saw y x z: y and x leave the lists, the rest moves up in order
+    masked = evaluate(m, data, "test", ks=(1, 3), mrr_k=5, coverage_k=2, mask_seen=True, return_ranks=True)
+    np.testing.assert_array_equal(masked["ranks"], [1, 2])         # [-1, w, v, -1, -1]
