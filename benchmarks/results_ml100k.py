@@ -2,8 +2,8 @@
 
 Usage::
 
-    SIDKIT_HOME=/work/cache python benchmarks/results_ml100k.py                  # 3 seeds, both models
-    SIDKIT_HOME=/work/cache python benchmarks/results_ml100k.py --models sasrec --seeds 1
+    python benchmarks/results_ml100k.py                  # 3 seeds, both models
+    python benchmarks/results_ml100k.py --models sasrec --seeds 1
     python benchmarks/results_ml100k.py --write-only                              # docs from the records
 
 Each (model, seed) run appends one record to ``--records`` (JSON lines; a finished
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--write-only", action="store_true")
     ap.add_argument("--note", default="", help="a sentence added to docs/results.md (e.g. how runs were capped)")
     args = ap.parse_args()
-    command = ("SIDKIT_HOME=/work/cache python benchmarks/results_ml100k.py "
+    command = ("python benchmarks/results_ml100k.py "
                f"--seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} --threads {args.threads}")
     if args.write_only:
         write_docs(_load_records(args.records), args.docs, command, args.note)

@@ -2,8 +2,8 @@
 
 Usage::
 
-    SIDKIT_HOME=/work/cache python benchmarks/train.py                # 3 epochs, 3 eval repeats
-    SIDKIT_HOME=/work/cache python benchmarks/train.py --threads 1 --tag _1thread
+    python benchmarks/train.py                # 3 epochs, 3 eval repeats
+    python benchmarks/train.py --threads 1 --tag _1thread
 
 SPEC 8 goals on the 2-core CPU: a SASRec epoch in under 15 s, full-ranking evaluation
 of all users under 2 s.  Measured in ONE process on ML-100K (5-core users,
