@@ -136,8 +136,9 @@ def test_wrong_codes_are_clear_errors(tmp_path):
 
 def test_codes_from_a_path_and_variable_length_sids(tmp_path):
     data = cyclic_data()
-    toy_codes(variable=True).save(tmp_path / "codes")
-    m = CausalSID(**{**TINY, "codes": str(tmp_path / "codes")}).fit(
+    (tmp_path / "run" / "codes").mkdir(parents=True)
+    toy_codes(variable=True).save(tmp_path / "run" / "codes" / "codes")      # as the codes stage writes it
+    m = CausalSID(**{**TINY, "codes": str(tmp_path / "run" / "codes")}).fit(
         data, train=TrainConfig(epochs=2, warmup_steps=0), device="cpu", progress=False)
     assert m.tokens_.variable_length and m.tokens_.n_tokens[5] == 2     # SID (5,) + END
     hist = data.eval_inputs("test", m.max_len)["history"]
@@ -154,3 +155,15 @@ def test_id_only_variant_overfits():
     assert evaluate(m, data, "test", ks=(1, 10))["recall@1"] == 1.0
     with pytest.raises(Exception, match="takes no codes"):
         CausalSID(id_only=True).fit(data, codes=toy_codes())
+
+
+def test_config_builds_the_model():
+    from pathlib import Path
+
+    from sidkit.config import load_config
+    from sidkit.eval.experiment import make_model
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "causal.toml")
+    m = make_model(cfg.model)
+    assert isinstance(m, CausalSID) and m.codes == "runs/ml-100k/codes" and m.beam == 20
+    assert m.get_params() == {k: v for k, v in cfg.model.model_dump().items() if k != "type"}

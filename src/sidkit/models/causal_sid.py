@@ -20,7 +20,7 @@ those of the next item's slots, exactly as in training.
 
 The model needs the SIDs of the catalogue: ``fit(data, codes=...)`` (a
 :class:`~sidkit.types.Codes` or :class:`SIDTokens`), or the constructor's ``codes``
-(the path of a saved ``Codes`` directory).  ``id_only=True`` is the ID-only ablation:
+(a run's ``codes`` stage directory, e.g. ``RUN/codes``, or the stem of a saved ``Codes``).  ``id_only=True`` is the ID-only ablation:
 each item is one token (its catalogue index), decoded by the same code.  Saving stores
 the codes (catalogue order) in ``weights.safetensors`` next to the weights and their
 codebook sizes in ``model.json``.
@@ -192,7 +192,10 @@ class CausalSID(TorchRecommender):
                 raise DataError("the causal SID model needs the Semantic IDs of the catalogue",
                                 "pass fit(data, codes=Codes) or the constructor's codes='RUN/codes' "
                                 "(or set id_only=True for the ID-only ablation)")
-            codes = Codes.load(self.codes)
+            from pathlib import Path
+
+            path = Path(self.codes)
+            codes = Codes.load(path / "codes" if (path / "codes.npz").is_file() else path)  # RUN/codes or a stem
         if isinstance(codes, SIDTokens):
             codes = codes.codes
         if not isinstance(codes, Codes):
