@@ -167,3 +167,31 @@ def test_config_builds_the_model():
     m = make_model(cfg.model)
     assert isinstance(m, CausalSID) and m.codes == "runs/ml-100k/codes" and m.beam == 20
     assert m.get_params() == {k: v for k, v in cfg.model.model_dump().items() if k != "type"}
+
+
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
+    data = cyclic_data(n_users=24)
+    params = {**TINY, "dropout": 0.3}
+    kw = dict(codes=toy_codes(), train=TrainConfig(epochs=3, lr=5e-3, warmup_steps=3, batch_size=8),
+              seed=3, device="cpu", progress=False)
+    full = CausalSID(**params).fit(data, **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(rec):
+        if rec["epoch"] == 1:
+            raise Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Stop):
+        CausalSID(**params).fit(data, checkpoint_dir=ck, callbacks=[stop_after_first], **kw)
+    resumed = CausalSID(**params).fit(data, checkpoint_dir=ck, **kw)
+    a, b = full._state(), resumed._state()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(full.history_) == strip(resumed.history_) and len(full.history_) == 3
+    hist = data.eval_inputs("test", full.max_len)["history"]
+    np.testing.assert_array_equal(full.recommend(hist, 10), resumed.recommend(hist, 10))
