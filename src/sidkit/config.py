@@ -31,7 +31,7 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     params = {}                # any other tokenizer parameter
 
     [model]                    # optional: no table = no recommender stage in `sidkit run`
-    type = "sasrec"            # or "popularity"
+    type = "sasrec"            # or "popularity", "causal_sid" (see configs/causal.toml)
     hidden = 64                # (sasrec) + n_blocks, n_heads, max_len, dropout, ffn, stride
 
     [train]                    # the training loop of torch models + evaluation options
@@ -144,7 +144,22 @@ class SASRecConfig(_Strict):
     stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
 
 
-ModelConfig = Annotated[Union[PopularityConfig, SASRecConfig], Field(discriminator="type")]
+class CausalSIDConfig(_Strict):
+    type: Literal["causal_sid"] = "causal_sid"
+    hidden: int = Field(128, ge=1)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    max_len: int = Field(50, ge=1, description="items of history (each is n_levels tokens)")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    ffn: int | None = Field(None, ge=1, description="feed-forward width; None = 2 * hidden")
+    stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
+    level_emb: bool = True
+    beam: int = Field(20, ge=1, description="beam width of the constrained beam search")
+    codes: str | None = Field(None, description="directory of a saved Codes artifact (e.g. RUN/codes)")
+    id_only: bool = Field(False, description="ID-only ablation: one token per item, no codes")
+
+
+ModelConfig = Annotated[Union[PopularityConfig, SASRecConfig, CausalSIDConfig], Field(discriminator="type")]
 
 
 class TrainConfig(_Strict):

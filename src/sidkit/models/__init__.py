@@ -2,6 +2,7 @@
 
 - :class:`Popularity`: training-interaction counts,
 - :class:`SASRec`: causal self-attention over item ids (torch),
+- :class:`CausalSID`: decoder-only transformer over flattened SID streams, beam-search decoding,
 - :func:`train_loop`: AdamW + warm-up, clipping, early stopping on validation
   NDCG@10, per-epoch checkpoints with exact resume.
 - :class:`SIDTokens`, :class:`SIDTrie`, :func:`beam_search`: SID token data, the trie of
@@ -10,6 +11,7 @@
 
 from .base import Recommender, available, get_recommender_class, register
 from .beam import BeamResult, beam_search, beam_users
+from .causal_sid import CausalSID
 from .popularity import Popularity
 from .sasrec import SASRec
 from .sid_tokens import SIDTokens, user_bucket
@@ -18,6 +20,6 @@ from .trie import SIDTrie
 
 load_recommender = Recommender.load
 
-__all__ = ["BeamResult", "Popularity", "Recommender", "SASRec", "SIDTokens", "SIDTrie", "TorchRecommender",
+__all__ = ["BeamResult", "CausalSID", "Popularity", "Recommender", "SASRec", "SIDTokens", "SIDTrie", "TorchRecommender",
            "available", "beam_search", "beam_users", "get_recommender_class", "load_recommender", "register",
            "train_loop", "user_bucket"]

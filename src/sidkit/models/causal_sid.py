@@ -1,0 +1,341 @@
+"""Causal SID model: a decoder-only transformer over each user's flattened SID stream.
+
+Every item is written as its ``W = n_levels`` SID token slots (:class:`SIDTokens`:
+level tokens, ``END`` for a short variable-length SID, then ``PAD``), so a history of
+``H`` items is a grid of ``H * W`` tokens in which slot ``s`` of item ``j`` sits at
+position ``j * W + s``.  Training windows hold ``max_len + 1`` items
+(:meth:`SequenceData.windows`); one forward pass over the window's ``(max_len + 1) * W - 1``
+input tokens predicts every token of every target item (teacher forcing; cross-entropy
+on the SID tokens of the target items only, never on ``PAD`` slots).  Inputs are token
+embeddings (scaled by ``sqrt(hidden)``) + absolute position embeddings + an optional
+level embedding (``position % W``); the output head is tied to the token embedding.
+``PAD`` slots are never attended to (a position always attends to itself).
+
+Decoding (:meth:`CausalSID.recommend`) is the trie-constrained :func:`beam_search` with
+a KV cache: the history grid is encoded once per user (its per-layer K/V keep ``B``
+rows, reached per beam through ``rows // beam`` by broadcasting, never copied per
+beam); each later step feeds the one new token of every beam and appends its K/V to a
+per-beam cache that ``reorder`` index-selects.  The positions of the decoded tokens are
+those of the next item's slots, exactly as in training.
+
+The model needs the SIDs of the catalogue: ``fit(data, codes=...)`` (a
+:class:`~sidkit.types.Codes` or :class:`SIDTokens`), or the constructor's ``codes``
+(a run's ``codes`` stage directory, e.g. ``RUN/codes``, or the stem of a saved ``Codes``).  ``id_only=True`` is the ID-only ablation:
+each item is one token (its catalogue index), decoded by the same code.  Saving stores
+the codes (catalogue order) in ``weights.safetensors`` next to the weights and their
+codebook sizes in ``model.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, ConfigError, DataError
+from .base import register
+from .sid_tokens import PAD, SIDTokens
+from .train import TorchRecommender
+
+
+def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, n_pos: int,
+                  dropout: float, ffn: int, level_emb: bool):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    dh = hidden // n_heads
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1 = nn.LayerNorm(hidden, eps=1e-8)
+            self.qkv = nn.Linear(hidden, 3 * hidden)
+            self.proj = nn.Linear(hidden, hidden)
+            self.ln2 = nn.LayerNorm(hidden, eps=1e-8)
+            self.ff = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, hidden))
+            self.drop = nn.Dropout(dropout)
+
+        def _qkv(self, x):
+            B, L, _ = x.shape
+            return self.qkv(self.ln1(x)).view(B, L, 3, n_heads, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, dh)
+
+        def _out(self, x, a):
+            B, L, _ = x.shape
+            x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, hidden)))
+            return x + self.drop(self.ff(self.ln2(x)))
+
+        def forward(self, x, mask):
+            """Full sequences: (B, L, D) -> (B, L, D), and this layer's K, V (B, h, L, dh)."""
+            q, k, v = self._qkv(x)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=dropout if self.training else 0.0)
+            return self._out(x, a), k, v
+
+        def step(self, x, hk, hv, hmask, dk, dv):
+            """One new token per row.  x (R, 1, D); history hk/hv (B, h, T, dh) with key mask
+            hmask (B, T), shared by the R // B rows of a user; decoded dk/dv (R, h, t, dh)."""
+            R = x.shape[0]
+            B = hk.shape[0]
+            q, k, v = self._qkv(x)                                    # (R, h, 1, dh)
+            dk = torch.cat([dk, k], 2)
+            dv = torch.cat([dv, v], 2)
+            qb = q[:, :, 0].reshape(B, R // B, n_heads, dh)            # (B, J, h, dh)
+            scale = dh ** -0.5
+            s_hist = torch.einsum("bjhd,bhtd->bjht", qb, hk) * scale
+            s_hist = s_hist.masked_fill(~hmask[:, None, None, :], float("-inf"))
+            s_dec = torch.einsum("rhd,rhtd->rht", q[:, :, 0], dk).reshape(B, R // B, n_heads, -1) * scale
+            p = torch.softmax(torch.cat([s_hist, s_dec], -1), -1)
+            T = hk.shape[2]
+            a = torch.einsum("bjht,bhtd->bjhd", p[..., :T], hv).reshape(R, n_heads, dh) + \
+                torch.einsum("rht,rhtd->rhd", p[..., T:].reshape(R, n_heads, -1), dv)
+            return self._out(x, a[:, :, None]), dk, dv
+
+    class CausalSIDModule(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(vocab, hidden, padding_idx=PAD)
+            self.pos = nn.Embedding(n_pos, hidden)
+            self.lvl = nn.Embedding(W, hidden) if level_emb else None
+            self.drop = nn.Dropout(dropout)
+            self.blocks = nn.ModuleList(Block() for _ in range(n_layers))
+            self.ln = nn.LayerNorm(hidden, eps=1e-8)
+            for emb in (self.tok, self.pos) + ((self.lvl,) if level_emb else ()):
+                nn.init.normal_(emb.weight, std=hidden ** -0.5)
+            with torch.no_grad():
+                self.tok.weight[PAD].zero_()
+
+        def embed(self, tokens, start: int):
+            """Tokens at absolute positions ``start .. start + L - 1``."""
+            L = tokens.shape[1]
+            pos = torch.arange(start, start + L, device=tokens.device)
+            x = self.tok(tokens) * math.sqrt(hidden) + self.pos(pos)[None]
+            if self.lvl is not None:
+                x = x + self.lvl(pos % W)[None]
+            return self.drop(x)
+
+        def forward(self, tokens, return_kv: bool = False):
+            """(B, L) tokens at positions 0..L-1 -> (B, L, D) states (and per-layer K/V)."""
+            B, L = tokens.shape
+            real = tokens != PAD
+            x = self.embed(tokens, 0)
+            eye = torch.eye(L, dtype=torch.bool, device=tokens.device)
+            mask = ((torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()[None] & real[:, None, :])
+                    | eye[None])[:, None]
+            kv = []
+            for blk in self.blocks:
+                x, k, v = blk(x, mask)
+                kv.append((k, v))
+            return (self.ln(x), kv) if return_kv else self.ln(x)
+
+        def logits(self, h):
+            return h @ self.tok.weight.T
+
+    return CausalSIDModule()
+
+
+@register
+class CausalSID(TorchRecommender):
+    """Decoder-only generative recommender over flattened Semantic-ID streams.
+
+    Parameters: ``hidden`` (128), ``n_layers`` (2), ``n_heads`` (4), ``max_len`` (50
+    items of history), ``dropout`` (0.2), ``ffn`` (None = ``2 * hidden``), ``stride``
+    (training-window stride; None = ``max_len``), ``level_emb`` (True), ``beam`` (20:
+    beam width of :meth:`recommend`; raised to ``k`` when smaller), ``codes`` (path of a
+    saved ``Codes`` directory, used when ``fit`` gets no ``codes=``), ``id_only`` (False:
+    the ID-only ablation, one token per item).
+    """
+
+    name = "causal_sid"
+    scores_all_items = False
+
+    def __init__(self, hidden: int = 128, n_layers: int = 2, n_heads: int = 4, max_len: int = 50,
+                 dropout: float = 0.2, ffn: int | None = None, stride: int | None = None,
+                 level_emb: bool = True, beam: int = 20, codes: str | None = None, id_only: bool = False) -> None:
+        self.hidden = hidden
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.max_len = max_len
+        self.dropout = dropout
+        self.ffn = ffn
+        self.stride = stride
+        self.level_emb = level_emb
+        self.beam = beam
+        self.codes = codes
+        self.id_only = id_only
+
+    # ------------------------------------------------------------------ fitting
+    def _validate_params(self) -> None:
+        if self.hidden % self.n_heads:
+            raise ConfigError(f"hidden={self.hidden} is not divisible by n_heads={self.n_heads}",
+                              "pick n_heads dividing hidden, e.g. hidden=128, n_heads=4")
+        for nm in ("hidden", "n_layers", "n_heads", "max_len", "beam"):
+            v = getattr(self, nm)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{nm} must be an integer >= 1, got {v!r}", f"set {nm} to a positive integer")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}", "use e.g. 0.2")
+
+    def _resolve_tokens(self, data, codes) -> SIDTokens:
+        from ..types import Codes
+
+        if self.id_only:
+            if codes is not None or self.codes is not None:
+                raise ConfigError("id_only=True uses one token per item and takes no codes",
+                                  "drop the codes, or set id_only=False")
+            n = data.n_items
+            return SIDTokens(Codes(np.arange(n, dtype=np.int64)[:, None], (max(n, 2),),
+                                   item_ids=np.asarray(data.item_ids)))
+        if codes is None:
+            if self.codes is None:
+                raise DataError("the causal SID model needs the Semantic IDs of the catalogue",
+                                "pass fit(data, codes=Codes) or the constructor's codes='RUN/codes' "
+                                "(or set id_only=True for the ID-only ablation)")
+            from pathlib import Path
+
+            path = Path(self.codes)
+            codes = Codes.load(path / "codes" if (path / "codes.npz").is_file() else path)  # RUN/codes or a stem
+        if isinstance(codes, SIDTokens):
+            codes = codes.codes
+        if not isinstance(codes, Codes):
+            raise DataError(f"codes must be a Codes artifact or SIDTokens, got {type(codes).__name__}",
+                            "load them with sidkit.types.Codes.load(RUN/codes)")
+        return SIDTokens.from_codes(codes, item_ids=np.asarray(data.item_ids))
+
+    def fit(self, data, *, codes=None, **kw) -> "CausalSID":
+        """Fit on ``data`` (a SequenceData); ``codes``: the catalogue's Codes (or SIDTokens).
+        Other keywords: those of :meth:`TorchRecommender.fit` (train, seed, device, ...)."""
+        from ..eval.harness import as_sequence_data
+
+        data = as_sequence_data(data)
+        self._validate_params()
+        self.tokens_ = self._resolve_tokens(data, codes)
+        return super().fit(data, **kw)
+
+    @property
+    def n_positions(self) -> int:
+        return (self.max_len + 1) * self.tokens_.n_levels - 1
+
+    def build_module(self, n_items: int):
+        self._validate_params()
+        t = self.tokens_
+        if t.n_items != n_items:
+            raise ArtifactError(f"the SIDs cover {t.n_items} items but the catalogue has {n_items}",
+                                "use the codes of this catalogue")
+        return _build_module(t.vocab_size, t.n_levels, self.hidden, self.n_layers, self.n_heads,
+                             self.n_positions, self.dropout, self.ffn or 2 * self.hidden, self.level_emb)
+
+    def _grid(self, items: np.ndarray) -> np.ndarray:
+        """(B, H) history tokens (item + 1, 0 = pad) -> (B, H * W) SID token grid."""
+        table = np.vstack([np.zeros((1, self.tokens_.n_levels), np.int64), self.tokens_.item_tokens])
+        return table[items].reshape(items.shape[0], -1)
+
+    def train_arrays(self, data) -> tuple[np.ndarray, ...]:
+        inputs, targets = data.windows(self.max_len, self.stride)
+        w = np.concatenate([inputs, targets[:, -1:]], 1)               # (n, max_len + 1) items
+        grid = self._grid(w)
+        W = self.tokens_.n_levels
+        is_target = np.concatenate([np.zeros((len(w), 1), bool), targets != PAD], 1)   # per item
+        y = grid[:, 1:].copy()
+        y[~np.repeat(is_target, W, axis=1)[:, 1:] | (y == PAD)] = -100
+        return grid[:, :-1], y
+
+    def train_loss(self, module, x, y):
+        import torch.nn.functional as F
+
+        h = module(x)
+        keep = y >= 0
+        return F.cross_entropy(module.logits(h[keep]), y[keep])
+
+    # ------------------------------------------------------------------ decoding
+    def _history_grid(self, history: np.ndarray) -> np.ndarray:
+        h = history[:, -self.max_len:]
+        if h.shape[1] < self.max_len:
+            h = np.concatenate([np.zeros((h.shape[0], self.max_len - h.shape[1]), np.int64), h], 1)
+        return self._grid(h)
+
+    def decode(self, history: np.ndarray, k: int, *, beam: int | None = None, constrained: bool = True):
+        """:class:`~sidkit.models.beam.BeamResult` of the (B, H) histories (no checks)."""
+        import torch
+
+        from .beam import beam_search
+
+        module = self.module_
+        grid = torch.as_tensor(self._history_grid(history), device=self.device_)
+        T = grid.shape[1]
+        B = grid.shape[0]
+        hmask = grid != PAD
+        beam = int(max(beam or self.beam, k))
+
+        def step(tokens, state):
+            t = tokens.shape[1]
+            if t == 0:
+                h, kv = module(grid, return_kv=True)
+                state["hist"] = kv
+                x = h[:, -1]
+                state["dec"] = [(kv_[0][:, :, :0], kv_[1][:, :, :0]) for kv_ in kv]
+            else:
+                x = module.embed(tokens[:, -1:], T + t - 1)
+                dec = []
+                for blk, (hk, hv), (dk, dv) in zip(module.blocks, state["hist"], state["dec"]):
+                    x, dk, dv = blk.step(x, hk, hv, hmask, dk, dv)
+                    dec.append((dk, dv))
+                state["dec"] = dec
+                x = module.ln(x)[:, 0]
+            return torch.log_softmax(module.logits(x).float(), -1), state
+
+        def reorder(state, parents):
+            state["dec"] = [(dk[parents], dv[parents]) for dk, dv in state["dec"]]
+            return state
+
+        was = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return beam_search(step, {}, self.tokens_, B, beam=beam, k=k, reorder=reorder,
+                                   constrained=constrained, device=self.device_)
+        finally:
+            module.train(was)
+
+    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
+        """(B, k) catalogue indices by trie-constrained beam search (width ``max(beam, k)``);
+        ``-1`` only in the slots beyond the number of items."""
+        self._check_fitted()
+        h = self._check_history(history)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise DataError(f"k must be an integer >= 1, got {k!r}", "ask for e.g. k=10 items")
+        kk = min(int(k), self.n_items)
+        out = np.full((h.shape[0], int(k)), -1, np.int64)
+        if h.shape[0]:
+            out[:, :kk] = self.decode(h, kk).items
+        return out
+
+    def scores(self, history):
+        raise NotImplementedError("CausalSID generates items; use recommend()")
+
+    # ------------------------------------------------------------------ save / load
+    def _state(self) -> dict[str, np.ndarray]:
+        st = super()._state()
+        st["sid.codes"] = np.asarray(self.tokens_.codes.codes, np.int64)
+        st["sid.lengths"] = np.asarray(self.tokens_.codes.lengths, np.int64)
+        return st
+
+    def _extra(self) -> dict[str, Any]:
+        return {**super()._extra(), "codebook_sizes": list(self.tokens_.codebook_sizes)}
+
+    def _set_extra(self, extra: dict[str, Any]) -> None:
+        super()._set_extra(extra)
+        self._codebook_sizes = extra.get("codebook_sizes")
+
+    def _set_state(self, state) -> None:
+        from ..types import Codes
+
+        state = dict(state)
+        if "sid.codes" not in state or "sid.lengths" not in state or not getattr(self, "_codebook_sizes", None):
+            raise ArtifactError("the saved causal SID model holds no codes (sid.codes / codebook_sizes)",
+                                "retrain and save it with this version of sidkit")
+        codes = Codes(state.pop("sid.codes"), tuple(self._codebook_sizes), lengths=state.pop("sid.lengths"),
+                      item_ids=self.item_ids_)
+        self.tokens_ = SIDTokens(codes)
+        super()._set_state(state)

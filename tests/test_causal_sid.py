@@ -1,0 +1,197 @@
+"""The causal SID model: overfits a cyclic toy set, KV-cached decoding equals teacher
+forcing, valid distinct items, save/load, wrong codes, ID-only variant."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sidkit.config import TrainConfig
+from sidkit.data import Interactions, leave_one_out
+from sidkit.errors import ArtifactError, DataError
+from sidkit.eval import SequenceData, evaluate
+from sidkit.models import CausalSID, Recommender
+from sidkit.types import Codes
+
+N_ITEMS = 30
+TINY = {"hidden": 32, "n_layers": 2, "n_heads": 2, "max_len": 6, "dropout": 0.0, "beam": 20}
+TRAIN = TrainConfig(epochs=30, patience=30, lr=1e-2, warmup_steps=0, batch_size=32, eval_every=10)
+
+
+def cyclic_data(n_items=N_ITEMS, n_users=40, length=12):
+    """User u walks i00 -> i01 -> ... (cyclic) from item u % n_items."""
+    ids = [f"i{k:02d}" for k in range(n_items)]
+    rows = [(f"u{u:02d}", ids[(u + t) % n_items], t) for u in range(n_users) for t in range(length)]
+    return SequenceData.from_split(leave_one_out(Interactions(pd.DataFrame(
+        rows, columns=["user_id", "item_id", "timestamp"]))))
+
+
+def toy_codes(n_items=N_ITEMS, variable=False):
+    """2-level SIDs (i // 6, i % 6) of items i00..; rows deliberately in reverse order
+    (the model must reorder them to the catalogue by item id)."""
+    i = np.arange(n_items)[::-1]
+    codes = np.stack([i // 6, i % 6], 1)
+    lengths = None
+    if variable:                       # item i05 gets the short SID (5,) (prefix 5 is free)
+        keep = i != 5
+        codes, i = codes[keep], i[keep]
+        codes = np.vstack([codes, [[5, -1]]])       # i05 -> SID (5,) of length 1
+        i = np.r_[i, 5]
+        lengths = np.r_[np.full(len(i) - 1, 2), 1]
+    return Codes(codes, (6, 6), lengths=lengths, item_ids=np.array([f"i{k:02d}" for k in i]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread (two threads on the shared 2-core machine were ~10x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def fitted(one_thread):
+    data = cyclic_data()
+    torch.manual_seed(0)
+    model = CausalSID(**TINY).fit(data, codes=toy_codes(), train=TRAIN, seed=0, device="cpu", progress=False)
+    return data, model
+
+
+def test_overfits_cyclic_toy_set_to_recall_at_1(fitted):
+    data, model = fitted
+    for role in ("valid", "test"):
+        res = evaluate(model, data, role, ks=(1, 5, 10))
+        assert res["recall@1"] == 1.0, (role, res)
+        assert res["invalid_rate"] == 0.0
+    assert model.best_epoch_ >= 1 and model.history_[-1]["loss"] < 0.05
+
+
+def test_recommend_distinct_valid_items(fitted):
+    data, model = fitted
+    hist = data.eval_inputs("test", model.max_len)["history"]
+    for k in (1, 7, 20, N_ITEMS):
+        top = model.recommend(hist, k)
+        assert top.shape == (len(hist), k)
+        assert (top >= 0).all() and (top < N_ITEMS).all()
+        assert all(len(set(r)) == k for r in top.tolist())
+    # more than the catalogue: every item once, then -1
+    top = model.recommend(hist[:3], N_ITEMS + 4)
+    assert (np.sort(top[:, :N_ITEMS], 1) == np.arange(N_ITEMS)).all() and (top[:, N_ITEMS:] == -1).all()
+    # the next item of the cycle comes first, whatever the history length
+    short = np.array([[0, 0, 0, 0, 0, 4], [0, 0, 0, 0, 28, 29]])     # tokens: last items i03, i28
+    assert model.recommend(short, 1)[:, 0].tolist() == [4, 29]
+    with pytest.raises(DataError, match="k must be"):
+        model.recommend(hist, 0)
+
+
+def test_kv_cached_beam_equals_teacher_forcing(fitted):
+    """At full width (beam >= items) the beam scores are each item's summed log-prob
+    under a plain forward pass of history grid + item tokens (no cache)."""
+    data, model = fitted
+    hist = np.vstack([data.eval_inputs("valid", model.max_len)["history"][:2],
+                      [[0, 0, 0, 0, 0, 4], [0, 0, 0, 9, 3, 17]]])          # left padding is masked
+    res = model.decode(hist, N_ITEMS, beam=N_ITEMS)
+    module, tok = model.module_, model.tokens_
+    grid = torch.as_tensor(model._history_grid(hist))
+    with torch.no_grad():
+        for b in range(len(hist)):
+            seqs = torch.cat([grid[b].expand(N_ITEMS, -1), torch.as_tensor(tok.item_tokens[:, :-1])], 1)
+            logp = torch.log_softmax(module.logits(module(seqs)[:, -tok.n_levels:]), -1)
+            brute = logp.gather(2, torch.as_tensor(tok.item_tokens)[:, :, None]).sum((1, 2)).numpy()
+            np.testing.assert_allclose(res.scores[b], brute[res.items[b]], rtol=1e-4, atol=1e-4)
+            assert res.items[b].tolist() == np.argsort(-brute, kind="stable").tolist()
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    data, model = fitted
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "weights.safetensors"]
+    back = Recommender.load(tmp_path / "m")
+    assert isinstance(back, CausalSID)
+    np.testing.assert_array_equal(back.tokens_.item_tokens, model.tokens_.item_tokens)
+    hist = data.eval_inputs("test", model.max_len)["history"]
+    np.testing.assert_array_equal(back.recommend(hist, 20), model.recommend(hist, 20))
+    assert evaluate(back, data, "test", ks=(1, 10))["recall@1"] == 1.0
+
+
+def test_wrong_codes_are_clear_errors(tmp_path):
+    data = cyclic_data()
+    fit = dict(train=TrainConfig(epochs=1), device="cpu", progress=False)
+    with pytest.raises(DataError, match="needs the Semantic IDs"):
+        CausalSID(**TINY).fit(data, **fit)
+    short = toy_codes(N_ITEMS - 2)                  # items i28, i29 have no SID
+    with pytest.raises(DataError, match="2 catalogue item"):
+        CausalSID(**TINY).fit(data, codes=short, **fit)
+    other = Codes(np.stack([np.arange(N_ITEMS + 1) // 6, np.arange(N_ITEMS + 1) % 6], 1), (6, 6))
+    with pytest.raises(DataError, match="no item ids"):
+        CausalSID(**TINY).fit(data, codes=other, **fit)
+    with pytest.raises(DataError, match="Codes artifact"):
+        CausalSID(**TINY).fit(data, codes=np.zeros((N_ITEMS, 2), int), **fit)
+    # a saved model used on another catalogue
+    m = CausalSID(**TINY).fit(data, codes=toy_codes(), **fit)
+    with pytest.raises(ArtifactError, match="another catalogue"):
+        evaluate(m, cyclic_data(n_items=N_ITEMS + 1), "test")
+
+
+def test_codes_from_a_path_and_variable_length_sids(tmp_path):
+    data = cyclic_data()
+    (tmp_path / "run" / "codes").mkdir(parents=True)
+    toy_codes(variable=True).save(tmp_path / "run" / "codes" / "codes")      # as the codes stage writes it
+    m = CausalSID(**{**TINY, "codes": str(tmp_path / "run" / "codes")}).fit(
+        data, train=TrainConfig(epochs=2, warmup_steps=0), device="cpu", progress=False)
+    assert m.tokens_.variable_length and m.tokens_.n_tokens[5] == 2     # SID (5,) + END
+    hist = data.eval_inputs("test", m.max_len)["history"]
+    top = m.recommend(hist, N_ITEMS)
+    assert (np.sort(top, 1) == np.arange(N_ITEMS)).all()
+    m.save(tmp_path / "m")
+    np.testing.assert_array_equal(Recommender.load(tmp_path / "m").recommend(hist, 10), top[:, :10])
+
+
+def test_id_only_variant_overfits():
+    data = cyclic_data()
+    m = CausalSID(**TINY, id_only=True).fit(data, train=TRAIN, seed=0, device="cpu", progress=False)
+    assert m.tokens_.n_levels == 1 and m.tokens_.vocab_size == 3 + N_ITEMS
+    assert evaluate(m, data, "test", ks=(1, 10))["recall@1"] == 1.0
+    with pytest.raises(Exception, match="takes no codes"):
+        CausalSID(id_only=True).fit(data, codes=toy_codes())
+
+
+def test_config_builds_the_model():
+    from pathlib import Path
+
+    from sidkit.config import load_config
+    from sidkit.eval.experiment import make_model
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "causal.toml")
+    m = make_model(cfg.model)
+    assert isinstance(m, CausalSID) and m.codes == "runs/ml-100k/codes" and m.beam == 20
+    assert m.get_params() == {k: v for k, v in cfg.model.model_dump().items() if k != "type"}
+
+
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
+    data = cyclic_data(n_users=24)
+    params = {**TINY, "dropout": 0.3}
+    kw = dict(codes=toy_codes(), train=TrainConfig(epochs=3, lr=5e-3, warmup_steps=3, batch_size=8),
+              seed=3, device="cpu", progress=False)
+    full = CausalSID(**params).fit(data, **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(rec):
+        if rec["epoch"] == 1:
+            raise Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Stop):
+        CausalSID(**params).fit(data, checkpoint_dir=ck, callbacks=[stop_after_first], **kw)
+    resumed = CausalSID(**params).fit(data, checkpoint_dir=ck, **kw)
+    a, b = full._state(), resumed._state()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(full.history_) == strip(resumed.history_) and len(full.history_) == 3
+    hist = data.eval_inputs("test", full.max_len)["history"]
+    np.testing.assert_array_equal(full.recommend(hist, 10), resumed.recommend(hist, 10))
