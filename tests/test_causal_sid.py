@@ -195,3 +195,28 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert strip(full.history_) == strip(resumed.history_) and len(full.history_) == 3
     hist = data.eval_inputs("test", full.max_len)["history"]
     np.testing.assert_array_equal(full.recommend(hist, 10), resumed.recommend(hist, 10))
+
+
+def test_resume_with_other_codes_is_refused(tmp_path):
+    """A checkpoint depends on the SIDs it was trained on: resuming it with other codes
+    (same model and training config) is an error, not a silent mix."""
+    data = cyclic_data(n_users=12)
+    kw = dict(train=TrainConfig(epochs=2, lr=5e-3, warmup_steps=2, batch_size=8),
+              seed=0, device="cpu", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(rec):
+        if rec["epoch"] == 1:
+            raise Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Stop):
+        CausalSID(**TINY).fit(data, codes=toy_codes(), checkpoint_dir=ck, callbacks=[stop_after_first], **kw)
+    c = toy_codes()
+    other = Codes(c.codes[:, ::-1].copy(), (6, 6), item_ids=c.item_ids)   # same shape, other SIDs
+    with pytest.raises(ArtifactError, match="another model config"):
+        CausalSID(**TINY).fit(data, codes=other, checkpoint_dir=ck, **kw)
+    resumed = CausalSID(**TINY).fit(data, codes=toy_codes(), checkpoint_dir=ck, **kw)
+    assert len(resumed.history_) == 2

@@ -324,6 +324,14 @@ class CausalSID(TorchRecommender):
     def _extra(self) -> dict[str, Any]:
         return {**super()._extra(), "codebook_sizes": list(self.tokens_.codebook_sizes)}
 
+    def _fingerprint_extra(self) -> dict[str, Any]:
+        from ..io import hash_obj
+
+        c = self.tokens_.codes
+        return {"sids": hash_obj({"codes": np.asarray(c.codes, np.int64).tolist(),
+                                  "lengths": np.asarray(c.lengths, np.int64).tolist(),
+                                  "sizes": [int(k) for k in self.tokens_.codebook_sizes]})}
+
     def _set_extra(self, extra: dict[str, Any]) -> None:
         super()._set_extra(extra)
         self._codebook_sizes = extra.get("codebook_sizes")

@@ -54,6 +54,11 @@ class TorchRecommender(Recommender):
     ``score_tensor(module, history) -> (B, N)``.  :meth:`fit` runs :func:`train_loop`.
     """
 
+    def _fingerprint_extra(self) -> dict[str, Any]:
+        """Whatever else a checkpoint depends on (e.g. a SID model's codes): a resume with
+        different values is refused like one with different parameters."""
+        return {}
+
     def fit(self, data, *, train=None, seed: int = 0, device: str | None = "auto",
             checkpoint_dir: str | Path | None = None, callbacks: Iterable[Callable] = (),
             progress: bool | None = None) -> "TorchRecommender":
@@ -128,7 +133,8 @@ def _fingerprint(model: TorchRecommender, data, cfg, seed: int, n_samples: int) 
     # epochs and patience only decide when to stop: a finished run can be extended
     train = {k: v for k, v in cfg.model_dump().items() if k not in ("epochs", "patience", "seeds")}
     return hash_obj({"type": model.name, "params": model.get_params(), "train": train, "seed": int(seed),
-                     "catalogue": data.catalogue_hash, "n_samples": int(n_samples)})
+                     "catalogue": data.catalogue_hash, "n_samples": int(n_samples),
+                     **model._fingerprint_extra()})
 
 
 def _optim_tensors(opt) -> tuple[dict[str, Any], list[dict[str, Any]]]:
