@@ -181,3 +181,26 @@ def test_bisecting_init_does_not_seed_on_outliers():
     # no cluster can split (all points equal): the missing centroids are data rows
     same = kmeans(np.ones((10, 3), dtype=np.float32), 4, init="bisecting")
     assert same.sizes.sum() == 10 and np.allclose(same.centroids, 1.0)
+
+
+def test_bisecting_init_runs_on_16_points_per_centroid(monkeypatch):
+    # the init's cost is bounded by max(16 K, 4096) sampled rows of the training sample
+    # (not the whole sample); its centroids are still means of groups of those rows
+    import sidkit.tokenizers.kmeans as km
+
+    seen = []
+    real = km._bisecting
+
+    def spy(X, k, gen, **kw):
+        seen.append(X.shape[0])
+        return real(X, k, gen, **kw)
+
+    monkeypatch.setattr(km, "_bisecting", spy)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20000, 4)).astype(np.float32)
+    r = kmeans(X, 300, init="bisecting", n_iter=2, max_points_per_centroid=None)
+    assert seen == [16 * 300] and (r.sizes > 0).all()
+    kmeans(X[:5000], 8, init="bisecting", n_iter=1, max_points_per_centroid=None)
+    assert seen[-1] == 4096  # at least 4096 rows when there are that many
+    kmeans(X[:1000], 8, init="bisecting", n_iter=1, max_points_per_centroid=None)
+    assert seen[-1] == 1000  # never more than the training sample

@@ -509,14 +509,17 @@ def _kmeanspp_impl(X, k, gen, n_local_trials):
 
 
 def _bisecting(X, k: int, gen: np.random.Generator, *, power_iters: int = 2,
-               two_means_iters: int = 1):
+               two_means_iters: int = 0):
     """Bisecting init: centroids that are means of groups of points, never single
     points (so never outliers).
 
     Start from one cluster (the mean); each round splits the clusters with the largest
     within-cluster sum of squares (SSE) -- at most all of them, and no more than the
     ``k`` centroids still missing -- each along its principal direction (power
-    iteration), refined by ``two_means_iters`` steps of 2-means inside the cluster.
+    iteration), split at the cluster mean (the sign of the projection), optionally
+    refined by ``two_means_iters`` steps of 2-means inside the cluster (default 0:
+    on the RQ-KMeans benchmark data the refinement made the init slower and the
+    k-means after it no better, see benchmarks/README.md).
     All clusters of a round are split at once with segment sums (``index_add_``), so
     a round is a constant number of passes over the rows: ``ceil(log2 k)`` rounds at
     least, ``O(rounds * N * d)`` work in all.  Clusters whose points are all equal
@@ -536,6 +539,8 @@ def _bisecting(X, k: int, gen: np.random.Generator, *, power_iters: int = 2,
         return _bisecting_impl(X, k, gen, power_iters, two_means_iters)
 
 
+#: training points per centroid the bisecting init runs on (at least 4096)
+_BISECT_PER_CENTROID = 16
 #: elements of the rows below which the bisecting init runs on one thread
 _SMALL_INIT = 1 << 22
 
@@ -870,7 +875,9 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
                         np.sort(gen.choice(n_train, size=m, replace=False)), device=dev)]
                     C = _kmeanspp(sub, k, gen)
                 elif init == "bisecting":
-                    m = min(n_train, max(32 * k, 4096))
+                    # 16 points per centroid suffice for the splits (Lloyd refines on
+                    # the whole sample); fewer rows make the init ~2x cheaper
+                    m = min(n_train, max(_BISECT_PER_CENTROID * k, 4096))
                     sub = Xtr if m == n_train else Xtr[torch.as_tensor(
                         np.sort(gen.choice(n_train, size=m, replace=False)), device=dev)]
                     C = _bisecting(sub, k, gen)
@@ -959,7 +966,7 @@ def kmeans(
     n_init : restarts with different seeds; the lowest training inertia wins.
     init : ``"k-means++"`` (greedy, on at most ``max(32 K, 4096)`` training points),
         ``"bisecting"`` (splits of the largest-SSE clusters along their principal
-        direction, on at most ``max(32 K, 4096)`` training points: every centroid is a
+        direction, on at most ``max(16 K, 4096)`` training points: every centroid is a
         mean of points, never an outlier; the default of the RQ-KMeans / VQ
         tokenizers), ``"random"`` (K distinct training points, as faiss) or a
         ``(K, d)`` array.
