@@ -165,7 +165,7 @@ def test_config_builds_the_model():
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "causal.toml")
     m = make_model(cfg.model)
-    assert isinstance(m, CausalSID) and m.codes == "runs/ml-100k/codes" and m.beam == 20
+    assert isinstance(m, CausalSID) and m.codes is None and m.beam == 20
     assert m.get_params() == {k: v for k, v in cfg.model.model_dump().items() if k != "type"}
 
 

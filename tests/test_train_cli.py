@@ -158,3 +158,67 @@ def test_run_with_a_model_writes_metrics_and_the_report_section(toy):
     html = (toy / "run" / "diagnostics" / "report.html").read_text()
     assert 'id="recommendation"' in html and "seen items masked: no" in html
     assert "Recommendation metrics" in (toy / "run" / "diagnostics" / "report.md").read_text()
+
+
+TINY_CAUSAL = {"type": "causal_sid", "hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 4,
+               "dropout": 0.0, "beam": 5}
+TINY_TRAIN = {"epochs": 1, "batch_size": 32, "warmup_steps": 1}
+
+
+def test_run_feeds_its_own_codes_to_a_causal_sid_model(toy):
+    """No [model] codes: the recommender stage reads RUN/codes and reruns when the codes change."""
+    from test_pipeline import _cfg
+
+    from sidkit.models import Recommender
+    from sidkit.pipeline import run_pipeline
+    from sidkit.types import Codes
+
+    cfg = _cfg(toy, model=TINY_CAUSAL, train=TINY_TRAIN)
+    rec_stage = [s for s in build_stages(cfg) if s.name == "recommender"][0]
+    assert rec_stage.inputs == ("split", "codes")
+    out = toy / "run"
+    res = run_pipeline(cfg, out)
+    assert all(r.status == "ran" for r in res.stages)
+    doc = json.loads((out / "recommender" / "metrics.json").read_text())
+    assert doc["records"][0]["model"] == "causal_sid"
+    assert doc["records"][0]["test"]["invalid_rate"] == 0.0
+    # the trained model holds exactly the run's SIDs (catalogue order)
+    model = Recommender.load(out / "recommender" / "models" / "seed-0")
+    codes = Codes.load(out / "codes" / "codes")
+    assert model.tokens_.codes.codebook_sizes == codes.codebook_sizes
+    assert sorted(map(tuple, model.tokens_.codes.codes.tolist())) == sorted(map(tuple, codes.codes.tolist()))
+
+    again = run_pipeline(cfg, out)
+    assert all(r.status == "cached" for r in again.stages)
+    changed = run_pipeline(_cfg(toy, model=TINY_CAUSAL, train=TINY_TRAIN,
+                                codes={"codebook_sizes": [4, 4]}), out)
+    status = {r.name: r.status for r in changed.stages}
+    assert status["split"] == "cached" and status["codes"] == "ran" and status["recommender"] == "ran"
+    model = Recommender.load(out / "recommender" / "models" / "seed-0")
+    assert model.tokens_.codes.codebook_sizes[:2] == (4, 4)
+
+
+def test_explicit_codes_path_or_id_only_do_not_depend_on_the_codes_stage(toy):
+    from test_pipeline import _cfg
+
+    for extra in ({"codes": str(toy / "elsewhere")}, {"id_only": True}):
+        cfg = _cfg(toy, model={**TINY_CAUSAL, **extra})
+        assert [s for s in build_stages(cfg) if s.name == "recommender"][0].inputs == ("split",)
+    cfg = _cfg(toy, model={"type": "popularity"})
+    assert [s for s in build_stages(cfg) if s.name == "recommender"][0].inputs == ("split",)
+
+
+def test_cli_train_runs_the_codes_stages_for_a_causal_sid_model(toy):
+    cfg = toy / "causal.toml"
+    cfg.write_text(f'[data]\ndataset = "{toy / "toy"}"\nuser_core = 2\n'
+                   f'[embed]\nembeddings_file = "{toy / "emb.npy"}"\n'
+                   '[codes]\ncodebook_sizes = [3, 4]\nn_levels = 2\n'
+                   '[model]\ntype = "causal_sid"\nhidden = 16\nn_layers = 1\nn_heads = 1\nmax_len = 4\nbeam = 5\n'
+                   '[train]\nepochs = 1\nbatch_size = 32\nwarmup_steps = 1\n')
+    out = toy / "trun"
+    r = runner.invoke(app, ["train", str(cfg), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "codes" / "codes.npz").is_file()
+    doc = json.loads((out / "recommender" / "metrics.json").read_text())
+    assert doc["records"][0]["test"]["invalid_rate"] == 0.0
+    assert not (out / "diagnostics").exists()

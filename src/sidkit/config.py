@@ -155,7 +155,8 @@ class CausalSIDConfig(_Strict):
     stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
     level_emb: bool = True
     beam: int = Field(20, ge=1, description="beam width of the constrained beam search")
-    codes: str | None = Field(None, description="directory of a saved Codes artifact (e.g. RUN/codes)")
+    codes: str | None = Field(None, description="directory of a saved Codes artifact (e.g. RUN/codes); "
+                                "unset: `sidkit run` / `sidkit train` use the run's own codes stage")
     id_only: bool = Field(False, description="ID-only ablation: one token per item, no codes")
 
 

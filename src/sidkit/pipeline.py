@@ -348,11 +348,11 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
 # --- recommender stage (issue 9): only when the config has a [model] table -------------
 def _recommender_stage(cfg: ExperimentConfig) -> Stage:
     """RUN/recommender/: models/seed-<s>/, metrics.json, metrics.md (see sidkit.eval.experiment)."""
-    from .eval.experiment import recommender_stage_fn
+    from .eval.experiment import recommender_inputs, recommender_stage_fn
 
     params = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
               "seeds": list(cfg.train.seeds) or [cfg.seed]}
-    return Stage("recommender", recommender_stage_fn(cfg), params, inputs=("split",))
+    return Stage("recommender", recommender_stage_fn(cfg), params, inputs=recommender_inputs(cfg))
 
 
 def build_stages(cfg: ExperimentConfig) -> list[Stage]:

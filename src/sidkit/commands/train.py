@@ -40,13 +40,16 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (overrides [train] epochs)."),
     force: bool = typer.Option(False, "--force", help="Retrain from scratch (drops stored checkpoints)."),
 ) -> None:
-    """Train and evaluate the configured recommender (runs the data and split stages as needed).
+    """Train and evaluate the configured recommender (runs the data and split stages as needed;
+    also items, embeddings and codes for a causal SID model without [model] codes).
 
     Writes RUN/recommender/models/seed-<s>/, metrics.json and metrics.md; an interrupted
     run resumes from its last epoch checkpoint when started again.
     """
     from ..config import load_config
-    from ..pipeline import _data_stage, _recommender_stage, _split_stage
+    from ..eval.experiment import uses_run_codes
+    from ..pipeline import (_codes_stage, _data_stage, _embeddings_stage, _items_stage,
+                            _recommender_stage, _split_stage)
     from ..stages import run_stage
 
     cfg = _with_overrides(load_config(config), device, seeds, epochs)
@@ -55,7 +58,10 @@ def train(
                           'add e.g.\n[model]\ntype = "sasrec"')
     if force:
         shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
-    for stage in (_data_stage(cfg), _split_stage(cfg), _recommender_stage(cfg)):
+    stages = [_data_stage(cfg), _split_stage(cfg)]
+    if uses_run_codes(cfg.model):  # a SID model without [model] codes: this run's own codes
+        stages += [_items_stage(cfg), _embeddings_stage(cfg), _codes_stage(cfg)]
+    for stage in stages + [_recommender_stage(cfg)]:
         r = run_stage(stage, out, force=force and stage.name == "recommender")
         what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
         typer.echo(f"[{r.name:<11}] {what:>7}  -> {r.path}", err=True)

@@ -158,8 +158,29 @@ def train_and_evaluate(cfg, data, out: Path, *, checkpoint_root: Path | None = N
     return doc
 
 
+def uses_run_codes(model_cfg) -> bool:
+    """True when the model needs SIDs and names no ``codes`` path: it takes the run's own codes stage."""
+    return (getattr(model_cfg, "type", None) == "causal_sid" and not model_cfg.id_only
+            and model_cfg.codes is None)
+
+
+def recommender_inputs(cfg) -> tuple[str, ...]:
+    """Stages the recommender stage reads: the split, plus ``codes`` for a SID model without a codes path."""
+    return ("split", "codes") if uses_run_codes(cfg.model) else ("split",)
+
+
+def with_run_codes(cfg, codes_dir: Path):
+    """``cfg`` with ``[model] codes`` set to ``codes_dir`` (a run's codes stage) when unset."""
+    if not uses_run_codes(cfg.model):
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"codes": str(codes_dir)})})
+
+
 def recommender_stage_fn(cfg):
     """The pipeline stage function: train + evaluate on ``RUN/split``, write into the stage dir.
+
+    A causal SID model without a ``codes`` path reads the run's own ``RUN/codes`` stage
+    (see :func:`recommender_inputs`).
 
     Checkpoints live in ``RUN/checkpoints/recommender`` (outside the stage's temporary
     directory) so an interrupted stage resumes where it stopped.
@@ -170,7 +191,8 @@ def recommender_stage_fn(cfg):
 
         data = SequenceData.from_split(Split.load(inp["split"]))
         root = inp["split"].parent / "checkpoints" / "recommender"
-        doc = train_and_evaluate(cfg, data, out, checkpoint_root=root)
+        run_cfg = with_run_codes(cfg, inp["codes"]) if "codes" in inp else cfg
+        doc = train_and_evaluate(run_cfg, data, out, checkpoint_root=root)
         s = doc["summary"]
         return {"model": cfg.model.type, "n_seeds": s["n_seeds"], "mask_seen": cfg.train.mask_seen,
                 "test": {k: v["mean"] for k, v in s["test"].items()}}
