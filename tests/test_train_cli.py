@@ -222,3 +222,12 @@ def test_cli_train_runs_the_codes_stages_for_a_causal_sid_model(toy):
     doc = json.loads((out / "recommender" / "metrics.json").read_text())
     assert doc["records"][0]["test"]["invalid_rate"] == 0.0
     assert not (out / "diagnostics").exists()
+
+
+def test_cli_train_checks_the_tokenizer_before_any_stage(toy):
+    cfg = toy / "bad.toml"
+    cfg.write_text(f'[data]\ndataset = "{toy / "toy"}"\n[embed]\nembeddings_file = "{toy / "emb.npy"}"\n'
+                   '[codes]\nmethod = "nope"\n[model]\ntype = "causal_sid"\n')
+    r = runner.invoke(app, ["train", str(cfg), "--out", str(toy / "brun")])
+    assert r.exit_code == 1 and "nope" in r.output
+    assert not (toy / "brun" / "data").exists()

@@ -49,7 +49,7 @@ def train(
     from ..config import load_config
     from ..eval.experiment import uses_run_codes
     from ..pipeline import (_codes_stage, _data_stage, _embeddings_stage, _items_stage,
-                            _recommender_stage, _split_stage)
+                            _recommender_stage, _split_stage, validate_run)
     from ..stages import run_stage
 
     cfg = _with_overrides(load_config(config), device, seeds, epochs)
@@ -60,6 +60,7 @@ def train(
         shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
     stages = [_data_stage(cfg), _split_stage(cfg)]
     if uses_run_codes(cfg.model):  # a SID model without [model] codes: this run's own codes
+        validate_run(cfg, out)  # tokenizer parameters, paths inside the run: before any stage
         stages += [_items_stage(cfg), _embeddings_stage(cfg), _codes_stage(cfg)]
     for stage in stages + [_recommender_stage(cfg)]:
         r = run_stage(stage, out, force=force and stage.name == "recommender")

@@ -173,7 +173,7 @@ def with_run_codes(cfg, codes_dir: Path):
     """``cfg`` with ``[model] codes`` set to ``codes_dir`` (a run's codes stage) when unset."""
     if not uses_run_codes(cfg.model):
         return cfg
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"codes": str(codes_dir)})})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"codes": str(Path(codes_dir).resolve())})})
 
 
 def recommender_stage_fn(cfg):
