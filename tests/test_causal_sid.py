@@ -220,3 +220,24 @@ def test_resume_with_other_codes_is_refused(tmp_path):
         CausalSID(**TINY).fit(data, codes=other, checkpoint_dir=ck, **kw)
     resumed = CausalSID(**TINY).fit(data, codes=toy_codes(), checkpoint_dir=ck, **kw)
     assert len(resumed.history_) == 2
+
+
+@pytest.mark.parametrize("hidden", [32, 128])
+def test_untrained_model_is_near_uniform_and_does_not_echo_its_input(hidden):
+    """Issue 10: the tied head over sqrt(hidden)-scaled input embeddings gave an
+    untrained loss of ~10.5 nats (ln V ~ 4.5) and predicted the input token itself at
+    every position.  At init the loss must be close to ln V and echoes rare."""
+    data = cyclic_data()
+    model = CausalSID(hidden=hidden, n_layers=2, n_heads=2, max_len=6, dropout=0.0)
+    model.tokens_ = model._resolve_tokens(data, toy_codes())
+    torch.manual_seed(0)
+    module = model.build_module(data.n_items).eval()
+    x, y = (torch.as_tensor(a) for a in model.train_arrays(data))
+    with torch.no_grad():
+        loss = float(model.train_loss(module, x, y))
+        pred = module.logits(module(x)).argmax(-1)
+    V = model.tokens_.vocab_size
+    assert abs(loss - np.log(V)) < 1.5, (loss, np.log(V))
+    real = x != 0
+    echo = float((pred[real] == x[real]).float().mean())
+    assert echo < 0.2, echo

@@ -7,7 +7,7 @@ position ``j * W + s``.  Training windows hold ``max_len + 1`` items
 (:meth:`SequenceData.windows`); one forward pass over the window's ``(max_len + 1) * W - 1``
 input tokens predicts every token of every target item (teacher forcing; cross-entropy
 on the SID tokens of the target items only, never on ``PAD`` slots).  Inputs are token
-embeddings (scaled by ``sqrt(hidden)``) + absolute position embeddings + an optional
+embeddings (std 0.02 at init, unscaled) + absolute position embeddings + an optional
 level embedding (``position % W``); the output head is tied to the token embedding.
 ``PAD`` slots are never attended to (a position always attends to itself).
 
@@ -28,7 +28,6 @@ codebook sizes in ``model.json``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -101,8 +100,11 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
             self.drop = nn.Dropout(dropout)
             self.blocks = nn.ModuleList(Block() for _ in range(n_layers))
             self.ln = nn.LayerNorm(hidden, eps=1e-8)
+            # small embeddings (std 0.02), unscaled on input: with the tied head an input
+            # scaled by sqrt(hidden) dominates the residual and the untrained model predicts
+            # its own input token with a loss far above ln V (issue 10)
             for emb in (self.tok, self.pos) + ((self.lvl,) if level_emb else ()):
-                nn.init.normal_(emb.weight, std=hidden ** -0.5)
+                nn.init.normal_(emb.weight, std=0.02)
             with torch.no_grad():
                 self.tok.weight[PAD].zero_()
 
@@ -110,7 +112,7 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
             """Tokens at absolute positions ``start .. start + L - 1``."""
             L = tokens.shape[1]
             pos = torch.arange(start, start + L, device=tokens.device)
-            x = self.tok(tokens) * math.sqrt(hidden) + self.pos(pos)[None]
+            x = self.tok(tokens) + self.pos(pos)[None]
             if self.lvl is not None:
                 x = x + self.lvl(pos % W)[None]
             return self.drop(x)
