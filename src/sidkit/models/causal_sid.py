@@ -169,15 +169,8 @@ class CausalSID(TorchRecommender):
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
-        if self.hidden % self.n_heads:
-            raise ConfigError(f"hidden={self.hidden} is not divisible by n_heads={self.n_heads}",
-                              "pick n_heads dividing hidden, e.g. hidden=128, n_heads=4")
-        for nm in ("hidden", "n_layers", "n_heads", "max_len", "beam"):
-            v = getattr(self, nm)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{nm} must be an integer >= 1, got {v!r}", f"set {nm} to a positive integer")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}", "use e.g. 0.2")
+        self._check_transformer_params(("hidden", "n_layers", "n_heads", "max_len", "beam"),
+                                       "hidden=128, n_heads=4")
 
     def _resolve_tokens(self, data, codes) -> SIDTokens:
         from ..types import Codes

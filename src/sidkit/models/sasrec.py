@@ -98,16 +98,7 @@ class SASRec(TorchRecommender):
         self.stride = stride
 
     def _validate_params(self) -> None:
-        from ..errors import ConfigError
-
-        if self.hidden % self.n_heads:
-            raise ConfigError(f"hidden={self.hidden} is not divisible by n_heads={self.n_heads}",
-                              "pick n_heads dividing hidden, e.g. hidden=64, n_heads=2")
-        for nm in ("hidden", "n_blocks", "n_heads", "max_len"):
-            if int(getattr(self, nm)) < 1:
-                raise ConfigError(f"{nm} must be >= 1, got {getattr(self, nm)}", f"set {nm} to a positive integer")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}", "use e.g. 0.2")
+        self._check_transformer_params(("hidden", "n_blocks", "n_heads", "max_len"), "hidden=64, n_heads=2")
 
     def build_module(self, n_items: int):
         self._validate_params()

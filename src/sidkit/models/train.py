@@ -54,6 +54,21 @@ class TorchRecommender(Recommender):
     ``score_tensor(module, history) -> (B, N)``.  :meth:`fit` runs :func:`train_loop`.
     """
 
+    def _check_transformer_params(self, int_names: tuple[str, ...], example: str) -> None:
+        """The shared checks of a transformer's size parameters: positive integers,
+        ``hidden`` divisible by ``n_heads``, ``dropout`` in [0, 1)."""
+        from ..errors import ConfigError
+
+        if self.hidden % self.n_heads:
+            raise ConfigError(f"hidden={self.hidden} is not divisible by n_heads={self.n_heads}",
+                              f"pick n_heads dividing hidden, e.g. {example}")
+        for nm in int_names:
+            v = getattr(self, nm)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{nm} must be an integer >= 1, got {v!r}", f"set {nm} to a positive integer")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}", "use e.g. 0.2")
+
     def _fingerprint_extra(self) -> dict[str, Any]:
         """Whatever else a checkpoint depends on (e.g. a SID model's codes): a resume with
         different values is refused like one with different parameters."""
