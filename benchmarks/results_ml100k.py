@@ -140,10 +140,10 @@ def main() -> None:
 
     ds = load_dataset("ml-100k")
     data = SequenceData.from_split(make_split(preprocess(ds.interactions, user_k=5), "leave_one_out"))
-    done = {(r.get("label", r["model"]), r["seed"]) for r in _load_records(args.records)}
     for name in args.models.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            if (name, seed) in done:
+            done = {(r.get("label", r["model"]), r["seed"]) for r in _load_records(args.records)}
+            if (name, seed) in done:   # read again before each run: several processes may share it
                 print(f"{name} seed {seed}: already in {args.records}", flush=True)
                 continue
             model_cfg, train_over, tokenizer = _model_table(name, args.work)
