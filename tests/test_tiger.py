@@ -5,7 +5,7 @@ save/load, exact resume, per-epoch target sampling, parameter checks."""
 import numpy as np
 import pytest
 import torch
-from test_causal_sid import N_ITEMS, cyclic_data, toy_codes
+from test_causal_sid import N_ITEMS, cyclic_data, one_thread, toy_codes  # noqa: F401 (autouse fixture)
 
 from sidkit.config import TrainConfig
 from sidkit.errors import ArtifactError, ConfigError, DataError
@@ -18,14 +18,6 @@ from sidkit.types import Codes
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_kv": 16, "d_ff": 128, "dropout": 0.0, "max_len": 6,
         "targets_per_user": 0, "beam": 20}
 TRAIN = TrainConfig(epochs=40, patience=40, lr=5e-3, warmup_steps=0, batch_size=32, eval_every=10)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
