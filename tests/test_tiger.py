@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from test_causal_sid import N_ITEMS, cyclic_data, one_thread, toy_codes  # noqa: F401 (autouse fixture)
+from test_pipeline import toy  # noqa: F401  (fixture: the pipeline's synthetic data set)
 
 from sidkit.config import TrainConfig
 from sidkit.errors import ArtifactError, ConfigError, DataError
@@ -263,3 +264,50 @@ def test_needs_codes_and_config_builds_the_model():
     assert isinstance(m, TIGER) and m.codes is None and m.beam == 20 and uses_run_codes(cfg.model)
     assert m.get_params() == {k: v for k, v in cfg.model.model_dump().items() if k != "type"}
     assert (m.d_model, m.n_layers, m.n_heads, m.d_kv, m.d_ff, m.max_len) == (128, 4, 6, 64, 1024, 20)
+
+
+def test_run_trains_tiger_on_its_own_codes_stage(toy):
+    """`sidkit run` with [model] type = "tiger" and no codes path: the recommender stage
+    reads RUN/codes, evaluates through the harness (users passed for the user token)."""
+    import json
+
+    from test_pipeline import _cfg
+
+    from sidkit.pipeline import build_stages, run_pipeline
+
+    model = {"type": "tiger", "d_model": 16, "n_layers": 1, "n_heads": 2, "d_kv": 8, "d_ff": 32, "max_len": 4,
+             "dropout": 0.0, "beam": 5, "targets_per_user": 2}
+    cfg = _cfg(toy, model=model, train={"epochs": 1, "batch_size": 32, "warmup_steps": 1})
+    assert [s for s in build_stages(cfg) if s.name == "recommender"][0].inputs == ("split", "codes")
+    res = run_pipeline(cfg, toy / "run")
+    assert all(r.status == "ran" for r in res.stages)
+    doc = json.loads((toy / "run" / "recommender" / "metrics.json").read_text())
+    assert doc["records"][0]["model"] == "tiger" and doc["records"][0]["test"]["invalid_rate"] == 0.0
+    m = Recommender.load(toy / "run" / "recommender" / "models" / "seed-0")
+    assert isinstance(m, TIGER) and m.tokens_.codes.codebook_sizes == Codes.load(
+        toy / "run" / "codes" / "codes").codebook_sizes
+
+
+def test_evaluate_passes_the_users_for_the_user_token():
+    """The harness decodes with each example's user token (a random model ranks
+    differently with and without it, so a harness that dropped the users would differ)."""
+    from sidkit.eval.metrics import ranks_from_lists
+
+    data = cyclic_data()
+    model = random_model(data, toy_codes())
+    inp = data.eval_inputs("test", model.max_len)
+    ranks = evaluate(model, data, "test", ks=(1, 5, 10), return_ranks=True)["ranks"]
+    with_users = ranks_from_lists(model.recommend(inp["history"], 20, users=inp["users"]), inp["targets"])
+    without = ranks_from_lists(model.recommend(inp["history"], 20), inp["targets"])
+    np.testing.assert_array_equal(ranks, with_users)
+    assert (with_users != without).any()
+
+
+def test_an_epoch_trains_on_targets_per_user_samples():
+    """train_loop draws the epoch's rows from epoch_indices: with batch size 1, the
+    warm-up learning rate of the last step counts the steps (12 users x 2 targets)."""
+    data = cyclic_data(n_users=12, length=13)
+    m = TIGER(**{**TINY, "targets_per_user": 2}).fit(
+        data, codes=toy_codes(), train=TrainConfig(epochs=1, lr=1.0, warmup_steps=1000, batch_size=1),
+        device="cpu", progress=False)
+    assert round(m.history_[0]["lr"] * 1000) == 24
