@@ -146,6 +146,8 @@ def test_recommend_distinct_valid_items_and_user_tokens(fitted):
         model.recommend(hist[:3], 5, users=users[:2])
     with pytest.raises(DataError, match="k must be"):
         model.recommend(hist, 0)
+    with pytest.raises(NotImplementedError, match="TIGER generates items"):
+        model.scores(hist)
 
 
 def test_save_load_round_trip(fitted, tmp_path):

@@ -356,7 +356,8 @@ class TIGER(TorchRecommender):
             out[:, :kk] = self.decode(h, kk, users=users).items
         return out
 
-    scores = CausalSID.scores
+    def scores(self, history):
+        raise NotImplementedError("TIGER generates items; use recommend()")
 
     # ------------------------------------------------------------------ save / load
     _fingerprint_extra = CausalSID._fingerprint_extra
