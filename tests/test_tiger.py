@@ -65,12 +65,13 @@ def test_overfits_cyclic_toy_set_to_recall_at_1(fitted):
     assert model.tokens_.user_buckets == TIGER_USER_BUCKETS
 
 
-@pytest.mark.parametrize("variable", [False, True])
-def test_full_width_beam_is_the_brute_force_ranking(variable):
+@pytest.mark.parametrize("variable, user_tokens", [(False, True), (True, True), (False, False)])
+def test_full_width_beam_is_the_brute_force_ranking(variable, user_tokens):
     """Beam >= number of valid SIDs: exactly every item, ranked by its teacher-forced
     summed log-prob (same order, scores within 1e-5), under a random model."""
     data = cyclic_data()
-    model = random_model(data, toy_codes(variable=variable))
+    model = random_model(data, toy_codes(variable=variable), user_tokens=user_tokens)
+    assert model.tokens_.user_buckets == (TIGER_USER_BUCKETS if user_tokens else 0)
     inp = data.eval_inputs("test", model.max_len)
     hist, users = inp["history"][:5], inp["users"][:5]
     res = model.decode(hist, N_ITEMS, users=users, beam=N_ITEMS)
@@ -259,7 +260,7 @@ def test_needs_codes_and_config_builds_the_model():
     from sidkit.config import load_config
     from sidkit.eval.experiment import make_model, uses_run_codes
 
-    with pytest.raises(DataError, match="needs the Semantic IDs"):
+    with pytest.raises(DataError, match="TIGER needs the Semantic IDs"):
         TIGER(**TINY).fit(cyclic_data(n_users=4), device="cpu", progress=False)
     cfg = load_config(Path(__file__).parents[1] / "configs" / "tiger.toml")
     m = make_model(cfg.model)

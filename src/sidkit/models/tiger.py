@@ -228,6 +228,9 @@ class TIGER(TorchRecommender):
     _resolve_sid = CausalSID._resolve_tokens
 
     def _resolve_tokens(self, data, codes) -> SIDTokens:
+        if codes is None and self.codes is None:
+            raise DataError("TIGER needs the Semantic IDs of the catalogue",
+                            "pass fit(data, codes=Codes) or the constructor's codes='RUN/codes'")
         sid = self._resolve_sid(data, codes)
         if self.user_tokens:
             sid = SIDTokens(sid.codes, user_buckets=TIGER_USER_BUCKETS)
