@@ -1,10 +1,18 @@
-"""MovieLens-100K leave-one-out results: popularity and SASRec over seeds -> docs/results.{md,json}.
+"""MovieLens-100K leave-one-out results over seeds -> docs/results.{md,json}.
 
 Usage::
 
-    python benchmarks/results_ml100k.py                  # 3 seeds, both models
+    python benchmarks/results_ml100k.py                  # 3 seeds, popularity and SASRec
     python benchmarks/results_ml100k.py --models sasrec --seeds 1
+    python benchmarks/results_ml100k.py --models causal_sid@rqkmeans,causal_sid@gaoq,causal_sid_id
     python benchmarks/results_ml100k.py --write-only                              # docs from the records
+
+Model names: ``popularity``, ``sasrec``, ``MODEL@TOKENIZER`` (a generative model over the
+Semantic IDs of a tokenizer: ``causal_sid@rqkmeans``, ``tiger@rqkmeans``, ...; the SIDs
+come from ``sidkit run`` with that ``[codes] method`` into ``--work/sids-TOKENIZER``, text
+embeddings as in the default run), and ``causal_sid_id`` (the ID-only ablation).  SID
+models use the settings of the default run's causal model (``src/sidkit/default.toml``)
+or ``configs/tiger.toml``, with ``--epochs`` / ``--patience`` as the budget.
 
 Each (model, seed) run appends one record to ``--records`` (JSON lines; a finished
 run is not repeated, an interrupted SASRec run resumes from its epoch checkpoint in
@@ -41,8 +49,8 @@ def write_docs(records: list[dict], docs: Path, command: str, note: str = "") ->
         raise SystemExit("no records to write")
     proto = records[0]["protocol"]
     groups: dict[str, list[dict]] = {}
-    for r in sorted(records, key=lambda r: (r["model"], r["seed"])):
-        groups.setdefault(r["model"], []).append(r)
+    for r in sorted(records, key=lambda r: (r.get("label", r["model"]), r["seed"])):
+        groups.setdefault(r.get("label", r["model"]), []).append(r)
     order = [m for m in ("popularity", "sasrec") if m in groups] + [m for m in groups if m not in ("popularity", "sasrec")]
     groups = {m: groups[m] for m in order}
     write_json(docs / "results.json", {"protocol": proto, "command": command, "note": note,
@@ -52,18 +60,54 @@ def write_docs(records: list[dict], docs: Path, command: str, note: str = "") ->
     def spe(r: dict) -> str:
         return "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.2f}"
 
-    seeds = "\n".join(f"| {r['model']} | {r['seed']} | {r['test']['recall@10']:.4f} | {r['test']['ndcg@10']:.4f} | "
+    seeds = "\n".join(f"| {r.get('label', r['model'])} | {r['seed']} | {r['test']['recall@10']:.4f} | {r['test']['ndcg@10']:.4f} | "
                       f"{r['valid']['ndcg@10']:.4f} | {r['best_epoch']} | {r['epochs_run']} | {spe(r)} |"
                       for rs in groups.values() for r in rs)
     extra = ["", "## Per seed", "",
              "| model | seed | test recall@10 | test ndcg@10 | valid ndcg@10 | best epoch | epochs run | s/epoch |",
              "|---|---:|---:|---:|---:|---:|---:|---:|", seeds, "",
              "Written by `benchmarks/results_ml100k.py` from `docs/results.json`'s records; reproduce with", "",
-             f"    {command}", "",
+             *sorted({f"    {r['command']}" for rs in groups.values() for r in rs if r.get("command")}
+                     or {f"    {command}"}), "",
              *([note, ""] if note else []),
              "Seconds per epoch are medians of the training time of each epoch (validation excluded) on a "
              "shared 2-core CPU (1 torch thread per run); they vary with the machine's load.", ""]
     write_text(docs / "results.md", md + "\n".join(extra))
+
+
+def _sid_codes(tokenizer: str, work: Path) -> Path:
+    """The codes directory of ``sidkit run`` with ``[codes] method = tokenizer`` (cached)."""
+    from sidkit.config import config_from_dict
+    from sidkit.pipeline import run_pipeline
+
+    cfg = config_from_dict({"codes": {"method": tokenizer}, "diagnostics": {"report": False}},
+                           f"--models ...@{tokenizer}")
+    out = work / f"sids-{tokenizer}"
+    run_pipeline(cfg, out)
+    return out / "codes"
+
+
+def _model_table(name: str, work: Path) -> tuple[dict, dict, str | None]:
+    """(model table, its train overrides, tokenizer) of a --models entry."""
+    import tomllib
+
+    from sidkit.config import default_config
+
+    if name in ("popularity", "sasrec"):
+        return {"type": name}, {}, None
+    causal = next(m for _, m, _ in default_config().recommenders() if m.type == "causal_sid")
+    base, kind = name.split("@", 1) if "@" in name else (name, None)
+    if base == "causal_sid_id":
+        table = causal.model_dump(exclude={"train", "label"}) | {"id_only": True}
+        return table, causal.train.model_dump(exclude_unset=True), None
+    if base == "causal_sid" and kind:
+        table = causal.model_dump(exclude={"train", "label"}) | {"codes": str(_sid_codes(kind, work))}
+        return table, causal.train.model_dump(exclude_unset=True), kind
+    if base == "tiger" and kind:
+        doc = tomllib.loads((ROOT / "configs" / "tiger.toml").read_text())
+        return doc["model"] | {"codes": str(_sid_codes(kind, work))}, doc.get("train", {}), kind
+    raise SystemExit(f"unknown model {name!r}: use popularity, sasrec, causal_sid@TOKENIZER, "
+                     "tiger@TOKENIZER or causal_sid_id")
 
 
 def main() -> None:
@@ -81,7 +125,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a sentence added to docs/results.md (e.g. how runs were capped)")
     args = ap.parse_args()
     command = ("python benchmarks/results_ml100k.py "
-               f"--seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} --threads {args.threads}")
+               f"--models {args.models} --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} --threads {args.threads}")
     if args.write_only:
         write_docs(_load_records(args.records), args.docs, command, args.note)
         return
@@ -96,22 +140,25 @@ def main() -> None:
 
     ds = load_dataset("ml-100k")
     data = SequenceData.from_split(make_split(preprocess(ds.interactions, user_k=5), "leave_one_out"))
-    done = {(r["model"], r["seed"]) for r in _load_records(args.records)}
+    done = {(r.get("label", r["model"]), r["seed"]) for r in _load_records(args.records)}
     for name in args.models.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             if (name, seed) in done:
                 print(f"{name} seed {seed}: already in {args.records}", flush=True)
                 continue
-            cfg = config_from_dict({"seed": seed, "device": args.device, "model": {"type": name},
-                                    "train": {"epochs": args.epochs, "patience": args.patience}})
+            model_cfg, train_over, tokenizer = _model_table(name, args.work)
+            cfg = config_from_dict({"seed": seed, "device": args.device, "model": model_cfg,
+                                    "train": {**train_over, "epochs": args.epochs, "patience": args.patience}})
             t0 = time.time()
             model, rec = fit_one(cfg.model, cfg.train, data, seed, args.device,
-                                 args.work / f"{name}-seed{seed}", progress=False)
+                                 args.work / f"{name.replace('@', '-')}-seed{seed}", progress=False)
             rec = score_record(model, data, rec, cfg.train)
+            rec["label"], rec["tokenizer"], rec["command"] = name, tokenizer, command
             rec["protocol"] = protocol(data, cfg.train, getattr(model, "max_len", None), "ml-100k (user_core=5)")
             rec["train"] = cfg.train.model_dump() if name != "popularity" else None
             rec["params"] = model.get_params()
-            rec["history"] = [{k: h[k] for k in ("epoch", "loss", "seconds")} | {"valid_ndcg@10": h["valid"]["ndcg@10"]}
+            rec["history"] = [{k: h[k] for k in ("epoch", "loss", "seconds")} |
+                              ({"valid_ndcg@10": h["valid"]["ndcg@10"]} if "valid" in h else {})
                               for h in getattr(model, "history_", [])]
             args.records.parent.mkdir(parents=True, exist_ok=True)
             with open(args.records, "a") as f:

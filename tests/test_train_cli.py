@@ -48,18 +48,18 @@ def test_cli_train_and_evaluate(tiny):
     assert rec["model"] == "sasrec" and rec["tokenizer"] is None and rec["epochs_run"] == 2
     assert 1 <= rec["best_epoch"] <= 2 and rec["seconds_per_epoch"] > 0
     assert set(rec["test"]) >= {"recall@5", "ndcg@10", "mrr@20", "coverage@10"}
-    assert doc["protocol"]["mask_seen"] is False and doc["summary"]["n_seeds"] == 2
+    assert doc["protocol"]["mask_seen"] is False and doc["summary"]["sasrec"]["n_seeds"] == 2
     md = (out / "recommender" / "metrics.md").read_text()
     assert "Seen items masked: **no**" in md and "| sasrec | 2 |" in md
     assert "ndcg@10" in r.output
-    assert not (out / "checkpoints" / "recommender" / "seed-0").exists()   # removed once done
+    assert not (out / "checkpoints" / "recommender" / "sasrec" / "seed-0").exists()   # removed once done
 
     # evaluate the stored models: same figures as training wrote
     r = runner.invoke(app, ["evaluate", str(out), "--json"])
     assert r.exit_code == 0, r.output
     ev = json.loads(r.output)
     assert ev["records"][0]["ndcg@10"] == pytest.approx(rec["test"]["ndcg@10"])
-    r = runner.invoke(app, ["evaluate", str(out / "recommender" / "models" / "seed-1"), "--mask-seen"])
+    r = runner.invoke(app, ["evaluate", str(out / "recommender" / "models" / "sasrec" / "seed-1"), "--mask-seen"])
     assert r.exit_code == 0 and "seen items masked: yes" in r.output
 
     # a second train is a cache hit
@@ -120,7 +120,7 @@ def test_interrupted_cli_run_resumes_and_refuses_a_changed_config(tiny, monkeypa
     with pytest.raises(Crash):
         runner.invoke(app, ["train", cfg, "--out", str(out)], catch_exceptions=False)
     assert not (out / "recommender").exists()                    # nothing half-written
-    assert (out / "checkpoints" / "recommender" / "seed-0" / "state.json").is_file()
+    assert (out / "checkpoints" / "recommender" / "sasrec" / "seed-0" / "state.json").is_file()
     # a changed model config refuses the stored checkpoint
     changed = tiny / "changed.toml"
     changed.write_text(open(cfg).read().replace("hidden = 8", "hidden = 4"))
@@ -183,7 +183,7 @@ def test_run_feeds_its_own_codes_to_a_causal_sid_model(toy):
     assert doc["records"][0]["model"] == "causal_sid"
     assert doc["records"][0]["test"]["invalid_rate"] == 0.0
     # the trained model holds exactly the run's SIDs (catalogue order)
-    model = Recommender.load(out / "recommender" / "models" / "seed-0")
+    model = Recommender.load(out / "recommender" / "models" / "causal_sid" / "seed-0")
     codes = Codes.load(out / "codes" / "codes")
     assert model.tokens_.codes.codebook_sizes == codes.codebook_sizes
     assert sorted(map(tuple, model.tokens_.codes.codes.tolist())) == sorted(map(tuple, codes.codes.tolist()))
@@ -194,7 +194,7 @@ def test_run_feeds_its_own_codes_to_a_causal_sid_model(toy):
                                 codes={"codebook_sizes": [4, 4]}), out)
     status = {r.name: r.status for r in changed.stages}
     assert status["split"] == "cached" and status["codes"] == "ran" and status["recommender"] == "ran"
-    model = Recommender.load(out / "recommender" / "models" / "seed-0")
+    model = Recommender.load(out / "recommender" / "models" / "causal_sid" / "seed-0")
     assert model.tokens_.codes.codebook_sizes[:2] == (4, 4)
 
 

@@ -47,22 +47,19 @@ def run(
     force: bool = typer.Option(False, "--force", help="Rerun every stage, even unchanged ones."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config)."),
     method: Optional[str] = typer.Option(None, "--method", help="Tokenizer (overrides [codes] method)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum training epochs of every model."),
 ) -> None:
-    """Run the pipeline: data -> split -> items -> embeddings -> codes -> diagnostics."""
+    """Run the pipeline: data -> split -> items -> embeddings -> codes -> recommenders -> diagnostics.
+
+    Without CONFIG: MovieLens-100K, RQ-KMeans Semantic IDs, and popularity, SASRec and the
+    causal SID model trained and evaluated (configs/default.toml holds the same settings)."""
     from .config import load_config
     from .data import format_info
     from .pipeline import run_pipeline
 
-    cfg = load_config(config)
-    if device or method:
-        from .config import config_from_dict
+    from .commands.train import with_overrides
 
-        d = cfg.model_dump()
-        if device:
-            d["device"] = device
-        if method:
-            d["codes"]["method"] = method
-        cfg = config_from_dict(d, "command line")
+    cfg = with_overrides(load_config(config), device, None, epochs, method)
 
     def on_stage(r) -> None:
         what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
@@ -75,9 +72,27 @@ def run(
     typer.echo(format_info(res.summary("data")))
     typer.echo("\nSemantic IDs")
     print_sid_summary(res.summary("codes"), res.summary("diagnostics"))
+    if any(r.name == "recommender" for r in res.stages):
+        print_recommender_summary(res.summary("recommender"))
+    typer.echo("\nTime per stage (s; cached stages cost nothing)")
+    print_table([{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1) if r.status == "ran" else 0.0}
+                 for r in res.stages] + [{"stage": "total", "status": "",
+                                          "seconds": round(sum(r.seconds for r in res.stages if r.status == "ran"), 1)}])
     report = out / "diagnostics" / "report.html"
     if report.exists():
         typer.echo(f"\nReport: {report}")
+
+
+def print_recommender_summary(summary: dict) -> None:
+    """The recommenders' test metrics (means over seeds), a row per model."""
+    from .eval.metrics import metric_names
+
+    typer.echo(f"\nRecommendation (test, leave-one-out, full ranking, seen items masked: "
+               f"{'yes' if summary.get('mask_seen') else 'no'})")
+    names = [m for m in metric_names() if m.startswith(("recall", "ndcg", "mrr"))]
+    print_table([{"model": label, "seeds": s["n_seeds"], **{m: s["test"].get(m) for m in names},
+                  "train s": round(s["train_seconds"], 1)}
+                 for label, s in ((lb, summary["models"][lb]) for lb in summary["labels"])])
 
 
 def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:

@@ -33,6 +33,14 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     [model]                    # optional: no table = no recommender stage in `sidkit run`
     type = "sasrec"            # or "popularity", "causal_sid" (configs/causal.toml), "tiger" (configs/tiger.toml)
     hidden = 64                # (sasrec) + n_blocks, n_heads, max_len, dropout, ffn, stride
+    label = "sasrec"           # its row in the metrics table (default: the type)
+    train = { epochs = 50 }    # this model's overrides of [train]
+
+    # or several models, one table ([[models]] entries take the same keys as [model]):
+    # [[models]]
+    # type = "popularity"
+    # [[models]]
+    # type = "causal_sid"
 
     [train]                    # the training loop of torch models + evaluation options
     epochs = 200
@@ -129,11 +137,20 @@ class DiagnosticsConfig(_Strict):
 
 
 # --- recommender tables ([model], [train]) ------------------------------------
-class PopularityConfig(_Strict):
+class _ModelBase(_Strict):
+    """Keys every model table shares: a ``label`` (its row in the metrics table and its
+    folder under ``RUN/recommender/models/``; default: the type) and per-model ``train``
+    overrides of the top-level ``[train]`` table."""
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                              description="row name and folder name; default: the model type")
+    train: "TrainOverrides | None" = Field(None, description="per-model [train] overrides")
+
+
+class PopularityConfig(_ModelBase):
     type: Literal["popularity"] = "popularity"
 
 
-class SASRecConfig(_Strict):
+class SASRecConfig(_ModelBase):
     type: Literal["sasrec"] = "sasrec"
     hidden: int = Field(64, ge=1)
     n_blocks: int = Field(2, ge=1)
@@ -144,13 +161,14 @@ class SASRecConfig(_Strict):
     stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
 
 
-class CausalSIDConfig(_Strict):
+class CausalSIDConfig(_ModelBase):
     type: Literal["causal_sid"] = "causal_sid"
     hidden: int = Field(128, ge=1)
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(4, ge=1)
     max_len: int = Field(50, ge=1, description="items of history (each is n_levels tokens)")
     dropout: float = Field(0.2, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the attention weights (slow on a CPU)")
     ffn: int | None = Field(None, ge=1, description="feed-forward width; None = 2 * hidden")
     stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
     level_emb: bool = True
@@ -160,7 +178,7 @@ class CausalSIDConfig(_Strict):
     id_only: bool = Field(False, description="ID-only ablation: one token per item, no codes")
 
 
-class TigerConfig(_Strict):
+class TigerConfig(_ModelBase):
     type: Literal["tiger"] = "tiger"
     d_model: int = Field(128, ge=1)
     n_layers: int = Field(4, ge=1, description="encoder blocks and decoder blocks (each)")
@@ -195,6 +213,25 @@ class TrainConfig(_Strict):
     seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
 
 
+class TrainOverrides(_Strict):
+    """A model's own ``train`` table: any ``[train]`` key, overriding the top-level value."""
+    epochs: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1)
+    clip: float | None = Field(None, gt=0)
+    eval_every: int | None = Field(None, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    mask_seen: bool | None = None
+    seeds: list[int] | None = None
+
+
+for _m in (_ModelBase, PopularityConfig, SASRecConfig, CausalSIDConfig, TigerConfig):
+    _m.model_rebuild()
+
+
 class ExperimentConfig(_Strict):
     name: str = "ml-100k"
     seed: int = 0
@@ -204,7 +241,29 @@ class ExperimentConfig(_Strict):
     codes: CodesConfig = Field(default_factory=CodesConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     model: ModelConfig | None = None
+    models: list[ModelConfig] = Field(default_factory=list, description="[[models]]: several recommenders, "
+                                      "trained and evaluated in one table")
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _one_model_list(self) -> "ExperimentConfig":
+        if self.model is not None and self.models:
+            raise ValueError("give either one [model] table or a [[models]] list, not both")
+        labels = [label for label, _, _ in self.recommenders()]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"two models share the label {dup[0]!r}: give each [[models]] entry its own label")
+        return self
+
+    def recommenders(self) -> list[tuple[str, Any, "TrainConfig"]]:
+        """``(label, model table, effective train table)`` of every configured recommender."""
+        out = []
+        for m in ([self.model] if self.model is not None else list(self.models)):
+            train = self.train
+            if m.train is not None:
+                train = TrainConfig(**{**self.train.model_dump(), **m.train.model_dump(exclude_unset=True)})
+            out.append((m.label or m.type, m, train))
+        return out
 
 
 def _format_errors(e: ValidationError, origin: str) -> str:
@@ -226,10 +285,21 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Experiment
                           "remove or rename the key; see the config reference in README.md") from None
 
 
+DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+
+
+def default_config() -> ExperimentConfig:
+    """The config of a plain ``sidkit run``: MovieLens-100K, RQ-KMeans Semantic IDs, then
+    popularity, SASRec and the causal SID model (``src/sidkit/default.toml``; a config file
+    without a ``[model]`` / ``[[models]]`` table trains no recommender)."""
+    return load_config(DEFAULT_CONFIG)
+
+
 def load_config(path: str | Path | None = None) -> ExperimentConfig:
-    """Read a TOML config; ``None`` gives the defaults (MovieLens-100K, RQ-KMeans)."""
+    """Read a TOML config; ``None`` gives :func:`default_config` (MovieLens-100K, RQ-KMeans,
+    popularity + SASRec + the causal SID model)."""
     if path is None:
-        return ExperimentConfig()
+        return default_config()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist", "pass the path of a .toml file")

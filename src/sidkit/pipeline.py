@@ -320,7 +320,7 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
             write_json(out / "report.json", res)
         return headline(res)
 
-    rec_input = ("recommender",) if cfg.model is not None else ()  # issue 9: metrics in the report
+    rec_input = ("recommender",) if cfg.recommenders() else ()  # issue 9: metrics in the report
     return Stage("diagnostics", fn, cfg.diagnostics.model_dump(),
                  inputs=("embeddings", "split", "codes") + rec_input,
                  version=3)  # 3: semantic collisions
@@ -345,20 +345,22 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --- recommender stage (issue 9): only when the config has a [model] table -------------
+# --- recommender stage (issue 9/10): when the config names recommenders --------------
 def _recommender_stage(cfg: ExperimentConfig) -> Stage:
-    """RUN/recommender/: models/seed-<s>/, metrics.json, metrics.md (see sidkit.eval.experiment)."""
+    """RUN/recommender/: models/<label>/seed-<s>/, metrics.json, metrics.md (see sidkit.eval.experiment)."""
     from .eval.experiment import recommender_inputs, recommender_stage_fn
 
-    params = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-              "seeds": list(cfg.train.seeds) or [cfg.seed]}
-    return Stage("recommender", recommender_stage_fn(cfg), params, inputs=recommender_inputs(cfg))
+    params = {"models": [{"label": label, "model": m.model_dump(exclude={"train", "label"}),
+                          "train": t.model_dump(), "seeds": list(t.seeds) or [cfg.seed]}
+                         for label, m, t in cfg.recommenders()]}
+    # version 2: several models (models/<label>/seed-<s>)
+    return Stage("recommender", recommender_stage_fn(cfg), params, inputs=recommender_inputs(cfg), version=2)
 
 
 def build_stages(cfg: ExperimentConfig) -> list[Stage]:
     stages = [_data_stage(cfg), _split_stage(cfg), _items_stage(cfg), _embeddings_stage(cfg),
               _codes_stage(cfg), _diagnostics_stage(cfg)]
-    if cfg.model is not None:  # before diagnostics, whose report then shows the metrics
+    if cfg.recommenders():  # before diagnostics, whose report then shows the metrics
         stages.insert(-1, _recommender_stage(cfg))
     return stages
 # --- end recommender stage --------------------------------------------------------------
@@ -409,14 +411,15 @@ def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"run directory {out} exists and is not a folder",
                             "choose another --out")
-    for name in STAGES:
+    names = [s.name for s in build_stages(cfg)]
+    for name in names:
         for key, path in _config_paths(cfg):
             if _inside(path, out / name):
                 raise ConfigError(
                     f"{key} {path} lies inside the run directory's stage folder {out / name}, "
                     "which sidkit replaces when the stage reruns",
                     "move it outside the run directory (or choose another --out)")
-    for name in STAGES:
+    for name in names:
         check_replaceable(out / name, name)
 
 
@@ -432,7 +435,7 @@ def run_pipeline(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
     """
     out = Path(out)
     validate_run(cfg, out)
-    clean_stale_tmp(out, STAGES)
+    clean_stale_tmp(out, [s.name for s in build_stages(cfg)])
     results = []
     rerun_from: str | None = None
     with sigterm_as_exit():

@@ -12,22 +12,32 @@ from ..errors import ArtifactError, ConfigError
 from ._common import handle_errors
 
 
-def _with_overrides(cfg, device: str | None, seeds: str | None, epochs: int | None):
-    if not (device or seeds or epochs):
+def with_overrides(cfg, device: str | None = None, seeds: str | None = None, epochs: int | None = None,
+                   method: str | None = None):
+    """``cfg`` with the command line's ``--device``, ``--seeds``, ``--epochs`` (for every
+    model, over its own ``train`` table too) and ``--method``."""
+    if not (device or seeds or epochs or method):
         return cfg
     from ..config import config_from_dict
 
-    d = cfg.model_dump()
+    d = cfg.model_dump(exclude_unset=False)
     if device:
         d["device"] = device
+    if method:
+        d["codes"]["method"] = method
+    train = {}
     if seeds:
         try:
-            d["train"]["seeds"] = [int(s) for s in seeds.split(",")]
+            train["seeds"] = [int(s) for s in seeds.split(",")]
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}",
                               "write e.g. --seeds 0,1,2") from None
     if epochs:
-        d["train"]["epochs"] = epochs
+        train["epochs"] = epochs
+    d["train"].update(train)
+    for m in ([d["model"]] if d.get("model") else []) + list(d.get("models") or []):
+        if m.get("train") is not None:
+            m["train"] = {k: v for k, v in m["train"].items() if v is not None} | train
     return config_from_dict(d, "command line")
 
 
@@ -43,7 +53,7 @@ def train(
     """Train and evaluate the configured recommender (runs the data and split stages as needed;
     also items, embeddings and codes for a causal SID model without [model] codes).
 
-    Writes RUN/recommender/models/seed-<s>/, metrics.json and metrics.md; an interrupted
+    Writes RUN/recommender/models/<label>/seed-<s>/, metrics.json and metrics.md; an interrupted
     run resumes from its last epoch checkpoint when started again.
     """
     from ..config import load_config
@@ -52,14 +62,14 @@ def train(
                             _recommender_stage, _split_stage, validate_run)
     from ..stages import run_stage
 
-    cfg = _with_overrides(load_config(config), device, seeds, epochs)
-    if cfg.model is None:
-        raise ConfigError(f"{config} has no [model] table, so there is nothing to train",
+    cfg = with_overrides(load_config(config), device, seeds, epochs)
+    if not cfg.recommenders():
+        raise ConfigError(f"{config} has no [model] table (or [[models]] list), so there is nothing to train",
                           'add e.g.\n[model]\ntype = "sasrec"')
     if force:
         shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
     stages = [_data_stage(cfg), _split_stage(cfg)]
-    if uses_run_codes(cfg.model):  # a SID model without [model] codes: this run's own codes
+    if any(uses_run_codes(m) for _, m, _ in cfg.recommenders()):  # SID model on this run's own codes
         validate_run(cfg, out)  # tokenizer parameters, paths inside the run: before any stage
         stages += [_items_stage(cfg), _embeddings_stage(cfg), _codes_stage(cfg)]
     for stage in stages + [_recommender_stage(cfg)]:
@@ -73,13 +83,17 @@ def _find_models(run: Path) -> tuple[Path, list[Path]]:
     """(split dir, model dirs) of a run directory, its recommender/ dir, or one model dir."""
     run = Path(run)
     if (run / "model.json").is_file():
-        models, root = [run], run.parents[2] if len(run.parents) > 2 else run
+        models, root = [run], run.parents[3] if len(run.parents) > 3 else run
     else:
         rec = run / "recommender" if (run / "recommender").is_dir() else run
-        models = sorted(p for p in (rec / "models").glob("seed-*") if (p / "model.json").is_file())
-        root = rec.parent
+        if (rec / "models").is_dir():   # RUN/recommender: every model of every label
+            models = sorted(p for p in (rec / "models").glob("*/seed-*") if (p / "model.json").is_file())
+            root = rec.parent
+        else:                           # RUN/recommender/models/<label>
+            models = sorted(p for p in rec.glob("seed-*") if (p / "model.json").is_file())
+            root = rec.parents[2] if len(rec.parents) > 2 else rec
     if not models:
-        raise ArtifactError(f"no trained recommender under {run} (expected recommender/models/seed-*/model.json)",
+        raise ArtifactError(f"no trained recommender under {run} (expected recommender/models/<label>/seed-*/model.json)",
                             "train one with `sidkit train CONFIG.toml --out RUN_DIR`")
     return root / "split", models
 
@@ -113,7 +127,7 @@ def evaluate(
         m = run_eval(model, data, role, mask_seen=mask_seen, ks=cutoffs)
         m.pop("seconds")
         records.append({role: m})
-        rows.append({"model": f"{model.name} ({d.name})", **m})
+        rows.append({"model": f"{d.parent.name} ({d.name})", **m})
     if as_json:
         typer.echo(to_json({"role": role, "mask_seen": mask_seen, "models": [str(d) for d in model_dirs],
                             "records": [r[role] for r in records], "summary": summarise(records, (role,))}))

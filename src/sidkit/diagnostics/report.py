@@ -438,17 +438,25 @@ def _timing_tables(res: dict[str, dict]) -> list[_Table]:
 
 # --- recommender metrics (issue 9) -------------------------------------------------
 def _recommender_tables(doc: Mapping[str, Any]) -> tuple[str, list[_Table]]:
-    """Mean (± std over seeds) test and validation metrics of a ``metrics.json`` document."""
+    """Mean (± std over seeds) test and validation metrics of a ``metrics.json`` document,
+    a row per model."""
+    from ..eval.metrics import metric_names
+
     proto = doc.get("protocol", {})
-    note = (f"Model {doc.get('model', {}).get('type', '?')}; split {proto.get('split')}, "
+    summary = doc.get("summary", {})
+    summary = {lb: summary[lb] for lb in doc.get("labels", list(summary)) if lb in summary}
+    seeds = sorted({s.get("n_seeds") for s in summary.values()} - {None})
+    note = (f"Models {', '.join(summary) or '?'}; split {proto.get('split')}, "
             f"{proto.get('ranking')}; seen items masked: {'yes' if proto.get('mask_seen') else 'no'}; "
-            f"{proto.get('selection')}. Mean ± std over {doc.get('summary', {}).get('n_seeds', '?')} seed(s).")
+            f"{proto.get('selection')}. Mean ± std over {'/'.join(map(str, seeds)) or '?'} seed(s).")
+    names = metric_names()
     tables = []
     for role in ("test", "valid"):
-        s = doc.get("summary", {}).get(role)
-        if s:
-            tables.append(_Table(f"{role.capitalize()} metrics", ["metric", "mean", "std"],
-                                 [[k, v["mean"], v["std"]] for k, v in s.items()]))
+        rows = [[label] + [f"{s[role][m]['mean']:.4f} ± {s[role][m]['std']:.4f}" if m in s[role] else ""
+                           for m in names]
+                for label, s in summary.items() if s.get(role)]
+        if rows:
+            tables.append(_Table(f"{role.capitalize()} metrics", ["model"] + names, rows))
     return note, tables
 # --- end recommender metrics -------------------------------------------------------
 

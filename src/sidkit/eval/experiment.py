@@ -2,11 +2,14 @@
 
 Layout written by :func:`train_and_evaluate` (``OUT`` is ``RUN/recommender``)::
 
-    OUT/models/seed-<s>/   model.json, weights.safetensors (best-validation weights)
-    OUT/metrics.json       protocol, one record per seed, mean and std over seeds
-    OUT/metrics.md         the same as Markdown tables
+    OUT/models/<label>/seed-<s>/   model.json, weights.safetensors (best-validation weights)
+    OUT/metrics.json       protocol, each model's config, one record per (model, seed),
+                           mean and std over seeds per model label
+    OUT/metrics.md         the same as Markdown tables (a row per model)
 
-A record: ``model``, ``tokenizer`` (None for item-id models), ``seed``, ``protocol``,
+``<label>`` is the model table's ``label`` (default: its type).  A record: ``label``,
+``model``, ``tokenizer`` (the run's tokenizer for a SID model on the run's codes, else
+None), ``seed``, ``protocol``,
 ``valid`` and ``test`` metrics (test from the best-validation checkpoint),
 ``best_epoch``, ``epochs_run``, ``seconds_per_epoch``, ``train_seconds``.
 """
@@ -44,7 +47,7 @@ def make_model(model_cfg):
 
     if model_cfg is None:
         raise ConfigError("the config has no [model] table", 'add e.g. [model] type = "sasrec"')
-    params = model_cfg.model_dump()
+    params = model_cfg.model_dump(exclude={"train", "label"})
     cls = get_recommender_class(params.pop("type"))
     return cls(**params)
 
@@ -93,7 +96,7 @@ def summarise(records: list[dict[str, Any]], roles: Iterable[str] = ("valid", "t
         out[role] = {k: {"mean": float(np.mean([r[k] for r in recs])),
                          "std": float(np.std([r[k] for r in recs], ddof=1)) if len(recs) > 1 else 0.0}
                      for k in keys}
-    for k in ("best_epoch", "seconds_per_epoch"):
+    for k in ("best_epoch", "seconds_per_epoch", "train_seconds"):
         vals = [r[k] for r in records if r.get(k) is not None]
         if vals:
             out[k] = {"mean": float(np.mean(vals)),
@@ -121,40 +124,57 @@ def metrics_markdown(groups: dict[str, list[dict[str, Any]]], proto: dict[str, A
             if role not in s:
                 continue
             rows.append(f"| {label} | {len(recs)} | " + " | ".join(_pm(s[role].get(m)) for m in names)
-                        + f" | {_pm(s.get('best_epoch'), 1)} | {_pm(s.get('seconds_per_epoch'), 2)} |")
+                        + f" | {_pm(s[role].get('invalid_rate'))} | {_pm(s.get('best_epoch'), 1)} "
+                        f"| {_pm(s.get('seconds_per_epoch'), 2)} | {_pm(s.get('train_seconds'), 0)} |")
         if rows:
             lines += [f"## {role.capitalize()} (mask seen: {'yes' if proto.get('mask_seen') else 'no'})", "",
-                      "| model | seeds | " + " | ".join(names) + " | best epoch | s/epoch |",
-                      "|---|---:|" + "---:|" * (len(names) + 2)] + rows + [""]
+                      "| model | seeds | " + " | ".join(names) + " | invalid | best epoch | s/epoch | train s |",
+                      "|---|---:|" + "---:|" * (len(names) + 4)] + rows + [""]
     return "\n".join(lines)
 
 
 def train_and_evaluate(cfg, data, out: Path, *, checkpoint_root: Path | None = None,
-                       progress: bool | None = None) -> dict[str, Any]:
-    """Fit ``cfg.model`` for every seed of ``cfg.train.seeds`` (or ``cfg.seed``) on ``data``,
-    evaluate valid and test, write ``out/models``, ``out/metrics.json`` and ``out/metrics.md``.
+                       progress: bool | None = None, codes_dir: Path | None = None) -> dict[str, Any]:
+    """Fit every recommender of ``cfg`` (``[model]`` or ``[[models]]``) for each of its seeds
+    on ``data``, evaluate valid and test, write ``out/models/<label>/seed-<s>``,
+    ``out/metrics.json`` and ``out/metrics.md`` (one table, a row per model).
 
-    Checkpoints go to ``checkpoint_root/seed-<s>`` (resumed when present, removed when a
-    seed finishes).  Returns the metrics document.
+    ``codes_dir``: the run's codes stage, given to SID models that name no ``codes``.
+    Checkpoints go to ``checkpoint_root/<label>/seed-<s>`` (resumed when present, removed
+    when the stage finishes).  Returns the metrics document.
     """
     out = Path(out)
-    seeds = list(cfg.train.seeds) or [cfg.seed]
-    records = []
-    for seed in seeds:
-        ck = checkpoint_root / f"seed-{seed}" if checkpoint_root is not None else None
-        model, rec = fit_one(cfg.model, cfg.train, data, seed, cfg.device, ck, progress)
-        records.append(score_record(model, data, rec, cfg.train))
-        model.save(out / "models" / f"seed-{seed}")
-    proto = protocol(data, cfg.train, getattr(model, "max_len", None), cfg.data.dataset)
-    for r in records:
-        r["protocol"] = proto
-    doc = {"protocol": proto, "model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-           "records": records, "summary": summarise(records)}
+    recs = cfg.recommenders()
+    if not recs:
+        raise ConfigError("the config names no recommender", 'add e.g. [model] type = "sasrec"')
+    groups: dict[str, list[dict[str, Any]]] = {}
+    models: dict[str, Any] = {}
+    protos = {}
+    for label, model_cfg, train_cfg in recs:
+        own_codes = codes_dir is not None and uses_run_codes(model_cfg)
+        if own_codes:
+            model_cfg = with_run_codes(model_cfg, codes_dir)
+        records = []
+        for seed in list(train_cfg.seeds) or [cfg.seed]:
+            ck = checkpoint_root / label / f"seed-{seed}" if checkpoint_root is not None else None
+            model, rec = fit_one(model_cfg, train_cfg, data, seed, cfg.device, ck, progress)
+            rec["label"] = label
+            rec["tokenizer"] = cfg.codes.method if own_codes else None
+            records.append(score_record(model, data, rec, train_cfg))
+            model.save(out / "models" / label / f"seed-{seed}")
+        protos[label] = protocol(data, train_cfg, getattr(model, "max_len", None), cfg.data.dataset)
+        for r in records:
+            r["protocol"] = protos[label]
+        groups[label] = records
+        models[label] = {"model": model_cfg.model_dump(exclude={"train", "label"}), "train": train_cfg.model_dump()}
+    proto = {k: v for k, v in next(iter(protos.values())).items()
+             if all(p.get(k) == v for p in protos.values())}   # what all models share
+    doc = {"protocol": proto, "labels": list(groups), "models": models, "records": [r for rs in groups.values() for r in rs],
+           "summary": {label: summarise(rs) for label, rs in groups.items()}}
     write_json(out / "metrics.json", doc)
-    write_text(out / "metrics.md", metrics_markdown({cfg.model.type: records}, proto) + "\n")
+    write_text(out / "metrics.md", metrics_markdown(groups, proto) + "\n")
     if checkpoint_root is not None:
-        for seed in seeds:
-            shutil.rmtree(checkpoint_root / f"seed-{seed}", ignore_errors=True)
+        shutil.rmtree(checkpoint_root, ignore_errors=True)
     return doc
 
 
@@ -165,15 +185,15 @@ def uses_run_codes(model_cfg) -> bool:
 
 
 def recommender_inputs(cfg) -> tuple[str, ...]:
-    """Stages the recommender stage reads: the split, plus ``codes`` for a SID model without a codes path."""
-    return ("split", "codes") if uses_run_codes(cfg.model) else ("split",)
+    """Stages the recommender stage reads: the split, plus ``codes`` when a SID model names no codes path."""
+    return ("split", "codes") if any(uses_run_codes(m) for _, m, _ in cfg.recommenders()) else ("split",)
 
 
-def with_run_codes(cfg, codes_dir: Path):
-    """``cfg`` with ``[model] codes`` set to ``codes_dir`` (a run's codes stage) when unset."""
-    if not uses_run_codes(cfg.model):
-        return cfg
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"codes": str(Path(codes_dir).resolve())})})
+def with_run_codes(model_cfg, codes_dir: Path):
+    """``model_cfg`` with ``codes`` set to ``codes_dir`` (a run's codes stage) when it needs it."""
+    if not uses_run_codes(model_cfg):
+        return model_cfg
+    return model_cfg.model_copy(update={"codes": str(Path(codes_dir).resolve())})
 
 
 def recommender_stage_fn(cfg):
@@ -191,10 +211,11 @@ def recommender_stage_fn(cfg):
 
         data = SequenceData.from_split(Split.load(inp["split"]))
         root = inp["split"].parent / "checkpoints" / "recommender"
-        run_cfg = with_run_codes(cfg, inp["codes"]) if "codes" in inp else cfg
-        doc = train_and_evaluate(run_cfg, data, out, checkpoint_root=root)
-        s = doc["summary"]
-        return {"model": cfg.model.type, "n_seeds": s["n_seeds"], "mask_seen": cfg.train.mask_seen,
-                "test": {k: v["mean"] for k, v in s["test"].items()}}
+        doc = train_and_evaluate(cfg, data, out, checkpoint_root=root, codes_dir=inp.get("codes"))
+        return {"mask_seen": doc["protocol"].get("mask_seen"), "labels": doc["labels"],
+                "models": {label: {"n_seeds": s["n_seeds"], "test": {k: v["mean"] for k, v in s["test"].items()},
+                                   "train_seconds": sum(r["train_seconds"] for r in doc["records"]
+                                                        if r["label"] == label)}
+                           for label, s in doc["summary"].items()}}
 
     return fn

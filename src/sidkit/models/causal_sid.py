@@ -39,7 +39,7 @@ from .train import TorchRecommender
 
 
 def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, n_pos: int,
-                  dropout: float, ffn: int, level_emb: bool):
+                  dropout: float, ffn: int, level_emb: bool, attn_dropout: float = 0.0):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -69,7 +69,7 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
             """Full sequences: (B, L, D) -> (B, L, D), and this layer's K, V (B, h, L, dh)."""
             q, k, v = self._qkv(x)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               dropout_p=dropout if self.training else 0.0)
+                                               dropout_p=attn_dropout if self.training else 0.0)
             return self._out(x, a), k, v
 
         def step(self, x, hk, hv, hmask, dk, dv):
@@ -143,7 +143,9 @@ class CausalSID(TorchRecommender):
 
     Parameters: ``hidden`` (128), ``n_layers`` (2), ``n_heads`` (4), ``max_len`` (50
     items of history), ``dropout`` (0.2), ``ffn`` (None = ``2 * hidden``), ``stride``
-    (training-window stride; None = ``max_len``), ``level_emb`` (True), ``beam`` (20:
+    (training-window stride; None = ``max_len``), ``attn_dropout`` (0.0: dropout on the
+    attention weights; on a CPU it costs more than the rest of the layer, because it
+    draws a mask over every (query, key) pair of the ~200-token streams), ``level_emb`` (True), ``beam`` (20:
     beam width of :meth:`recommend`; raised to ``k`` when smaller), ``codes`` (path of a
     saved ``Codes`` directory, used when ``fit`` gets no ``codes=``), ``id_only`` (False:
     the ID-only ablation, one token per item).
@@ -154,7 +156,8 @@ class CausalSID(TorchRecommender):
 
     def __init__(self, hidden: int = 128, n_layers: int = 2, n_heads: int = 4, max_len: int = 50,
                  dropout: float = 0.2, ffn: int | None = None, stride: int | None = None,
-                 level_emb: bool = True, beam: int = 20, codes: str | None = None, id_only: bool = False) -> None:
+                 level_emb: bool = True, beam: int = 20, codes: str | None = None, id_only: bool = False,
+                 attn_dropout: float = 0.0) -> None:
         self.hidden = hidden
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -166,11 +169,14 @@ class CausalSID(TorchRecommender):
         self.beam = beam
         self.codes = codes
         self.id_only = id_only
+        self.attn_dropout = attn_dropout
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
         self._check_transformer_params(("hidden", "n_layers", "n_heads", "max_len", "beam"),
                                        "hidden=128, n_heads=4")
+        if not 0 <= self.attn_dropout < 1:
+            raise ConfigError(f"attn_dropout must lie in [0, 1), got {self.attn_dropout}", "use e.g. 0.0")
 
     def _resolve_tokens(self, data, codes) -> SIDTokens:
         from ..types import Codes
@@ -219,7 +225,8 @@ class CausalSID(TorchRecommender):
             raise ArtifactError(f"the SIDs cover {t.n_items} items but the catalogue has {n_items}",
                                 "use the codes of this catalogue")
         return _build_module(t.vocab_size, t.n_levels, self.hidden, self.n_layers, self.n_heads,
-                             self.n_positions, self.dropout, self.ffn or 2 * self.hidden, self.level_emb)
+                             self.n_positions, self.dropout, self.ffn or 2 * self.hidden, self.level_emb,
+                             self.attn_dropout)
 
     def _grid(self, items: np.ndarray) -> np.ndarray:
         """(B, H) history tokens (item + 1, 0 = pad) -> (B, H * W) SID token grid."""
