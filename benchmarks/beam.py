@@ -113,18 +113,11 @@ def _parse_shape(s: str) -> tuple[int, int, int]:
 
 def tiger_vs_hf(args) -> list[dict]:
     """Our KV-cached constrained beam search vs HF generate + prefix_allowed_tokens_fn (module doc)."""
-    import sys
-
     import torch
 
-    # benchmarks/tokenizers.py would shadow the `tokenizers` package transformers imports
-    here = Path(__file__).parent.resolve()
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    try:
-        import transformers.generation.utils  # noqa: F401
-    finally:
-        sys.path[:] = saved
+    from _common import import_transformers
+
+    import_transformers()
 
     from sidkit.eval.sequences import pad_left
     from sidkit.models import TIGER, SIDTokens

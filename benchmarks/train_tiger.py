@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-from _common import machine as _machine
+from _common import import_transformers, machine as _machine
 
 
 def main() -> None:
@@ -38,15 +37,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
 
-    # benchmarks/tokenizers.py would shadow the `tokenizers` package transformers imports
-    here = Path(__file__).parent.resolve()
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    try:
-        import transformers.generation.utils  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
+    import_transformers()
     import numpy as np
     import torch
 
