@@ -31,7 +31,7 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     params = {}                # any other tokenizer parameter
 
     [model]                    # optional: no table = no recommender stage in `sidkit run`
-    type = "sasrec"            # or "popularity", "causal_sid" (see configs/causal.toml)
+    type = "sasrec"            # or "popularity", "causal_sid" (configs/causal.toml), "tiger" (configs/tiger.toml)
     hidden = 64                # (sasrec) + n_blocks, n_heads, max_len, dropout, ffn, stride
     label = "sasrec"           # its row in the metrics table (default: the type)
     train = { epochs = 50 }    # this model's overrides of [train]
@@ -178,7 +178,25 @@ class CausalSIDConfig(_ModelBase):
     id_only: bool = Field(False, description="ID-only ablation: one token per item, no codes")
 
 
-ModelConfig = Annotated[Union[PopularityConfig, SASRecConfig, CausalSIDConfig], Field(discriminator="type")]
+class TigerConfig(_ModelBase):
+    type: Literal["tiger"] = "tiger"
+    d_model: int = Field(128, ge=1)
+    n_layers: int = Field(4, ge=1, description="encoder blocks and decoder blocks (each)")
+    n_heads: int = Field(6, ge=1)
+    d_kv: int = Field(64, ge=1, description="size of each attention head (n_heads * d_kv may differ from d_model)")
+    d_ff: int = Field(1024, ge=1, description="feed-forward width")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_len: int = Field(20, ge=1, description="items of history (each is n_levels tokens)")
+    user_tokens: bool = Field(True, description="start the encoder input with a hashed user-bucket token (2,000)")
+    targets_per_user: int = Field(8, ge=0, description="training targets per user per epoch; "
+                                  "0: every target every epoch")
+    beam: int = Field(20, ge=1, description="beam width of the constrained beam search")
+    codes: str | None = Field(None, description="directory of a saved Codes artifact (e.g. RUN/codes); "
+                                "unset: `sidkit run` / `sidkit train` use the run's own codes stage")
+
+
+ModelConfig = Annotated[Union[PopularityConfig, SASRecConfig, CausalSIDConfig, TigerConfig],
+                        Field(discriminator="type")]
 
 
 class TrainConfig(_Strict):
@@ -210,7 +228,7 @@ class TrainOverrides(_Strict):
     seeds: list[int] | None = None
 
 
-for _m in (_ModelBase, PopularityConfig, SASRecConfig, CausalSIDConfig):
+for _m in (_ModelBase, PopularityConfig, SASRecConfig, CausalSIDConfig, TigerConfig):
     _m.model_rebuild()
 
 

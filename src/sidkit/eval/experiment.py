@@ -180,8 +180,8 @@ def train_and_evaluate(cfg, data, out: Path, *, checkpoint_root: Path | None = N
 
 def uses_run_codes(model_cfg) -> bool:
     """True when the model needs SIDs and names no ``codes`` path: it takes the run's own codes stage."""
-    return (getattr(model_cfg, "type", None) == "causal_sid" and not model_cfg.id_only
-            and model_cfg.codes is None)
+    return (getattr(model_cfg, "type", None) in ("causal_sid", "tiger")
+            and not getattr(model_cfg, "id_only", False) and model_cfg.codes is None)
 
 
 def recommender_inputs(cfg) -> tuple[str, ...]:

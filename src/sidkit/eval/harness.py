@@ -80,7 +80,8 @@ def evaluate(model, data, role: str = "test", *, ks: Iterable[int] = DEFAULT_KS,
             ranks[lo:hi] = ranks_from_scores(scores, tgt, exclude=seen)
             tops[lo:hi] = topk_from_scores(scores, coverage_k, exclude=seen)
         else:
-            lists = np.asarray(model.recommend(hist, kmax))
+            lists = np.asarray(model.recommend(hist, kmax, users=inp["users"][lo:hi])
+                               if getattr(model, "uses_user_ids", False) else model.recommend(hist, kmax))
             if lists.ndim != 2 or lists.shape[0] != hi - lo or lists.shape[1] > kmax:
                 raise DataError(f"{type(model).__name__}.recommend returned shape {lists.shape}, "
                                 f"expected ({hi - lo}, <= {kmax})", "return one list of catalogue indices per user")

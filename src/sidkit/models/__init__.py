@@ -3,6 +3,7 @@
 - :class:`Popularity`: training-interaction counts,
 - :class:`SASRec`: causal self-attention over item ids (torch),
 - :class:`CausalSID`: decoder-only transformer over flattened SID streams, beam-search decoding,
+- :class:`TIGER`: T5 encoder-decoder generating SIDs (TIGER recipe), same decoder,
 - :func:`train_loop`: AdamW + warm-up, clipping, early stopping on validation
   NDCG@10, per-epoch checkpoints with exact resume.
 - :class:`SIDTokens`, :class:`SIDTrie`, :func:`beam_search`: SID token data, the trie of
@@ -15,11 +16,12 @@ from .causal_sid import CausalSID
 from .popularity import Popularity
 from .sasrec import SASRec
 from .sid_tokens import SIDTokens, user_bucket
+from .tiger import TIGER
 from .train import TorchRecommender, train_loop
 from .trie import SIDTrie
 
 load_recommender = Recommender.load
 
-__all__ = ["BeamResult", "CausalSID", "Popularity", "Recommender", "SASRec", "SIDTokens", "SIDTrie", "TorchRecommender",
+__all__ = ["BeamResult", "CausalSID", "Popularity", "Recommender", "SASRec", "SIDTokens", "SIDTrie", "TIGER", "TorchRecommender",
            "available", "beam_search", "beam_users", "get_recommender_class", "load_recommender", "register",
            "train_loop", "user_bucket"]

@@ -69,6 +69,14 @@ class TorchRecommender(Recommender):
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}", "use e.g. 0.2")
 
+    def epoch_indices(self, n: int, generator, epoch: int = 0):
+        """The sample rows of epoch ``epoch`` (0-based) in training order: by default all
+        ``n`` rows, shuffled with ``generator`` (the checkpointed shuffle generator).  A
+        model may train on a subset per epoch (TIGER: a few targets per user)."""
+        import torch
+
+        return torch.randperm(n, generator=generator)
+
     def _fingerprint_extra(self) -> dict[str, Any]:
         """Whatever else a checkpoint depends on (e.g. a SID model's codes): a resume with
         different values is refused like one with different parameters."""
@@ -285,9 +293,9 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
         while epoch < cfg.epochs and not stopped:
             module.train()
             t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=shuffle_gen).to(device)
+            perm = model.epoch_indices(n, shuffle_gen, epoch).to(device)
             total, count = torch.zeros((), device=device), 0
-            for lo in range(0, n, cfg.batch_size):
+            for lo in range(0, len(perm), cfg.batch_size):
                 idx = perm[lo:lo + cfg.batch_size]
                 lr = cfg.lr * min(1.0, (step + 1) / warm) if warm else cfg.lr
                 for g in opt.param_groups:
