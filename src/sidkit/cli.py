@@ -29,6 +29,9 @@ def _mount() -> None:
 
     app.command("train")(train_cmd.train)
     app.command("evaluate")(train_cmd.evaluate)
+    from .commands import experiment as experiment_cmd  # issue 11: grids of runs
+
+    app.command("experiment")(experiment_cmd.experiment)
 
 
 @app.command()

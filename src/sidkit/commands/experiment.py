@@ -1,0 +1,73 @@
+"""`sidkit experiment FILE [--out DIR] [--dry-run]`: run a grid of runs, write one results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import handle_errors
+
+
+def plan_line(plan) -> str:
+    """``data, split: cached; items: copied from CELL; codes, ...: runs`` (consecutive stages grouped)."""
+    groups: list[tuple[list[str], str]] = []
+    for p in plan:
+        if p.status == "shared":
+            what = f"copied from {p.detail}"
+        elif p.status == "runs":
+            what = "runs" + (f" ({p.detail})" if p.detail not in ("", "an upstream stage runs",
+                                                                  "not computed yet") else "")
+        else:
+            what = "cached"
+        if groups and groups[-1][1] == what:
+            groups[-1][0].append(p.name)
+        else:
+            groups.append(([p.name], what))
+    return "; ".join(f"{', '.join(names)}: {what}" for names, what in groups)
+
+
+@handle_errors
+def experiment(
+    file: Path = typer.Argument(..., help="Grid TOML: [base] config keys and [grid] axes (docs/experiments.md)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: the file's out, "
+                                       "else runs/experiments/<name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their folders and their cached "
+                                 "stages; run nothing."),
+) -> None:
+    """Run a grid (data set x embedding x tokenizer x model x seeds): one sidkit run per
+    (data set, embedding, tokenizer) under OUT/runs/, reusing every cached stage, then
+    OUT/results.{csv,md,json,png}. An interrupted grid resumes when started again."""
+    from ..experiment import load_grid, plan_cell, run_experiment, validate_grid
+
+    grid = load_grid(file, out)
+    n_models = len(grid.cells[0].model_labels) if grid.cells else 0
+    seeds = grid.config.grid.seeds
+    typer.echo(f"experiment {grid.config.name}: {len(grid.cells)} run(s), {n_models} model(s), "
+               f"seeds {list(seeds) or 'of the config'} -> {grid.out}", err=True)
+    if dry_run:
+        validate_grid(grid)
+        pending: dict = {}
+        for i, cell in enumerate(grid.cells):
+            others = [c.dir for c in grid.cells if c is not cell and c.dir.is_dir()]
+            plan = plan_cell(cell, others, pending)
+            typer.echo(f"[{i + 1}/{len(grid.cells)}] {cell.id}  -> {cell.dir}")
+            typer.echo(f"    {plan_line(plan)}")
+        return
+
+    def on_cell(i, cell, plan) -> None:
+        todo = sum(p.status == "runs" for p in plan)
+        typer.echo(f"[{i + 1}/{len(grid.cells)}] {cell.id}: "
+                   + ("every stage cached" if not todo else f"{todo} stage(s) to run")
+                   + f"  -> {cell.dir}", err=True)
+
+    def on_stage(cell, r) -> None:
+        what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
+        if r.reason:
+            typer.echo(f"    [{r.name:<11}] {r.reason}; rerunning", err=True)
+        typer.echo(f"    [{r.name:<11}] {what:>7}", err=True)
+
+    res = run_experiment(grid, on_cell=on_cell, on_stage=on_stage)
+    typer.echo(res.files["md"].read_text(encoding="utf-8"))
+    typer.echo("Results: " + ", ".join(str(p) for p in res.files.values()), err=True)

@@ -1,0 +1,536 @@
+"""Experiment grids: data set x embedding x tokenizer x model x seeds, one results table.
+
+A grid file (TOML, unknown keys rejected)::
+
+    name = "tokenizers-ml100k"
+    out = "runs/experiments/tokenizers-ml100k"   # default: runs/experiments/<name>
+
+    [base]                      # any key of an experiment config, applied to every cell
+    seed = 0
+    [base.diagnostics]
+    perturbation_scales = [0.1, 0.25, 0.5, 1.0]
+
+    [grid]
+    seeds = [0, 1, 2]           # the recommenders' seeds ([train] seeds of every cell)
+
+    [[grid.datasets]]           # partial [data] tables (+ label)
+    dataset = "ml-100k"
+    [[grid.embeddings]]         # partial [embed] tables (+ label)
+    label = "text"
+    [[grid.tokenizers]]         # partial [codes] tables (+ label)
+    method = "rqkmeans"
+    [[grid.tokenizers]]
+    method = "rqvae"
+    [[grid.models]]             # model tables, exactly like [[models]]
+    type = "causal_sid"
+
+Each (data set, embedding, tokenizer) cell is one ordinary run directory
+``OUT/runs/<dataset>__<embedding>__<tokenizer>/`` run by :func:`sidkit.pipeline.run_pipeline`
+with the config ``[base]`` + the cell's tables + ``models`` + ``[train] seeds``, so every
+stage is cached by its parameters and input hashes, and an interrupted grid resumes
+(finished cells and stages are skipped; training resumes from its epoch checkpoints).
+Stages that do not depend on the tokenizer (data, split, items, embeddings) are copied
+(hard links where possible) from another cell of the grid whose stage has the same key,
+instead of being recomputed.
+
+Results: ``OUT/results.{csv,md,json,png}``, one row per (data set, embedding, tokenizer,
+model) -- or per cell when the grid has no models -- with the test metrics (mean and
+sample std over seeds), diagnostics and times.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import os
+import re
+import shutil
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import ExperimentConfig, _format_errors, config_from_dict
+from .errors import ConfigError, SidkitError
+from .io import read_json, write_bytes, write_json, write_text
+
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+AXES = ("datasets", "embeddings", "tokenizers", "models")
+SECTION = {"datasets": "data", "embeddings": "embed", "tokenizers": "codes"}
+MAIN_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+
+
+# ------------------------------------------------------------------ config
+class _GridAxes(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    datasets: list[dict[str, Any]] = Field(default_factory=list)
+    embeddings: list[dict[str, Any]] = Field(default_factory=list)
+    tokenizers: list[dict[str, Any]] = Field(default_factory=list)
+    models: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)
+
+
+class GridConfig(BaseModel):
+    """A grid file: ``name``, ``out``, ``[base]`` (any experiment-config keys) and ``[grid]`` axes."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    out: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: _GridAxes = Field(default_factory=_GridAxes)
+
+
+@dataclass
+class Cell:
+    """One run of the grid: a (data set, embedding, tokenizer) combination."""
+    dataset: str
+    embedding: str
+    tokenizer: str
+    cfg: ExperimentConfig
+    dir: Path
+    model_labels: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}__{self.embedding}__{self.tokenizer}"
+
+
+@dataclass
+class Grid:
+    config: GridConfig
+    origin: str
+    out: Path
+    cells: list[Cell]
+
+
+def _sanitize(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x"
+    return s if s[0].isalnum() else "x" + s
+
+
+def _default_label(axis: str, entry: dict[str, Any], base: dict[str, Any]) -> str:
+    if axis == "datasets":
+        ds = str(entry.get("dataset", (base.get("data") or {}).get("dataset", "ml-100k")))
+        p = Path(ds)
+        return _sanitize(p.stem if p.suffix else p.name)
+    if axis == "embeddings":
+        merged = {**(base.get("embed") or {}), **entry}
+        if merged.get("method") not in (None, "text"):
+            return _sanitize(str(merged["method"]))
+        if merged.get("embeddings_file"):
+            return _sanitize("file-" + Path(str(merged["embeddings_file"])).stem)
+        model = merged.get("model", "default")
+        return "text" if model == "default" else _sanitize("text-" + Path(str(model)).name)
+    if axis == "tokenizers":
+        return _sanitize(str({**(base.get("codes") or {}), **entry}.get("method", "rqkmeans")))
+    return _sanitize(str(entry.get("label") or entry.get("type", "model")))
+
+
+def _labelled(axis: str, entries: list[dict[str, Any]], base: dict[str, Any], origin: str) -> list[tuple[str, dict]]:
+    out = []
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        label = entry.pop("label", None) if axis != "models" else entry.get("label")
+        if label is not None and (not isinstance(label, str) or not LABEL.match(label)):
+            raise ConfigError(f"{origin}: [grid] {axis}[{i}] label {label!r} is not a valid name",
+                              "use letters, digits, '_', '.' and '-' (it names a folder and a table row)")
+        out.append((label or _default_label(axis, entry, base), entry))
+    labels = [lb for lb, _ in out]
+    dup = sorted({lb for lb in labels if labels.count(lb) > 1})
+    if dup:
+        raise ConfigError(f"{origin}: two [grid] {axis} entries share the label {dup[0]!r}",
+                          f"give each [[grid.{axis}]] entry its own label = \"...\"")
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` on top; tables merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | None = None) -> Grid:
+    """Validate a grid document and build every cell's config (ConfigError before anything runs)."""
+    try:
+        gc = GridConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin),
+                          "remove or rename the key; see docs/experiments.md") from None
+    base, g = gc.base, gc.grid
+    if g.models and (base.get("model") or base.get("models")):
+        raise ConfigError(f"{origin}: models are given both in [base] and in [grid] models",
+                          "list the models once, as [[grid.models]] entries")
+    if g.seeds and ((base.get("train") or {}).get("seeds")):
+        raise ConfigError(f"{origin}: seeds are given both in [base] train and in [grid] seeds",
+                          "give them once, as [grid] seeds = [0, 1, 2]")
+    axes = {a: _labelled(a, getattr(g, a), base, origin) or [(_default_label(a, {}, base), {})]
+            for a in ("datasets", "embeddings", "tokenizers")}
+    models = _labelled("models", g.models, base, origin)
+    root = Path(out if out is not None else gc.out or f"runs/experiments/{gc.name}")
+    cells = []
+    for dl, de in axes["datasets"]:
+        for el, ee in axes["embeddings"]:
+            for tl, te in axes["tokenizers"]:
+                over: dict[str, Any] = {"data": de, "embed": ee, "codes": te}
+                doc = _merge(base, over)
+                if models:
+                    doc["models"] = [m for _, m in models]
+                if g.seeds:
+                    doc.setdefault("train", {})["seeds"] = list(g.seeds)
+                cell_id = f"{dl}__{el}__{tl}"
+                doc.setdefault("name", f"{gc.name}/{cell_id}")
+                cfg = config_from_dict(doc, f"{origin} (cell {cell_id}: [grid] datasets {dl!r}, "
+                                            f"embeddings {el!r}, tokenizers {tl!r})")
+                cells.append(Cell(dl, el, tl, cfg, root / "runs" / cell_id,
+                                  [lb for lb, _, _ in cfg.recommenders()]))
+    return Grid(gc, origin, root, cells)
+
+
+def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist", "pass the path of a grid .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}", "fix the TOML syntax") from None
+    return parse_grid(data, str(path), out)
+
+
+def validate_grid(grid: Grid) -> None:
+    """Every check of :func:`sidkit.pipeline.validate_run`, for every cell, before any runs."""
+    from .pipeline import validate_run
+
+    if grid.out.exists() and not grid.out.is_dir():
+        raise ConfigError(f"experiment output {grid.out} exists and is not a folder", "choose another --out")
+    for cell in grid.cells:
+        try:
+            validate_run(cell.cfg, cell.dir)
+        except SidkitError as e:
+            raise type(e)(f"cell {cell.id}: {e.problem}", e.fix) from None
+
+
+# ------------------------------------------------------------- stage plan
+@dataclass
+class StagePlan:
+    name: str
+    status: str            # "cached" | "shared" | "runs"
+    detail: str = ""       # why it runs, or the cell it is copied from
+    source: Path | None = None
+
+
+def _shareable(cfg: ExperimentConfig) -> list:
+    """The stages before ``codes``: they do not depend on the tokenizer."""
+    from .pipeline import build_stages
+
+    stages = build_stages(cfg)
+    names = [s.name for s in stages]
+    return stages[:names.index("codes")] if "codes" in names else []
+
+
+def plan_cell(cell: Cell, others: list[Path],
+              pending: dict[tuple[str, str], str] | None = None) -> list[StagePlan]:
+    """What running ``cell`` would do per stage: cached, copied from another cell, or run.
+
+    ``pending`` maps (stage, key) of stages that earlier cells of a dry run will compute
+    to that cell's id; this cell's own stages that will run are added to it.  A stage
+    that runs gets the placeholder output hash ``pending:<key>``, so later stages (and
+    later cells) can still tell what they would share.
+    """
+    from .pipeline import build_stages
+    from .stages import is_stage_meta, read_meta, stage_key, verify_outputs
+
+    shareable = {s.name for s in _shareable(cell.cfg)}
+    plan: list[StagePlan] = []
+    hashes: dict[str, str] = {}
+    for stage in build_stages(cell.cfg):
+        key = stage_key(stage, {i: hashes[i] for i in stage.inputs})
+        upstream = any(hashes[i].startswith("pending:") for i in stage.inputs)
+        meta = read_meta(cell.dir / stage.name)
+        why = "an upstream stage runs" if upstream else "not computed yet"
+        if not upstream and meta is not None and is_stage_meta(meta, stage.name):
+            if meta.get("key") == key:
+                bad = verify_outputs(cell.dir / stage.name, meta)
+                if bad is None:
+                    hashes[stage.name] = meta["output_hash"]
+                    plan.append(StagePlan(stage.name, "cached"))
+                    continue
+                why = bad
+            else:
+                why = "its parameters or inputs changed"
+        hashes[stage.name] = f"pending:{key}"
+        if stage.name in shareable:
+            if pending is not None and (stage.name, key) in pending:
+                plan.append(StagePlan(stage.name, "shared", f"{pending[stage.name, key]}, once it ran"))
+                continue
+            donor = None if upstream else next(
+                (o for o in others if is_stage_meta(m := read_meta(o / stage.name), stage.name)
+                 and m.get("key") == key and verify_outputs(o / stage.name, m) is None), None)
+            if donor is not None:
+                hashes[stage.name] = read_meta(donor / stage.name)["output_hash"]
+                plan.append(StagePlan(stage.name, "shared", donor.name, donor / stage.name))
+                continue
+            if pending is not None:
+                pending[stage.name, key] = cell.id
+        plan.append(StagePlan(stage.name, "runs", why))
+    return plan
+
+
+def _copy_stage(src: Path, target: Path) -> None:
+    """Copy a finished stage folder (hard links where possible), atomically."""
+    from .stages import check_replaceable, read_meta, replace_dir, verify_outputs
+
+    root = target.parent
+    root.mkdir(parents=True, exist_ok=True)
+    check_replaceable(target, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=root))
+    try:
+        def link(s: str, d: str) -> None:
+            try:
+                os.link(s, d)
+            except OSError:
+                shutil.copy2(s, d)
+
+        shutil.rmtree(tmp)
+        shutil.copytree(src, tmp, copy_function=link)
+        meta = read_meta(tmp)
+        if meta is None or verify_outputs(tmp, meta) is not None:  # changed while copying
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        replace_dir(tmp, target, prefix=f".{target.name}.{os.getpid()}-")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------- run
+@dataclass
+class ExperimentResult:
+    grid: Grid
+    rows: list[dict[str, Any]]
+    stages: dict[str, list]          # cell id -> StageResults of this invocation
+    files: dict[str, Path]
+
+
+def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *,
+                   on_cell: Callable[[int, Cell, list[StagePlan]], None] | None = None,
+                   on_stage: Callable[[Cell, Any], None] | None = None) -> ExperimentResult:
+    """Run every cell of a grid (cached stages are skipped), then write the results table.
+
+    Every cell's config is validated first; the table (``OUT/results.*``) is rewritten
+    after each finished cell, with the rows of the cells finished so far.
+    """
+    from .pipeline import run_pipeline
+
+    if not isinstance(grid, Grid):
+        grid = load_grid(grid, out)
+    validate_grid(grid)
+    done: dict[str, list] = {}
+    files: dict[str, Path] = {}
+    finished: list[Cell] = []
+    for i, cell in enumerate(grid.cells):
+        others = [c.dir for c in grid.cells if c is not cell and c.dir.is_dir()]
+        plan = plan_cell(cell, others)
+        if on_cell is not None:
+            on_cell(i, cell, plan)
+        for p in plan:
+            if p.status == "shared" and p.source is not None:
+                _copy_stage(p.source, cell.dir / p.name)
+        res = run_pipeline(cell.cfg, cell.dir,
+                           on_stage=(lambda r, c=cell: on_stage(c, r)) if on_stage is not None else None)
+        done[cell.id] = res.stages
+        finished.append(cell)
+        files = write_results(grid, finished)
+    rows = collect_rows(grid, finished)
+    return ExperimentResult(grid, rows, done, files)
+
+
+# ----------------------------------------------------------------- results
+def _stage_meta(run: Path, name: str) -> dict[str, Any]:
+    p = run / name / "meta.json"
+    return read_json(p) if p.is_file() else {}
+
+
+def cell_diagnostics(cell: Cell) -> dict[str, Any]:
+    """The diagnostics columns of a finished cell, from its codes and diagnostics stages."""
+    codes = _stage_meta(cell.dir, "codes")
+    s = codes.get("summary", {})
+    head = _stage_meta(cell.dir, "diagnostics").get("summary", {})
+    levels = list(s.get("levels") or [])
+    if s.get("collision_rule", "none") != "none" and levels:
+        levels = levels[:-1]   # the disambiguation level carries no geometry
+    sem = s.get("semantic_collisions") or s.get("collisions") or {}
+    k_eff = head.get("sid_k_eff") or []
+    scales = head.get("overlap_scales") or []
+    row: dict[str, Any] = {
+        "n_items": s.get("n_items"),
+        "codebook_sizes": "x".join(str(k) for k in s.get("codebook_sizes", [])),
+        "k_eff": k_eff[0] if k_eff else None,
+        "k_eff_scale": scales[0] if scales else None,
+        "semantic_collision_rate": sem.get("rate"),
+        "semantic_collision_share": sem.get("share_in_collision"),
+        "rel_mse": head.get("rel_mse"),
+        "soft_matching_auc": head.get("soft_matching_auc"),
+        "tokenize_seconds": codes.get("seconds"),
+    }
+    for lv in levels:
+        row[f"norm_entropy_l{lv.get('level')}"] = lv.get("norm_entropy")
+    return row
+
+
+def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
+    """One row per (cell, model label) -- one per cell without models."""
+    from .eval.experiment import summarise
+
+    rows = []
+    for cell in cells:
+        diag = cell_diagnostics(cell)
+        key = {"dataset": cell.dataset, "embedding": cell.embedding, "tokenizer": cell.tokenizer}
+        run = cell.dir.relative_to(grid.out).as_posix() if cell.dir.is_relative_to(grid.out) else str(cell.dir)
+        metrics_path = cell.dir / "recommender" / "metrics.json"
+        if not cell.model_labels or not metrics_path.is_file():
+            rows.append({**key, "model": "", "seeds": "", **diag, "run": run})
+            continue
+        doc = read_json(metrics_path)
+        for label in doc["labels"]:
+            recs = [r for r in doc["records"] if r.get("label", r.get("model")) == label]
+            summ = summarise(recs)
+            row: dict[str, Any] = {**key, "model": label,
+                                   "seeds": " ".join(str(r["seed"]) for r in recs)}
+            for role in ("test", "valid"):
+                for m, v in (summ.get(role) or {}).items():
+                    row[f"{role}_{m}_mean"] = v["mean"]
+                    row[f"{role}_{m}_std"] = v["std"]
+            row.update(diag)
+            ts = summ.get("train_seconds") or {}
+            row["train_seconds_mean"] = ts.get("mean")
+            row["train_seconds_std"] = ts.get("std")
+            bests = summ.get("best_epoch") or {}
+            row["best_epoch_mean"] = bests.get("mean")
+            row["run"] = run
+            row["_records"] = [{"seed": r["seed"], "test": r.get("test"), "valid": r.get("valid"),
+                                "train_seconds": r.get("train_seconds"), "best_epoch": r.get("best_epoch")}
+                               for r in recs]
+            rows.append(row)
+    return rows
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    first = ["dataset", "embedding", "tokenizer", "model", "seeds"]
+    metric_cols = [c for r in rows for c in r if c.startswith(("test_", "valid_"))]
+    metric_cols = list(dict.fromkeys(sorted(metric_cols, key=lambda c: (not c.startswith("test_"), c))))
+    diag = ["n_items", "codebook_sizes", "k_eff", "k_eff_scale"]
+    ent = sorted({c for r in rows for c in r if c.startswith("norm_entropy_l")},
+                 key=lambda c: int(c.rsplit("l", 1)[1]))
+    rest = ["semantic_collision_rate", "semantic_collision_share", "rel_mse", "soft_matching_auc",
+            "tokenize_seconds", "train_seconds_mean", "train_seconds_std", "best_epoch_mean", "run"]
+    return first + metric_cols + diag + ent + rest
+
+
+def _csv_text(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else (repr(r[c]) if isinstance(r[c], float) else r[c]) for c in cols])
+    return buf.getvalue()
+
+
+def _pm(row: dict[str, Any], col: str, digits: int = 4) -> str:
+    m, s = row.get(f"{col}_mean"), row.get(f"{col}_std")
+    if m is None:
+        return ""
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
+    n = {a: len({r[k] for r in rows}) for a, k in
+         (("datasets", "dataset"), ("embeddings", "embedding"), ("tokenizers", "tokenizer"))}
+    seeds = sorted({s for r in rows for s in str(r.get("seeds", "")).split()}, key=int)
+    done = len({r["run"] for r in rows})
+    lines = [f"# Experiment {grid.config.name}", "",
+             f"{done} of {len(grid.cells)} run(s) finished ({n['datasets']} data set(s) x {n['embeddings']} "
+             f"embedding(s) x {n['tokenizers']} tokenizer(s)), seeds {', '.join(seeds) or '-'}; "
+             f"{len(rows)} row(s). Test figures: mean ± sample std over seeds (full ranking, "
+             "best-validation checkpoint; docs/evaluation.md). Diagnostics from each run's codes and "
+             "diagnostics stages: K_eff at the first perturbation scale, H/log2K per semantic level, "
+             "semantic collisions (tokens before the disambiguation token: collision rate / share of "
+             "items in a collision), relative reconstruction MSE. Tokenize s: the codes stage's time; "
+             "train s: seconds per seed (mean ± std).", ""]
+    ent = [c for c in cols if c.startswith("norm_entropy_l")]
+    head = ["data set", "embedding", "tokenizer", "model", "seeds"] + [m.replace("@", "@") for m in MAIN_METRICS] + \
+           ["K_eff", "H/log2K per level", "sem. collisions (rate / share)", "rel. MSE", "tokenize s", "train s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
+    for r in rows:
+        cells = [r["dataset"], r["embedding"], r["tokenizer"], r["model"] or "-", r.get("seeds") or "-"]
+        cells += [_pm(r, f"test_{m}") for m in MAIN_METRICS]
+        cells += [_f(r.get("k_eff"), ".1f"),
+                  " / ".join(_f(r.get(c), ".3f") for c in ent if r.get(c) is not None),
+                  (f"{r['semantic_collision_rate']:.4f} / {r['semantic_collision_share']:.4f}"
+                   if r.get("semantic_collision_rate") is not None else ""),
+                  _f(r.get("rel_mse"), ".4f"), _f(r.get("tokenize_seconds"), ".2f"),
+                  _pm(r, "train_seconds", 1)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", "Every column (all test and validation metrics, std, per-level entropy): `results.csv`; "
+              "per-seed figures: `results.json`; plot: `results.png`.", ""]
+    return "\n".join(lines)
+
+
+def _plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_model = [r for r in rows if r.get("test_ndcg@10_mean") is not None]
+    if with_model:
+        vals = [r["test_ndcg@10_mean"] for r in with_model]
+        errs = [r["test_ndcg@10_std"] for r in with_model]
+        names = [f"{r['dataset']}/{r['embedding']}/{r['tokenizer']}/{r['model']}" for r in with_model]
+        ylabel = "test NDCG@10 (mean ± std over seeds)"
+    else:
+        with_model = [r for r in rows if r.get("k_eff") is not None]
+        vals = [r["k_eff"] for r in with_model]
+        errs = [0.0] * len(vals)
+        names = [f"{r['dataset']}/{r['embedding']}/{r['tokenizer']}" for r in with_model]
+        ylabel = "K_eff (first perturbation scale)"
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(vals) + 2), 4.5))
+    ax.bar(range(len(vals)), vals, yerr=errs, capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(vals)))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_results(grid: Grid, cells: list[Cell]) -> dict[str, Path]:
+    """Write ``OUT/results.{csv,md,json,png}`` from the finished ``cells``' run directories."""
+    rows = collect_rows(grid, cells)
+    cols = _columns(rows)
+    out = grid.out
+    files = {k: out / f"results.{k}" for k in ("csv", "md", "json", "png")}
+    write_text(files["csv"], _csv_text(rows, cols))
+    write_text(files["md"], _markdown(grid, rows, cols))
+    write_json(files["json"], {
+        "name": grid.config.name, "origin": grid.origin, "columns": cols,
+        "cells": [{"id": c.id, "dir": str(c.dir), "models": c.model_labels} for c in cells],
+        "n_cells": len(grid.cells),
+        "rows": [{**{c: r.get(c) for c in cols}, "per_seed": r.get("_records", [])} for r in rows]})
+    write_bytes(files["png"], _plot_png(rows, f"{grid.config.name}"))
+    return files

@@ -1,0 +1,286 @@
+"""`sidkit experiment`: a grid of runs on the toy data set of test_pipeline, one results table."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from test_pipeline import toy  # noqa: F401  (fixture: 60 items, an embeddings file)
+from test_train_cli import TINY_CAUSAL, TINY_TRAIN
+from typer.testing import CliRunner
+
+from sidkit.cli import app
+from sidkit.errors import ConfigError, DataError
+from sidkit.experiment import load_grid, parse_grid, run_experiment
+
+runner = CliRunner()
+TIMES = ("tokenize_seconds", "train_seconds_mean", "train_seconds_std")
+
+
+def _doc(toy, tokenizers=({"method": "rqkmeans"}, {"method": "hkm"}), models=(TINY_CAUSAL,),
+         seeds=(0, 1), report=False):
+    return {"name": "toy-grid",
+            "base": {"data": {"dataset": str(toy / "toy"), "user_core": 2},
+                     "embed": {"embeddings_file": str(toy / "emb.npy")},
+                     "codes": {"codebook_sizes": [3, 4]},
+                     "diagnostics": {"perturbation_scales": [0.1, 0.5], "report": report},
+                     "train": dict(TINY_TRAIN)},
+            "grid": {"tokenizers": [dict(t) for t in tokenizers], "models": [dict(m) for m in models],
+                     "seeds": list(seeds)}}
+
+
+def _toml(toy, out, extra_tokenizer="", hkm_extra="") -> str:
+    return f"""
+name = "toy-grid"
+out = "{out}"
+
+[base]
+train = {{ epochs = 1, batch_size = 32, warmup_steps = 1 }}
+[base.data]
+dataset = "{toy / 'toy'}"
+user_core = 2
+[base.embed]
+embeddings_file = "{toy / 'emb.npy'}"
+[base.codes]
+codebook_sizes = [3, 4]
+[base.diagnostics]
+perturbation_scales = [0.1, 0.5]
+report = false
+
+[grid]
+seeds = [0]
+
+[[grid.tokenizers]]
+method = "rqkmeans"
+
+[[grid.tokenizers]]
+method = "hkm"
+{hkm_extra}
+{extra_tokenizer}
+
+[[grid.models]]
+type = "popularity"
+"""
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _outputs(out):
+    return {n: (out / f"results.{n}").read_bytes() for n in ("csv", "md", "json", "png")}
+
+
+def test_grid_runs_every_cell_writes_the_table_and_reruns_nothing(toy):
+    out = toy / "exp"
+    statuses = {}
+    res = run_experiment(parse_grid(_doc(toy, report=True), "test", out),
+                         on_stage=lambda cell, r: statuses.setdefault(cell.id, []).append((r.name, r.status)))
+    ids = ["toy__file-emb__rqkmeans", "toy__file-emb__hkm"]
+    assert [c.id for c in res.grid.cells] == ids
+    assert all(s == "ran" for _, s in statuses[ids[0]])
+    # the second cell copies the stages that do not depend on the tokenizer
+    assert dict(statuses[ids[1]]) == {"data": "cached", "split": "cached", "items": "cached",
+                                      "embeddings": "cached", "codes": "ran", "recommender": "ran",
+                                      "diagnostics": "ran"}
+    a, b = (out / "runs" / i for i in ids)
+    for stage in ("data", "split", "items", "embeddings"):
+        assert (a / stage / "meta.json").read_bytes() == (b / stage / "meta.json").read_bytes()
+    assert (b / "diagnostics" / "report.html").is_file()
+
+    rows = _rows(out / "results.csv")
+    assert [(r["dataset"], r["embedding"], r["tokenizer"], r["model"], r["seeds"]) for r in rows] == \
+        [("toy", "file-emb", "rqkmeans", "causal_sid", "0 1"), ("toy", "file-emb", "hkm", "causal_sid", "0 1")]
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["tokenizer"] for r in doc["rows"]] == ["rqkmeans", "hkm"]
+    md = (out / "results.md").read_text()
+    for row, run in zip(rows, (a, b)):
+        # downstream metrics: mean and sample std over the run's per-seed records
+        metrics = json.loads((run / "recommender" / "metrics.json").read_text())
+        recs = [r for r in metrics["records"] if r["label"] == "causal_sid"]
+        assert [r["seed"] for r in recs] == [0, 1]
+        for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@20", "coverage@10"):
+            vals = [r["test"][m] for r in recs]
+            assert float(row[f"test_{m}_mean"]) == np.mean(vals)
+            assert float(row[f"test_{m}_std"]) == np.std(vals, ddof=1)
+        v = [r["test"]["ndcg@10"] for r in recs]
+        assert f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" in md
+        ts = [r["train_seconds"] for r in recs]
+        assert float(row["train_seconds_mean"]) == np.mean(ts)
+        # diagnostics: the codes and diagnostics stages of the run
+        summary = json.loads((run / "codes" / "summary.json").read_text())
+        codes_meta = json.loads((run / "codes" / "meta.json").read_text())
+        head = json.loads((run / "diagnostics" / "meta.json").read_text())["summary"]
+        sem_levels = summary["levels"][:-1] if summary["collision_rule"] != "none" else summary["levels"]
+        assert len(sem_levels) == 2
+        for lv in sem_levels:
+            assert float(row[f"norm_entropy_l{lv['level']}"]) == lv["norm_entropy"]
+        assert float(row["semantic_collision_rate"]) == summary["semantic_collisions"]["rate"]
+        assert float(row["semantic_collision_share"]) == summary["semantic_collisions"]["share_in_collision"]
+        assert float(row["k_eff"]) == head["sid_k_eff"][0] and float(row["k_eff_scale"]) == 0.1
+        assert float(row["rel_mse"]) == head["rel_mse"] > 0
+        assert float(row["tokenize_seconds"]) == codes_meta["seconds"]
+        assert row["codebook_sizes"].startswith("3x4")
+    assert rows[0]["k_eff"] != rows[1]["k_eff"]   # two tokenizers, two sets of diagnostics
+    # the plot is a real PNG
+    png = (out / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    import matplotlib.image as mpimg
+    img = mpimg.imread(out / "results.png")
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
+
+    before = _outputs(out)
+    statuses.clear()
+    run_experiment(parse_grid(_doc(toy, report=True), "test", out),
+                   on_stage=lambda cell, r: statuses.setdefault(cell.id, []).append((r.name, r.status)))
+    assert all(s == "cached" for i in ids for _, s in statuses[i])
+    assert _outputs(out) == before
+
+
+def _strip_times(rows):
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
+
+
+def test_an_interrupted_grid_resumes_and_gives_the_table_of_an_uninterrupted_one(toy):
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"}, {"method": "hkm", "label": "hk"}),
+               models=({"type": "popularity", "label": "pop"},))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second_codes(cell, r):
+        if cell.tokenizer == "hk" and r.name == "codes":
+            raise Stop
+
+    out = toy / "exp"
+    with pytest.raises(Stop):
+        run_experiment(parse_grid(doc, "test", out), on_stage=stop_after_second_codes)
+    # the first cell finished: the table already holds its row
+    assert [r["tokenizer"] for r in _rows(out / "results.csv")] == ["rqkmeans"]
+    assert not (out / "runs" / "toy__file-emb__hk" / "recommender").exists()
+    statuses = {}
+    run_experiment(parse_grid(doc, "test", out),
+                   on_stage=lambda cell, r: statuses.setdefault(cell.tokenizer, {}).update({r.name: r.status}))
+    assert set(statuses["rqkmeans"].values()) == {"cached"}
+    assert statuses["hk"] == {"data": "cached", "split": "cached", "items": "cached", "embeddings": "cached",
+                              "codes": "cached", "recommender": "ran", "diagnostics": "ran"}
+    ref = toy / "ref"
+    run_experiment(parse_grid(doc, "test", ref))
+    resumed, clean = _rows(out / "results.csv"), _rows(ref / "results.csv")
+    assert [(r["tokenizer"], r["model"]) for r in clean] == [("rqkmeans", "pop"), ("hk", "pop")]
+    assert _strip_times(resumed) == _strip_times(clean)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(colour="red"), "unknown key 'colour'"),
+    (lambda d: d["grid"].update(tokenizer=[{}]), "unknown key 'grid.tokenizer'"),
+    (lambda d: d["grid"]["tokenizers"][1].update(n_level=2), "unknown key 'codes.n_level'"),
+    (lambda d: d["grid"]["tokenizers"].append({"method": "hkm"}), "two [grid] tokenizers entries share the label 'hkm'"),
+    (lambda d: d["grid"].update(models=[{"type": "popularity"}, {"type": "popularity"}]),
+     "two [grid] models entries share the label 'popularity'"),
+    (lambda d: d["grid"]["tokenizers"][0].update(label="a b"), "label 'a b' is not a valid name"),
+    (lambda d: d["base"]["train"].update(seeds=[3]), "seeds are given both"),
+])
+def test_bad_grids_are_config_errors_before_anything_runs(toy, edit, message):
+    doc = _doc(toy)
+    edit(doc)
+    out = toy / "exp"
+    with pytest.raises(ConfigError) as e:
+        run_experiment(parse_grid(doc, "grid.toml", out))
+    assert message in str(e.value)
+    assert not out.exists()
+
+
+def test_a_bad_tokenizer_parameter_in_the_last_cell_fails_before_the_first_cell_runs(toy):
+    doc = _doc(toy)
+    doc["grid"]["tokenizers"][1]["params"] = {"no_such_param": 1}
+    out = toy / "exp"
+    with pytest.raises(DataError, match=r"cell toy__file-emb__hkm: tokenizer 'hkm' has no parameter"):
+        run_experiment(parse_grid(doc, "grid.toml", out))
+    assert not out.exists()
+
+
+def test_cli_dry_run_run_and_errors(toy):
+    f = toy / "grid.toml"
+    f.write_text(_toml(toy, toy / "exp"))
+    assert load_grid(f).out == toy / "exp"
+    r = runner.invoke(app, ["experiment", str(f), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "[1/2] toy__file-emb__rqkmeans" in r.output and "[2/2] toy__file-emb__hkm" in r.output
+    assert "    data, split, items, embeddings, codes, recommender, diagnostics: runs\n" in r.output
+    assert "    data, split, items, embeddings: copied from toy__file-emb__rqkmeans, once it ran; " \
+           "codes, recommender, diagnostics: runs\n" in r.output
+    assert not (toy / "exp").exists()
+
+    out = toy / "other"
+    r = runner.invoke(app, ["experiment", str(f), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "| toy | file-emb | hkm | popularity | 0 |" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json", "results.md",
+                                                     "results.png", "runs"]
+    r = runner.invoke(app, ["experiment", str(f), "--out", str(out), "--dry-run"])
+    plan = [ln for ln in r.output.splitlines() if ln.startswith("    ")]
+    assert r.exit_code == 0 and len(plan) == 2
+    assert plan == ["    data, split, items, embeddings, codes, recommender, diagnostics: cached"] * 2
+    # a third tokenizer: the dry run shows the stages it copies from another cell
+    f.write_text(_toml(toy, toy / "exp", extra_tokenizer='[[grid.tokenizers]]\nlabel = "rq5"\n'
+                                                          'method = "rqkmeans"\ncodebook_sizes = [5, 4]'))
+    r = runner.invoke(app, ["experiment", str(f), "--out", str(out), "--dry-run"])
+    assert "[3/3] toy__file-emb__rq5" in r.output
+    assert "    data, split, items, embeddings: copied from toy__file-emb__rqkmeans; codes, recommender, " \
+           "diagnostics: runs\n" in r.output
+    assert not (out / "runs" / "toy__file-emb__rq5").exists()
+
+    f.write_text(_toml(toy, toy / "exp", hkm_extra="sizes = [3]"))
+    r = runner.invoke(app, ["experiment", str(f), "--out", str(toy / "bad")])
+    assert r.exit_code == 1 and "unknown key 'codes.sizes'" in r.output and "fix:" in r.output
+    assert not (toy / "bad").exists()
+    r = runner.invoke(app, ["experiment", str(toy / "missing.toml")])
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_the_study_1_config_names_five_tokenizers_and_the_default_causal_model():
+    from pathlib import Path
+
+    from sidkit.config import default_config
+
+    grid = load_grid(Path(__file__).parents[1] / "configs" / "experiments" / "tokenizers_ml100k.toml")
+    assert [c.tokenizer for c in grid.cells] == ["rqkmeans", "rqvae", "hkm", "gaoq", "drq"]
+    assert {c.embedding for c in grid.cells} == {"text"} and {c.dataset for c in grid.cells} == {"ml-100k"}
+    causal = [(m, t) for _, m, t in default_config().recommenders() if m.type == "causal_sid"]
+    for cell in grid.cells:
+        [(label, model, train)] = cell.cfg.recommenders()
+        assert label == "causal_sid" and (model, train.model_copy(update={"seeds": []})) == causal[0]
+        assert train.seeds == [0, 1, 2] and cell.cfg.codes.codebook_sizes == []
+
+
+def test_a_grid_killed_during_training_resumes_from_the_epoch_checkpoint(toy, monkeypatch):
+    from sidkit.models import train as train_mod
+
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"},), seeds=(0,))
+    doc["base"]["train"]["epochs"] = 2
+    real, calls = train_mod.save_checkpoint, []
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_epoch(path, **kw):
+        real(path, **kw)
+        calls.append(kw["state"]["epoch"])
+        if calls == [1]:
+            raise Crash
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", crash_after_first_epoch)
+    out = toy / "exp"
+    with pytest.raises(Crash):
+        run_experiment(parse_grid(doc, "test", out))
+    run = out / "runs" / "toy__file-emb__rqkmeans"
+    assert (run / "checkpoints" / "recommender" / "causal_sid" / "seed-0" / "state.json").is_file()
+    assert not (run / "recommender").exists() and not (out / "results.csv").exists()
+    run_experiment(parse_grid(doc, "test", out))
+    assert calls == [1, 2]                      # epoch 2 only: resumed, not restarted
+    metrics = json.loads((run / "recommender" / "metrics.json").read_text())
+    assert metrics["records"][0]["epochs_run"] == 2
+    assert [r["model"] for r in _rows(out / "results.csv")] == ["causal_sid"]
