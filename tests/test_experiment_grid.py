@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
@@ -76,7 +75,7 @@ def _outputs(out):
 def test_grid_runs_every_cell_writes_the_table_and_reruns_nothing(toy):
     out = toy / "exp"
     statuses = {}
-    res = run_experiment(parse_grid(_doc(toy, report=True), "test", out),
+    res = run_experiment(parse_grid(_doc(toy), "test", out),
                          on_stage=lambda cell, r: statuses.setdefault(cell.id, []).append((r.name, r.status)))
     ids = ["toy__file-emb__rqkmeans", "toy__file-emb__hkm"]
     assert [c.id for c in res.grid.cells] == ids
@@ -88,7 +87,7 @@ def test_grid_runs_every_cell_writes_the_table_and_reruns_nothing(toy):
     a, b = (out / "runs" / i for i in ids)
     for stage in ("data", "split", "items", "embeddings"):
         assert (a / stage / "meta.json").read_bytes() == (b / stage / "meta.json").read_bytes()
-    assert (b / "diagnostics" / "report.html").is_file()
+    assert (b / "diagnostics" / "report.json").is_file()
 
     rows = _rows(out / "results.csv")
     assert [(r["dataset"], r["embedding"], r["tokenizer"], r["model"], r["seeds"]) for r in rows] == \
@@ -133,7 +132,7 @@ def test_grid_runs_every_cell_writes_the_table_and_reruns_nothing(toy):
 
     before = _outputs(out)
     statuses.clear()
-    run_experiment(parse_grid(_doc(toy, report=True), "test", out),
+    run_experiment(parse_grid(_doc(toy), "test", out),
                    on_stage=lambda cell, r: statuses.setdefault(cell.id, []).append((r.name, r.status)))
     assert all(s == "cached" for i in ids for _, s in statuses[i])
     assert _outputs(out) == before
@@ -182,6 +181,9 @@ def test_an_interrupted_grid_resumes_and_gives_the_table_of_an_uninterrupted_one
      "two [grid] models entries share the label 'popularity'"),
     (lambda d: d["grid"]["tokenizers"][0].update(label="a b"), "label 'a b' is not a valid name"),
     (lambda d: d["base"]["train"].update(seeds=[3]), "seeds are given both"),
+    (lambda d: d["grid"].update(datasets=[{"label": "a__b"}], embeddings=[{"label": "c"}, {"label": "b__c"}],
+                                tokenizers=[{}]) or d["grid"]["datasets"].append({"label": "a"}),
+     "would share the folder 'a__b__c__rqkmeans'"),
 ])
 def test_bad_grids_are_config_errors_before_anything_runs(toy, edit, message):
     doc = _doc(toy)
@@ -284,3 +286,17 @@ def test_a_grid_killed_during_training_resumes_from_the_epoch_checkpoint(toy, mo
     metrics = json.loads((run / "recommender" / "metrics.json").read_text())
     assert metrics["records"][0]["epochs_run"] == 2
     assert [r["model"] for r in _rows(out / "results.csv")] == ["causal_sid"]
+
+
+def test_a_grid_without_models_gives_a_diagnostics_row_per_run(toy):
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"},), models=(), seeds=())
+    out = toy / "exp"
+    run_experiment(parse_grid(doc, "test", out))
+    [row] = _rows(out / "results.csv")
+    run = out / "runs" / "toy__file-emb__rqkmeans"
+    head = json.loads((run / "diagnostics" / "meta.json").read_text())["summary"]
+    assert row["model"] == "" and row["seeds"] == "" and float(row["k_eff"]) == head["sid_k_eff"][0]
+    assert not (run / "recommender").exists() and not any(c.startswith("test_") for c in row)
+    md = (out / "results.md").read_text()
+    assert f"| toy | file-emb | rqkmeans | {head['sid_k_eff'][0]:.1f} |" in md and "ndcg@10" not in md.split("|---")[0]
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -191,6 +191,11 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
                                             f"embeddings {el!r}, tokenizers {tl!r})")
                 cells.append(Cell(dl, el, tl, cfg, root / "runs" / cell_id,
                                   [lb for lb, _, _ in cfg.recommenders()]))
+    ids = [c.id for c in cells]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ConfigError(f"{origin}: two runs of the grid would share the folder {dup[0]!r} "
+                          "(labels that contain '__')", "give the axis entries labels without '__'")
     return Grid(gc, origin, root, cells)
 
 
@@ -470,18 +475,23 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
              "items in a collision), relative reconstruction MSE. Tokenize s: the codes stage's time; "
              "train s: seconds per seed (mean ± std).", ""]
     ent = [c for c in cols if c.startswith("norm_entropy_l")]
-    head = ["data set", "embedding", "tokenizer", "model", "seeds"] + [m.replace("@", "@") for m in MAIN_METRICS] + \
-           ["K_eff", "H/log2K per level", "sem. collisions (rate / share)", "rel. MSE", "tokenize s", "train s"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
+    models = any(r["model"] for r in rows)   # a diagnostics-only grid has no metric columns
+    metrics = list(MAIN_METRICS) if models else []
+    head = ["data set", "embedding", "tokenizer"] + (["model", "seeds"] + metrics) * models + \
+           ["K_eff", "H/log2K per level", "sem. collisions (rate / share)", "rel. MSE", "tokenize s"] + \
+           ["train s"] * models
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * (3 + 2 * models) + "---:|" * (len(head) - 3 - 2 * models)]
     for r in rows:
-        cells = [r["dataset"], r["embedding"], r["tokenizer"], r["model"] or "-", r.get("seeds") or "-"]
-        cells += [_pm(r, f"test_{m}") for m in MAIN_METRICS]
+        cells = [r["dataset"], r["embedding"], r["tokenizer"]]
+        if models:
+            cells += [r["model"] or "-", r.get("seeds") or "-"] + [_pm(r, f"test_{m}") for m in metrics]
         cells += [_f(r.get("k_eff"), ".1f"),
                   " / ".join(_f(r.get(c), ".3f") for c in ent if r.get(c) is not None),
                   (f"{r['semantic_collision_rate']:.4f} / {r['semantic_collision_share']:.4f}"
                    if r.get("semantic_collision_rate") is not None else ""),
-                  _f(r.get("rel_mse"), ".4f"), _f(r.get("tokenize_seconds"), ".2f"),
-                  _pm(r, "train_seconds", 1)]
+                  _f(r.get("rel_mse"), ".4f"), _f(r.get("tokenize_seconds"), ".2f")]
+        if models:
+            cells.append(_pm(r, "train_seconds", 1))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "Every column (all test and validation metrics, std, per-level entropy): `results.csv`; "
               "per-seed figures: `results.json`; plot: `results.png`.", ""]
@@ -507,7 +517,10 @@ def _plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
         names = [f"{r['dataset']}/{r['embedding']}/{r['tokenizer']}" for r in with_model]
         ylabel = "K_eff (first perturbation scale)"
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(vals) + 2), 4.5))
-    ax.bar(range(len(vals)), vals, yerr=errs, capsize=4, color="#4C72B0")
+    groups = list(dict.fromkeys(r.get("model") or "" for r in with_model))   # one colour per model
+    palette = plt.get_cmap("tab10")
+    colours = [palette(groups.index(r.get("model") or "") % 10) for r in with_model]
+    ax.bar(range(len(vals)), vals, yerr=errs, capsize=4, color=colours)
     ax.set_xticks(range(len(vals)))
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
