@@ -232,3 +232,31 @@ def test_field_prediction_exact_on_hand_made_case():
     # k = 3: every reference votes; Drama 2, Comedy 1, Action 1 -> Drama for both
     r3 = field_prediction(X, df, k=3, test_items=[3, 4])
     assert r3["fields"]["genres"]["accuracy"] == 0.0 and r3["k"] == 3
+
+
+def test_last_query_layer_matches_the_full_layer():
+    from sidkit.embed.famae import _last_query
+
+    t = build_field_tables(five_items(), default_fields(five_items()))
+    mod = _build_module(t, 8, 2, 2, 16, 0.0, 4).eval()
+    x = torch.randn(3, 4, 8)
+    pad = torch.tensor([[True, False, False, False], [False] * 4, [True, True, False, False]])
+    layer = mod.encoder.layers[-1]
+    torch.testing.assert_close(_last_query(layer, x, pad), layer(x, src_key_padding_mask=pad)[:, -1])
+
+
+def test_cli_embed_famae(tmp_path):
+    from typer.testing import CliRunner
+
+    from sidkit.cli import app
+    from sidkit.types import Embeddings
+
+    runner = CliRunner()
+    args = ["embed", str(FIX / "grouplens100k"), "--method", "famae", "--user-core", "0",
+            "-p", "epochs=2", "-p", "dim=16", "-p", "n_heads=2", "-p", "ffn=32", "--device", "cpu"]
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    emb = Embeddings.load(tmp_path / "e")
+    assert emb.source == "famae" and emb.vectors.shape == (5, 48) and emb.meta["epochs"] == 2
+    bad = runner.invoke(app, args + ["-p", "bogus=1", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "embed.famae.bogus" in bad.output and not (tmp_path / "bad").exists()

@@ -157,6 +157,7 @@ def embed(
     method: str = typer.Option("text", help="text (sentence embeddings) or famae (field embeddings, docs/famae.md)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="FAMAE parameter key=value, any [embed.famae] key (repeatable)."),
     seed: int = typer.Option(0, help="Random seed (FAMAE)."),
+    user_core: int = typer.Option(5, "--user-core", help="FAMAE: k-core on users before the leave-one-out split ([data] user_core)."),
 ) -> None:
     """Embed the items of a data set: their texts with a sentence-transformers model, or
     (--method famae) FAMAE field embeddings trained on the leave-one-out training split."""
@@ -174,7 +175,7 @@ def embed(
         raise DataError(f"data set {dataset!r} has no item table to embed",
                         "pass a data set with item metadata")
     if method == "famae":
-        _embed_famae(ds, out, parse_params(param), seed, device)
+        _embed_famae(ds, out, parse_params(param), seed, device, user_core)
         return
     texts = item_texts(ds.items, template)
     vec = TextEmbedder(model, batch_size, normalize, device).embed(texts)
@@ -183,14 +184,14 @@ def embed(
     typer.echo(f"{vec.shape[0]} items x {vec.shape[1]} dims -> {out}")
 
 
-def _embed_famae(ds, out: Path, params: dict, seed: int, device: str) -> None:
+def _embed_famae(ds, out: Path, params: dict, seed: int, device: str, user_core: int) -> None:
     """FAMAE on the data set's default preprocessing and leave-one-out training split."""
     from .config import config_from_dict
     from .data import make_split, preprocess
     from .embed.famae import famae_from_config
 
-    cfg = config_from_dict({"seed": seed, "device": device, "embed": {"method": "famae", "famae": params}},
-                           "command line")
+    cfg = config_from_dict({"seed": seed, "device": device, "data": {"user_core": user_core},
+                            "embed": {"method": "famae", "famae": params}}, "command line")
     d = cfg.data
     split = make_split(preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core), d.split)
     emb = famae_from_config(cfg.embed.famae, seed=seed, device=device).fit(ds.items, split.train).embeddings()

@@ -101,7 +101,7 @@ class FamaeConfig(_Strict):
     max_len: int = Field(20, ge=2, description="items per window (history + the masked target)")
     n_negatives: int = Field(128, ge=1, description="sampled-softmax negatives for large tables")
     full_softmax_max: int = Field(512, ge=1, description="tables up to this size use a full softmax")
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(20, ge=1)
     patience: int = Field(3, ge=1, description="epochs without a lower validation masked-field loss")
     samples_per_epoch: int | None = Field(4096, ge=1, description="training targets per epoch; None = all")
     lr: float = Field(2e-3, gt=0)

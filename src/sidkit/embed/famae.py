@@ -249,10 +249,24 @@ def _build_module(tables: FieldTables, dim, n_layers, n_heads, ffn, dropout, max
             last = torch.where(mask.unsqueeze(-1), self.mask_tokens.expand_as(f[:, -1]), f[:, -1])
             x = torch.cat([f[:, :-1].sum(2), last.sum(1, keepdim=True)], 1)
             x = self.drop(x + self.pos.weight[-x.shape[1]:])
-            h = self.encoder(x, src_key_padding_mask=items == 0)
-            return self.norm(h[:, -1])
+            pad = items == 0
+            *first, last_layer = self.encoder.layers
+            for layer in first:
+                x = layer(x, src_key_padding_mask=pad)
+            return self.norm(_last_query(last_layer, x, pad))
 
     return FAMAEModule()
+
+
+def _last_query(layer, x, pad):
+    """A pre-norm ``TransformerEncoderLayer`` evaluated at the last position only (the
+    one output FAMAE uses): same result as ``layer(x)[:, -1]``, without the query,
+    output-projection and feed-forward work of the other positions."""
+    kv = layer.norm1(x)
+    a = layer.self_attn(kv[:, -1:], kv, kv, key_padding_mask=pad, need_weights=False)[0]
+    h = x[:, -1:] + layer.dropout1(a)
+    f = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h)))))
+    return (h + layer.dropout2(f))[:, 0]
 
 
 def _cos_logits(h, e, scale):
@@ -312,7 +326,7 @@ class FAMAE:
     def __init__(self, fields: Sequence[str] | Sequence[FieldSpec] | None = None, year_bucket: float = 5,
                  dim: int = 128, n_layers: int = 2, n_heads: int = 4, ffn: int = 512,
                  dropout: float = 0.1, max_len: int = 20, n_negatives: int = 128,
-                 full_softmax_max: int = 512, epochs: int = 12, patience: int = 3,
+                 full_softmax_max: int = 512, epochs: int = 20, patience: int = 3,
                  samples_per_epoch: int | None = 4096, lr: float = 2e-3,
                  weight_decay: float = 0.0, batch_size: int = 128, warmup_steps: int = 50,
                  clip: float | None = 1.0, normalize: bool = True, random_state: int = 0,
@@ -499,6 +513,8 @@ class FAMAE:
                                 **({"valid": f"{rec['valid']['loss']:.3f}"} if "valid" in rec else {}))
             if len(va) and bad >= self.patience:
                 break
+        if hasattr(bar, "close"):
+            bar.close()
         if best_state is not None:
             module.load_state_dict(best_state)
         module.eval()
