@@ -12,7 +12,7 @@ import torch
 
 from sidkit.config import config_from_dict
 from sidkit.data import ItemTable, Split
-from sidkit.embed.famae import (FAMAE, FieldSpec, _build_module, build_field_tables, default_fields,
+from sidkit.embed.famae import (FAMAE, _build_module, build_field_tables, default_fields,
                                 draw_mask, famae_from_config)
 from sidkit.errors import ConfigError
 
@@ -71,7 +71,7 @@ def test_mask_draws_k_in_1_to_J_uniformly():
 
 
 def test_windows_pad_left_only_and_padding_is_never_a_field_value():
-    seq = np.array([1, 2, 3, 4, 5, 6]) # one user of 4 items then one of 2
+    seq = np.array([1, 2, 3, 4, 5, 6])  # one user of 4 items then one of 2
     start = np.array([0, 0, 0, 0, 4, 4])
     m = FAMAE(max_len=3)
     w = m._windows(torch.as_tensor(seq), torch.as_tensor(start), torch.tensor([1, 3, 5]))
@@ -260,3 +260,34 @@ def test_cli_embed_famae(tmp_path):
     assert emb.source == "famae" and emb.vectors.shape == (5, 48) and emb.meta["epochs"] == 2
     bad = runner.invoke(app, args + ["-p", "bogus=1", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "embed.famae.bogus" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_field_losses_exact_full_and_sampled():
+    from sidkit.embed.famae import field_losses
+
+    df = pd.DataFrame({"item_id": list("abcd"), "genres": [["x", "y"], ["y"], ["z"], ["x"]]})
+    t = build_field_tables(df, default_fields(df, names=["item_id", "genres"]))
+    mod = _build_module(t, 4, 1, 2, 8, 0.0, 2)
+    h = torch.randn(2, 4)
+    targets = [torch.tensor([[1], [3]]), torch.tensor([[1, 2], [3, -1]])]   # items a, c; genres {x,y}, {z}
+    mask = torch.tensor([[True, True], [False, True]])
+
+    def cos(u, E):
+        return 2.0 * torch.nn.functional.normalize(u, dim=-1) @ torch.nn.functional.normalize(E, dim=-1).T
+
+    # full softmax over both tables (sqrt(4) = 2)
+    parts = field_losses(mod, h, targets, mask, n_negatives=3, full_max=10)
+    lp_i = cos(h, mod.tables[0].weight[1:]).log_softmax(-1)
+    lp_g = cos(h, mod.tables[1].weight[1:]).log_softmax(-1)
+    torch.testing.assert_close(parts[0][0], -lp_i[0, 0])                    # only row 0 masks item_id
+    torch.testing.assert_close(parts[1][0], -(lp_g[0, 0] + lp_g[0, 1]) / 2 - lp_g[1, 2])
+    assert [p[1] for p in parts] == [1, 2]
+    # sampled softmax for the item table (4 > full_max = 3): the positive + 5 uniform
+    # negatives drawn from the generator, accidental hits (= the positive) removed
+    g = torch.Generator().manual_seed(7)
+    parts = field_losses(mod, h, targets, mask, n_negatives=5, full_max=3, generator=g)
+    neg = torch.randint(0, 4, (5,), generator=torch.Generator().manual_seed(7))
+    logits = cos(h[:1], mod.tables[0].weight[1:])[0]
+    neg = neg[neg != 0]
+    expect = torch.logsumexp(torch.cat([logits[:1], logits[neg]]), 0) - logits[0]
+    torch.testing.assert_close(parts[0][0], expect)

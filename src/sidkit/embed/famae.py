@@ -304,7 +304,8 @@ def field_losses(module, h, targets, mask, *, n_negatives: int, full_max: int, g
             negl = _cos_logits(hj, e[neg], scale)                           # (R, S)
             hit = ((tj.unsqueeze(-1) == neg) & vj.unsqueeze(-1)).any(1)     # (R, S)
             negl = negl.masked_fill(hit, float("-inf"))
-            lse = torch.logsumexp(torch.cat([pos.unsqueeze(-1), negl.unsqueeze(1).expand(-1, pos.shape[1], -1)], -1), -1)
+            both = torch.cat([pos.unsqueeze(-1), negl.unsqueeze(1).expand(-1, pos.shape[1], -1)], -1)
+            lse = torch.logsumexp(both, -1)                                  # (R, M): positive + negatives
             nll = lse - pos
             correct = torch.zeros(len(hj), dtype=torch.bool, device=h.device)
         w = vj.float() / vj.sum(1, keepdim=True)
