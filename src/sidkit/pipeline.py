@@ -240,6 +240,8 @@ def _embeddings_stage(cfg: ExperimentConfig) -> Stage:
     from .embed.text import _model_fingerprint, resolve_model_dir
 
     e = cfg.embed
+    if e.method == "famae":
+        return _famae_stage(cfg)
 
     def fn(out: Path, inp: dict[str, Path]) -> dict[str, Any]:
         if e.embeddings_file:
@@ -269,6 +271,22 @@ def _embeddings_stage(cfg: ExperimentConfig) -> Stage:
                 else None if e.embeddings_file else _model_fingerprint(resolve_model_dir(e.model)))
     return Stage("embeddings", fn, {"model": model_id, "normalize": e.normalize,
                                     "file": e.embeddings_file}, inputs=("items",))
+
+
+def _famae_stage(cfg: ExperimentConfig) -> Stage:
+    """FAMAE embeddings (docs/famae.md): trained on the split's training interactions only."""
+    from .data import ItemTable, Split
+    from .embed.famae import famae_from_config
+
+    def fn(out: Path, inp: dict[str, Path]) -> dict[str, Any]:
+        model = famae_from_config(cfg.embed.famae, seed=cfg.seed, device=cfg.device)
+        emb = model.fit(ItemTable.load(inp["items"]), Split.load(inp["split"]).train).embeddings()
+        emb.save(out)
+        return {"n_items": len(emb), "dim": emb.dim, "source": emb.source, "epochs": emb.meta["epochs"],
+                "best_valid": emb.meta["best_valid"], "train_seconds": emb.meta["train_seconds"]}
+
+    return Stage("embeddings", fn, {"method": "famae", "famae": cfg.embed.famae.model_dump(), "seed": cfg.seed},
+                 inputs=("items", "split"))
 
 
 def _codes_stage(cfg: ExperimentConfig) -> Stage:

@@ -7,6 +7,7 @@ Formulas: ``docs/diagnostics.md``.
 """
 
 from .core import codeword_map, diagnose, to_plain
+from .fields import field_prediction
 from .fidelity import data_codewords, fidelity, level_codewords, prefix_mean_fidelity
 from .hourglass import detect_hourglass
 from .overlap import (
@@ -45,7 +46,7 @@ from .usage import (
 __all__ = [
     "DEFAULT_SCALES", "analytic_overlap", "auc_ties_half", "bhattacharyya_kernel",
     "codeword_map", "collisions", "compare_codes", "data_codewords", "data_rms",
-    "detect_hourglass", "diagnose", "effective_capacity", "entropy_bits",
+    "detect_hourglass", "diagnose", "field_prediction", "effective_capacity", "entropy_bits",
     "expected_overlap", "fidelity", "gini", "inverse_simpson", "level_codewords",
     "level_counts", "overlap_from_confusion", "overlap_from_labels",
     "perturbation_overlap", "prefix_mean_fidelity", "prefix_structure", "random_pairs", "semantic_codes",

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/tokenizers.py            # 100k x 128 items
-    python benchmarks/tokenizers.py --quick    # 20k x 128 items
-    python benchmarks/tokenizers.py --n 50000 --dim 64 --only rqkmeans gaoq
+    python benchmarks/tokenizer_fit.py            # 100k x 128 items
+    python benchmarks/tokenizer_fit.py --quick    # 20k x 128 items
+    python benchmarks/tokenizer_fit.py --n 50000 --dim 64 --only rqkmeans gaoq
 
 Times ``fit_encode`` (fit + the training codes), best of ``--repeat`` (default 3)
 fits for the k-means family, and reports, from the same run, the ratios of balanced
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             if e in by:
                 ratios[f"{e}_vs_rqkmeans"] = round(by[e]["fit_s"] / base, 2)
     result = {"benchmark": "tokenizers", "n_items": n, "dim": args.dim,
-              "command": "python benchmarks/tokenizers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python benchmarks/tokenizer_fit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "rows": rows, "ratios": ratios, "goal": "ratios <= 3"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
