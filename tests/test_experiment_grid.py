@@ -243,14 +243,16 @@ def test_cli_dry_run_run_and_errors(toy):
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
-def test_the_study_1_config_names_five_tokenizers_and_the_default_causal_model():
+def test_the_study_1_config_names_two_embeddings_five_tokenizers_and_the_default_causal_model():
     from pathlib import Path
 
     from sidkit.config import default_config
 
     grid = load_grid(Path(__file__).parents[1] / "configs" / "experiments" / "tokenizers_ml100k.toml")
-    assert [c.tokenizer for c in grid.cells] == ["rqkmeans", "rqvae", "hkm", "gaoq", "drq"]
-    assert {c.embedding for c in grid.cells} == {"text"} and {c.dataset for c in grid.cells} == {"ml-100k"}
+    toks = ["rqkmeans", "rqvae", "hkm", "gaoq", "drq"]
+    assert [(c.embedding, c.tokenizer) for c in grid.cells] == [(e, t) for e in ("text", "famae") for t in toks]
+    assert [c.cfg.embed.method for c in grid.cells] == ["text"] * 5 + ["famae"] * 5
+    assert {c.dataset for c in grid.cells} == {"ml-100k"}
     causal = [(m, t) for _, m, t in default_config().recommenders() if m.type == "causal_sid"]
     for cell in grid.cells:
         [(label, model, train)] = cell.cfg.recommenders()
@@ -300,3 +302,21 @@ def test_a_grid_without_models_gives_a_diagnostics_row_per_run(toy):
     md = (out / "results.md").read_text()
     assert f"| toy | file-emb | rqkmeans | {head['sid_k_eff'][0]:.1f} |" in md and "ndcg@10" not in md.split("|---")[0]
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_famae_embeddings_are_trained_once_and_shared_by_the_tokenizers(toy):
+    tiny = {"epochs": 1, "dim": 8, "n_layers": 1, "n_heads": 1, "ffn": 16}
+    doc = _doc(toy, models=(), seeds=())
+    doc["base"]["embed"] = {}
+    doc["grid"]["embeddings"] = [{"method": "famae", "famae": tiny}]
+    out = toy / "exp"
+    statuses = {}
+    run_experiment(parse_grid(doc, "test", out),
+                   on_stage=lambda cell, r: statuses.setdefault(cell.tokenizer, {}).update({r.name: r.status}))
+    assert statuses["rqkmeans"]["embeddings"] == "ran"
+    assert {k: statuses["hkm"][k] for k in ("data", "split", "items", "embeddings", "codes")} == \
+        {"data": "cached", "split": "cached", "items": "cached", "embeddings": "cached", "codes": "ran"}
+    a, b = (out / "runs" / f"toy__famae__{t}" / "embeddings" for t in ("rqkmeans", "hkm"))
+    assert json.loads((a / "meta.json").read_text())["params"]["method"] == "famae"
+    assert (a / "meta.json").read_bytes() == (b / "meta.json").read_bytes()
+    assert [r["embedding"] for r in _rows(out / "results.csv")] == ["famae", "famae"]
