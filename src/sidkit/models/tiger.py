@@ -36,15 +36,12 @@ on; :func:`sidkit.eval.evaluate` passes the users of the split.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from .base import register
-from .causal_sid import CausalSID
-from .sid_tokens import BOS, EOS, PAD, TIGER_USER_BUCKETS, SIDTokens
-from .train import TorchRecommender
+from .causal_sid import SIDRecommender
+from .sid_tokens import BOS, EOS, PAD, TIGER_USER_BUCKETS
 
 # the tied T5 embedding appears under these names as well as ``t5.shared.weight``
 _TIED_ALIASES = ("t5.encoder.embed_tokens.weight", "t5.decoder.embed_tokens.weight", "t5.lm_head.weight")
@@ -177,7 +174,7 @@ def _mix64(x):
 
 
 @register
-class TIGER(TorchRecommender):
+class TIGER(SIDRecommender):
     """TIGER generative recommender: T5 encoder-decoder over Semantic IDs (module doc).
 
     Parameters: ``d_model`` (128), ``n_layers`` (4 encoder + 4 decoder blocks),
@@ -190,9 +187,13 @@ class TIGER(TorchRecommender):
     """
 
     name = "tiger"
-    scores_all_items = False
+    title = "TIGER"
     uses_user_ids = True          # evaluate() passes the users to recommend()
     id_only = False
+
+    @property
+    def user_buckets(self) -> int:
+        return TIGER_USER_BUCKETS if self.user_tokens else 0
 
     def __init__(self, d_model: int = 128, n_layers: int = 4, n_heads: int = 6, d_kv: int = 64,
                  d_ff: int = 1024, dropout: float = 0.1, max_len: int = 20, user_tokens: bool = True,
@@ -225,33 +226,8 @@ class TIGER(TorchRecommender):
             raise ConfigError(f"user_tokens must be true or false, got {self.user_tokens!r}",
                               "use user_tokens = true (TIGER) or false")
 
-    _resolve_sid = CausalSID._resolve_tokens
-
-    def _resolve_tokens(self, data, codes) -> SIDTokens:
-        if codes is None and self.codes is None:
-            raise DataError("TIGER needs the Semantic IDs of the catalogue",
-                            "pass fit(data, codes=Codes) or the constructor's codes='RUN/codes'")
-        sid = self._resolve_sid(data, codes)
-        if self.user_tokens:
-            sid = SIDTokens(sid.codes, user_buckets=TIGER_USER_BUCKETS)
-        return sid
-
-    def fit(self, data, *, codes=None, **kw) -> "TIGER":
-        """Fit on ``data`` (a SequenceData or Split); ``codes``: the catalogue's Codes (or
-        SIDTokens).  Other keywords: those of :meth:`TorchRecommender.fit`."""
-        from ..eval.harness import as_sequence_data
-
-        data = as_sequence_data(data)
-        self._validate_params()
-        self.tokens_ = self._resolve_tokens(data, codes)
-        return super().fit(data, **kw)
-
     def build_module(self, n_items: int):
-        self._validate_params()
-        t = self.tokens_
-        if t.n_items != n_items:
-            raise ArtifactError(f"the SIDs cover {t.n_items} items but the catalogue has {n_items}",
-                                "use the codes of this catalogue")
+        t = self._checked_tokens(n_items)
         return _build_module(t.vocab_size, self.d_model, self.d_kv, self.d_ff, self.n_layers, self.n_heads,
                              float(self.dropout))
 
@@ -340,52 +316,3 @@ class TIGER(TorchRecommender):
                                    reorder=dec.reorder, constrained=constrained, device=self.device_)
         finally:
             module.train(was)
-
-    def recommend(self, history: np.ndarray, k: int, users=None) -> np.ndarray:
-        """(B, k) catalogue indices by trie-constrained beam search (width ``max(beam, k)``);
-        ``users``: the (B,) user ids (for the user token); ``-1`` only beyond the number of items."""
-        self._check_fitted()
-        h = self._check_history(history)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise DataError(f"k must be an integer >= 1, got {k!r}", "ask for e.g. k=10 items")
-        if users is not None:
-            users = np.asarray(users).astype(str).ravel()
-            if users.shape[0] != h.shape[0]:
-                raise DataError(f"users must have one id per history row ({h.shape[0]}), got {users.shape[0]}",
-                                "pass the user id of each history")
-        kk = min(int(k), self.n_items)
-        out = np.full((h.shape[0], int(k)), -1, np.int64)
-        if h.shape[0]:
-            out[:, :kk] = self.decode(h, kk, users=users).items
-        return out
-
-    def scores(self, history):
-        raise NotImplementedError("TIGER generates items; use recommend()")
-
-    # ------------------------------------------------------------------ save / load
-    _fingerprint_extra = CausalSID._fingerprint_extra
-
-    def _state(self) -> dict[str, np.ndarray]:
-        st = super()._state()
-        st["sid.codes"] = np.asarray(self.tokens_.codes.codes, np.int64)
-        st["sid.lengths"] = np.asarray(self.tokens_.codes.lengths, np.int64)
-        return st
-
-    def _set_extra(self, extra: dict[str, Any]) -> None:
-        super()._set_extra(extra)
-        self._codebook_sizes = extra.get("codebook_sizes")
-
-    def _extra(self) -> dict[str, Any]:
-        return {**super()._extra(), "codebook_sizes": list(self.tokens_.codebook_sizes)}
-
-    def _set_state(self, state) -> None:
-        from ..types import Codes
-
-        state = dict(state)
-        if "sid.codes" not in state or "sid.lengths" not in state or not getattr(self, "_codebook_sizes", None):
-            raise ArtifactError("the saved TIGER model holds no codes (sid.codes / codebook_sizes)",
-                                "retrain and save it with this version of sidkit")
-        codes = Codes(state.pop("sid.codes"), tuple(self._codebook_sizes), lengths=state.pop("sid.lengths"),
-                      item_ids=self.item_ids_)
-        self.tokens_ = SIDTokens(codes, user_buckets=TIGER_USER_BUCKETS if self.user_tokens else 0)
-        super()._set_state(state)
