@@ -75,6 +75,14 @@ def write_docs(records: list[dict], docs: Path, command: str, note: str = "") ->
     write_text(docs / "results.md", md + "\n".join(extra))
 
 
+def _portable(params: dict) -> dict:
+    """``params`` with a ``codes`` path under the repository written relative to it."""
+    codes = params.get("codes")
+    if codes and Path(codes).is_absolute() and Path(codes).is_relative_to(ROOT):
+        params = {**params, "codes": str(Path(codes).relative_to(ROOT))}
+    return params
+
+
 def _sid_codes(tokenizer: str, work: Path) -> Path:
     """The codes directory of ``sidkit run`` with ``[codes] method = tokenizer`` (cached)."""
     from sidkit.config import config_from_dict
@@ -156,7 +164,7 @@ def main() -> None:
             rec["label"], rec["tokenizer"], rec["command"] = name, tokenizer, command
             rec["protocol"] = protocol(data, cfg.train, getattr(model, "max_len", None), "ml-100k (user_core=5)")
             rec["train"] = cfg.train.model_dump() if name != "popularity" else None
-            rec["params"] = model.get_params()
+            rec["params"] = _portable(model.get_params())
             rec["history"] = [{k: h[k] for k in ("epoch", "loss", "seconds")} |
                               ({"valid_ndcg@10": h["valid"]["ndcg@10"]} if "valid" in h else {})
                               for h in getattr(model, "history_", [])]

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/train_tiger.py --run /work/notes/run-ml100k --threads 1 --targets-per-user 2 --tag _tpu2_1thread
+    python benchmarks/train_tiger.py --run runs/ml-100k --threads 1 --targets-per-user 2 --tag _tpu2_1thread
 
 Reads a run directory's ``split`` and ``codes`` stages (``sidkit run``), fits
 :class:`sidkit.models.TIGER` with its default size (``configs/tiger.toml``: 4+4 layers,
