@@ -55,7 +55,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 
@@ -253,19 +254,21 @@ class TrainConfig(_Strict):
     seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
 
 
-class TrainOverrides(_Strict):
-    """A model's own ``train`` table: any ``[train]`` key, overriding the top-level value."""
-    epochs: int | None = Field(None, ge=1)
-    patience: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
-    warmup_steps: int | None = Field(None, ge=0)
-    batch_size: int | None = Field(None, ge=1)
-    clip: float | None = Field(None, gt=0)
-    eval_every: int | None = Field(None, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
-    mask_seen: bool | None = None
-    seeds: list[int] | None = None
+def _overrides_of(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """A strict model with every field of ``model``, optional (None = not overridden),
+    keeping each field's constraints."""
+    from copy import copy
+
+    fields = {}
+    for key, info in model.model_fields.items():
+        info = copy(info)
+        info.default, info.default_factory = None, None
+        fields[key] = (info.annotation | None, info)
+    return create_model(name, __base__=_Strict, __doc__=f"Optional overrides of {model.__name__}.", **fields)
+
+
+# a model's own ``train`` table: any ``[train]`` key, overriding the top-level value
+TrainOverrides = _overrides_of(TrainConfig, "TrainOverrides")
 
 
 for _m in (_ModelBase, PopularityConfig, SASRecConfig, CausalSIDConfig, TigerConfig):
@@ -335,16 +338,21 @@ def default_config() -> ExperimentConfig:
     return load_config(DEFAULT_CONFIG)
 
 
+def read_toml(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """The TOML document at ``path``; a ConfigError when it is missing or not TOML."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist", fix)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}", "fix the TOML syntax") from None
+
+
 def load_config(path: str | Path | None = None) -> ExperimentConfig:
     """Read a TOML config; ``None`` gives :func:`default_config` (MovieLens-100K, RQ-KMeans,
     popularity + SASRec + the causal SID model)."""
     if path is None:
         return default_config()
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", "pass the path of a .toml file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}", "fix the TOML syntax") from None
+    data = read_toml(path, "config file", "pass the path of a .toml file")
     return config_from_dict(data, str(path))

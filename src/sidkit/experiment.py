@@ -47,7 +47,6 @@ import os
 import re
 import shutil
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -200,13 +199,10 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
 
 
 def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
+    from .config import read_toml
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file {path} does not exist", "pass the path of a grid .toml file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}", "fix the TOML syntax") from None
+    data = read_toml(path, "experiment file", "pass the path of a grid .toml file")
     return parse_grid(data, str(path), out)
 
 
