@@ -99,3 +99,16 @@ def current_rss_mb() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
         return peak_rss_mb()
+
+
+def ml100k_sid_run(tokenizer: str, work: Path) -> Path:
+    """The run directory of ``sidkit run`` on ML-100K with ``[codes] method = tokenizer``
+    (text embeddings, default sizes) under ``work/sids-TOKENIZER``; cached stages are reused."""
+    from sidkit.config import config_from_dict
+    from sidkit.pipeline import run_pipeline
+
+    cfg = config_from_dict({"codes": {"method": tokenizer}, "diagnostics": {"report": False}},
+                           f"sids-{tokenizer}")
+    out = Path(work) / f"sids-{tokenizer}"
+    run_pipeline(cfg, out)
+    return out

@@ -85,14 +85,9 @@ def _portable(params: dict) -> dict:
 
 def _sid_codes(tokenizer: str, work: Path) -> Path:
     """The codes directory of ``sidkit run`` with ``[codes] method = tokenizer`` (cached)."""
-    from sidkit.config import config_from_dict
-    from sidkit.pipeline import run_pipeline
+    from _common import ml100k_sid_run
 
-    cfg = config_from_dict({"codes": {"method": tokenizer}, "diagnostics": {"report": False}},
-                           f"--models ...@{tokenizer}")
-    out = work / f"sids-{tokenizer}"
-    run_pipeline(cfg, out)
-    return out / "codes"
+    return ml100k_sid_run(tokenizer, work) / "codes"
 
 
 def _model_table(name: str, work: Path) -> tuple[dict, dict, str | None]:

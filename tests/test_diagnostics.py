@@ -450,3 +450,61 @@ def test_semantic_collisions_count_before_the_disambiguation_token(tmp_path):
     assert diagnose(plain)["semantic_collisions"] == diagnose(plain)["collisions"] == _SEM
     assert collision_lines(sid_summary(plain))[0].startswith(
         "semantic collisions (no disambiguation token): rate 0.5000, items sharing their SID 0.8333")
+
+
+# ------------------------------------------------ member-distribution overlap (issue 11)
+def test_member_overlap_two_point_cells_exact():
+    """Members of code 0 all at -1, of code 1 all at +1 (codewords +-1): every member is
+    1 from the plane at 0, so C_01 = C_10 = p = Phi(-1/sigma) and, with pi = (1/2, 1/2),
+    O = 1/2 (1 + 2 sqrt(p (1 - p))), the model flip rate is p."""
+    from scipy.special import ndtr
+
+    X = np.array([[-1.0], [-1.0], [1.0], [1.0]])
+    codes = C([[0], [0], [1], [1]], [2])
+    E = [np.array([[-1.0], [1.0]])]
+    ov = analytic_overlap(codes, E, rms=1.0, scales=(0.0, 0.5, 2.0), X=X, source="explicit")
+    mem = ov["member"]["levels"][0]
+    assert mem["O"][0] == pytest.approx(0.5)              # sigma = 0: inverse Simpson
+    for i, s in enumerate((0.5, 2.0), start=1):
+        p = float(ndtr(-1.0 / s))
+        assert mem["flip_rate"][i] == pytest.approx(p)
+        assert mem["O"][i] == pytest.approx(0.5 * (1 + 2 * math.sqrt(p * (1 - p))))
+    # one level: the whole-SID figure is the level's
+    assert ov["member"]["sid"]["O"] == pytest.approx(mem["O"])
+
+
+def test_member_overlap_sees_spread_that_the_codeword_kernel_does_not():
+    """Same codewords and usage, members near the boundary vs at the codewords: the
+    codeword kernel gives the same O, the member model a larger O for the spread cells."""
+    E = [np.array([[-1.0, 0.0], [1.0, 0.0]])]
+    codes = C([[0], [0], [1], [1]], [2])
+    tight = np.array([[-1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    loose = np.array([[-0.1, 0.0], [-1.9, 0.0], [0.1, 0.0], [1.9, 0.0]])   # same means
+    a = analytic_overlap(codes, E, rms=1.0, scales=(0.2,), X=tight, source="explicit")
+    b = analytic_overlap(codes, E, rms=1.0, scales=(0.2,), X=loose, source="explicit")
+    assert a["levels"][0]["O"] == pytest.approx(b["levels"][0]["O"])
+    assert b["member"]["levels"][0]["O"][0] > a["member"]["levels"][0]["O"][0] + 0.3
+    # members at 0.1 from the plane: p ~ Phi(-0.5) for half of them
+    assert b["member"]["levels"][0]["flip_rate"][0] > 0.1
+
+
+def test_member_overlap_grows_with_scale_and_tracks_monte_carlo(blobs):
+    tok = TinyRQ.fit(blobs, K=6, L=2)
+    codes = tok.encode(blobs)
+    scales = (0.0, 0.1, 0.3, 1.0)
+    res = diagnose(codes, blobs, tok, scales=scales)
+    mem = res["overlap"]["member"]
+    pi = np.bincount(codes.codes[:, 0], minlength=6) / len(blobs)
+    assert mem["levels"][0]["O"][0] == pytest.approx((pi**2).sum())
+    for lv in mem["levels"]:
+        assert np.all(np.diff(lv["O"]) > 0) and np.all(np.diff(lv["flip_rate"]) > 0)
+    assert np.all(np.diff(mem["sid"]["O"]) > 0)
+    # level 1 is plain nearest-codeword assignment: at small and moderate scales the
+    # analytic flip rate is the Monte-Carlo one up to sampling noise; at large scales
+    # the pairwise (two-cell) approximation counts a crossing of several planes more
+    # than once and overestimates
+    mc = [r["flip_rate"][0] for r in res["monte_carlo"]["runs"]]
+    model = mem["levels"][0]["flip_rate"]
+    for i in (1, 2):
+        assert model[i] == pytest.approx(mc[i], abs=0.01 + 0.25 * mc[i])
+    assert model[3] >= mc[3]

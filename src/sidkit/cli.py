@@ -120,6 +120,9 @@ def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
     if diag.get("sid_k_eff"):
         k = ", ".join(f"s={sc:g}: {v:.1f}" for sc, v in zip(diag["overlap_scales"], diag["sid_k_eff"]))
         typer.echo(f"effective capacity K_eff of the whole SID ({k})")
+    if diag.get("sid_k_eff_member"):
+        k = ", ".join(f"s={sc:g}: {v:.1f}" for sc, v in zip(diag["overlap_scales"], diag["sid_k_eff_member"]))
+        typer.echo(f"K_eff of the whole SID, member-distribution model ({k})")
     if diag.get("sid_change_rate"):
         ch = ", ".join(f"s={sc}: {v:.3f}" for sc, v in diag["sid_change_rate"].items())
         typer.echo(f"SID change rate under perturbation ({ch})")

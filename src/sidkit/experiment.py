@@ -370,12 +370,14 @@ def cell_diagnostics(cell: Cell) -> dict[str, Any]:
         levels = levels[:-1]   # the disambiguation level carries no geometry
     sem = s.get("semantic_collisions") or s.get("collisions") or {}
     k_eff = head.get("sid_k_eff") or []
+    k_eff_member = head.get("sid_k_eff_member") or []
     scales = head.get("overlap_scales") or []
     row: dict[str, Any] = {
         "n_items": s.get("n_items"),
         "codebook_sizes": "x".join(str(k) for k in s.get("codebook_sizes", [])),
         "k_eff": k_eff[0] if k_eff else None,
         "k_eff_scale": scales[0] if scales else None,
+        "k_eff_member": k_eff_member[0] if k_eff_member else None,
         "semantic_collision_rate": sem.get("rate"),
         "semantic_collision_share": sem.get("share_in_collision"),
         "rel_mse": head.get("rel_mse"),
@@ -428,7 +430,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     first = ["dataset", "embedding", "tokenizer", "model", "seeds"]
     metric_cols = [c for r in rows for c in r if c.startswith(("test_", "valid_"))]
     metric_cols = list(dict.fromkeys(sorted(metric_cols, key=lambda c: (not c.startswith("test_"), c))))
-    diag = ["n_items", "codebook_sizes", "k_eff", "k_eff_scale"]
+    diag = ["n_items", "codebook_sizes", "k_eff", "k_eff_scale", "k_eff_member"]
     ent = sorted({c for r in rows for c in r if c.startswith("norm_entropy_l")},
                  key=lambda c: int(c.rsplit("l", 1)[1]))
     rest = ["semantic_collision_rate", "semantic_collision_share", "rel_mse", "soft_matching_auc",

@@ -355,6 +355,8 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     if ov.get("sid"):
         out["overlap_scales"] = ov["scales"]
         out["sid_k_eff"] = ov["sid"]["K_eff"]
+        if (ov.get("member") or {}).get("sid"):   # issue 11: member-distribution model
+            out["sid_k_eff_member"] = ov["member"]["sid"]["K_eff"]
     mc = res.get("monte_carlo") or {}
     runs = [r for r in mc.get("runs", []) if isinstance(r.get("scale"), (int, float))]
     out["sid_change_rate"] = {str(r["scale"]): r["sid_change_rate"] for r in runs}

@@ -156,7 +156,8 @@ def diagnose(codes: Codes, X: np.ndarray | None = None, tokenizer: Any = None,
     if cws is not None:
         rms = data_rms(X) if X is not None else _codeword_rms(sem, cws)
         ov = analytic_overlap(sem, cws, rms, scales, max_exact=max_exact_sids,
-                              n_sample=n_sid_sample, random_state=random_state)
+                              n_sample=n_sid_sample, random_state=random_state, X=X,
+                              source=cw_source, n_member=n_mc)
         ov["codewords_source"] = cw_source
         ov["rms_source"] = "data" if X is not None else "codeword reconstructions"
         res["overlap"] = ov

@@ -29,13 +29,14 @@ same item.  With ``pi_j = P(a = j)`` and the confusion matrix
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import DataError
 from ..types import Codes, joint_keys
 from ..utils import rng
+from .fidelity import _prefix_means, group_sums
 from .prefix import _lcp
 from .usage import semantic_codes
 
@@ -92,16 +93,22 @@ def effective_capacity(pi: np.ndarray, E: np.ndarray, sigma: float) -> float:
     return 1.0 / expected_overlap(pi, E, sigma)
 
 
-def _level_kernels(codes: Codes, codewords: Sequence[np.ndarray], sigma: float) -> list[np.ndarray]:
-    """Per-level kernels extended by a PAD index K_l (k(PAD, PAD) = 1, else 0)."""
+def _with_pad(codes: Codes, kernels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per-level (K_l, K_l) kernels extended by a PAD index K_l (k(PAD, PAD) = 1, else 0)."""
     ks = []
-    for l, E in enumerate(codewords):
+    for l, g in enumerate(kernels):
         k = codes.codebook_sizes[l]
         kern = np.zeros((k + 1, k + 1), dtype=np.float32)
-        kern[:k, :k] = bhattacharyya_kernel(np.asarray(E)[:k], sigma)
+        kern[:k, :k] = g[:k, :k]
         kern[k, k] = 1.0
         ks.append(kern)
     return ks
+
+
+def _level_kernels(codes: Codes, codewords: Sequence[np.ndarray], sigma: float) -> list[np.ndarray]:
+    """The codeword kernel of every level, extended by PAD."""
+    return _with_pad(codes, [bhattacharyya_kernel(np.asarray(E)[:k], sigma)
+                             for E, k in zip(codewords, codes.codebook_sizes)])
 
 
 def _weighted_product_sum(tok: np.ndarray, w: np.ndarray, kernels: Sequence[np.ndarray],
@@ -126,13 +133,16 @@ def _weighted_product_sum(tok: np.ndarray, w: np.ndarray, kernels: Sequence[np.n
 
 
 def sid_overlap(codes: Codes, codewords: Sequence[np.ndarray], sigmas: Sequence[float],
-                max_exact: int = 4096, n_sample: int = 4096, random_state: Any = 0) -> dict[str, Any]:
+                max_exact: int = 4096, n_sample: int = 4096, random_state: Any = 0,
+                level_kernels: Callable[[float], list[np.ndarray]] | None = None) -> dict[str, Any]:
     """Whole-SID overlap ``O = sum_{a,b} pi_a pi_b prod_l k_l(a_l, b_l)`` per sigma.
 
     Exact over the distinct SIDs when there are at most ``max_exact``.  Otherwise
     ``O = sum_a pi_a^2 + (N-1)/N * E_{i != j}[K(s_i, s_j) 1(s_i != s_j)]``: the identical-SID
     part is exact (from the counts) and the rest is the unbiased U-statistic over
     ``n_sample`` items drawn without replacement; ``O`` is exact at ``sigma = 0``.
+    ``level_kernels(sigma)`` gives the (K_l, K_l) kernel of every level (default: the
+    codeword kernel :func:`bhattacharyya_kernel`).
     """
     n = codes.n_items
     tok = np.where(codes.codes >= 0, codes.codes, np.asarray(codes.codebook_sizes)[None, :])
@@ -153,7 +163,9 @@ def sid_overlap(codes: Codes, codewords: Sequence[np.ndarray], sigmas: Sequence[
         if not exact and sigma <= 0:
             O.append(simpson)
             continue
-        S = _weighted_product_sum(pts, w, _level_kernels(codes, codewords, sigma), pkeys)
+        kerns = (_level_kernels(codes, codewords, sigma) if level_kernels is None
+                 else _with_pad(codes, level_kernels(sigma)))
+        S = _weighted_product_sum(pts, w, kerns, pkeys)
         if not exact:
             m = pts.shape[0]
             ustat = S * m * m / (m * (m - 1)) if m > 1 else 0.0
@@ -172,8 +184,14 @@ def sid_overlap(codes: Codes, codewords: Sequence[np.ndarray], sigmas: Sequence[
 def analytic_overlap(codes: Codes, codewords: Sequence[np.ndarray], rms: float,
                      scales: Sequence[float] = DEFAULT_SCALES, sid: bool = True,
                      max_exact: int = 4096, n_sample: int = 4096,
-                     random_state: Any = 0) -> dict[str, Any]:
-    """Per-level and whole-SID ``O`` and ``K_eff`` for every relative scale ``s``."""
+                     random_state: Any = 0, X: np.ndarray | None = None,
+                     source: str = "data", n_member: int | None = 100_000) -> dict[str, Any]:
+    """Per-level and whole-SID ``O`` and ``K_eff`` for every relative scale ``s``.
+
+    The codeword kernel's figures are ``levels`` / ``sid``; with the embeddings ``X``
+    (row order of the codes) also ``member``: the member-distribution model
+    (:func:`member_overlap`; ``source`` says how the codewords were obtained).
+    """
     if len(codewords) != codes.n_levels:
         raise DataError(f"need codewords for {codes.n_levels} levels, got {len(codewords)}")
     sigmas = [float(s) * rms for s in scales]
@@ -189,6 +207,138 @@ def analytic_overlap(codes: Codes, codewords: Sequence[np.ndarray], rms: float,
            "levels": levels}
     if sid:
         out["sid"] = sid_overlap(codes, codewords, sigmas, max_exact, n_sample, random_state)
+    if X is not None:
+        out["member"] = member_overlap(codes, X, codewords, sigmas, source, sid, max_exact,
+                                       n_sample, n_member, random_state)
+    return out
+
+
+# ------------------------------------------------------- member-distribution model
+def _prefix_offsets(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray], level: int,
+                    source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(inv, table): the level-``level`` input of item i is ``x_i - table[inv[i]]``.
+
+    ``source = "data"`` (data codewords): the mean embedding of the item's prefix, as in
+    :func:`sidkit.diagnostics.fidelity.data_codewords`; otherwise (a tokenizer's residual
+    codewords) the sum of the item's codewords of the levels before.
+    """
+    n, d = X.shape
+    if level == 0:
+        return np.zeros(n, dtype=np.int64), np.zeros((1, d))
+    if source == "data":
+        inv, means, _ = _prefix_means(codes, X, level)
+        return inv, means
+    _, first, inv = np.unique(codes.prefix_keys(level), return_index=True, return_inverse=True)
+    table = np.zeros((first.size, d))
+    for m in range(level):
+        tok = codes.codes[first, m]
+        E = np.asarray(codewords[m], dtype=np.float64)
+        table += np.where((tok >= 0)[:, None], E[np.maximum(tok, 0)], 0.0)
+    return inv.reshape(-1), table
+
+
+def member_confusion(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray],
+                     sigmas: Sequence[float], source: str = "data", n_sample: int | None = 100_000,
+                     random_state: Any = 0) -> list[list[np.ndarray]]:
+    """Per level and sigma, the model confusion ``C_jk = P(code j -> k)`` of the members.
+
+    A member ``r`` of code ``j`` (its level input, :func:`_prefix_offsets`) lies at distance
+    ``m_k(r) = (||r - e_k||^2 - ||r - e_j||^2) / (2 ||e_j - e_k||)`` from the hyperplane
+    half-way between the codewords ``e_j`` and ``e_k``.  An isotropic perturbation of
+    scale ``sigma`` moves it across that plane with probability ``Phi(-m_k(r) / sigma)``
+    (its projection on the axis is N(0, sigma^2)), so
+    ``C_jk = mean over the members of j of Phi(-max(m_k, 0) / sigma)`` for ``k != j`` and
+    ``C_jj = 1 - sum_{k != j} C_jk`` (rows whose pairwise sum exceeds 1 are rescaled).
+    Codes other than the used ones are candidates only when the codewords are the
+    tokenizer's (``source != "data"``); duplicate codewords (distance <= 1e-6 of the
+    largest) never swap.  Members on the far side of a plane (data codewords are means,
+    not the tokenizer's decision rule) count with their distance ``|m_k|``.
+    ``sigma = 0`` gives ``C = I``.  One
+    (n x d) @ (d x K) product per level on at most ``n_sample`` items (seeded sample).
+    """
+    from scipy.special import ndtr
+
+    X = np.asarray(X)
+    n = X.shape[0]
+    if n_sample is not None and n > n_sample:
+        rows = np.sort(rng(random_state).choice(n, size=n_sample, replace=False))
+    else:
+        rows = np.arange(n)
+    sigmas = [float(sg) for sg in sigmas]
+    out = []
+    for l, E in enumerate(codewords):
+        k = codes.codebook_sizes[l]
+        E = np.asarray(E, dtype=np.float64)[:k]
+        inv, table = _prefix_offsets(codes, X, codewords, l, source)
+        tok = codes.codes[rows, l]
+        ok = tok >= 0
+        r_rows, t = rows[ok], tok[ok]
+        cnt = np.bincount(t, minlength=k)[:k].astype(np.float64)
+        cand = (np.bincount(codes.codes[:, l][codes.codes[:, l] >= 0], minlength=k)[:k] > 0
+                if source == "data" else np.ones(k, dtype=bool))
+        dist = np.sqrt(_sq_dists(E))
+        tie = 1e-6 * max(float(dist.max()) if dist.size else 0.0, 1e-300)  # duplicate codewords: no flips
+        sums = [np.zeros((k, k)) for _ in sigmas]
+        step = max(1, 2_000_000 // max(1, k))
+        for s in range(0, r_rows.size, step):
+            rr, tt = r_rows[s:s + step], t[s:s + step]
+            R = np.asarray(X[rr], dtype=np.float64) - table[inv[rr]] - E[tt]   # r - e_j
+            P = np.einsum("ij,ij->i", R, E[tt])[:, None] - R @ E.T            # (r - e_j).(e_j - e_k)
+            D = dist[tt]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                margin = np.abs(D / 2 + P / D)
+            valid = (D > tie) & cand[None, :]
+            for i, sg in enumerate(sigmas):
+                if sg > 0:
+                    sums[i] += group_sums(tt, k, np.where(valid, ndtr(-margin / sg), 0.0))
+        levels = []
+        for i, sg in enumerate(sigmas):
+            C = sums[i] / np.maximum(cnt, 1)[:, None]
+            off = C.sum(1)
+            C /= np.maximum(off, 1.0)[:, None]
+            C[np.arange(k), np.arange(k)] = np.maximum(1.0 - np.minimum(off, 1.0), 0.0)
+            levels.append(C)
+        out.append(levels)
+    return out
+
+
+def confusion_kernel(C: np.ndarray) -> np.ndarray:
+    """``k_jk = sum_m sqrt(C_jm C_km)``: Bhattacharyya coefficient of two codes' confusion rows."""
+    R = np.sqrt(np.asarray(C, dtype=np.float64))
+    return R @ R.T
+
+
+def member_overlap(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray], sigmas: Sequence[float],
+                   source: str = "data", sid: bool = True, max_exact: int = 4096,
+                   n_sample: int = 4096, n_member: int | None = 100_000,
+                   random_state: Any = 0) -> dict[str, Any]:
+    """``O`` and ``K_eff`` of the member-distribution model, per level and whole SID.
+
+    Per level ``O = sum_{j,k} pi_j pi_k k_jk`` with the kernel of the model confusion
+    (:func:`member_confusion`, :func:`confusion_kernel`) -- the analytic counterpart of
+    the Monte-Carlo ``O_emp``; whole SIDs use the product of the level kernels over
+    pairs of SIDs, with the exact / sampled pair sums of :func:`sid_overlap`.  ``O`` is
+    the inverse Simpson index at ``sigma = 0``, grows with ``sigma`` as members near a
+    cell boundary start to cross it, and differs between tokenizers with the same usage.
+    """
+    Cs = member_confusion(codes, X, codewords, sigmas, source, n_member, random_state)
+    levels = []
+    for l, per_sigma in enumerate(Cs):
+        k = codes.codebook_sizes[l]
+        tokens = codes.codes[:, l]
+        pi = np.bincount(tokens[tokens >= 0], minlength=k)[:k].astype(np.float64)
+        O = [overlap_from_confusion(C, pi)["O_emp"] for C in per_sigma]
+        flip = [float(1.0 - (pi / pi.sum()) @ np.diag(C)) for C in per_sigma]
+        levels.append({"level": l + 1, "O": O, "K_eff": [1.0 / o for o in O], "K": k, "flip_rate": flip})
+    out: dict[str, Any] = {"levels": levels,
+                           "n_member_items": int(min(codes.n_items, n_member or codes.n_items))}
+    if sid:
+        index = {float(sg): i for i, sg in enumerate(sigmas)}
+
+        def kernels(sigma: float) -> list[np.ndarray]:
+            return [confusion_kernel(per_sigma[index[float(sigma)]]) for per_sigma in Cs]
+        out["sid"] = sid_overlap(codes, codewords, sigmas, max_exact, n_sample, random_state,
+                                 level_kernels=kernels)
     return out
 
 

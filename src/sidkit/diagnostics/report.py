@@ -313,7 +313,15 @@ def _overlap(res: dict[str, dict]) -> tuple[list[_Table], str | None]:
             s = ov["sid"]
             rows.append([name, "SID" + ("" if s["exact"] else " (sampled)"), ov["codewords_source"]]
                         + list(s["K_eff"]))
-            axes[1].plot(sc, s["K_eff"], "o-", color=_col(i), label=f"{name} SID (model)")
+            axes[1].plot(sc, s["K_eff"], "o-", color=_col(i), label=f"{name} SID (codeword model)")
+        mem = ov.get("member")
+        if mem:
+            for lv in mem["levels"]:
+                rows.append([name, f"level {lv['level']}", "member model"] + list(lv["K_eff"]))
+            if mem.get("sid"):
+                rows.append([name, "SID" + ("" if mem["sid"]["exact"] else " (sampled)"), "member model"]
+                            + list(mem["sid"]["K_eff"]))
+                axes[1].plot(sc, mem["sid"]["K_eff"], "s:", color=_col(i), label=f"{name} SID (member model)")
         mc = r.get("monte_carlo")
         if mc:
             axes[1].plot(mc["scales"], [x["sid"]["K_eff_emp"] for x in mc["runs"]], "x--",
@@ -327,8 +335,9 @@ def _overlap(res: dict[str, dict]) -> tuple[list[_Table], str | None]:
         ax.set_yscale("log")
         ax.set_title(t)
         ax.legend(fontsize=7)
-    return ([_Table("Effective capacity K_eff = 1/O vs perturbation scale s",
-                    ["tokenizer", "what", "codewords"] + [f"s={s:g}" for s in scales], rows)],
+    return ([_Table("Effective capacity K_eff = 1/O vs perturbation scale s (codeword model: "
+                    "Gaussians around the codewords; member model: each code's members, perturbed)",
+                    ["tokenizer", "what", "kernel / codewords"] + [f"s={s:g}" for s in scales], rows)],
             _img(fig, "overlap vs perturbation scale"))
 
 
@@ -499,7 +508,10 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, title: str = "
         ("fidelity", "Reconstruction fidelity", "", fid_t, [x for x in [fid_img] if x]),
         ("overlap", "Expected codeword overlap and effective capacity",
          "Bhattacharyya model k_jk = exp(-||e_j-e_k||^2/(8 sigma^2)), sigma = s x data RMS; "
-         "O = pi^T k pi, K_eff = 1/O. s = 0 gives the inverse Simpson index.",
+         "O = pi^T k pi, K_eff = 1/O. s = 0 gives the inverse Simpson index. "
+         "Member model (with embeddings): each member of code j crosses the plane half-way to "
+         "codeword k with probability Phi(-margin/sigma); C_jk = mean over j's members, "
+         "k_jk = sum_m sqrt(C_jm C_km) (docs/diagnostics.md).",
          ov_t, [x for x in [ov_img] if x]),
         ("monte-carlo", "Monte-Carlo perturbation", "", mc_t, [x for x in [mc_img] if x]),
         ("codewords", "Codeword map (PCA, colour = log usage)", "", [], _codeword_plots(res)),
