@@ -508,3 +508,26 @@ def test_member_overlap_grows_with_scale_and_tracks_monte_carlo(blobs):
     for i in (1, 2):
         assert model[i] == pytest.approx(mc[i], abs=0.01 + 0.25 * mc[i])
     assert model[3] >= mc[3]
+
+
+def test_member_overlap_prefix_conditional_levels():
+    """A 2 x 2 tree whose second parent lists its children in the other order: as a
+    shared codebook, level-2 tokens 0 and 1 have the same mean residual (no geometry, no
+    flips); as children of their parent they are siblings 2 apart with every member 1
+    from the plane between them, so the level-2 flip rate is Phi(-1/sigma)."""
+    from scipy.special import ndtr
+
+    from sidkit.diagnostics import data_codewords
+
+    X = np.array([[-10.0, -1.0], [-10.0, 1.0], [10.0, 1.0], [10.0, -1.0]])
+    codes = C([[0, 0], [0, 1], [1, 0], [1, 1]], [2, 2])
+    E = data_codewords(codes, X)
+    sigma = 0.5
+    shared = analytic_overlap(codes, E, rms=1.0, scales=(sigma,), X=X, source="data")
+    tree = analytic_overlap(codes, E, rms=1.0, scales=(sigma,), X=X, source="data", conditional=True)
+    p = float(ndtr(-1.0 / sigma))
+    assert shared["member"]["levels"][1]["flip_rate"][0] == pytest.approx(0.0)
+    assert tree["member"]["levels"][1]["flip_rate"][0] == pytest.approx(p)
+    assert tree["member"]["levels"][1]["O"][0] == pytest.approx(0.5 * (1 + 2 * math.sqrt(p * (1 - p))))
+    assert tree["member"]["levels"][0]["flip_rate"][0] == pytest.approx(float(ndtr(-10.0 / sigma)), abs=1e-12)
+    assert tree["member"]["conditional"] and not shared["member"]["conditional"]

@@ -341,7 +341,7 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
     rec_input = ("recommender",) if cfg.recommenders() else ()  # issue 9: metrics in the report
     return Stage("diagnostics", fn, cfg.diagnostics.model_dump(),
                  inputs=("embeddings", "split", "codes") + rec_input,
-                 version=4)  # 3: semantic collisions; 4: member-distribution overlap
+                 version=5)  # 3: semantic collisions; 4, 5: member-distribution overlap (5: trees)
 
 
 def headline(res: dict[str, Any]) -> dict[str, Any]:

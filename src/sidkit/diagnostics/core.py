@@ -59,6 +59,16 @@ def codeword_map(codes: Codes, codewords: Sequence[np.ndarray]) -> list[dict[str
     return out
 
 
+def _prefix_conditional(codes: Codes, tokenizer: Any) -> bool:
+    """Whether a token means "child t of its prefix" (trees) -- from the tokenizer, else
+    from the registered tokenizer class of ``codes.method``."""
+    if tokenizer is not None:
+        return bool(getattr(tokenizer, "prefix_conditional", False))
+    from ..tokenizers import available, get_tokenizer_class
+
+    return bool(codes.method in available() and get_tokenizer_class(codes.method).prefix_conditional)
+
+
 def _codeword_rms(codes: Codes, codewords: Sequence[np.ndarray]) -> float:
     """RMS of the centred residual-sum reconstructions (used when X is not given)."""
     n = codes.n_items
@@ -157,7 +167,8 @@ def diagnose(codes: Codes, X: np.ndarray | None = None, tokenizer: Any = None,
         rms = data_rms(X) if X is not None else _codeword_rms(sem, cws)
         ov = analytic_overlap(sem, cws, rms, scales, max_exact=max_exact_sids,
                               n_sample=n_sid_sample, random_state=random_state, X=X,
-                              source=cw_source, n_member=n_mc)
+                              source=cw_source, n_member=n_mc,
+                              conditional=_prefix_conditional(sem, tokenizer))
         ov["codewords_source"] = cw_source
         ov["rms_source"] = "data" if X is not None else "codeword reconstructions"
         res["overlap"] = ov

@@ -185,12 +185,14 @@ def analytic_overlap(codes: Codes, codewords: Sequence[np.ndarray], rms: float,
                      scales: Sequence[float] = DEFAULT_SCALES, sid: bool = True,
                      max_exact: int = 4096, n_sample: int = 4096,
                      random_state: Any = 0, X: np.ndarray | None = None,
-                     source: str = "data", n_member: int | None = 100_000) -> dict[str, Any]:
+                     source: str = "data", n_member: int | None = 100_000,
+                     conditional: bool = False) -> dict[str, Any]:
     """Per-level and whole-SID ``O`` and ``K_eff`` for every relative scale ``s``.
 
     The codeword kernel's figures are ``levels`` / ``sid``; with the embeddings ``X``
     (row order of the codes) also ``member``: the member-distribution model
-    (:func:`member_overlap`; ``source`` says how the codewords were obtained).
+    (:func:`member_overlap`; ``source`` says how the codewords were obtained,
+    ``conditional`` whether tokens are children of their prefix, as in trees).
     """
     if len(codewords) != codes.n_levels:
         raise DataError(f"need codewords for {codes.n_levels} levels, got {len(codewords)}")
@@ -209,7 +211,7 @@ def analytic_overlap(codes: Codes, codewords: Sequence[np.ndarray], rms: float,
         out["sid"] = sid_overlap(codes, codewords, sigmas, max_exact, n_sample, random_state)
     if X is not None:
         out["member"] = member_overlap(codes, X, codewords, sigmas, source, sid, max_exact,
-                                       n_sample, n_member, random_state)
+                                       n_sample, n_member, random_state, conditional)
     return out
 
 
@@ -237,9 +239,33 @@ def _prefix_offsets(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray]
     return inv.reshape(-1), table
 
 
+def _node_pairs(codes: Codes, level: int, rows: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every (member, sibling node) pair of a prefix-conditional level.
+
+    Nodes are the distinct (prefix, token) pairs of ``level``; returns ``node`` (node of
+    every member row), ``pair_row`` / ``pair_node`` (each member with every node under
+    its prefix, its own node included) and ``node_tok`` (token of every node).
+    """
+    pkey = codes.prefix_keys(level)
+    tok = codes.codes[:, level]
+    ok = tok >= 0
+    nkeys = np.stack([pkey[ok], tok[ok]], 1)
+    uniq, inv_ok = np.unique(nkeys, axis=0, return_inverse=True)   # sorted by prefix, then token
+    node_of = np.full(codes.n_items, -1, dtype=np.int64)
+    node_of[np.flatnonzero(ok)] = inv_ok.reshape(-1)
+    parents, start, fan = np.unique(uniq[:, 0], return_index=True, return_counts=True)
+    node = node_of[rows]
+    par = np.searchsorted(parents, pkey[rows])
+    reps = fan[par]
+    pair_row = np.repeat(np.arange(rows.size), reps)
+    offs = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+    pair_node = np.repeat(start[par], reps) + offs
+    return node, pair_row, pair_node, uniq[:, 1], node_of
+
+
 def member_confusion(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray],
                      sigmas: Sequence[float], source: str = "data", n_sample: int | None = 100_000,
-                     random_state: Any = 0) -> list[list[np.ndarray]]:
+                     random_state: Any = 0, conditional: bool = False) -> list[list[np.ndarray]]:
     """Per level and sigma, the model confusion ``C_jk = P(code j -> k)`` of the members.
 
     A member ``r`` of code ``j`` (its level input, :func:`_prefix_offsets`) lies at distance
@@ -247,14 +273,17 @@ def member_confusion(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray
     half-way between the codewords ``e_j`` and ``e_k``.  An isotropic perturbation of
     scale ``sigma`` moves it across that plane with probability ``Phi(-m_k(r) / sigma)``
     (its projection on the axis is N(0, sigma^2)), so
-    ``C_jk = mean over the members of j of Phi(-max(m_k, 0) / sigma)`` for ``k != j`` and
+    ``C_jk = mean over the members of j of Phi(-|m_k(r)| / sigma)`` for ``k != j`` and
     ``C_jj = 1 - sum_{k != j} C_jk`` (rows whose pairwise sum exceeds 1 are rescaled).
     Codes other than the used ones are candidates only when the codewords are the
     tokenizer's (``source != "data"``); duplicate codewords (distance <= 1e-6 of the
     largest) never swap.  Members on the far side of a plane (data codewords are means,
     not the tokenizer's decision rule) count with their distance ``|m_k|``.
-    ``sigma = 0`` gives ``C = I``.  One
-    (n x d) @ (d x K) product per level on at most ``n_sample`` items (seeded sample).
+    ``conditional=True`` (trees: a token means "child t of this parent"): below the
+    first level the cells are the (prefix, token) nodes, with the mean level input of
+    their members as codewords, and a member's candidates are its siblings.
+    ``sigma = 0`` gives ``C = I``.  One (n x d) @ (d x K) product per level (or one dot
+    product per member and sibling) on at most ``n_sample`` items (seeded sample).
     """
     from scipy.special import ndtr
 
@@ -268,32 +297,64 @@ def member_confusion(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray
     out = []
     for l, E in enumerate(codewords):
         k = codes.codebook_sizes[l]
-        E = np.asarray(E, dtype=np.float64)[:k]
         inv, table = _prefix_offsets(codes, X, codewords, l, source)
         tok = codes.codes[rows, l]
         ok = tok >= 0
         r_rows, t = rows[ok], tok[ok]
         cnt = np.bincount(t, minlength=k)[:k].astype(np.float64)
-        cand = (np.bincount(codes.codes[:, l][codes.codes[:, l] >= 0], minlength=k)[:k] > 0
-                if source == "data" else np.ones(k, dtype=bool))
-        dist = np.sqrt(_sq_dists(E))
-        tie = 1e-6 * max(float(dist.max()) if dist.size else 0.0, 1e-300)  # duplicate codewords: no flips
         sums = [np.zeros((k, k)) for _ in sigmas]
-        step = max(1, 2_000_000 // max(1, k))
-        for s in range(0, r_rows.size, step):
-            rr, tt = r_rows[s:s + step], t[s:s + step]
-            R = np.asarray(X[rr], dtype=np.float64) - table[inv[rr]] - E[tt]   # r - e_j
-            P = np.einsum("ij,ij->i", R, E[tt])[:, None] - R @ E.T            # (r - e_j).(e_j - e_k)
-            D = dist[tt]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                margin = np.abs(D / 2 + P / D)
-            valid = (D > tie) & cand[None, :]
-            for i, sg in enumerate(sigmas):
-                if sg > 0:
-                    sums[i] += group_sums(tt, k, np.where(valid, ndtr(-margin / sg), 0.0))
+        if conditional and l > 0:
+            node, pair_row, pair_node, node_tok, node_of = _node_pairs(codes, l, r_rows, t)
+            has = node_of >= 0
+            nn = node_tok.size
+            ncw = group_sums(node_of[has], nn, X, rows=np.flatnonzero(has))
+            ncnt = np.bincount(node_of[has], minlength=nn).astype(np.float64)
+            ncw = ncw / np.maximum(ncnt, 1)[:, None]
+            # node codeword in the level-input space: node mean minus its prefix's offset
+            first = np.zeros(nn, dtype=np.int64)
+            first[node_of[has]] = np.flatnonzero(has)
+            ncw -= table[inv[first]]
+            step = max(1, 4_000_000 // max(1, X.shape[1]))
+            for s in range(0, pair_row.size, step):
+                pr, pn = pair_row[s:s + step], pair_node[s:s + step]
+                own = node[pr]
+                keep = pn != own
+                pr, pn, own = pr[keep], pn[keep], own[keep]
+                R = np.asarray(X[r_rows[pr]], dtype=np.float64) - table[inv[r_rows[pr]]]
+                ej, ek = ncw[own], ncw[pn]
+                D = np.sqrt(np.einsum("ij,ij->i", ej - ek, ej - ek))
+                tie = 1e-6 * max(float(D.max()) if D.size else 0.0, 1e-300)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    margin = np.abs((np.einsum("ij,ij->i", R - ek, R - ek)
+                                     - np.einsum("ij,ij->i", R - ej, R - ej)) / (2 * D))
+                valid = D > tie
+                cell = t[pr] * k + node_tok[pn]
+                for i, sg in enumerate(sigmas):
+                    if sg > 0:
+                        w = np.where(valid, ndtr(-margin / sg), 0.0)
+                        sums[i] += np.bincount(cell, weights=w, minlength=k * k).reshape(k, k)
+        else:
+            E = np.asarray(E, dtype=np.float64)[:k]
+            cand = (np.bincount(codes.codes[:, l][codes.codes[:, l] >= 0], minlength=k)[:k] > 0
+                    if source == "data" else np.ones(k, dtype=bool))
+            dist = np.sqrt(_sq_dists(E))
+            tie = 1e-6 * max(float(dist.max()) if dist.size else 0.0, 1e-300)  # duplicate codewords: no flips
+            step = max(1, 2_000_000 // max(1, k))
+            for s in range(0, r_rows.size, step):
+                rr, tt = r_rows[s:s + step], t[s:s + step]
+                R = np.asarray(X[rr], dtype=np.float64) - table[inv[rr]] - E[tt]   # r - e_j
+                P = np.einsum("ij,ij->i", R, E[tt])[:, None] - R @ E.T            # (r - e_j).(e_j - e_k)
+                D = dist[tt]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    margin = np.abs(D / 2 + P / D)
+                valid = (D > tie) & cand[None, :]
+                for i, sg in enumerate(sigmas):
+                    if sg > 0:
+                        sums[i] += group_sums(tt, k, np.where(valid, ndtr(-margin / sg), 0.0))
         levels = []
         for i, sg in enumerate(sigmas):
             C = sums[i] / np.maximum(cnt, 1)[:, None]
+            C[np.arange(k), np.arange(k)] = 0.0   # siblings with the same token (other parents) do not swap
             off = C.sum(1)
             C /= np.maximum(off, 1.0)[:, None]
             C[np.arange(k), np.arange(k)] = np.maximum(1.0 - np.minimum(off, 1.0), 0.0)
@@ -311,7 +372,7 @@ def confusion_kernel(C: np.ndarray) -> np.ndarray:
 def member_overlap(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray], sigmas: Sequence[float],
                    source: str = "data", sid: bool = True, max_exact: int = 4096,
                    n_sample: int = 4096, n_member: int | None = 100_000,
-                   random_state: Any = 0) -> dict[str, Any]:
+                   random_state: Any = 0, conditional: bool = False) -> dict[str, Any]:
     """``O`` and ``K_eff`` of the member-distribution model, per level and whole SID.
 
     Per level ``O = sum_{j,k} pi_j pi_k k_jk`` with the kernel of the model confusion
@@ -321,7 +382,7 @@ def member_overlap(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray],
     the inverse Simpson index at ``sigma = 0``, grows with ``sigma`` as members near a
     cell boundary start to cross it, and differs between tokenizers with the same usage.
     """
-    Cs = member_confusion(codes, X, codewords, sigmas, source, n_member, random_state)
+    Cs = member_confusion(codes, X, codewords, sigmas, source, n_member, random_state, conditional)
     levels = []
     for l, per_sigma in enumerate(Cs):
         k = codes.codebook_sizes[l]
@@ -330,7 +391,7 @@ def member_overlap(codes: Codes, X: np.ndarray, codewords: Sequence[np.ndarray],
         O = [overlap_from_confusion(C, pi)["O_emp"] for C in per_sigma]
         flip = [float(1.0 - (pi / pi.sum()) @ np.diag(C)) for C in per_sigma]
         levels.append({"level": l + 1, "O": O, "K_eff": [1.0 / o for o in O], "K": k, "flip_rate": flip})
-    out: dict[str, Any] = {"levels": levels,
+    out: dict[str, Any] = {"levels": levels, "conditional": bool(conditional),
                            "n_member_items": int(min(codes.n_items, n_member or codes.n_items))}
     if sid:
         index = {float(sg): i for i, sg in enumerate(sigmas)}

@@ -252,6 +252,9 @@ class Tokenizer:
     """Base class: ``fit(X)``, ``encode(X) -> Codes``, ``decode(Codes) -> X_hat``."""
 
     name: ClassVar[str] = "base"
+    #: True when a token means "child t of this parent" (a tree: hierarchical k-means,
+    #: GAOQ) rather than an entry of a codebook shared by every prefix (VQ, RQ, RQ-VAE)
+    prefix_conditional: ClassVar[bool] = False
     #: names of the fitted array attributes saved by ``save`` (each ends in ``_``)
     _state_attrs: ClassVar[tuple[str, ...]] = ()
     #: accepted forms of every constructor parameter (scikit-learn style): a list of

@@ -367,6 +367,7 @@ class GAOQ(Tokenizer):
     """
 
     name = "gaoq"
+    prefix_conditional = True
     _state_attrs = ("branching_", "codebook_sizes_", "anchors_", "node_centroids_",
                     "node_parent_", "node_token_", "node_level_", "root_", *CATALOGUE_ATTRS)
     _parameter_constraints = {

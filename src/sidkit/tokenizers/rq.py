@@ -432,6 +432,7 @@ class HierarchicalKMeans(_KMeansTokenizer):
     """
 
     name = "hkm"
+    prefix_conditional = True
     _state_attrs = ("centroids_", "child_table_", "codebook_sizes_", "level_mse_",
                     *CATALOGUE_ATTRS)
 

@@ -1,0 +1,101 @@
+"""Issue 11, study 4 (seed 000's three axes): do the SID diagnostics rank tokenizers the
+way downstream NDCG@10 does?
+
+For every tokenizer with a ``causal_sid@TOKENIZER`` row in ``docs/results.json`` (written
+by ``benchmarks/results_ml100k.py``), reads the diagnostics of the same SIDs (``sidkit run``
+with that ``[codes] method`` in ``--work/sids-TOKENIZER``, recomputed when stale) and
+prints Spearman's rank correlation, across tokenizers, between each diagnostic and the
+test NDCG@10 of the causal SID model (mean over its seeds):
+
+* symbolic robustness: K_eff of the whole SID (codeword model and member-distribution
+  model) and the Monte-Carlo SID change rate under perturbation;
+* reconstruction fidelity: relative MSE of the semantic levels;
+* behaviour-aware soft matching: AUC of co-engaged vs random item pairs;
+* and, for reference, the semantic collision share and the normalised entropy.
+
+Writes ``benchmarks/results/diagnostics_vs_ndcg.{md,json}``.
+
+Usage::
+
+    python benchmarks/diagnostics_vs_ndcg.py [--scale 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from _common import ml100k_sid_run  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=ROOT.parent / "docs" / "results.json")
+    ap.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "results_ml100k")
+    ap.add_argument("--scale", type=float, default=0.25, help="perturbation scale of the scale-dependent figures")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "diagnostics_vs_ndcg")
+    args = ap.parse_args()
+    from scipy.stats import spearmanr
+
+    res = json.loads(args.results.read_text())
+    rows = []
+    for label, summ in res["summary"].items():
+        if not label.startswith("causal_sid@"):
+            continue
+        tok = label.split("@", 1)[1]
+        run = ml100k_sid_run(tok, args.work)
+        head = json.loads((run / "diagnostics" / "meta.json").read_text())["summary"]
+        codes = json.loads((run / "codes" / "meta.json").read_text()).get("summary", {})
+        scales = head["overlap_scales"]
+        if args.scale not in scales:
+            raise SystemExit(f"scale {args.scale} not among the run's perturbation scales {scales}")
+        i = scales.index(args.scale)
+        sem = codes.get("semantic_collisions") or codes.get("collisions") or {}
+        levels = codes.get("levels") or []
+        if codes.get("collision_rule", "none") != "none":
+            levels = levels[:-1]
+        rows.append({
+            "tokenizer": tok, "seeds": summ["n_seeds"],
+            "ndcg@10": summ["test"]["ndcg@10"]["mean"], "ndcg@10_std": summ["test"]["ndcg@10"]["std"],
+            "k_eff_codeword": head["sid_k_eff"][i], "k_eff_member": head["sid_k_eff_member"][i],
+            "sid_change_mc": head["sid_change_rate"][str(args.scale)],
+            "rel_mse": head["rel_mse"], "soft_matching_auc": head["soft_matching_auc"],
+            "semantic_collision_share": sem.get("share_in_collision"),
+            "min_norm_entropy": min(lv["norm_entropy"] for lv in levels) if levels else None,
+        })
+    rows.sort(key=lambda r: -r["ndcg@10"])
+    # the direction in which each diagnostic is "better"
+    better = {"k_eff_codeword": +1, "k_eff_member": +1, "sid_change_mc": -1, "rel_mse": -1,
+              "soft_matching_auc": +1, "semantic_collision_share": -1, "min_norm_entropy": +1}
+    nd = [r["ndcg@10"] for r in rows]
+    corr = {k: float(sign * spearmanr([r[k] for r in rows], nd).statistic) for k, sign in better.items()}
+    command = f"python benchmarks/diagnostics_vs_ndcg.py --scale {args.scale}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows,
+                                                          "spearman_better_vs_ndcg": corr}, indent=1))
+    lines = [f"# SID diagnostics vs downstream NDCG@10 (ML-100K, causal SID model, s = {args.scale:g})", "",
+             f"`{command}`", "",
+             "| tokenizer | seeds | test NDCG@10 | K_eff (codeword) | K_eff (member) | SID change (MC) | rel. MSE | "
+             "soft-match AUC | items in a semantic collision | min H/log2K |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['tokenizer']} | {r['seeds']} | {r['ndcg@10']:.4f} ± {r['ndcg@10_std']:.4f} | "
+                     f"{r['k_eff_codeword']:.0f} | {r['k_eff_member']:.0f} | {r['sid_change_mc']:.3f} | "
+                     f"{r['rel_mse']:.3f} | {r['soft_matching_auc']:.3f} | {r['semantic_collision_share']:.3f} | "
+                     f"{r['min_norm_entropy']:.2f} |")
+    lines += ["", "Spearman rank correlation across tokenizers between each diagnostic (signed so that "
+              "+1 = the diagnostic's 'better' direction ranks tokenizers exactly as NDCG@10 does) and NDCG@10:", "",
+              "| diagnostic | rank agreement with NDCG@10 |", "|---|---:|"]
+    lines += [f"| {k} | {v:+.2f} |" for k, v in corr.items()]
+    lines += ["", f"{len(rows)} tokenizers: with n = 5, a Spearman coefficient must reach 0.9 to be "
+              "significant at 5% (one-sided 0.05 critical value), so only near-perfect agreement counts."]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
