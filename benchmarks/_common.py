@@ -103,12 +103,21 @@ def current_rss_mb() -> float:
 
 def ml100k_sid_run(tokenizer: str, work: Path) -> Path:
     """The run directory of ``sidkit run`` on ML-100K with ``[codes] method = tokenizer``
-    (text embeddings, default sizes) under ``work/sids-TOKENIZER``; cached stages are reused."""
+    (text embeddings) under ``work/sids-TOKENIZER``; cached stages are reused.
+
+    ``TOKENIZER`` is a method name (default codebook sizes) or ``METHOD-KxL`` for ``L``
+    levels of ``K`` codewords (e.g. ``rqkmeans-256x3``).
+    """
+    import re
+
     from sidkit.config import config_from_dict
     from sidkit.pipeline import run_pipeline
 
-    cfg = config_from_dict({"codes": {"method": tokenizer}, "diagnostics": {"report": False}},
-                           f"sids-{tokenizer}")
+    codes: dict = {"method": tokenizer}
+    m = re.fullmatch(r"([a-z_]+)-(\d+)x(\d+)", tokenizer)
+    if m:
+        codes = {"method": m.group(1), "codebook_sizes": [int(m.group(2))] * int(m.group(3))}
+    cfg = config_from_dict({"codes": codes, "diagnostics": {"report": False}}, f"sids-{tokenizer}")
     out = Path(work) / f"sids-{tokenizer}"
     run_pipeline(cfg, out)
     return out

@@ -138,6 +138,17 @@ def test_unknown_tokenizer_parameter(toy):
         run_pipeline(_cfg(toy, codes={"params": {"bogus": 1}}), toy / "run")
 
 
+def test_codebook_sizes_are_never_silently_dropped(toy):
+    """GAOQ sizes its tree by branching: [codes] codebook_sizes used to be ignored for it
+    (a codebook-size grid trained the same GAOQ SIDs under three labels)."""
+    from sidkit.errors import ConfigError
+
+    out = toy / "run"
+    with pytest.raises(ConfigError, match=r"codebook_sizes = \[8, 8\] does not apply to 'gaoq'.*branching"):
+        run_pipeline(_cfg(toy, codes={"method": "gaoq", "codebook_sizes": [8, 8]}), out)
+    assert not out.exists() or "codes" not in _stage_dirs(out)
+
+
 def test_item_index():
     ids = np.array(["b", "a", "c"])
     np.testing.assert_array_equal(item_index(ids, ["c", "a", "z"]), [2, 1, -1])

@@ -88,6 +88,14 @@ def make_tokenizer(cfg: ExperimentConfig):
                           "resolve_collisions": cfg.codes.resolve_collisions,
                           "verbose": True}  # progress bars of trained tokenizers
     if cfg.codes.codebook_sizes:
+        if "codebook_sizes" not in accepted:   # never drop a size the user asked for
+            raise ConfigError(
+                f"[codes] codebook_sizes = {list(cfg.codes.codebook_sizes)} does not apply to "
+                f"{cfg.codes.method!r}: it has no codebook_sizes parameter"
+                + (" (its tree is set by branching, children per node; the last level holds the leaves)"
+                   if "branching" in accepted else ""),
+                "remove codebook_sizes" + (" and set [codes] params = { branching = [b1, b2] }"
+                                           if "branching" in accepted else ""))
         kw["codebook_sizes"] = list(cfg.codes.codebook_sizes)
     kw = {k: v for k, v in kw.items() if k in accepted}
     unknown = set(cfg.codes.params) - accepted
