@@ -20,7 +20,11 @@ of the client (what each would need on a machine of its own).  The client runs o
 takes CPU from it; the load average at the start and end is recorded.
 
 Goals (issue 12, 2-core CPU): p99 < 100 ms at concurrency 1, >= 200 recommendations/s at
-concurrency 32.  Writes ``benchmarks/results/serve{tag}.json`` and ``.md``.
+concurrency 32.
+
+``--model-only [--batches 1,8,32,64] [--profile]`` times the served model's batched beam
+search in-process instead (no HTTP, no client), to separate the model's cost from the
+HTTP stack's.  Writes ``benchmarks/results/serve{tag}.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -123,14 +127,16 @@ async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, bea
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         before = batch_stats((await client.get("/metrics")).text)
 
+        bodies = [json.dumps({"history": h, "k": k, "beam": beam}).encode() for h in hists]  # off the clock
+        headers = {"content-type": "application/json"}
+
         async def worker():
             while nxt["i"] < n:
                 i = nxt["i"]
                 nxt["i"] += 1
-                body = {"history": hists[(offset + i) % len(hists)], "k": k, "beam": beam}
                 t = time.perf_counter()
                 try:
-                    r = await client.post("/recommend", json=body)
+                    r = await client.post("/recommend", content=bodies[(offset + i) % len(bodies)], headers=headers)
                     ok = r.status_code == 200 and len(r.json()["items"]) == k
                     if not ok:
                         errors.append(f"{r.status_code}: {r.text[:200]}")
@@ -153,6 +159,41 @@ async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, bea
             "client_cpu_ms_per_req": (c1 - c0) / n * 1000}
 
 
+def model_only(args) -> None:
+    """``--model-only``: the served model's batched beam search in-process, no HTTP
+    (``ServedModel.recommend_batch`` on real histories), median of ``--repeat`` calls per
+    batch size; ``--profile`` adds the torch profiler's top operators for the largest batch."""
+    import torch
+
+    from sidkit.serve.runtime import RecRequest, ServedModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    served = ServedModel(args.run, device=args.device)
+    reqs = [RecRequest(served.index_of(h)[0], args.k, args.beam) for h in histories(args.run)]
+    sizes = [int(b) for b in args.batches.split(",")]
+    load0 = [round(v, 2) for v in os.getloadavg()]
+    served.recommend_batch(reqs[:max(sizes)])                      # warm-up
+    lines = [f"model-only ({served.label}, {served.device}, torch threads {torch.get_num_threads()}, "
+             f"k {args.k}, beam {args.beam}, load average {load0}):", "",
+             "| batch | ms per batch (median) | ms per user |", "|---:|---:|---:|"]
+    for b in sizes:
+        ts = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            served.recommend_batch(reqs[:b])
+            ts.append(time.perf_counter() - t)
+        m = float(np.median(ts)) * 1000
+        lines.append(f"| {b} | {m:.1f} | {m / b:.2f} |")
+    print("\n".join(lines))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            served.recommend_batch(reqs[:max(sizes)])
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="run directory with a trained causal SID model")
@@ -167,7 +208,14 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--url", default=None, help="an already running server on this machine (loopback only)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--model-only", action="store_true", help="time the batched beam search in-process, no HTTP")
+    ap.add_argument("--batches", default="1,8,32,64", help="--model-only: batch sizes")
+    ap.add_argument("--repeat", type=int, default=5, help="--model-only: calls per batch size")
+    ap.add_argument("--profile", action="store_true", help="--model-only: torch profiler of the largest batch")
     args = ap.parse_args()
+    if args.model_only:
+        model_only(args)
+        return
     if args.requests < 1 or args.requests > 100_000:
         raise SystemExit("--requests must lie in 1..100000 (a bounded load test)")
     RESULTS.mkdir(exist_ok=True)

@@ -3,8 +3,8 @@
 One tiny run directory per module (48 items with text embeddings from the packaged
 sentence model, RQ-KMeans 3x4 SIDs + a disambiguation level, popularity and a tiny causal
 SID model trained one epoch) and two servers started side by side: ``server`` with the
-default batching, ``slow`` with a 1 s batch wait and a queue of 2 (full-queue and
-graceful-shutdown tests).
+default batching, ``slow`` with a 1 s batch wait, a queue of 2 and no text model
+(full-queue and graceful-shutdown tests).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Server:
                  "--port", str(self.port), "--device", "cpu", "--threads", "1", "--log-level", "warning", *args],
                 stdout=f, stderr=subprocess.STDOUT, env=env)
 
-    def wait_ready(self, timeout: float = 180) -> "Server":
+    def wait_ready(self, timeout: float = 300) -> "Server":
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -117,7 +117,7 @@ def run_dir(tmp_path_factory):
 def servers(run_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     main = Server(run_dir, logs / "main.log")
-    slow = Server(run_dir, logs / "slow.log", "--max-wait-ms", "1000", "--max-queue", "2")
+    slow = Server(run_dir, logs / "slow.log", "--max-wait-ms", "1000", "--max-queue", "2", "--text-model", "off")
     try:
         yield main.wait_ready(), slow.wait_ready()
     finally:
@@ -142,7 +142,7 @@ def histories(run_dir):
 
 
 def _post(server, path, **kw):
-    return httpx.post(server.url + path, timeout=60, **kw)
+    return httpx.post(server.url + path, timeout=120, **kw)
 
 
 # ---------------------------------------------------------------------------- endpoints
@@ -197,6 +197,9 @@ def test_encode_catalogue_items_and_new_items(server, run_dir):
     from sidkit.io import read_json
     from sidkit.types import Embeddings
 
+    t0 = time.time()             # the text model loads in the background at start (slow on a busy machine)
+    while not httpx.get(f"{server.url}/health").json()["text_model_loaded"] and time.time() - t0 < 300:
+        time.sleep(0.5)
     texts = read_json(run_dir / "items" / "texts.json")
     i = texts["item_ids"].index("i4")
     assert texts["texts"][i] == "Title: Movie number 4. Year: 1994. Genres: Comedy."
@@ -359,6 +362,10 @@ def test_full_queue_answers_503_with_retry_after(servers, histories):
             assert r.headers["retry-after"] == "1"
             assert r.json()["detail"] == "the request queue is full (2 requests waiting); retry after 1 s"
     assert re.search(r"^sidkit_queue_rejected_total 4$", httpx.get(slow.url + "/metrics").text, re.M)
+    # this server runs with --text-model off: text /encode is refused, embeddings still work
+    assert httpx.get(slow.url + "/health").json()["text_encoding"] is False
+    r = _post(slow, "/encode", json={"text": "Title: Movie number 4. Year: 1994. Genres: Comedy."})
+    assert r.status_code == 409 and "text encoding is switched off on this server (--text-model off)" in r.json()["detail"]
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(servers, histories):
@@ -500,3 +507,12 @@ def test_micro_batcher_batches_bounds_and_drains():
     assert sum(calls[:3], []) == list(range(10))             # arrival order
     with pytest.raises(ConfigError, match="max_batch must be an integer >= 1, got 0"):
         MicroBatcher(double, max_batch=0)
+
+
+def test_cli_serve_refuses_an_unknown_text_model_setting(run_dir):
+    from typer.testing import CliRunner
+
+    from sidkit.cli import app
+
+    r = CliRunner().invoke(app, ["serve", str(run_dir), "--text-model", "maybe"])
+    assert r.exit_code == 1 and "text_model must be 'preload', 'lazy' or 'off', got 'maybe'" in r.output

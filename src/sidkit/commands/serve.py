@@ -23,6 +23,8 @@ def serve(
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="Longest wait of a batch's first request for company."),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Requests that may wait; beyond: 503 + Retry-After."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    text_model: str = typer.Option("preload", "--text-model", help="The text model of POST /encode {text}: "
+                                   "preload (background load at start), lazy (at the first text request) or off."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning: no access log)."),
 ) -> None:
     """Serve a run's generative SID recommender over HTTP (FastAPI + uvicorn): /recommend,
@@ -40,7 +42,7 @@ def serve(
 
         torch.set_num_threads(threads)
     app = create_app(run_dir, label=model, seed=seed, device=device, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_queue=max_queue)
+                     max_wait_ms=max_wait_ms, max_queue=max_queue, text_model=text_model)
     s = app.state.served
     typer.echo(f"serving {s.label} (seed {s.seed}, {s.model.name}, {s.n_items} items) from {run_dir} on "
                f"http://{host}:{port} (device {s.device}; batches of <= {max_batch} requests, "

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SidkitError
+from ..errors import ConfigError, SidkitError
 from .batcher import MicroBatcher, QueueFull
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .runtime import RecRequest, ServedModel, format_sid, parse_sid
@@ -125,15 +125,16 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | None = None, device: str = "auto",
                max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 256,
-               max_body_bytes: int = 1 << 20, preload_text_model: bool = True, served: ServedModel | None = None):
+               max_body_bytes: int = 1 << 20, text_model: str = "preload", served: ServedModel | None = None):
     """The serving app of a run directory; the model is loaded here, once.
 
     ``label``/``seed``: which model (default: the best causal SID model, see
     :mod:`sidkit.serve.runtime`); ``device``: "auto" (CUDA when present), "cpu", "cuda";
     ``max_batch``/``max_wait_ms``/``max_queue``: the micro-batcher
     (:class:`~sidkit.serve.batcher.MicroBatcher`); ``max_body_bytes``: the largest
-    request body accepted; ``preload_text_model``: load the run's text model (for text
-    /encode) in a background thread at start rather than at the first such request.  ``served``: an already loaded :class:`ServedModel` (tests).
+    request body accepted; ``text_model``: the run's text model (for text /encode) is loaded
+    in a background thread at start ("preload"), at the first such request ("lazy"), or
+    never ("off": text /encode answers 409, embeddings still work).  ``served``: an already loaded :class:`ServedModel` (tests).
     """
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
@@ -142,7 +143,11 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
 
     from .page import render_page
 
+    if text_model not in ("preload", "lazy", "off"):
+        raise ConfigError(f"text_model must be 'preload', 'lazy' or 'off', got {text_model!r}",
+                          "use --text-model preload (the default)")
     served = served or ServedModel(run_dir, label, seed, device)
+    served.text_model_off = text_model == "off"
     metrics = ServerMetrics()
     batcher = MicroBatcher(served.recommend_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            max_queue=max_queue, on_batch=metrics.observe_batch)
@@ -151,7 +156,7 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher.start()
-        if preload_text_model and served.text_encoding:
+        if text_model == "preload" and served.text_encoding:
             threading.Thread(target=served.load_text_model, name="sidkit-text-model", daemon=True).start()
         try:
             yield
@@ -227,6 +232,9 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
         if served.tokenizer is None:
             raise HTTPException(409, f"{served.encode_unavailable}; /encode is not available for this model")
         if req.text is not None:
+            if served.text_model_off:
+                raise HTTPException(409, "text encoding is switched off on this server (--text-model off); send "
+                                         f"'embedding': the item's vector of {served.embedding_dim} floats")
             if not served.text_encoding:
                 raise HTTPException(422, f"this run's item embeddings are not text embeddings (source: "
                                          f"{served.embed_source}), so the server cannot embed text; send "

@@ -74,13 +74,14 @@ def render_page(card: dict[str, Any], example: list[str], template: str | None) 
     data_rows = _rows([("data set", dataset), ("users", data.get("users") or proto.get("n_users")),
                        ("items", data.get("items") or proto.get("n_items")), ("interactions", data.get("interactions")),
                        ("split", proto.get("split")), ("ranking", proto.get("ranking")),
-                       ("seen items masked", proto.get("mask_seen"))])
+                       ("seen items masked", {True: "yes", False: "no"}.get(proto.get("mask_seen")))])
     sid_rows = _rows(_sid_headline(card["codes"], card["diagnostics"]))
     rec = card["record"]
     served_rows = _rows([("model", f"{card['label']} ({card['type']}), seed {card['seed']}"),
                          ("device", card["device"]), ("catalogue", f"{card['n_items']:,} items"),
                          ("best epoch", rec.get("best_epoch")), ("epochs run", rec.get("epochs_run")),
-                         ("train seconds", rec.get("train_seconds")), ("item text template", template)])
+                         ("train seconds", f"{rec['train_seconds']:.1f}" if rec.get("train_seconds") else None),
+                         ("item text template", template)])
     skip = {"codes"}
     settings = _rows([(k, v) for k, v in sorted(card["model"].items()) if k not in skip and v is not None] +
                      [(f"train.{k}", v) for k, v in sorted(card["train"].items()) if v is not None])

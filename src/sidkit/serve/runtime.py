@@ -150,6 +150,7 @@ class ServedModel:
         self._load_tokenizer()
         self._embedder = None
         self._embed_lock = threading.Lock()
+        self.text_model_off = False                      # the server's --text-model off
 
     # ------------------------------------------------------------------ loading
     def _titles(self) -> np.ndarray | None:
@@ -208,7 +209,8 @@ class ServedModel:
 
     @property
     def text_encoding(self) -> bool:
-        return self.tokenizer is not None and self.embed_source == "text"
+        """Whether text /encode works: the run has text embeddings and text is not switched off."""
+        return self.tokenizer is not None and self.embed_source == "text" and not self.text_model_off
 
     def text_template(self) -> str | None:
         """The template the run wrote its item texts with (None when unknown)."""

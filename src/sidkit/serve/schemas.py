@@ -119,7 +119,8 @@ class Health(BaseModel):
     n_levels: int
     max_history_used: int = Field(..., description="How many of the most recent history items the model reads.")
     queue_depth: int
-    text_encoding: bool = Field(..., description="Whether POST /encode accepts text (the run has text embeddings).")
+    text_encoding: bool = Field(..., description="Whether POST /encode accepts text (the run has text embeddings "
+                                                 "and the server's --text-model is not off).")
     text_model_loaded: bool = Field(..., description="Whether the text model is loaded (it loads in the background "
                                                      "at start; a text /encode before waits for it).")
     text_template: Optional[str] = None
