@@ -32,6 +32,9 @@ def _mount() -> None:
     from .commands import experiment as experiment_cmd  # issue 11: grids of runs
 
     app.command("experiment")(experiment_cmd.experiment)
+    from .commands import serve as serve_cmd  # issue 12: the recommendation API
+
+    app.command("serve")(serve_cmd.serve)
 
 
 @app.command()

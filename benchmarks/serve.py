@@ -1,0 +1,290 @@
+"""Load test of `sidkit serve`: throughput and latency of POST /recommend (issue 12).
+
+Usage::
+
+    python benchmarks/serve.py RUN_DIR                       # beam 20, concurrency 1, 8, 32
+    python benchmarks/serve.py RUN_DIR --requests 400 --concurrency 1,8,32 --threads 2 --tag _x
+
+Starts ``sidkit serve RUN_DIR`` on 127.0.0.1 (a free port; or ``--url`` of a server that
+already runs on this machine: only loopback addresses are accepted), waits for
+``/health``, sends ``--warmup`` untimed requests, then for each concurrency level a
+**fixed number** of ``POST /recommend`` requests (``k`` 10, beam ``--beam``) from an
+async httpx client with that many requests in flight at once (closed loop: each of the
+``c`` workers sends its next request when its previous answer arrived).  Histories are
+real: the training sequences of the run's users (their last 20 items), cycled in a fixed
+order.  Reported per level: requests (= recommendation lists) per second, p50 / p99 /
+max latency (client side, request sent to answer parsed), errors (any non-200 answer or
+transport error; **must be 0**, else the script exits 1), the mean micro-batch size
+(from the server's ``/metrics``) and the CPU time per request of the server process and
+of the client (what each would need on a machine of its own).  The client runs on the same machine as the server and
+takes CPU from it; the load average at the start and end is recorded.
+
+Goals (issue 12, 2-core CPU): p99 < 100 ms at concurrency 1, >= 200 recommendations/s at
+concurrency 32.
+
+``--model-only [--batches 1,8,32,64] [--profile]`` times the served model's batched beam
+search in-process instead (no HTTP, no client), to separate the model's cost from the
+HTTP stack's.  Writes ``benchmarks/results/serve{tag}.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SERVER_LOG = Path(tempfile.gettempdir()) / f"sidkit-serve-bench-{os.getpid()}.log"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def histories(run: Path, n: int = 512, last: int = 20, seed: int = 0) -> list[list[str]]:
+    from sidkit.data import Split
+
+    df = Split.load(run / "split").df
+    df = df[df["role"] == "train"].sort_values(["user_id", "position"])
+    seqs = [s.astype(str).tolist()[-last:] for _, s in df.groupby("user_id")["item_id"]]
+    order = np.random.default_rng(seed).permutation(len(seqs))
+    return [seqs[i] for i in order[:n]]
+
+
+def start_server(run: Path, port: int, args) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "from sidkit.cli import main; main()", "serve", str(run), "--host", "127.0.0.1",
+           "--port", str(port), "--device", args.device, "--log-level", "warning",
+           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "1024"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = {**os.environ, "SIDKIT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(SERVER_LOG, "wb"))
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) -> dict:
+    """/health of a started server, once its background text-model load is done too (that
+    load holds the GIL for seconds and would be measured as request latency)."""
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"sidkit serve exited with {proc.returncode}: "
+                             f"{SERVER_LOG.read_text()[-3000:]}")
+        try:
+            r = httpx.get(url + "/health", timeout=2)
+            h = r.json() if r.status_code == 200 else {}
+            if h and (h.get("text_model_loaded") or not h.get("text_encoding")):
+                return h
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"no answer from {url}/health within {timeout} s")
+
+
+def batch_stats(text: str) -> tuple[float, float]:
+    s = re.search(r"^sidkit_batch_size_sum (\S+)$", text, re.M)
+    c = re.search(r"^sidkit_batch_size_count (\S+)$", text, re.M)
+    return (float(s.group(1)) if s else 0.0), (float(c.group(1)) if c else 0.0)
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (Linux /proc), None when unknown."""
+    if pid is None:
+        return None
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, beam: int, offset: int,
+                server_pid: int | None = None) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    errors: list[str] = []
+    nxt = {"i": 0}
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        before = batch_stats((await client.get("/metrics")).text)
+
+        bodies = [json.dumps({"history": h, "k": k, "beam": beam}).encode() for h in hists]  # off the clock
+        headers = {"content-type": "application/json"}
+
+        async def worker():
+            while nxt["i"] < n:
+                i = nxt["i"]
+                nxt["i"] += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/recommend", content=bodies[(offset + i) % len(bodies)], headers=headers)
+                    ok = r.status_code == 200 and len(r.json()["items"]) == k
+                    if not ok:
+                        errors.append(f"{r.status_code}: {r.text[:200]}")
+                except httpx.HTTPError as e:
+                    errors.append(f"{type(e).__name__}: {e}")
+                lat.append(time.perf_counter() - t)
+
+        t0, s0, c0 = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        wall = time.perf_counter() - t0
+        s1, c1 = cpu_seconds(server_pid), time.process_time()
+        after = batch_stats((await client.get("/metrics")).text)
+    a = np.asarray(lat) * 1000
+    n_batches = after[1] - before[1]
+    return {"concurrency": conc, "requests": n, "seconds": wall, "rec_per_s": n / wall,
+            "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()),
+            "mean_ms": float(a.mean()), "errors": len(errors), "error_examples": errors[:5],
+            "mean_batch": (after[0] - before[0]) / n_batches if n_batches else None,
+            "server_cpu_ms_per_req": (s1 - s0) / n * 1000 if s0 is not None and s1 is not None else None,
+            "client_cpu_ms_per_req": (c1 - c0) / n * 1000}
+
+
+def model_only(args) -> None:
+    """``--model-only``: the served model's batched beam search in-process, no HTTP
+    (``ServedModel.recommend_batch`` on real histories), median of ``--repeat`` calls per
+    batch size; ``--profile`` adds the torch profiler's top operators for the largest batch."""
+    import torch
+
+    from sidkit.serve.runtime import RecRequest, ServedModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    served = ServedModel(args.run, device=args.device)
+    reqs = [RecRequest(served.index_of(h)[0], args.k, args.beam) for h in histories(args.run)]
+    sizes = [int(b) for b in args.batches.split(",")]
+    load0 = [round(v, 2) for v in os.getloadavg()]
+    served.recommend_batch(reqs[:max(sizes)])                      # warm-up
+    lines = [f"model-only ({served.label}, {served.device}, torch threads {torch.get_num_threads()}, "
+             f"k {args.k}, beam {args.beam}, load average {load0}):", "",
+             "| batch | ms per batch (median) | ms per user |", "|---:|---:|---:|"]
+    for b in sizes:
+        ts = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            served.recommend_batch(reqs[:b])
+            ts.append(time.perf_counter() - t)
+        m = float(np.median(ts)) * 1000
+        lines.append(f"| {b} | {m:.1f} | {m / b:.2f} |")
+    print("\n".join(lines))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            served.recommend_batch(reqs[:max(sizes)])
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="run directory with a trained causal SID model")
+    ap.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--beam", type=int, default=20)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: torch's)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--url", default=None, help="an already running server on this machine (loopback only)")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--model-only", action="store_true", help="time the batched beam search in-process, no HTTP")
+    ap.add_argument("--batches", default="1,8,32,64", help="--model-only: batch sizes")
+    ap.add_argument("--repeat", type=int, default=5, help="--model-only: calls per batch size")
+    ap.add_argument("--profile", action="store_true", help="--model-only: torch profiler of the largest batch")
+    args = ap.parse_args()
+    if args.model_only:
+        model_only(args)
+        return
+    if args.requests < 1 or args.requests > 100_000:
+        raise SystemExit("--requests must lie in 1..100000 (a bounded load test)")
+    RESULTS.mkdir(exist_ok=True)
+    proc = None
+    if args.url:
+        host = urlparse(args.url).hostname
+        if host not in LOOPBACK:
+            raise SystemExit(f"--url must point at this machine (127.0.0.1), got host {host!r}")
+        url = args.url.rstrip("/")
+    else:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_server(args.run, port, args)
+    try:
+        t0 = time.time()
+        health = wait_ready(url, proc)
+        startup = time.time() - t0
+        hists = histories(args.run)
+        info = machine()
+        asyncio.run(level(url, hists, args.warmup, 4, args.k, args.beam, offset=len(hists) // 2))
+        pid = proc.pid if proc is not None else None
+        rows = [asyncio.run(level(url, hists, args.requests, int(c), args.k, args.beam, offset=0, server_pid=pid))
+                for c in args.concurrency.split(",")]
+        info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+    cmd = "python benchmarks/serve.py " + " ".join(sys.argv[1:])
+    doc = {"command": cmd, "machine": info, "server": health, "startup_s": startup,
+           "settings": {"k": args.k, "beam": args.beam, "max_batch": args.max_batch,
+                        "max_wait_ms": args.max_wait_ms, "threads": args.threads, "requests": args.requests},
+           "levels": rows}
+    (RESULTS / f"serve{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [f"# sidkit serve: POST /recommend load test{args.tag}", "",
+             f"Command: `{cmd}`", "",
+             f"Model {health['model']} ({health['model_type']}, seed {health['seed']}) on {health['device']}, "
+             f"{health['n_items']} items, SIDs of {health['n_levels']} tokens, history: last "
+             f"{health['max_history_used']} items; k {args.k}, beam {args.beam}; batches of <= {args.max_batch} "
+             f"requests, <= {args.max_wait_ms:g} ms wait; server torch threads "
+             f"{args.threads or 'default'}; {args.requests} requests per level (closed loop, async httpx client "
+             f"on the same machine).", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average at start "
+             f"{info.get('load_avg_at_start')}, at end {info.get('load_avg_at_end')} (shared machine: other jobs ran).",
+             "", "| concurrency | requests | rec/s | p50 ms | p99 ms | max ms | mean batch | server CPU ms/req "
+             "| client CPU ms/req | errors |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mb = f"{r['mean_batch']:.1f}" if r["mean_batch"] else ""
+        sc = f"{r['server_cpu_ms_per_req']:.1f}" if r["server_cpu_ms_per_req"] is not None else ""
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['rec_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {mb} | {sc} | {r['client_cpu_ms_per_req']:.1f} "
+                     f"| {r['errors']} |")
+    c1 = next((r for r in rows if r["concurrency"] == 1), None)
+    c32 = next((r for r in rows if r["concurrency"] == 32), None)
+    lines.append("")
+    if c1:
+        lines.append(f"Goal p99 < 100 ms at concurrency 1: {c1['p99_ms']:.1f} ms "
+                     f"({'met' if c1['p99_ms'] < 100 else 'not met'}).")
+    if c32:
+        lines.append(f"Goal >= 200 rec/s at concurrency 32: {c32['rec_per_s']:.1f} "
+                     f"({'met' if c32['rec_per_s'] >= 200 else 'not met'}).")
+    md = "\n".join(lines) + "\n"
+    (RESULTS / f"serve{args.tag}.md").write_text(md)
+    print(md)
+    errs = sum(r["errors"] for r in rows)
+    if errs:
+        print(f"{errs} requests failed, e.g. {[e for r in rows for e in r['error_examples']][:3]}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

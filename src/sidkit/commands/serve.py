@@ -1,0 +1,50 @@
+"""`sidkit serve RUN_DIR`: the recommendation API of a trained run (docs/serving.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError
+from ._common import handle_errors
+
+
+@handle_errors
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory written by sidkit run (or sidkit train)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model label to serve (default: the best causal SID model)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of that model (default: best validation NDCG@10)."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most requests per batched beam search."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="Longest wait of a batch's first request for company."),
+    max_queue: int = typer.Option(256, "--max-queue", min=1, help="Requests that may wait; beyond: 503 + Retry-After."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    text_model: str = typer.Option("preload", "--text-model", help="The text model of POST /encode {text}: "
+                                   "preload (background load at start), lazy (at the first text request) or off."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning: no access log)."),
+) -> None:
+    """Serve a run's generative SID recommender over HTTP (FastAPI + uvicorn): /recommend,
+    /encode, /items/{id}/sid, /sids/{sid}/item, /health, /metrics and a model card at /."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise ConfigError("sidkit serve needs FastAPI and uvicorn, which are not installed",
+                          'pip install "sidkit[serve]"') from None
+    from ..serve import create_app
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    app = create_app(run_dir, label=model, seed=seed, device=device, max_batch=max_batch,
+                     max_wait_ms=max_wait_ms, max_queue=max_queue, text_model=text_model)
+    s = app.state.served
+    typer.echo(f"serving {s.label} (seed {s.seed}, {s.model.name}, {s.n_items} items) from {run_dir} on "
+               f"http://{host}:{port} (device {s.device}; batches of <= {max_batch} requests, "
+               f"<= {max_wait_ms:g} ms wait, queue {max_queue})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)

@@ -1,0 +1,366 @@
+"""The served model: a generative SID recommender of a ``sidkit run`` directory, loaded once.
+
+:class:`ServedModel` reads a run directory (README "Run layout")::
+
+    RUN/recommender/metrics.json                 which models were trained, their metrics
+    RUN/recommender/models/<label>/seed-<s>/     the saved model (weights + its SIDs)
+    RUN/codes/{codes.*, tokenizer/, summary.json} the catalogue's SIDs and the tokenizer
+    RUN/embeddings/embeddings.json               how the items were embedded (text model)
+    RUN/data/items.*, RUN/items/texts.json       titles and item texts
+    RUN/diagnostics/meta.json                    the SID diagnostics headline
+
+Which model: ``label``/``seed`` when given, else the generative SID models of the run
+(``causal_sid`` and ``tiger``, not the ID-only ablation) ranked causal SID first, then
+by mean validation NDCG@10; the seed with the best validation NDCG@10 (lowest seed on a
+tie).  A run without such a model is an error that names the labels it has.
+
+Everything that touches the model runs in one thread (the batcher's worker); the rest
+(lookups, the tokenizer's ``encode``) only reads state that never changes after loading.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from ..errors import ArtifactError, ConfigError, DataError
+from ..io import read_json
+
+SID_MODEL_TYPES = ("causal_sid", "tiger")
+
+
+class RecRequest(NamedTuple):
+    """One /recommend request as the batched function sees it."""
+
+    history: np.ndarray      # (H,) int64 catalogue indices, oldest first
+    k: int
+    beam: int
+    user: str | None = None
+
+
+class RecResult(NamedTuple):
+    items: np.ndarray        # (n,) int64 catalogue indices, best first (n <= k)
+    scores: np.ndarray       # (n,) float32 summed log-probabilities
+
+
+def _valid_ndcg(rec: dict[str, Any]) -> float:
+    v = (rec.get("valid") or {}).get("ndcg@10")
+    return float(v) if v is not None else float("-inf")
+
+
+def choose_model(doc: dict[str, Any], label: str | None = None, seed: int | None = None) -> tuple[str, dict]:
+    """``(label, record)`` of the model to serve from a ``metrics.json`` document."""
+    labels = list(doc.get("labels") or [])
+    models = doc.get("models") or {}
+    kinds = {lb: (models.get(lb) or {}).get("model") or {} for lb in labels}
+    sid = [lb for lb in labels if kinds[lb].get("type") in SID_MODEL_TYPES and not kinds[lb].get("id_only")]
+    listed = ", ".join(f"{lb} ({kinds[lb].get('type', '?')}{', id_only' if kinds[lb].get('id_only') else ''})"
+                       for lb in labels) or "none"
+    if label is not None:
+        if label not in labels:
+            raise ConfigError(f"the run has no model labelled {label!r}; its models: {listed}",
+                              f"pass --model with one of: {', '.join(sid) or '(no SID model: train one)'}")
+        if label not in sid:
+            raise ConfigError(f"model {label!r} is {kinds[label].get('type')!r}"
+                              f"{' with id_only = true' if kinds[label].get('id_only') else ''}, not a generative "
+                              f"Semantic-ID model: sidkit serve serves causal_sid or tiger models",
+                              f"pass --model with one of: {', '.join(sid) or '(none in this run: train one)'}")
+    else:
+        if not sid:
+            raise ConfigError(f"the run has no generative Semantic-ID model to serve; its models: {listed}",
+                              'train one, e.g. add [[models]] type = "causal_sid" to the config and rerun '
+                              "sidkit run (the default run trains one)")
+        summary = doc.get("summary") or {}
+
+        def mean_valid(lb):
+            v = ((summary.get(lb) or {}).get("valid") or {}).get("ndcg@10") or {}
+            return v.get("mean", float("-inf"))
+
+        label = max(sid, key=lambda lb: (kinds[lb].get("type") == "causal_sid", mean_valid(lb), -sid.index(lb)))
+    recs = [r for r in doc.get("records") or [] if r.get("label") == label]
+    if not recs:
+        raise ArtifactError(f"metrics.json lists model {label!r} but holds no record of it",
+                            "retrain the run's recommenders (sidkit run --force)")
+    if seed is not None:
+        mine = [r for r in recs if r.get("seed") == seed]
+        if not mine:
+            raise ConfigError(f"model {label!r} was trained with seeds {[r.get('seed') for r in recs]}, not {seed}",
+                              "pass --seed with one of them (or leave it out: the best validation seed)")
+        return label, mine[0]
+    return label, max(recs, key=lambda r: (_valid_ndcg(r), -int(r.get("seed", 0))))
+
+
+def format_sid(tokens: Sequence[int]) -> str:
+    return "-".join(str(int(t)) for t in tokens)
+
+
+def parse_sid(text: str) -> list[int]:
+    """``"12-3-7-0"`` -> ``[12, 3, 7, 0]``; a DataError naming the text otherwise."""
+    parts = text.split("-")
+    if not text or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+        raise DataError(f"SID {text[:60]!r} is not dash-separated non-negative integers",
+                        "write it like 12-3-7-0 (the tokens of each level)")
+    return [int(p) for p in parts]
+
+
+class ServedModel:
+    """A run's SID recommender with its catalogue, SIDs, tokenizer and model card.
+
+    Parameters: ``run_dir``; ``label`` and ``seed`` (default: see the module docstring);
+    ``device`` ("auto": CUDA when present).
+    """
+
+    def __init__(self, run_dir: str | Path, label: str | None = None, seed: int | None = None,
+                 device: str = "auto") -> None:
+        from ..models import Recommender
+        from ..models.causal_sid import SIDRecommender
+        from ..utils import resolve_device
+
+        self.run_dir = run = Path(run_dir)
+        if not run.is_dir():
+            raise ArtifactError(f"run directory {run} does not exist",
+                                "pass a directory written by sidkit run (or sidkit train)")
+        mpath = run / "recommender" / "metrics.json"
+        if not mpath.is_file():
+            raise ArtifactError(f"{run} holds no trained recommenders ({mpath} is missing)",
+                                f"train them first: sidkit run --out {run}")
+        self.metrics = read_json(mpath)
+        self.label, self.record = choose_model(self.metrics, label, seed)
+        self.seed = int(self.record.get("seed", 0))
+        mdir = run / "recommender" / "models" / self.label / f"seed-{self.seed}"
+        model = Recommender.load(mdir)
+        if not isinstance(model, SIDRecommender):
+            raise ArtifactError(f"{mdir} holds a {model.name!r} model, not a generative SID model",
+                                "retrain the run's recommenders (sidkit run --force)")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.model.module_.eval()
+        self.item_ids = np.asarray(model.item_ids_, dtype=str)
+        self._order = np.argsort(self.item_ids, kind="stable")
+        self._sorted = self.item_ids[self._order]
+        self.codes = model.tokens_.codes                 # the SIDs the model decodes, catalogue order
+        self.n_items = len(self.item_ids)
+        self.max_len = int(getattr(model, "max_len", 0) or 0)
+        self.uses_user_ids = bool(getattr(model, "uses_user_ids", False))
+        self.sid_strings = np.array([format_sid(c[:n]) for c, n in zip(self.codes.codes, self.codes.lengths)])
+        self.titles = self._titles()
+        self._load_tokenizer()
+        self._embedder = None
+        self._embed_lock = threading.Lock()
+        self.text_model_off = False                      # the server's --text-model off
+
+    # ------------------------------------------------------------------ loading
+    def _titles(self) -> np.ndarray | None:
+        """A display title per catalogue item: the item table's ``title``, else its text."""
+        run = self.run_dir
+        ids = vals = None
+        try:
+            if (run / "data" / "items.json").is_file():
+                from ..data import ItemTable
+
+                items = ItemTable.load(run / "data")
+                col = "title" if "title" in items.df.columns else None
+                if col is not None:
+                    ids, vals = items.df["item_id"].astype(str).to_numpy(), items.df[col].astype(str).to_numpy()
+            if ids is None and (run / "items" / "texts.json").is_file():
+                t = read_json(run / "items" / "texts.json")
+                ids, vals = np.asarray(t["item_ids"], dtype=str), np.asarray(t["texts"], dtype=str)
+        except (ArtifactError, DataError, KeyError, OSError):
+            return None
+        if ids is None:
+            return None
+        order = np.argsort(ids, kind="stable")
+        pos = np.clip(np.searchsorted(ids[order], self.item_ids), 0, len(ids) - 1)
+        found = ids[order][pos] == self.item_ids
+        return np.where(found, vals[order][pos], None)
+
+    def _load_tokenizer(self) -> None:
+        """The run's tokenizer (for /encode) when the model decodes the run's own SIDs."""
+        from ..tokenizers import Tokenizer
+        from ..types import Codes
+
+        self.tokenizer = self.run_codes = self.embedding_dim = self.embed_source = None
+        self.embed_meta: dict[str, Any] = {}
+        self.encode_unavailable = None
+        codes_dir = self.run_dir / "codes"
+        if self.record.get("tokenizer") is None:
+            self.encode_unavailable = (f"model {self.label!r} was trained on SIDs from outside this run, so the "
+                                       "run's tokenizer does not give its SIDs")
+            return
+        try:
+            self.tokenizer = Tokenizer.load(codes_dir / "tokenizer")
+            self.run_codes = Codes.load(codes_dir / "codes")
+        except (ArtifactError, DataError, OSError) as e:
+            self.tokenizer = self.run_codes = None
+            self.encode_unavailable = f"the run's tokenizer could not be loaded from {codes_dir}: {e}"
+            return
+        emb = {}
+        if (self.run_dir / "embeddings" / "embeddings.json").is_file():
+            emb = read_json(self.run_dir / "embeddings" / "embeddings.json")
+        d = getattr(self.tokenizer, "n_features_in_", None)
+        if d is None and hasattr(self.tokenizer, "_dim"):
+            d = self.tokenizer._dim()
+        self.embedding_dim = int(d) if d is not None else emb.get("dim")
+        self.embed_source = emb.get("source")
+        self.embed_meta = emb.get("meta") or {}
+
+    @property
+    def text_encoding(self) -> bool:
+        """Whether text /encode works: the run has text embeddings and text is not switched off."""
+        return self.tokenizer is not None and self.embed_source == "text" and not self.text_model_off
+
+    def text_template(self) -> str | None:
+        """The template the run wrote its item texts with (None when unknown)."""
+        if not hasattr(self, "_template"):
+            self._template = None
+            try:
+                meta = read_json(self.run_dir / "items" / "meta.json")
+                self._template = (meta.get("params") or {}).get("template")
+                if self._template is None and (self.run_dir / "data" / "items.json").is_file():
+                    from ..data import ItemTable
+                    from ..data.text import default_template
+
+                    self._template = default_template(ItemTable.load(self.run_dir / "data"))
+            except (ArtifactError, DataError, OSError):
+                pass
+        return self._template
+
+    # ------------------------------------------------------------------ lookups
+    def index_of(self, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Catalogue indices of ``ids`` and the ids that are not in the catalogue."""
+        q = np.asarray(list(ids), dtype=str)
+        pos = np.clip(np.searchsorted(self._sorted, q), 0, self.n_items - 1)
+        found = self._sorted[pos] == q
+        return self._order[pos], q[~found].tolist()
+
+    def title(self, i: int) -> str | None:
+        return None if self.titles is None or self.titles[i] is None else str(self.titles[i])
+
+    def item_of_sid(self, tokens: Sequence[int]) -> int:
+        """Catalogue index of the item holding this SID, or -1."""
+        W = self.codes.n_levels
+        if not 1 <= len(tokens) <= W:
+            return -1
+        sizes = self.codes.codebook_sizes
+        if any(t >= sizes[lv] for lv, t in enumerate(tokens)):
+            return -1
+        row = np.full((1, W), -1, np.int64)
+        row[0, :len(tokens)] = tokens
+        return int(self.codes.lookup(row, np.array([len(tokens)]))[0])
+
+    # ---------------------------------------------------------------- inference
+    def recommend_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
+        """Answer a batch of requests with one beam search per (beam width, user-token use)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._recommend_batch(reqs)
+
+    def _recommend_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
+        out: list[RecResult | None] = [None] * len(reqs)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault((r.beam, self.uses_user_ids and r.user is not None), []).append(i)
+        for (beam, with_users), rows in groups.items():
+            hs = [reqs[i].history[-self.max_len:] if self.max_len else reqs[i].history for i in rows]
+            H = max(len(h) for h in hs)
+            h = np.zeros((len(rows), H), np.int64)             # left-padded, catalogue index + 1
+            for j, hist in enumerate(hs):
+                h[j, H - len(hist):] = hist + 1
+            k = min(max(reqs[i].k for i in rows), self.n_items)
+            kw = {"users": np.asarray([reqs[i].user for i in rows], dtype=str)} if with_users else {}
+            res = self.model.decode(h, k, beam=max(beam, k), **kw)
+            for j, i in enumerate(rows):
+                items, scores = res.items[j, :reqs[i].k], res.scores[j, :reqs[i].k]
+                keep = (items >= 0) & np.isfinite(scores)
+                out[i] = RecResult(items[keep], scores[keep])
+        return out
+
+    def encode(self, vector: np.ndarray) -> tuple[list[int], str | None]:
+        """SID tokens of one embedding (the tokenizer's ``encode``: a catalogue item gets its
+        own SID, a new item a disambiguation number no catalogue item holds) and the id
+        of the catalogue item it was recognised as (None for a new item)."""
+        codes = self.tokenizer.encode(np.asarray(vector, np.float32)[None, :])
+        n = int(codes.lengths[0])
+        tokens = [int(t) for t in codes.codes[0, :n]]
+        cat = self.run_codes
+        if cat.n_levels != codes.n_levels or any(t >= k for t, k in zip(tokens, cat.codebook_sizes)):
+            return tokens, None                                 # beyond the catalogue's codebooks: new
+        row = np.asarray(codes.codes[:1], np.int64)
+        hit = int(cat.lookup(row, codes.lengths[:1])[0])
+        return tokens, (str(cat.item_ids[hit]) if hit >= 0 and cat.item_ids is not None else None)
+
+    def _text_embedder(self):
+        from ..embed import TextEmbedder
+
+        if self._embedder is None:
+            emb = TextEmbedder(self.embed_meta.get("model", "default"),
+                               normalize=bool(self.embed_meta.get("normalize", True)),
+                               device=str(self.device), cache=False, show_progress=False)
+            emb._load_model()
+            self._embedder = emb
+        return self._embedder
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The run's text embedding of ``text`` (the model is loaded once, on first use or
+        by :meth:`load_text_model`)."""
+        with self._embed_lock:
+            return self._text_embedder().embed([text])[0]
+
+    @property
+    def text_model_loaded(self) -> bool:
+        return self._embedder is not None
+
+    def load_text_model(self) -> None:
+        """Load the run's text model now (the server does it in a background thread at start,
+        so the first text /encode does not wait for it); errors surface at that request."""
+        try:
+            with self._embed_lock:
+                self._text_embedder()
+        except Exception:  # noqa: BLE001 - the request that needs the model reports it
+            pass
+
+    # -------------------------------------------------------------- model card
+    def card(self) -> dict[str, Any]:
+        """What the page at / shows: data set, tokenizer, diagnostics headline, metrics, settings."""
+        run, doc = self.run_dir, self.metrics
+
+        def meta_summary(stage):
+            p = run / stage / "meta.json"
+            try:
+                return (read_json(p).get("summary") or {}) if p.is_file() else {}
+            except ArtifactError:
+                return {}
+
+        codes_summary = {}
+        if (run / "codes" / "summary.json").is_file():
+            try:
+                codes_summary = read_json(run / "codes" / "summary.json")
+            except ArtifactError:
+                pass
+        model_cfg = (doc.get("models") or {}).get(self.label) or {}
+        return {"run": str(run), "label": self.label, "seed": self.seed, "type": self.model.name,
+                "device": str(self.device), "n_items": self.n_items, "protocol": doc.get("protocol") or {},
+                "data": meta_summary("data"), "codes": codes_summary, "diagnostics": meta_summary("diagnostics"),
+                "summary": doc.get("summary") or {}, "labels": doc.get("labels") or [],
+                "record": self.record, "model": model_cfg.get("model") or self.model.get_params(),
+                "train": model_cfg.get("train") or {}}
+
+    def example_history(self, n: int = 5) -> list[str]:
+        """A real history to prefill the page's form: the end of the first test user's sequence."""
+        try:
+            from ..data import Split
+
+            df = Split.load(self.run_dir / "split").df
+            u = df["user_id"].iloc[0]
+            seq = df[(df["user_id"] == u) & (df["role"] == "train")].sort_values("position")["item_id"]
+            ids = seq.astype(str).tolist()[-n:]
+            _, unknown = self.index_of(ids)
+            if ids and not unknown:
+                return ids
+        except (ArtifactError, DataError, KeyError, OSError):
+            pass
+        return self.item_ids[:n].tolist()

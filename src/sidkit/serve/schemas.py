@@ -1,0 +1,150 @@
+"""Request and response models of the serving API (pydantic, unknown keys rejected).
+
+The bounds here are the API's contract and appear in the OpenAPI schema: a history of
+1..``MAX_HISTORY`` item ids, ``1 <= k <= MAX_K``, ``1 <= beam <= MAX_BEAM`` and
+``beam >= k``.  Item ids are strings; JSON integers are accepted too (MovieLens ids
+are numbers) and read as their decimal string.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+MAX_HISTORY = 1000
+MAX_K = 100
+MAX_BEAM = 100
+MAX_TEXT = 10_000
+MAX_DIM = 8192
+
+ItemId = Union[StrictStr, StrictInt]
+
+
+def _strict(example: dict) -> ConfigDict:
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
+
+
+class RecommendRequest(BaseModel):
+    model_config = _strict({"history": ["50", "181", "258"], "k": 10, "beam": 20})
+
+    history: list[ItemId] = Field(
+        ..., min_length=1, max_length=MAX_HISTORY,
+        description="Item ids the user interacted with, oldest first (the model reads the most recent ones).")
+    k: int = Field(10, ge=1, le=MAX_K, description="Number of items to return.")
+    beam: int = Field(20, ge=1, le=MAX_BEAM, description="Beam width of the trie-constrained beam search (>= k).")
+    user: Optional[StrictStr] = Field(
+        None, max_length=200, description="User id (only models with user tokens, e.g. TIGER, use it).")
+
+    @model_validator(mode="after")
+    def _beam_covers_k(self):
+        if self.beam < self.k:
+            raise ValueError(f"beam ({self.beam}) must be >= k ({self.k}): beam search returns at most "
+                             f"beam items; raise beam to {self.k} or lower k")
+        return self
+
+    def item_ids(self) -> list[str]:
+        return [str(i) for i in self.history]
+
+
+class RecommendedItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    score: float = Field(..., description="Summed log-probability of the item's SID tokens (higher is better).")
+    sid: str = Field(..., description="The item's Semantic ID, tokens joined by '-'.")
+    title: Optional[str] = None
+
+
+class RecommendResponse(BaseModel):
+    model_config = _strict({"model": "causal_sid", "seed": 0, "k": 2, "beam": 20, "items": [
+        {"item_id": "100", "score": -2.31, "sid": "12-3-7-0", "title": "Fargo"},
+        {"item_id": "181", "score": -2.87, "sid": "4-9-1-0", "title": "Return of the Jedi"}]})
+
+    model: str
+    seed: int
+    k: int
+    beam: int
+    items: list[RecommendedItem]
+
+
+class EncodeRequest(BaseModel):
+    model_config = _strict({"text": "Title: Brand New Movie. Year: 2026. Genres: Comedy, Drama."})
+
+    text: Optional[StrictStr] = Field(
+        None, min_length=1, max_length=MAX_TEXT,
+        description="The item's text, written like the run's item texts (see GET /health's text_template); "
+                    "embedded with the run's text model.")
+    embedding: Optional[list[float]] = Field(
+        None, min_length=1, max_length=MAX_DIM,
+        description="The item's embedding vector (the run's embedding dimension), instead of text.")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.text is None) == (self.embedding is None):
+            raise ValueError("give exactly one of 'text' or 'embedding'")
+        return self
+
+
+class EncodeResponse(BaseModel):
+    model_config = _strict({"sid": "12-3-7-2", "tokens": [12, 3, 7, 2], "catalogue_item": None,
+                            "new_item": True})
+
+    sid: str = Field(..., description="Semantic ID, tokens joined by '-'.")
+    tokens: list[int]
+    catalogue_item: Optional[str] = Field(
+        None, description="The catalogue item this input was recognised as (docs/encoding.md), else null.")
+    new_item: bool = Field(..., description="True when the input is no catalogue item: its last token is a "
+                                            "disambiguation number no catalogue item holds.")
+
+
+class ItemSID(BaseModel):
+    model_config = _strict({"item_id": "50", "sid": "12-3-7-0", "tokens": [12, 3, 7, 0], "title": "Star Wars"})
+
+    item_id: str
+    sid: str
+    tokens: list[int]
+    title: Optional[str] = None
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: str
+    model: str
+    seed: int
+    model_type: str
+    device: str
+    n_items: int
+    n_levels: int
+    max_history_used: int = Field(..., description="How many of the most recent history items the model reads.")
+    queue_depth: int
+    text_encoding: bool = Field(..., description="Whether POST /encode accepts text (the run has text embeddings "
+                                                 "and the server's --text-model is not off).")
+    text_model_loaded: bool = Field(..., description="Whether the text model is loaded (it loads in the background "
+                                                     "at start; a text /encode before waits for it).")
+    text_template: Optional[str] = None
+    embedding_dim: Optional[int] = None
+
+
+class ErrorResponse(BaseModel):
+    model_config = _strict({"detail": "unknown item id(s): ['99999'] (1 of 3 history items)"})
+
+    detail: str = Field(..., description="What is wrong, naming the value, and how to fix it.")
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    loc: list[Union[str, int]]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    model_config = _strict({"detail": "k: Input should be less than or equal to 100 (got 1000)",
+                            "errors": [{"loc": ["body", "k"], "msg": "Input should be less than or equal to 100",
+                                        "type": "less_than_equal"}]})
+
+    detail: str = Field(..., description="Every problem, naming the field and the value.")
+    errors: Optional[list[FieldError]] = None
