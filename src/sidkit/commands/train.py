@@ -91,7 +91,11 @@ def train(
             raise typer.Exit(code)
         return
     if distributed.launched():
-        _train_rank(cfg, out, force)
+        distributed.init(cfg.device)
+        try:
+            _train_rank(cfg, out, force)
+        finally:
+            distributed.shutdown()
         return
     if force:
         shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
@@ -133,41 +137,38 @@ def _check_gpus(device: str, nproc: int) -> None:
 
 
 def _train_rank(cfg, out: Path, force: bool) -> None:
-    """One process of a torchrun job: rank 0 runs the data stages while the others wait,
-    then every rank trains (the recommender stage's function) and rank 0 alone writes
-    the stage.  Rank 0 tells the others whether the stage runs at all (it may be cached)."""
+    """One process of a data-parallel job (in a process group): rank 0 runs the data
+    stages while the others wait, then every rank trains (the recommender stage's
+    function) and rank 0 alone writes the stage.  Rank 0 tells the others whether the
+    stage runs at all (it may be cached)."""
     import dataclasses
 
     from .. import distributed
     from ..pipeline import _recommender_stage
     from ..stages import run_stage
 
-    distributed.init(cfg.device)
-    try:
-        main = distributed.is_main()
-        if main:
-            if force:
-                shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
-            for stage in _input_stages(cfg, out):
-                _echo_stage(run_stage(stage, out))
-        distributed.barrier()
-        stage = _recommender_stage(cfg)
-        if not main:
-            if distributed.broadcast(None):   # the stage runs: train with rank 0, write nothing
-                stage.fn(None, {name: out / name for name in stage.inputs})
-            return
+    main = distributed.is_main()
+    if main:
+        if force:
+            shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
+        for stage in _input_stages(cfg, out):
+            _echo_stage(run_stage(stage, out))
+    distributed.barrier()
+    stage = _recommender_stage(cfg)
+    if not main:
+        if distributed.broadcast(None):   # the stage runs: train with rank 0, write nothing
+            stage.fn(None, {name: out / name for name in stage.inputs})
+        return
 
-        def announced(tmp: Path, inp: dict[str, Path]):
-            distributed.broadcast(True)
-            return stage.fn(tmp, inp)
+    def announced(tmp: Path, inp: dict[str, Path]):
+        distributed.broadcast(True)
+        return stage.fn(tmp, inp)
 
-        r = run_stage(dataclasses.replace(stage, fn=announced), out, force=force)
-        if r.status == "cached":
-            distributed.broadcast(False)
-        _echo_stage(r)
-        typer.echo((out / "recommender" / "metrics.md").read_text(encoding="utf-8"))
-    finally:
-        distributed.shutdown()
+    r = run_stage(dataclasses.replace(stage, fn=announced), out, force=force)
+    if r.status == "cached":
+        distributed.broadcast(False)
+    _echo_stage(r)
+    typer.echo((out / "recommender" / "metrics.md").read_text(encoding="utf-8"))
 
 
 def _find_models(run: Path) -> tuple[Path, list[Path]]:
