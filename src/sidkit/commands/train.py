@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, SidkitError
 from ._common import handle_errors
 
 
@@ -49,33 +49,125 @@ def train(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (overrides [train] seeds)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (overrides [train] epochs)."),
     force: bool = typer.Option(False, "--force", help="Retrain from scratch (drops stored checkpoints)."),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="Train data-parallel in N local processes (torchrun; one GPU each on CUDA)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="Torch CPU threads per process (default: torch's; 1 with --nproc)."),
 ) -> None:
     """Train and evaluate the configured recommender (runs the data and split stages as needed;
     also items, embeddings and codes for a causal SID model without [model] codes).
 
     Writes RUN/recommender/models/<label>/seed-<s>/, metrics.json and metrics.md; an interrupted
-    run resumes from its last epoch checkpoint when started again.
+    run resumes from its last epoch checkpoint when started again.  With --nproc N (or under
+    `torchrun -m sidkit.train`) the torch models train data-parallel (docs/distributed.md).
     """
+    from .. import distributed
     from ..config import load_config
-    from ..eval.experiment import uses_run_codes
-    from ..pipeline import (_codes_stage, _data_stage, _embeddings_stage, _items_stage,
-                            _recommender_stage, _split_stage, validate_run)
+    from ..pipeline import _recommender_stage
     from ..stages import run_stage
 
     cfg = with_overrides(load_config(config), device, seeds, epochs)
     if not cfg.recommenders():
         raise ConfigError(f"{config} has no [model] table (or [[models]] list), so there is nothing to train",
                           'add e.g.\n[model]\ntype = "sasrec"')
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if nproc > 1 and distributed.launched():
+        raise ConfigError(f"--nproc {nproc} was given to a process that torchrun started",
+                          "drop --nproc: torchrun --nproc_per_node sets the number of processes")
+    if nproc > 1:   # the data stages here, the training in N processes
+        _check_gpus(cfg.device, nproc)
+        if force:
+            shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
+        for stage in _input_stages(cfg, out):
+            _echo_stage(run_stage(stage, out))
+        args = [str(config), "--out", str(out)] + [a for flag, v in (
+            ("--device", device), ("--seeds", seeds), ("--epochs", epochs), ("--threads", threads)) if v
+            for a in (flag, str(v))] + (["--force"] if force else [])
+        code = distributed.launch(args, nproc)
+        if code:
+            raise typer.Exit(code)
+        return
+    if distributed.launched():
+        distributed.init(cfg.device)
+        try:
+            _train_rank(cfg, out, force)
+        finally:
+            distributed.shutdown()
+        return
     if force:
         shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
+    for stage in _input_stages(cfg, out) + [_recommender_stage(cfg)]:
+        _echo_stage(run_stage(stage, out, force=force and stage.name == "recommender"))
+    typer.echo((out / "recommender" / "metrics.md").read_text(encoding="utf-8"))
+
+
+def _input_stages(cfg, out: Path) -> list:
+    """The stages before the recommender stage: data and split, and items, embeddings and
+    codes for a SID model on the run's own codes (checked by validate_run first)."""
+    from ..eval.experiment import uses_run_codes
+    from ..pipeline import _codes_stage, _data_stage, _embeddings_stage, _items_stage, _split_stage, validate_run
+
     stages = [_data_stage(cfg), _split_stage(cfg)]
     if any(uses_run_codes(m) for _, m, _ in cfg.recommenders()):  # SID model on this run's own codes
         validate_run(cfg, out)  # tokenizer parameters, paths inside the run: before any stage
         stages += [_items_stage(cfg), _embeddings_stage(cfg), _codes_stage(cfg)]
-    for stage in stages + [_recommender_stage(cfg)]:
-        r = run_stage(stage, out, force=force and stage.name == "recommender")
-        what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
-        typer.echo(f"[{r.name:<11}] {what:>7}  -> {r.path}", err=True)
+    return stages
+
+
+def _echo_stage(r) -> None:
+    what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
+    typer.echo(f"[{r.name:<11}] {what:>7}  -> {r.path}", err=True)
+
+
+def _check_gpus(device: str, nproc: int) -> None:
+    import torch
+
+    from ..utils import resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except SidkitError as err:
+        raise ConfigError(err.problem, "set device (or --device) to auto or cpu") from None
+    if dev.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc} asks for one GPU per process but {torch.cuda.device_count()} "
+                          "are visible", f"use --nproc {torch.cuda.device_count()} or fewer, or --device cpu")
+
+
+def _train_rank(cfg, out: Path, force: bool) -> None:
+    """One process of a data-parallel job (in a process group): rank 0 runs the data
+    stages while the others wait, then every rank trains (the recommender stage's
+    function) and rank 0 alone writes the stage.  Rank 0 tells the others whether the
+    stage runs at all (it may be cached)."""
+    import dataclasses
+
+    from .. import distributed
+    from ..pipeline import _recommender_stage
+    from ..stages import run_stage
+
+    main = distributed.is_main()
+    if main:
+        if force:
+            shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
+        for stage in _input_stages(cfg, out):
+            _echo_stage(run_stage(stage, out))
+    distributed.barrier()
+    stage = _recommender_stage(cfg)
+    if not main:
+        if distributed.broadcast(None):   # the stage runs: train with rank 0, write nothing
+            stage.fn(None, {name: out / name for name in stage.inputs})
+        return
+
+    def announced(tmp: Path, inp: dict[str, Path]):
+        distributed.broadcast(True)
+        return stage.fn(tmp, inp)
+
+    r = run_stage(dataclasses.replace(stage, fn=announced), out, force=force)
+    if r.status == "cached":
+        distributed.broadcast(False)
+    _echo_stage(r)
     typer.echo((out / "recommender" / "metrics.md").read_text(encoding="utf-8"))
 
 

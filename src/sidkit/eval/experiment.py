@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .. import distributed
 from ..errors import ConfigError
 from ..io import write_json, write_text
 from .harness import evaluate
@@ -133,8 +134,8 @@ def metrics_markdown(groups: dict[str, list[dict[str, Any]]], proto: dict[str, A
     return "\n".join(lines)
 
 
-def train_and_evaluate(cfg, data, out: Path, *, checkpoint_root: Path | None = None,
-                       progress: bool | None = None, codes_dir: Path | None = None) -> dict[str, Any]:
+def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | None = None,
+                       progress: bool | None = None, codes_dir: Path | None = None) -> dict[str, Any] | None:
     """Fit every recommender of ``cfg`` (``[model]`` or ``[[models]]``) for each of its seeds
     on ``data``, evaluate valid and test, write ``out/models/<label>/seed-<s>``,
     ``out/metrics.json`` and ``out/metrics.md`` (one table, a row per model).
@@ -142,8 +143,12 @@ def train_and_evaluate(cfg, data, out: Path, *, checkpoint_root: Path | None = N
     ``codes_dir``: the run's codes stage, given to SID models that name no ``codes``.
     Checkpoints go to ``checkpoint_root/<label>/seed-<s>`` (resumed when present, removed
     when the stage finishes).  Returns the metrics document.
+
+    In data-parallel training (:mod:`sidkit.distributed`) every rank trains, but only rank
+    0 evaluates and writes anything; the other ranks return None (and may pass ``out=None``).
     """
-    out = Path(out)
+    main = distributed.is_main()
+    out = Path(out) if out is not None else None
     recs = cfg.recommenders()
     if not recs:
         raise ConfigError("the config names no recommender", 'add e.g. [model] type = "sasrec"')
@@ -158,15 +163,21 @@ def train_and_evaluate(cfg, data, out: Path, *, checkpoint_root: Path | None = N
         for seed in list(train_cfg.seeds) or [cfg.seed]:
             ck = checkpoint_root / label / f"seed-{seed}" if checkpoint_root is not None else None
             model, rec = fit_one(model_cfg, train_cfg, data, seed, cfg.device, ck, progress)
+            if not main:
+                continue
             rec["label"] = label
             rec["tokenizer"] = cfg.codes.method if own_codes else None
             records.append(score_record(model, data, rec, train_cfg))
             model.save(out / "models" / label / f"seed-{seed}")
+        if not main:
+            continue
         protos[label] = protocol(data, train_cfg, getattr(model, "max_len", None), cfg.data.dataset)
         for r in records:
             r["protocol"] = protos[label]
         groups[label] = records
         models[label] = {"model": model_cfg.model_dump(exclude={"train", "label"}), "train": train_cfg.model_dump()}
+    if not main:
+        return None
     proto = {k: v for k, v in next(iter(protos.values())).items()
              if all(p.get(k) == v for p in protos.values())}   # what all models share
     doc = {"protocol": proto, "labels": list(groups), "models": models, "records": [r for rs in groups.values() for r in rs],
@@ -212,6 +223,8 @@ def recommender_stage_fn(cfg):
         data = SequenceData.from_split(Split.load(inp["split"]))
         root = inp["split"].parent / "checkpoints" / "recommender"
         doc = train_and_evaluate(cfg, data, out, checkpoint_root=root, codes_dir=inp.get("codes"))
+        if doc is None:   # a data-parallel rank other than 0: it trained, rank 0 wrote
+            return {}
         return {"mask_seen": doc["protocol"].get("mask_seen"), "labels": doc["labels"],
                 "models": {label: {"n_seeds": s["n_seeds"], "test": {k: v["mean"] for k, v in s["test"].items()},
                                    "train_seconds": sum(r["train_seconds"] for r in doc["records"]

@@ -337,6 +337,9 @@ class CausalSID(SIDRecommender):
         keep = y >= 0
         return F.cross_entropy(module.logits(h[keep]), y[keep])
 
+    def train_loss_terms(self, x, y):
+        return (y >= 0).sum()
+
     # ------------------------------------------------------------------ decoding
     def _history_grid(self, history: np.ndarray) -> np.ndarray:
         h = history[:, -self.max_len:]

@@ -264,6 +264,9 @@ class TIGER(SIDRecommender):
     def train_loss(self, module, enc, y):
         return module(enc, y)
 
+    def train_loss_terms(self, enc, y):
+        return (y != -100).sum()
+
     def epoch_indices(self, n: int, generator, epoch: int = 0):
         """The training rows of epoch ``epoch`` (0-based), shuffled with ``generator``.
 

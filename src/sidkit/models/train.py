@@ -13,6 +13,17 @@ and the torch RNG states).  It is replaced atomically after each epoch, so an
 interrupted run resumes from the last finished epoch and ends with the same weights
 and metrics as an uninterrupted one (bit-identical on CPU; on CUDA up to the
 non-determinism of some kernels).
+
+Inside an initialised ``torch.distributed`` process group (torchrun, see
+:mod:`sidkit.distributed` and docs/distributed.md) the loop trains data-parallel: every
+rank draws the same shuffled indices, takes its contiguous share of each global batch
+(``batch_size`` samples in all, so ``batch_size / world_size`` per rank) and runs the
+module wrapped in ``DistributedDataParallel``; each share's loss is weighted by its
+number of loss terms so that the averaged gradient is the one of the global batch's
+mean loss, exactly as in one process (up to floating-point reduction order; dropout
+masks differ, each rank drawing from its own stream).  Rank 0 alone validates (the
+result is broadcast, so every rank takes the same early-stopping decision), shows the
+progress bar and writes checkpoints; the checkpoint holds every rank's RNG state.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .. import distributed
 from ..errors import ArtifactError, DataError
 from ..io import SCHEMA_VERSION, hash_obj, read_json, write_json
 from ..stages import replace_dir
@@ -76,6 +88,12 @@ class TorchRecommender(Recommender):
         import torch
 
         return torch.randperm(n, generator=generator)
+
+    def train_loss_terms(self, *batch):
+        """How many terms the mean of ``train_loss(module, *batch)`` averages (by default
+        the batch's rows; a model averaging over target tokens counts those).  Data-parallel
+        training weights each rank's share of a batch by it (:func:`train_loop`)."""
+        return len(batch[0])
 
     def _fingerprint_extra(self) -> dict[str, Any]:
         """Whatever else a checkpoint depends on (e.g. a SID model's codes): a resume with
@@ -175,8 +193,12 @@ def _restore_optim(opt, tensors: dict[str, Any], groups: list[dict[str, Any]]) -
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state: dict[str, Any]) -> None:
-    """Write a complete checkpoint directory next to ``path`` and swap it in atomically."""
+def save_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state: dict[str, Any],
+                    rng: dict[str, Any] | None = None) -> None:
+    """Write a complete checkpoint directory next to ``path`` and swap it in atomically.
+
+    ``rng``: the RNG-state tensors of every rank (data-parallel training), in place of
+    this process's CUDA generators."""
     import torch
     from safetensors.torch import save_file
 
@@ -191,7 +213,9 @@ def save_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state: 
         tensors, groups = _optim_tensors(opt)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.shuffle"] = shuffle_gen.get_state()
-        if torch.cuda.is_available():
+        if rng is not None:
+            tensors.update(rng)
+        elif torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
         save_file(tensors, str(tmp / "optim.safetensors"))
@@ -226,6 +250,70 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return state
 
 
+# ---------------------------------------------------------------- data parallel
+def _train_loss_module(model: TorchRecommender, module):
+    """``model.train_loss`` on ``module`` as an ``nn.Module`` (what DistributedDataParallel
+    wraps, so that any model's loss runs inside its forward)."""
+    from torch import nn
+
+    class TrainLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = module
+
+        def forward(self, *batch):
+            return model.train_loss(self.net, *batch)
+
+    return TrainLoss()
+
+
+def _wrap_ddp(model: TorchRecommender, module, device):
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return DistributedDataParallel(_train_loss_module(model, module), device_ids=ids)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s dropout stream (rank 0 keeps the single-process stream)."""
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _shard_backward(model: TorchRecommender, net, arrays, idx, rank: int, world: int):
+    """Forward and backward of this rank's share of the global batch ``idx``; returns the
+    share's part of the global batch's mean loss (their sum over the ranks is that mean).
+
+    ``idx`` is cut into ``world`` contiguous shares.  A loss is a mean over its batch's
+    ``n_r`` loss terms (:meth:`TorchRecommender.train_loss_terms`), so rank ``r``
+    back-propagates its loss times ``world * n_r / n`` (``n``: the global batch's terms,
+    known to every rank): DistributedDataParallel averages the gradients over the ranks,
+    which then equal those of the global batch's mean loss."""
+    import torch
+
+    parts = torch.tensor_split(idx, world)
+    terms = torch.stack([torch.as_tensor(model.train_loss_terms(*(a[p] for a in arrays)), device=idx.device)
+                         for p in parts]).float()
+    w = terms[rank] / terms.sum()
+    loss = net(*(a[parts[rank]] for a in arrays))
+    (loss * (w * world)).backward()
+    return loss.detach() * w
+
+
+def _rng_states(device, rank: int) -> dict[str, Any]:
+    """Every rank's torch (and CUDA) generator state, for rank 0's checkpoint (collective)."""
+    import torch
+
+    mine = {f"rng.rank{rank}.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine[f"rng.rank{rank}.cuda"] = torch.cuda.get_rng_state(device)
+    out: dict[str, Any] = {}
+    for d in distributed.all_gather(mine):
+        out.update(d)
+    return out
+
+
 # ------------------------------------------------------------------------ loop
 def _progress_bar(total: int, initial: int, enabled: bool | None):
     if enabled is None:
@@ -256,13 +344,20 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
 
     cfg = _train_cfg(cfg)
     device = model.device_
+    ddp = distributed.active()
+    rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(int(seed))
     module = model.build_module(data.n_items).to(device)
     model.module_ = module
+    if rank > 0:
+        torch.manual_seed(_rank_seed(seed, rank))  # same initial weights, its own dropout masks
     arrays = [torch.as_tensor(np.ascontiguousarray(a), device=device) for a in model.train_arrays(data)]
     n = int(arrays[0].shape[0])
     if n == 0:
         raise DataError("there are no training samples", "use a data set with longer user histories")
+    if n < world:
+        raise DataError(f"there are {n} training samples for {world} processes",
+                        "train with fewer processes (--nproc) or on more data")
     has_valid = data.n_role("valid") > 0
     shuffle_gen = torch.Generator().manual_seed(int(seed) + 1)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -276,9 +371,16 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
         best_state = st["best_weights"]
         tensors = st["tensors"]
         _restore_optim(opt, {k: v for k, v in tensors.items() if k.startswith("state.")}, st["param_groups"])
-        torch.set_rng_state(tensors["rng.torch"])
         shuffle_gen.set_state(tensors["rng.shuffle"])
-        if torch.cuda.is_available():
+        if ddp:   # this rank's own streams (from a checkpoint of fewer ranks: rank 0's, or a fresh one)
+            own = f"rng.rank{rank}.torch"
+            if own in tensors or rank == 0:
+                torch.set_rng_state(tensors.get(own, tensors["rng.torch"]))
+            if device.type == "cuda" and f"rng.rank{rank}.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors[f"rng.rank{rank}.cuda"], device)
+        else:
+            torch.set_rng_state(tensors["rng.torch"])
+        if not ddp and torch.cuda.is_available():
             cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
             if len(cuda) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(cuda)
@@ -286,29 +388,38 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
         history = st["history"]
         stopped = bad >= cfg.patience  # the patience given now (a larger one resumes a stopped run)
 
-    bar = _progress_bar(cfg.epochs, epoch, progress)
+    bar = _progress_bar(cfg.epochs, epoch, progress) if rank == 0 else None
     warm = max(int(cfg.warmup_steps), 0)
     params = [p for p in module.parameters() if p.requires_grad]
+    net = _wrap_ddp(model, module, device) if ddp else None   # also syncs rank 0's weights to all ranks
     try:
         while epoch < cfg.epochs and not stopped:
-            module.train()
+            (module if net is None else net).train()
             t0 = time.perf_counter()
             perm = model.epoch_indices(n, shuffle_gen, epoch).to(device)
             total, count = torch.zeros((), device=device), 0
             for lo in range(0, len(perm), cfg.batch_size):
                 idx = perm[lo:lo + cfg.batch_size]
+                if net is not None and len(idx) < world:
+                    break   # a last batch too small to give every rank a sample: dropped on every rank
                 lr = cfg.lr * min(1.0, (step + 1) / warm) if warm else cfg.lr
                 for g in opt.param_groups:
                     g["lr"] = lr
-                loss = model.train_loss(module, *(a[idx] for a in arrays))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if net is None:
+                    loss = model.train_loss(module, *(a[idx] for a in arrays))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    loss = _shard_backward(model, net, arrays, idx, rank, world)
                 if cfg.clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.clip)
                 opt.step()
                 step += 1
                 total += loss.detach() * len(idx)
                 count += len(idx)
+            if net is not None:
+                torch.distributed.all_reduce(total)   # the shares' parts -> the global batches' mean losses
             epoch += 1
             rec: dict[str, Any] = {"epoch": epoch, "loss": float(total) / count, "lr": lr,
                                    "seconds": time.perf_counter() - t0}
@@ -316,7 +427,9 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
                 raise DataError(f"the training loss became {rec['loss']} at epoch {epoch}",
                                 "lower the learning rate or enable gradient clipping ([train] clip)")
             if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                val = evaluate(model, data, "valid", mask_seen=cfg.mask_seen, batch_size=cfg.eval_batch_size)
+                val = distributed.broadcast(   # rank 0 validates; every rank takes the same decision
+                    evaluate(model, data, "valid", mask_seen=cfg.mask_seen, batch_size=cfg.eval_batch_size)
+                    if rank == 0 else None)
                 rec["valid"] = {k: v for k, v in val.items() if k not in ("seconds",)}
                 if val[SELECTION_METRIC] > best:
                     best, best_epoch, bad = val[SELECTION_METRIC], epoch, 0
@@ -329,10 +442,13 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
                 best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             history.append(rec)
             if ckpt is not None:
-                save_checkpoint(ckpt, module=module, best_state=best_state, opt=opt, shuffle_gen=shuffle_gen,
-                                state={"fingerprint": fp, "epoch": epoch, "step": step, "best": best,
-                                       "best_epoch": best_epoch, "bad": bad, "history": history,
-                                       "stopped": stopped})
+                rng = _rng_states(device, rank) if ddp else None
+                if rank == 0:
+                    save_checkpoint(ckpt, module=module, best_state=best_state, opt=opt, shuffle_gen=shuffle_gen,
+                                    state={"fingerprint": fp, "epoch": epoch, "step": step, "best": best,
+                                           "best_epoch": best_epoch, "bad": bad, "history": history,
+                                           "stopped": stopped, **({"world_size": world} if ddp else {})},
+                                    rng=rng)
             if bar is not None:
                 post = {"loss": f"{rec['loss']:.4f}"}
                 if best_epoch:
