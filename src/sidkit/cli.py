@@ -32,6 +32,9 @@ def _mount() -> None:
     from .commands import experiment as experiment_cmd  # issue 11: grids of runs
 
     app.command("experiment")(experiment_cmd.experiment)
+    from .commands import scale as scale_cmd  # issue 12: Ray Data encoding
+
+    app.command("encode-ray")(scale_cmd.encode_ray)
 
 
 @app.command()
