@@ -6,7 +6,7 @@ Usage::
     python benchmarks/encode_ray.py --n 2000000 --no-inprocess    # Ray only
     python benchmarks/encode_ray.py --dist zipf --n 200000
 
-For every N: ``N`` synthetic 384-d unit-normalised items (``--dist clustered``: Gaussian
+For every N: ``N`` synthetic 384-d unit-normalised items (stored as float64) (``--dist clustered``: Gaussian
 blobs around 1000 unit centres; ``zipf``: Zipf-sized clusters, as ``_common.zipf_unit``) are
 written to Parquet in 100k-row chunks (never all in memory).  An RQ-KMeans tokenizer
 (``--sizes``, default 256,256,256 + the collision counter) is fitted once on ``--fit-n``
@@ -18,7 +18,9 @@ process, timed end to end (read Parquet -> SIDs -> write Parquet):
   ``tokenizer.encode`` of the catalogue in id order), ``pq.write_table``;
 * ``ray``: ``sidkit encode-ray`` on a local Ray started with ``--num-cpus`` CPUs.
 
-Peak memory is sampled every 0.5 s as the sum over the process and all its descendants
+CPU time (user + system, summed over the process tree, sampled every 0.5 s) is recorded
+besides wall time: on the shared 2-core machine the wall time mostly measures the other
+jobs.  Peak memory is sampled every 0.5 s as the sum over the process and all its descendants
 (Ray's GCS, raylet, workers) of the proportional set size (PSS: shared pages such as
 the object store are split among the processes that map them, not counted once per
 process), and of the RSS.  Writes ``benchmarks/results/encode_ray.json`` and ``.md``.
@@ -66,6 +68,22 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    """user + system CPU seconds of every live process of ``pids``."""
+    out = {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / _TICK
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def _mem_mb(pids: list[int]) -> tuple[float, float]:
     pss = rss = 0
     for p in pids:
@@ -88,10 +106,15 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     peak = {"pss": 0.0, "rss": 0.0}
     done = threading.Event()
 
+    cpu: dict[int, float] = {}  # pid -> last seen CPU seconds (a sample every 0.5 s)
+
     def sample() -> None:
         while not done.is_set():
-            pss, rss = _mem_mb(_tree(proc.pid))
+            pids = _tree(proc.pid)
+            pss, rss = _mem_mb(pids)
             peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
+            for p, c in _cpu_s(pids).items():
+                cpu[p] = max(cpu.get(p, 0.0), c)
             done.wait(0.5)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -99,7 +122,7 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     out, _ = proc.communicate()
     done.set()
     th.join()
-    return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0,
+    return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "cpu_s": sum(cpu.values()),
             "peak_pss_mb": peak["pss"], "peak_rss_mb": peak["rss"], "tail": out[-1500:]}
 
 
@@ -125,10 +148,13 @@ def make_items(path: Path, n: int, dist: str, seed: int, draw: int = 0) -> None:
         z = r.choice(k, size=m, p=p)
         X = centers[z] + scales[z, None] * r.standard_normal((m, D), dtype=np.float32)
         X /= np.linalg.norm(X, axis=1, keepdims=True)
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), D)
+        # float64 values (8 bytes each, as pandas writes lists of Python floats); the
+        # encoders read them as float32
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1).astype(np.float64)), D)
         tbl = pa.table({"item_id": np.arange(s, s + m, dtype=np.int64), "embedding": emb})
         if writer is None:
-            writer = pq.ParquetWriter(str(path), tbl.schema)
+            writer = pq.ParquetWriter(str(path), tbl.schema, use_dictionary=False,
+                                      compression="none")  # random floats: both only cost
         writer.write_table(tbl, row_group_size=50_000)
     writer.close()
 
@@ -183,7 +209,9 @@ def main() -> None:
         t = time.perf_counter()
         RQKMeans(codebook_sizes=sizes, random_state=0).fit(X).save(codes / "tokenizer")
         print(f"fitted RQ-KMeans {sizes} on {args.fit_n} items in {time.perf_counter() - t:.1f}s", flush=True)
-    env = dict(os.environ, SIDKIT_NO_PROGRESS="1")
+    machine = _machine()  # the load average when the benchmark starts
+    # a loaded machine starts Ray workers slowly: give them time instead of failing
+    env = dict(os.environ, SIDKIT_NO_PROGRESS="1", RAY_worker_register_timeout_seconds="600")
     rows = []
     for dist in dists:
         for n in (int(v) for v in args.n.split(",")):
@@ -201,9 +229,9 @@ def main() -> None:
                 if r["rc"] != 0:
                     raise SystemExit(f"in-process run failed:\n{r['tail']}")
                 parts = dict(kv.split("=") for kv in r["tail"].split("RESULT ")[1].split())
-                row["inprocess"] = {**{k: r[k] for k in ("wall_s", "peak_pss_mb", "peak_rss_mb")},
+                row["inprocess"] = {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
                                     **{f"{k}_s": float(v) for k, v in parts.items()},
-                                    "items_per_s": n / r["wall_s"]}
+                                    "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"]}
                 print(f"in-process {dist} N={n}: {row['inprocess']}", flush=True)
             out = work / f"ray_{dist}_{n}"
             cmd = [str(Path(sys.executable).parent / "sidkit"), "encode-ray", "--codes", str(codes),
@@ -215,8 +243,8 @@ def main() -> None:
             if r["rc"] != 0:
                 raise SystemExit(f"Ray run failed:\n{r['tail']}")
             summ = json.loads((out / "_sidkit_encode.json").read_text())
-            row["ray"] = {**{k: r[k] for k in ("wall_s", "peak_pss_mb", "peak_rss_mb")},
-                          "items_per_s": n / r["wall_s"],
+            row["ray"] = {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
+                          "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"],
                           "job_s": summ["seconds"], "encode_pass_s": summ["seconds_encode"],
                           "disambiguate_pass_s": summ.get("seconds_disambiguate"),
                           "job_items_per_s": n / summ["seconds"], "n_new": summ["n_new"],
@@ -229,12 +257,13 @@ def main() -> None:
                 b = pd.read_parquet(out).sort_values("item_id")
                 row["identical"] = bool((a.to_numpy() == b[a.columns].to_numpy()).all())
                 row["ratio_inprocess_over_ray"] = row["inprocess"]["items_per_s"] / row["ray"]["items_per_s"]
+                row["cpu_ratio_ray_over_inprocess"] = row["ray"]["cpu_s"] / row["inprocess"]["cpu_s"]
                 print(f"identical SIDs: {row['identical']}", flush=True)
             rows.append(row)
-    res = {"machine": _machine(), "args": vars(args), "rows": rows}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"encode_ray{args.tag}.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res["rows"], indent=1))
+            res = {"machine": machine, "args": vars(args), "rows": rows}  # after every row
+            (HERE / "results").mkdir(exist_ok=True)
+            (HERE / "results" / f"encode_ray{args.tag}.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

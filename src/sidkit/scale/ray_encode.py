@@ -74,14 +74,22 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address:
         kw["address"] = address
-    elif num_cpus:
-        kw["num_cpus"] = int(num_cpus)
-    try:
-        ray.init(**kw)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"cannot start or reach Ray{f' at {address!r}' if address else ''}: {e}",
-                          "check --ray-address (e.g. ray://HEAD:10001 or HEAD:6379), or "
-                          "leave it out to run on this machine") from None
+    else:  # a local Ray on a busy machine registers its workers slowly (default 60 s)
+        os.environ.setdefault("RAY_worker_register_timeout_seconds", "300")
+        if num_cpus:
+            kw["num_cpus"] = int(num_cpus)
+    for attempt in range(3):
+        try:
+            ray.init(**kw)
+            break
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"cannot start or reach Ray{f' at {address!r}' if address else ''}: {e}",
+                              "check --ray-address (e.g. ray://HEAD:10001 or HEAD:6379), or "
+                              "leave it out to run on this machine") from None
+        except Exception as e:  # Ray's fixed 30 s wait for a local raylet, on a busy machine
+            ray.shutdown()
+            if address or "timed out during startup" not in str(e) or attempt == 2:
+                raise
     try:
         yield ray
     finally:
