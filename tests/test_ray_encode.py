@@ -25,17 +25,13 @@ from sidkit.tokenizers.base import Tokenizer
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray", reason="ray[data] is not installed: pip install 'sidkit[ray]'")
+    """One local Ray for the module (started, with retries, by ``ray_session``)."""
+    pytest.importorskip("ray", reason="ray[data] is not installed: pip install 'sidkit[ray]'")
     pytest.importorskip("ray.data", reason="ray[data] is not installed: pip install 'sidkit[ray]'")
-    started = not ray.is_initialized()
-    if started:  # a busy machine registers Ray's workers slowly (default timeout 60 s)
-        monkeypatch_env = pytest.MonkeyPatch()
-        monkeypatch_env.setenv("RAY_worker_register_timeout_seconds", "300")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-        monkeypatch_env.undo()
+    from sidkit.scale.ray_encode import ray_session
+
+    with ray_session(num_cpus=2) as ray:
+        yield ray
 
 
 def _clustered(n: int, d: int = 16, k: int = 6, seed: int = 0) -> np.ndarray:
