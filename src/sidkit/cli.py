@@ -36,6 +36,10 @@ def _mount() -> None:
 
     app.command("serve")(serve_cmd.serve)
 
+    from .commands import scale as scale_cmd  # issue 12: Ray Data encoding
+
+    app.command("encode-ray")(scale_cmd.encode_ray)
+
 
 @app.command()
 def version() -> None:

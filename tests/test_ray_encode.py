@@ -1,0 +1,197 @@
+"""Catalogue encoding on Ray Data equals the in-process encoder, row for row (issue 12).
+
+The Ray tests share one local Ray session (``ray.init(num_cpus=2)``, module scope: Ray's
+start-up takes seconds) and skip when ray[data] is not installed.  Every Ray Data job costs
+10-30 s on the shared 2-core machine, so the fit-on-a-sample CLI run and the text run are
+marked slow (``pytest -m slow tests/test_ray_encode.py``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sidkit.errors import ArtifactError, ConfigError, DataError
+from sidkit.scale.ray_encode import (
+    _NEW, SID_PREFIX, encode_in_process, encode_parquet, new_item_base, rank_new_items,
+    read_sids, require_ray, write_embeddings_parquet)
+from sidkit.tokenizers import RQKMeans
+from sidkit.tokenizers.base import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module (started, with retries, by ``ray_session``)."""
+    pytest.importorskip("ray", reason="ray[data] is not installed: pip install 'sidkit[ray]'")
+    pytest.importorskip("ray.data", reason="ray[data] is not installed: pip install 'sidkit[ray]'")
+    from sidkit.scale.ray_encode import ray_session
+
+    session = ray_session(num_cpus=2)
+    try:
+        ray = session.__enter__()
+    except Exception as e:  # Ray's own start-up (raylet, GCS), not sidkit code
+        pytest.skip(f"a local Ray could not start on this machine ({type(e).__name__}: {str(e)[:300]})")
+    try:
+        yield ray
+    finally:
+        session.__exit__(None, None, None)
+
+
+def _clustered(n: int, d: int = 16, k: int = 6, seed: int = 0) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    X = r.normal(size=(k, d))[r.integers(0, k, n)] + 0.3 * r.normal(size=(n, d))
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _sids(df, L: int) -> np.ndarray:
+    return df[[f"{SID_PREFIX}{l}" for l in range(L)]].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    """300 items; a 2-level RQ-KMeans (4 x 4 codewords + counter) fitted on 150 of them,
+    so the other 150 are new items sharing the 16 prefixes with catalogue items."""
+    d = tmp_path_factory.mktemp("cat")
+    X = _clustered(300)
+    ids = np.arange(1000, 1300)
+    tok = RQKMeans(codebook_sizes=[4, 4], random_state=0).fit(X[::2])
+    tok.save(d / "codes" / "tokenizer")
+    perm = np.random.default_rng(1).permutation(300)  # file order is not id order
+    write_embeddings_parquet(d / "items.parquet", ids[perm], X[perm], row_group_size=50)
+    return {"dir": d, "X": X, "ids": ids, "tok": Tokenizer.load(d / "codes" / "tokenizer")}
+
+
+# ------------------------------------------------------------- no Ray needed
+def test_rank_new_items_numbers_each_prefix_in_id_order():
+    # prefix (0, 1) holds 3 catalogue items (tokens 0..2): its new items 2, 5, 7 get 3, 4, 5
+    tbl = pa.table({"item_id": [5, 2, 9, 7], "sid_0": [0, 0, 1, 0], "sid_1": [1, 1, 0, 1],
+                    "sid_2": [9, 9, 9, 9], _NEW: [True] * 4, "_sidkit_base": [3, 3, 0, 3]})
+    out = rank_new_items(tbl, "item_id", 3)
+    assert out.column_names == ["item_id", "sid_0", "sid_1", "sid_2"]
+    assert out.column("item_id").to_pylist() == [5, 2, 9, 7]
+    assert out.column("sid_2").to_pylist() == [4, 3, 0, 5]
+
+
+def test_new_item_base_marks_exactly_the_items_outside_the_catalogue(catalogue):
+    tok, X = catalogue["tok"], catalogue["X"]
+    codes = tok.encode(X)
+    new, base = new_item_base(tok, codes)
+    assert not new[::2].any()  # the fitted half
+    # a new item's last token is count + rank; count is what is left after the rank
+    assert (codes.codes[new, -1] >= base[new]).all() and (codes.codes[~new, -1] < base[~new]).all()
+    lone = tok.encode(X[1:2])  # encoded alone, a new item gets the first free number
+    assert lone.codes[0, -1] == new_item_base(tok, lone)[1][0]
+
+
+def test_require_ray_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"sidkit\[ray\]"):
+        require_ray()
+
+
+@pytest.mark.parametrize("case", ["no_codes", "missing_column", "wrong_dim", "text_not_string",
+                                  "output_exists", "no_input"])
+def test_bad_input_fails_before_ray_and_leaves_no_output(catalogue, tmp_path, case):
+    cat = catalogue["dir"]
+    codes, inp, out = cat / "codes", cat / "items.parquet", tmp_path / "sids"
+    kw: dict = {}
+    if case == "no_codes":
+        codes = tmp_path / "nowhere"
+        err, msg = ArtifactError, "no saved tokenizer"
+    elif case == "missing_column":
+        kw["column"] = "emb"
+        err, msg = DataError, "no column 'emb'"
+    elif case == "wrong_dim":
+        inp = tmp_path / "wide.parquet"
+        write_embeddings_parquet(inp, np.arange(3), np.zeros((3, 8), np.float32))
+        err, msg = DataError, "8 dimensions but the tokenizer was fitted on 16"
+    elif case == "text_not_string":
+        kw["text_column"] = "item_id"
+        err, msg = DataError, "not string"
+    elif case == "output_exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+        err, msg = DataError, "already exists"
+    else:
+        inp = tmp_path / "missing.parquet"
+        err, msg = DataError, "does not exist"
+    with pytest.raises(err, match=msg):
+        encode_parquet(codes, inp, out, **kw)
+    assert (out.exists() and (out / "keep.txt").read_text() == "x") == (case == "output_exists")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------- on Ray
+def test_ray_encode_equals_in_process_row_for_row(ray_local, catalogue, tmp_path):
+    c = catalogue
+    out = tmp_path / "sids"
+    s = encode_parquet(c["dir"] / "codes", c["dir"] / "items.parquet", out, batch_size=32)
+    df = read_sids(out)
+    ref = encode_in_process(c["tok"], c["ids"], c["X"])
+    assert df["item_id"].tolist() == c["ids"].tolist()
+    assert np.array_equal(_sids(df, 3), ref)
+    assert s["n_items"] == 300 and s["n_new"] == 150
+    # the fitted half keeps its fit-time SIDs; every SID names one item
+    assert np.array_equal(_sids(df, 3)[::2], c["tok"].encode(c["X"][::2]).codes)
+    assert len({tuple(r) for r in _sids(df, 3)}) == 300
+    # batch-local numbering would have handed out the same SID twice: pass 2 is needed
+    naive = np.concatenate([c["tok"].encode(c["X"][i:i + 32]).codes for i in range(0, 300, 32)])
+    assert len({tuple(r) for r in naive}) < 300
+    meta = json.loads((out / "_sidkit_encode.json").read_text())
+    assert meta["columns"] == ["item_id", "sid_0", "sid_1", "sid_2"]
+
+
+def test_bad_row_in_a_worker_fails_clearly_and_leaves_no_output(ray_local, catalogue, tmp_path):
+    inp = tmp_path / "ragged.parquet"
+    emb = [list(map(float, row)) for row in catalogue["X"][:40]]
+    emb[17] = emb[17][:5]
+    pq.write_table(pa.table({"item_id": np.arange(40), "embedding": emb}), inp, row_group_size=10)
+    out = tmp_path / "sids"
+    with pytest.raises(DataError, match="item 17 has an embedding of 5 values but 16"):
+        encode_parquet(catalogue["dir"] / "codes", inp, out, batch_size=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ragged.parquet"]
+
+
+@pytest.mark.slow  # ~50 s on the shared 2-core machine: two Ray jobs
+def test_cli_fit_sample_then_encode(ray_local, catalogue, tmp_path):
+    from typer.testing import CliRunner
+
+    from sidkit.cli import app
+
+    codes, out = tmp_path / "codes", tmp_path / "sids"
+    res = CliRunner().invoke(app, ["encode-ray", "--codes", str(codes), "--input",
+                                   str(catalogue["dir"] / "items.parquet"), "--output", str(out),
+                                   "--fit-sample", "120", "--sizes", "4,4", "--batch-size", "64"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((codes / "fit_sample.json").read_text())
+    assert info["n_sample"] == 120 and info["n_total"] == 300
+    tok = Tokenizer.load(codes / "tokenizer")
+    assert tok.catalogue_sids_.shape[0] == 120
+    df = read_sids(out)
+    assert np.array_equal(_sids(df, 3), encode_in_process(tok, catalogue["ids"], catalogue["X"]))
+    assert "300 items, 180 new" in res.output
+
+
+@pytest.mark.slow  # loads the sentence model in a Ray actor
+def test_ray_encode_from_text_equals_in_process(ray_local, tmp_path):
+    from sidkit.embed import TextEmbedder
+
+    texts = [f"{a} {b} film" for a in ("a funny", "a sad", "a scary", "an epic", "a quiet")
+             for b in ("space", "love", "war", "heist", "school", "sea")]
+    ids = np.array([f"m{i:02d}" for i in range(len(texts))])
+    X = TextEmbedder(cache=False, show_progress=False).embed(texts)
+    tok = RQKMeans(codebook_sizes=[3, 3], random_state=0).fit(X[:20])
+    tok.save(tmp_path / "codes" / "tokenizer")
+    pq.write_table(pa.table({"item_id": ids[::-1], "title": texts[::-1]}), tmp_path / "t.parquet")
+    out = tmp_path / "sids"
+    s = encode_parquet(tmp_path / "codes", tmp_path / "t.parquet", out, text_column="title",
+                       batch_size=8)
+    df = read_sids(out)
+    assert df["item_id"].tolist() == ids.tolist() and s["n_new"] == 10
+    assert np.array_equal(_sids(df, 3), encode_in_process(tok, ids, X))
