@@ -35,7 +35,9 @@ instead of being recomputed.
 
 Results: ``OUT/results.{csv,md,json,png}``, one row per (data set, embedding, tokenizer,
 model) -- or per cell when the grid has no models -- with the test metrics (mean and
-sample std over seeds), diagnostics and times.
+sample std over seeds), diagnostics and times.  Published figures of a data set
+(``[[grid.datasets.reference]]`` tables, :class:`ReferenceRow`) follow its rows, marked
+by their ``reference`` (source) column.
 """
 
 from __future__ import annotations
