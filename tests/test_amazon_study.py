@@ -196,3 +196,12 @@ def test_amazon_grid_runs_on_the_fixture_with_reference_rows(tmp_path, monkeypat
     # FAMAE had the Amazon fields
     famae_meta = json.loads((out / "runs" / "beauty__famae__gaoq" / "embeddings" / "meta.json").read_text())
     assert "brand" in json.dumps(famae_meta) and "cat3" in json.dumps(famae_meta)
+
+
+def test_a_known_but_unfetchable_name_says_where_to_get_the_files(tmp_path):
+    grid = parse_grid({"name": "n", "grid": {"datasets": [{"dataset": "amazon-beauty"}]}}, "g.toml",
+                      out=tmp_path / "out")
+    with pytest.raises(DataError, match="amazon-beauty = 'amazon-beauty'") as e:
+        run_experiment(grid)
+    assert "reviews_Beauty_5.json.gz + meta_Beauty.json.gz" in e.value.fix
+    assert not (tmp_path / "out").exists()
