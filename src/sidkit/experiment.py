@@ -35,7 +35,9 @@ instead of being recomputed.
 
 Results: ``OUT/results.{csv,md,json,png}``, one row per (data set, embedding, tokenizer,
 model) -- or per cell when the grid has no models -- with the test metrics (mean and
-sample std over seeds), diagnostics and times.
+sample std over seeds), diagnostics and times.  Published figures of a data set
+(``[[grid.datasets.reference]]`` tables, :class:`ReferenceRow`) follow its rows, marked
+by their ``reference`` (source) column.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import ExperimentConfig, _format_errors, config_from_dict
-from .errors import ConfigError, SidkitError
+from .errors import ConfigError, DataError, SidkitError
 from .io import read_json, write_bytes, write_json, write_text
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -82,6 +84,40 @@ class GridConfig(BaseModel):
     grid: _GridAxes = Field(default_factory=_GridAxes)
 
 
+class ReferenceRow(BaseModel):
+    """A published result shown beside a data set's rows: ``[[grid.datasets.reference]]``.
+
+    ``metrics`` are test figures under our metric names (fractions, not percent); the
+    row is labelled with ``model`` and ``source`` and never mixed into our means.
+    """
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(..., min_length=1, description="the model column, e.g. \"TIGER\"")
+    source: str = Field(..., min_length=1, description="where the figures come from (paper, table)")
+    metrics: dict[str, float] = Field(..., description="test metrics, e.g. {\"ndcg@10\" = 0.0384}")
+    note: str = Field("", description="protocol differences, shown under the table")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: dict[str, float]) -> dict[str, float]:
+        from .eval.metrics import metric_names
+
+        known = metric_names()
+        unknown = sorted(set(v) - set(known))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; use {known} (HR@k is recall@k)")
+        if not v:
+            raise ValueError(f"give at least one metric of {known}")
+        bad = {k: x for k, x in v.items() if not 0.0 <= x <= 1.0}
+        if bad:
+            raise ValueError(f"metric values must be fractions in [0, 1] (0.0384, not 3.84%): {bad}")
+        return v
+
+
+class _References(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reference: list[ReferenceRow] = Field(default_factory=list)
+
+
 @dataclass
 class Cell:
     """One run of the grid: a (data set, embedding, tokenizer) combination."""
@@ -103,6 +139,7 @@ class Grid:
     origin: str
     out: Path
     cells: list[Cell]
+    references: dict[str, list[ReferenceRow]] = field(default_factory=dict)   # dataset label -> rows
 
 
 def _sanitize(text: str) -> str:
@@ -170,8 +207,18 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
     if g.seeds and ((base.get("train") or {}).get("seeds")):
         raise ConfigError(f"{origin}: seeds are given both in [base] train and in [grid] seeds",
                           "give them once, as [grid] seeds = [0, 1, 2]")
-    axes = {a: _labelled(a, getattr(g, a), base, origin) or [(_default_label(a, {}, base), {})]
-            for a in ("datasets", "embeddings", "tokenizers")}
+    datasets = [{k: v for k, v in e.items() if k != "reference"} for e in g.datasets]
+    axes = {a: _labelled(a, datasets if a == "datasets" else getattr(g, a), base, origin)
+            or [(_default_label(a, {}, base), {})] for a in ("datasets", "embeddings", "tokenizers")}
+    references = {}
+    for (label, _), entry in zip(axes["datasets"], g.datasets):
+        if "reference" in entry:
+            try:
+                references[label] = _References.model_validate({"reference": entry["reference"]}).reference
+            except ValidationError as e:
+                raise ConfigError(_format_errors(e, f"{origin} [[grid.datasets]] {label!r}"),
+                                  "a reference row has model, source, metrics = { \"ndcg@10\" = 0.0384, ... } "
+                                  "and note; see docs/experiments.md") from None
     models = _labelled("models", g.models, base, origin)
     root = Path(out if out is not None else gc.out or f"runs/experiments/{gc.name}")
     cells = []
@@ -195,7 +242,7 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
     if dup:
         raise ConfigError(f"{origin}: two runs of the grid would share the folder {dup[0]!r} "
                           "(labels that contain '__')", "give the axis entries labels without '__'")
-    return Grid(gc, origin, root, cells)
+    return Grid(gc, origin, root, cells, references)
 
 
 def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
@@ -217,6 +264,29 @@ def validate_grid(grid: Grid) -> None:
             validate_run(cell.cfg, cell.dir)
         except SidkitError as e:
             raise type(e)(f"cell {cell.id}: {e.problem}", e.fix) from None
+
+
+def check_datasets(grid: Grid) -> None:
+    """Every data set of the grid is a fetchable name or an existing path: one DataError
+    naming all missing ones, before anything runs (a grid would otherwise run hours of
+    cells and stop at the first data set whose files were never put in place)."""
+    from .data.fetch import FETCHABLE
+    from .data.load import NOT_FETCHABLE
+
+    missing: dict[str, str] = {}
+    for cell in grid.cells:
+        ds = cell.cfg.data.dataset
+        if (ds.lower() in FETCHABLE and "/" not in ds) or Path(ds).expanduser().exists():
+            continue
+        missing.setdefault(cell.dataset, ds)
+    if missing:
+        hints = [f"{ds!r}: {NOT_FETCHABLE[ds.lower()]}" for ds in missing.values() if ds.lower() in NOT_FETCHABLE]
+        raise DataError(f"{grid.origin}: data set file(s) not found (relative paths are relative to the working "
+                        f"directory {Path.cwd()}): " + ", ".join(f"{lb} = {ds!r}" for lb, ds in missing.items()),
+                        "put the files there"
+                        + (f" ({'; '.join(hints)})" if hints else "")
+                        + ", change their [[grid.datasets]] dataset paths, or remove those entries "
+                        "(Amazon: docs/studies/amazon.md)")
 
 
 # ------------------------------------------------------------- stage plan
@@ -334,6 +404,7 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *,
     if not isinstance(grid, Grid):
         grid = load_grid(grid, out)
     validate_grid(grid)
+    check_datasets(grid)
     done: dict[str, list] = {}
     files: dict[str, Path] = {}
     finished: list[Cell] = []
@@ -426,8 +497,25 @@ def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
     return rows
 
 
+def with_references(grid: Grid, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with each data set's published reference rows after its own rows
+    (for the data sets that have rows); a reference row's ``reference`` names its source."""
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(rows):
+        out.append(r)
+        if i + 1 == len(rows) or rows[i + 1]["dataset"] != r["dataset"]:
+            for ref in grid.references.get(r["dataset"], []):
+                row: dict[str, Any] = {"dataset": r["dataset"], "embedding": "", "tokenizer": "",
+                                       "model": ref.model, "seeds": "", "reference": ref.source}
+                for m, v in ref.metrics.items():
+                    row[f"test_{m}_mean"], row[f"test_{m}_std"] = v, None
+                out.append(row)
+    return out
+
+
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     first = ["dataset", "embedding", "tokenizer", "model", "seeds"]
+    first += ["reference"] * any(r.get("reference") for r in rows)
     metric_cols = [c for r in rows for c in r if c.startswith(("test_", "valid_"))]
     metric_cols = list(dict.fromkeys(sorted(metric_cols, key=lambda c: (not c.startswith("test_"), c))))
     diag = ["n_items", "codebook_sizes", "k_eff", "k_eff_scale", "k_eff_member"]
@@ -459,14 +547,16 @@ def _f(v: Any, fmt: str) -> str:
 
 
 def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
-    n = {a: len({r[k] for r in rows}) for a, k in
+    refs = [r for r in rows if r.get("reference")]
+    ours = [r for r in rows if not r.get("reference")]
+    n = {a: len({r[k] for r in ours}) for a, k in
          (("datasets", "dataset"), ("embeddings", "embedding"), ("tokenizers", "tokenizer"))}
-    seeds = sorted({s for r in rows for s in str(r.get("seeds", "")).split()}, key=int)
-    done = len({r["run"] for r in rows})
+    seeds = sorted({s for r in ours for s in str(r.get("seeds", "")).split()}, key=int)
+    done = len({r["run"] for r in ours})
     lines = [f"# Experiment {grid.config.name}", "",
              f"{done} of {len(grid.cells)} run(s) finished ({n['datasets']} data set(s) x {n['embeddings']} "
              f"embedding(s) x {n['tokenizers']} tokenizer(s)), seeds {', '.join(seeds) or '-'}; "
-             f"{len(rows)} row(s). Test figures: mean ± sample std over seeds (full ranking, "
+             f"{len(ours)} row(s). Test figures: mean ± sample std over seeds (full ranking, "
              "best-validation checkpoint; docs/evaluation.md). Diagnostics from each run's codes and "
              "diagnostics stages: K_eff at the first perturbation scale, H/log2K per semantic level, "
              "semantic collisions (tokens before the disambiguation token: collision rate / share of "
@@ -481,6 +571,11 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * (3 + 2 * models) + "---:|" * (len(head) - 3 - 2 * models)]
     for r in rows:
         cells = [r["dataset"], r["embedding"], r["tokenizer"]]
+        if r.get("reference"):
+            cells = [r["dataset"], "", "", f"{r['model']} (published)", ""]
+            cells += [_f(r.get(f"test_{m}_mean"), ".4f") for m in metrics] + [""] * (len(head) - 5 - len(metrics))
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         if models:
             cells += [r["model"] or "-", r.get("seeds") or "-"] + [_pm(r, f"test_{m}") for m in metrics]
         cells += [_f(r.get("k_eff"), ".1f"),
@@ -491,6 +586,12 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
         if models:
             cells.append(_pm(r, "train_seconds", 1))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if refs:
+        lines += ["", "*(published)*: figures reported elsewhere, not computed here -- different code, tuning "
+                  "and possibly protocol, so read them as orientation:"]
+        for ds in dict.fromkeys(r["dataset"] for r in refs):
+            for ref in grid.references.get(ds, []):
+                lines.append(f"- {ds}, {ref.model}: {ref.source}" + (f" -- {ref.note}" if ref.note else ""))
     lines += ["", "Every column (all test and validation metrics, std, per-level entropy): `results.csv`; "
               "per-seed figures: `results.json`; plot: `results.png`.", ""]
     return "\n".join(lines)
@@ -505,8 +606,9 @@ def _plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
     with_model = [r for r in rows if r.get("test_ndcg@10_mean") is not None]
     if with_model:
         vals = [r["test_ndcg@10_mean"] for r in with_model]
-        errs = [r["test_ndcg@10_std"] for r in with_model]
-        names = [f"{r['dataset']}/{r['embedding']}/{r['tokenizer']}/{r['model']}" for r in with_model]
+        errs = [r["test_ndcg@10_std"] or 0.0 for r in with_model]   # published rows: no spread
+        names = [f"{r['dataset']}/{r['model']} (published)" if r.get("reference") else
+                 f"{r['dataset']}/{r['embedding']}/{r['tokenizer']}/{r['model']}" for r in with_model]
         ylabel = "test NDCG@10 (mean ± std over seeds)"
     else:
         with_model = [r for r in rows if r.get("k_eff") is not None]
@@ -532,7 +634,7 @@ def _plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
 
 def write_results(grid: Grid, cells: list[Cell]) -> dict[str, Path]:
     """Write ``OUT/results.{csv,md,json,png}`` from the finished ``cells``' run directories."""
-    rows = collect_rows(grid, cells)
+    rows = with_references(grid, collect_rows(grid, cells))
     cols = _columns(rows)
     out = grid.out
     files = {k: out / f"results.{k}" for k in ("csv", "md", "json", "png")}
@@ -542,6 +644,7 @@ def write_results(grid: Grid, cells: list[Cell]) -> dict[str, Path]:
         "name": grid.config.name, "origin": grid.origin, "columns": cols,
         "cells": [{"id": c.id, "dir": str(c.dir), "models": c.model_labels} for c in cells],
         "n_cells": len(grid.cells),
+        "references": {ds: [r.model_dump() for r in refs] for ds, refs in grid.references.items()},
         "rows": [{**{c: r.get(c) for c in cols}, "per_seed": r.get("_records", [])} for r in rows]})
     write_bytes(files["png"], _plot_png(rows, f"{grid.config.name}"))
     return files

@@ -39,7 +39,7 @@ def experiment(
     """Run a grid (data set x embedding x tokenizer x model x seeds): one sidkit run per
     (data set, embedding, tokenizer) under OUT/runs/, reusing every cached stage, then
     OUT/results.{csv,md,json,png}. An interrupted grid resumes when started again."""
-    from ..experiment import load_grid, plan_cell, run_experiment, validate_grid
+    from ..experiment import check_datasets, load_grid, plan_cell, run_experiment, validate_grid
 
     grid = load_grid(file, out)
     n_models = len(grid.cells[0].model_labels) if grid.cells else 0
@@ -48,6 +48,7 @@ def experiment(
                f"seeds {list(seeds) or 'of the config'} -> {grid.out}", err=True)
     if dry_run:
         validate_grid(grid)
+        check_datasets(grid)
         pending: dict = {}
         for i, cell in enumerate(grid.cells):
             others = [c.dir for c in grid.cells if c is not cell and c.dir.is_dir()]
