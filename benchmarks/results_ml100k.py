@@ -38,9 +38,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_records(path: Path) -> list[dict]:
+    """The records of ``path``; ``train_seconds`` re-read from each record's history
+    (:func:`sidkit.eval.experiment.train_seconds`: every epoch, including those before a
+    resume, which the process-wall figure of older records missed)."""
+    from sidkit.eval.experiment import train_seconds
+
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in recs:
+        if r.get("history"):
+            r["train_seconds"] = train_seconds(r["history"])
+    return recs
 
 
 def write_docs(records: list[dict], docs: Path, command: str, note: str = "") -> None:
@@ -73,7 +82,10 @@ def write_docs(records: list[dict], docs: Path, command: str, note: str = "") ->
                      or {f"    {command}"}), "",
              *([note, ""] if note else []),
              "Seconds per epoch are medians of the training time of each epoch (validation excluded) on a "
-             "shared 2-core CPU (1 torch thread per run); they vary with the machine's load.", ""]
+             "shared 2-core CPU (1 torch thread per run); they vary with the machine's load. "
+             "\"train s\" sums every epoch's training time from the run's history (epochs before a resume "
+             "included) plus its validations' time where the history records it (runs recorded since the "
+             "history carries `valid_seconds`; older rows count training epochs only).", ""]
     write_text(docs / "results.md", md + "\n".join(extra))
 
 
@@ -162,7 +174,7 @@ def main() -> None:
             rec["protocol"] = protocol(data, cfg.train, getattr(model, "max_len", None), "ml-100k (user_core=5)")
             rec["train"] = cfg.train.model_dump() if name != "popularity" else None
             rec["params"] = _portable(model.get_params())
-            rec["history"] = [{k: h[k] for k in ("epoch", "loss", "seconds")} |
+            rec["history"] = [{k: h[k] for k in ("epoch", "loss", "seconds", "valid_seconds") if k in h} |
                               ({"valid_ndcg@10": h["valid"]["ndcg@10"]} if "valid" in h else {})
                               for h in getattr(model, "history_", [])]
             args.records.parent.mkdir(parents=True, exist_ok=True)

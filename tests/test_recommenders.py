@@ -113,13 +113,39 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "valid_seconds")} for r in h]  # noqa: E731
     assert strip(full.history_) == strip(resumed.history_)
     assert evaluate(full, data, "test")["ndcg@10"] == evaluate(resumed, data, "test")["ndcg@10"]
 
     # a checkpoint written for another config is refused with a clear error
     with pytest.raises(ArtifactError, match="another model config"):
         SASRec(**{**TINY, "hidden": 8}).fit(data, train=_train_cfg(3), seed=3, device="cpu", checkpoint_dir=ck)
+
+
+def test_train_seconds_of_a_resumed_run_count_the_epochs_before_the_resume(tmp_path):
+    from sidkit.config import SASRecConfig, TrainConfig
+    from sidkit.eval.experiment import fit_one, train_seconds
+
+    data = cyclic_data(n_users=24)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second(rec):
+        if rec["epoch"] == 2:
+            raise Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Stop):
+        SASRec(**TINY).fit(data, train=_train_cfg(3), seed=0, device="cpu", checkpoint_dir=ck,
+                           callbacks=[stop_after_second])
+    model, rec = fit_one(SASRecConfig(type="sasrec", **TINY), TrainConfig(**_train_cfg(3)), data, 0, "cpu", ck)
+    hist = model.history_
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert all(h["valid_seconds"] > 0 for h in hist)          # every epoch validated (eval_every = 1)
+    assert rec["train_seconds"] == train_seconds(hist) == pytest.approx(
+        sum(h["seconds"] + h["valid_seconds"] for h in hist))
+    assert rec["train_seconds"] > hist[0]["seconds"] + hist[1]["seconds"]   # the first process's epochs count
 
 
 def test_a_stopped_run_is_extended_by_a_larger_patience(tmp_path):

@@ -11,7 +11,9 @@ Layout written by :func:`train_and_evaluate` (``OUT`` is ``RUN/recommender``)::
 ``model``, ``tokenizer`` (the run's tokenizer for a SID model on the run's codes, else
 None), ``seed``, ``protocol``,
 ``valid`` and ``test`` metrics (test from the best-validation checkpoint),
-``best_epoch``, ``epochs_run``, ``seconds_per_epoch``, ``train_seconds``.
+``best_epoch``, ``epochs_run``, ``seconds_per_epoch`` (median training seconds of an
+epoch), ``train_seconds`` (:func:`train_seconds`: every epoch's training and validation
+time, read from the checkpointed history, so a resumed run counts its earlier epochs).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def make_model(model_cfg):
     return cls(**params)
 
 
+def train_seconds(history: list[dict[str, Any]]) -> float:
+    """Training time of a run from its per-epoch history: each epoch's ``seconds`` plus
+    its validation's ``valid_seconds`` (0 where a record predates that field)."""
+    return float(sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in history))
+
+
 def fit_one(model_cfg, train_cfg, data, seed: int, device: str = "auto",
             checkpoint_dir: Path | None = None, progress: bool | None = None):
     """Fit one model for one seed; returns ``(model, record_without_metrics)``."""
@@ -70,7 +78,7 @@ def fit_one(model_cfg, train_cfg, data, seed: int, device: str = "auto",
     rec = {"model": model.name, "tokenizer": None, "seed": int(seed),
            "best_epoch": getattr(model, "best_epoch_", None), "epochs_run": len(hist),
            "seconds_per_epoch": float(np.median(secs)) if secs else None,
-           "train_seconds": time.perf_counter() - t0}
+           "train_seconds": train_seconds(hist) if hist else time.perf_counter() - t0}
     return model, rec
 
 

@@ -333,7 +333,8 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
 
     Each history record: ``epoch`` (1-based), ``loss`` (mean training loss), ``lr``,
     ``seconds`` (training time of the epoch), and after a validation ``valid``
-    (the metrics of :func:`sidkit.eval.evaluate` on the validation examples).
+    (the metrics of :func:`sidkit.eval.evaluate` on the validation examples) and
+    ``valid_seconds`` (its time).
     ``callbacks`` are called as ``cb(record)`` after each epoch's checkpoint (raising
     from one interrupts training; :func:`train_loop` resumes from the checkpoint).
     The module ends with the best-validation weights.
@@ -431,6 +432,7 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
                     evaluate(model, data, "valid", mask_seen=cfg.mask_seen, batch_size=cfg.eval_batch_size)
                     if rank == 0 else None)
                 rec["valid"] = {k: v for k, v in val.items() if k not in ("seconds",)}
+                rec["valid_seconds"] = float(val.get("seconds", 0.0))
                 if val[SELECTION_METRIC] > best:
                     best, best_epoch, bad = val[SELECTION_METRIC], epoch, 0
                     best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
