@@ -116,11 +116,12 @@ class _Decoder:
         h = t5.encoder(input_ids=enc, attention_mask=enc_mask).last_hidden_state       # (B, T, D)
         B, T, _ = h.shape
         self.B = B
-        self.cross = []
+        self.cross = []                    # per decoder block: K (B h, dk, T), V (B h, T, dk)
         for blk in t5.decoder.block:
             att = blk.layer[1].EncDecAttention
-            self.cross.append((att.k(h).view(B, T, self.nh, self.dk).transpose(1, 2),
-                               att.v(h).view(B, T, self.nh, self.dk).transpose(1, 2)))       # (B, h, T, dk)
+            k = att.k(h).view(B, T, self.nh, self.dk).permute(0, 2, 3, 1)                      # (B, h, dk, T)
+            v = att.v(h).view(B, T, self.nh, self.dk).transpose(1, 2)                          # (B, h, T, dk)
+            self.cross.append((k.reshape(B * self.nh, self.dk, T), v.reshape(B * self.nh, T, self.dk)))
         self.enc_bias = torch.zeros((B, T), dtype=h.dtype, device=h.device).masked_fill(
             enc_mask == 0, float("-inf"))[:, None, None, :]                                   # (B, 1, 1, T)
 
@@ -149,9 +150,10 @@ class _Decoder:
             x = x + sa.SelfAttention.o((p @ v).transpose(1, 2).reshape(R, 1, nh * dk))
             ca = blk.layer[1]
             y = ca.layer_norm(x)
-            qb = ca.EncDecAttention.q(y).view(self.B, J, nh, dk)                               # beams of a user
-            s = torch.einsum("bjhd,bhtd->bhjt", qb, hk) + self.enc_bias
-            a = torch.einsum("bhjt,bhtd->bjhd", torch.softmax(s, -1), hv).reshape(R, 1, nh * dk)
+            qb = ca.EncDecAttention.q(y).view(self.B, J, nh, dk).transpose(1, 2).reshape(-1, J, dk)  # (B h, J, dk)
+            s = torch.bmm(qb, hk).view(self.B, nh, J, -1) + self.enc_bias                     # (B, h, J, T)
+            a = torch.bmm(torch.softmax(s, -1).view(self.B * nh, J, -1), hv)                   # hk/hv never copied
+            a = a.view(self.B, nh, J, dk).transpose(1, 2).reshape(R, 1, nh * dk)
             x = x + ca.EncDecAttention.o(a)
             x = blk.layer[2](x)
         x = t5.decoder.final_layer_norm(x)[:, 0] * self.scale_out
