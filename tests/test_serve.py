@@ -4,7 +4,8 @@ One tiny run directory per module (48 items with text embeddings from the packag
 sentence model, RQ-KMeans 3x4 SIDs + a disambiguation level, popularity and a tiny causal
 SID model trained one epoch) and two servers started side by side: ``server`` with the
 default batching, ``slow`` with a 1 s batch wait, a queue of 2 and no text model
-(full-queue and graceful-shutdown tests).
+(full-queue and graceful-shutdown tests).  A second run holds a tiny TIGER T5 (user
+tokens), served by a third server (``--model tiger``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ N_ITEMS = 48
 GENRES = ("Drama", "Comedy", "Horror")
 
 
-def _make_run(tmp: Path) -> Path:
+CAUSAL = {"type": "causal_sid", "hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 6, "dropout": 0.0, "beam": 5}
+TIGER_TINY = {"type": "tiger", "d_model": 16, "n_layers": 1, "n_heads": 2, "d_kv": 8, "d_ff": 32, "dropout": 0.0,
+              "max_len": 6, "targets_per_user": 0, "beam": 5}
+
+
+def _make_run(tmp: Path, models: tuple[dict, ...] = (CAUSAL,)) -> Path:
     from sidkit.config import config_from_dict
     from sidkit.pipeline import run_pipeline
 
@@ -51,9 +57,7 @@ def _make_run(tmp: Path) -> Path:
         "data": {"dataset": str(d), "user_core": 2}, "device": "cpu",
         "codes": {"codebook_sizes": [3, 4], "n_levels": 2},
         "diagnostics": {"perturbation_scales": [0.1], "report": False},
-        "models": [{"type": "popularity"},
-                   {"type": "causal_sid", "hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 6,
-                    "dropout": 0.0, "beam": 5}],
+        "models": [{"type": "popularity"}, *models],
         "train": {"epochs": 1, "batch_size": 32, "warmup_steps": 1}})
     run_pipeline(cfg, tmp / "run")
     return tmp / "run"
@@ -516,3 +520,62 @@ def test_cli_serve_refuses_an_unknown_text_model_setting(run_dir):
 
     r = CliRunner().invoke(app, ["serve", str(run_dir), "--text-model", "maybe"])
     assert r.exit_code == 1 and "text_model must be 'preload', 'lazy' or 'off', got 'maybe'" in r.output
+
+
+# ---------------------------------------------------------------------------- TIGER (user tokens)
+@pytest.fixture(scope="module")
+def tiger_server(run_dir, tmp_path_factory):
+    """A run with a tiny TIGER T5 (hashed user tokens), served with ``--model tiger``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIDKIT_HOME", os.environ.get("SIDKIT_HOME") or str(tmp_path_factory.mktemp("sidkit-home")))
+    try:
+        run = _make_run(tmp_path_factory.mktemp("serve-tiger"), (TIGER_TINY,))
+    finally:
+        mp.undo()
+    srv = Server(run, tmp_path_factory.mktemp("logs-tiger") / "tiger.log", "--model", "tiger",
+                 "--text-model", "off").wait_ready()
+    try:
+        yield srv, run
+    finally:
+        srv.stop()
+
+
+def test_tiger_is_served_with_and_without_a_user_token(tiger_server, histories):
+    """A TIGER run answers /recommend with its own beam search: with ``user`` the hashed
+    user token leads the encoder input, without it the slot is left out; a burst of
+    mixed requests (one beam search per group) answers as each request alone."""
+    from sidkit.models import Recommender
+
+    srv, run = tiger_server
+    model = Recommender.load(run / "recommender" / "models" / "tiger" / "seed-0")
+    assert model.name == "tiger" and model.user_tokens
+    pos = {item: i for i, item in enumerate(model.item_ids_)}
+    bodies = [{"history": h, "k": 4, "beam": 6, **({"user": f"u{i}"} if i % 3 else {})}
+              for i, h in enumerate(histories[:9])]
+    alone = []
+    for b in bodies:
+        r = _post(srv, "/recommend", json=b)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "tiger"
+        got = r.json()["items"]
+        idx = np.array([pos[item] for item in b["history"][-model.max_len:]]) + 1
+        res = model.decode(idx[None, :], 4, beam=6, **({"users": np.array([b["user"]])} if "user" in b else {}))
+        assert [g["item_id"] for g in got] == model.item_ids_[res.items[0]].tolist()
+        np.testing.assert_allclose([g["score"] for g in got], res.scores[0], atol=1e-5)
+        alone.append(got)
+    # the user token is read: some user gives another ranking than the same history without one
+    differs = []
+    for b in bodies[1:4]:
+        anon = _post(srv, "/recommend", json={k: v for k, v in b.items() if k != "user"}).json()["items"]
+        differs.append([g["score"] for g in anon] != [g["score"] for g in alone[bodies.index(b)]])
+    assert any(differs)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/recommend", json=b) for b in bodies))
+
+    for a, t in zip(alone, asyncio.run(burst())):
+        assert t.status_code == 200
+        t = t.json()["items"]
+        assert [x["item_id"] for x in a] == [x["item_id"] for x in t]
+        np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in t], atol=1e-5)
