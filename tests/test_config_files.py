@@ -17,7 +17,7 @@ GRIDS = sorted((CONFIGS / "experiments").glob("*.toml"))
 
 def test_configs_are_found():
     names = {p.relative_to(CONFIGS).as_posix() for p in RUN_CONFIGS}
-    assert {"causal.toml", "tiger.toml", "presets/resid.toml", "presets/tiger.toml"} <= names
+    assert {"causal.toml", "tiger.toml", "presets/resid.toml", "presets/tiger.toml", "presets/sidkit.toml"} <= names
     assert GRIDS
 
 
@@ -34,6 +34,13 @@ def test_presets_are_the_recipes():
     tiger = load_config(CONFIGS / "presets" / "tiger.toml")
     assert (tiger.embed.method, tiger.codes.method) == ("text", "rqvae")
     assert [m.type for _, m, _ in tiger.recommenders()] == ["popularity", "tiger"]
+    best = load_config(CONFIGS / "presets" / "sidkit.toml")      # the settings behind docs/results.md's best row
+    assert (best.embed.method, best.codes.method, best.codes.codebook_sizes) == ("text", "rqkmeans", [256] * 3)
+    models = {m.type: (m, t) for _, m, t in best.recommenders()}
+    assert list(models) == ["popularity", "sasrec", "causal_sid"]
+    causal, causal_train = models["causal_sid"]
+    assert (causal.max_len, causal_train.epochs, causal_train.lr, causal_train.batch_size) == (20, 60, 3e-3, 32)
+    assert (models["sasrec"][1].epochs, models["sasrec"][1].patience, models["sasrec"][1].lr) == (80, 20, 1e-3)
 
 
 @pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.name)
