@@ -120,6 +120,7 @@ def test_grid_runs_every_cell_writes_the_table_and_reruns_nothing(toy):
         assert float(row["semantic_collision_share"]) == summary["semantic_collisions"]["share_in_collision"]
         assert float(row["k_eff"]) == head["sid_k_eff"][0] and float(row["k_eff_scale"]) == 0.1
         assert float(row["rel_mse"]) == head["rel_mse"] > 0
+        assert float(row["rel_mse_prefix_mean"]) == head["rel_mse_prefix_mean"] <= head["rel_mse"] * (1 + 1e-6)
         assert float(row["tokenize_seconds"]) == codes_meta["seconds"]
         assert row["codebook_sizes"].startswith("3x4")
     assert rows[0]["k_eff"] != rows[1]["k_eff"]   # two tokenizers, two sets of diagnostics

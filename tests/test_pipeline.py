@@ -187,13 +187,24 @@ def test_cli_tokenize_and_embed(toy, sidkit_home):
 
 def test_hourglass_remedies_in_the_pipeline(toy):
     out = toy / "run"
-    full = Codes.load(run_pipeline(_cfg(toy), out).out / "codes" / "codes")
+    res = run_pipeline(_cfg(toy), out)
+    full = Codes.load(res.out / "codes" / "codes")
+    head = res.summary("diagnostics")
+    # the decoder's reconstruction and the prefix mean (the MSE-optimal one for the same
+    # partition of the items, so never worse) of the full semantic SID, side by side
+    assert 0 < head["rel_mse_prefix_mean"] <= head["rel_mse"] * (1 + 1e-6)
     dropped = run_pipeline(_cfg(toy, codes={"hourglass_remedy": "drop_level", "hourglass_level": 1}), out)
     d = Codes.load(out / "codes" / "codes")
     assert d.params["hourglass"]["remedy"] == "drop_level"
     np.testing.assert_array_equal(d.codes[:, 0], full.codes[:, 0])  # level 0 kept
     assert not d.has_collisions() and dropped.summary("codes")["n_items"] == 60
-    run_pipeline(_cfg(toy, codes={"hourglass_remedy": "topk", "hourglass_k": 1}), out)
+    # edited codes: the tokenizer cannot decode them, so no decoder MSE (the prefix mean is
+    # not passed off as one)
+    assert dropped.summary("diagnostics")["rel_mse"] is None
+    assert dropped.summary("diagnostics")["rel_mse_prefix_mean"] > 0
+    topk = run_pipeline(_cfg(toy, codes={"hourglass_remedy": "topk", "hourglass_k": 1}), out)
+    assert topk.summary("diagnostics")["rel_mse"] is None
+    assert topk.summary("diagnostics")["rel_mse_prefix_mean"] > 0
     t = Codes.load(out / "codes" / "codes")
     info = t.params["hourglass"]
     assert info["k"] == 1 and info["n_shortened"] > 0 and t.is_variable_length

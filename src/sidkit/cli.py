@@ -124,6 +124,8 @@ def print_sid_summary(codes_summary: dict, diag: dict | None = None) -> None:
         return
     if diag.get("rel_mse") is not None:
         typer.echo(f"relative reconstruction MSE (semantic levels) {diag['rel_mse']:.4f}")
+    if diag.get("rel_mse_prefix_mean") is not None:
+        typer.echo(f"relative MSE of the mean of the items sharing a semantic SID {diag['rel_mse_prefix_mean']:.4f}")
     if diag.get("sid_k_eff"):
         k = ", ".join(f"s={sc:g}: {v:.1f}" for sc, v in zip(diag["overlap_scales"], diag["sid_k_eff"]))
         typer.echo(f"effective capacity K_eff of the whole SID ({k})")

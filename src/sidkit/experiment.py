@@ -452,6 +452,7 @@ def cell_diagnostics(cell: Cell) -> dict[str, Any]:
         "semantic_collision_rate": sem.get("rate"),
         "semantic_collision_share": sem.get("share_in_collision"),
         "rel_mse": head.get("rel_mse"),
+        "rel_mse_prefix_mean": head.get("rel_mse_prefix_mean"),
         "soft_matching_auc": head.get("soft_matching_auc"),
         "tokenize_seconds": codes.get("seconds"),
     }
@@ -521,7 +522,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     diag = ["n_items", "codebook_sizes", "k_eff", "k_eff_scale", "k_eff_member"]
     ent = sorted({c for r in rows for c in r if c.startswith("norm_entropy_l")},
                  key=lambda c: int(c.rsplit("l", 1)[1]))
-    rest = ["semantic_collision_rate", "semantic_collision_share", "rel_mse", "soft_matching_auc",
+    rest = ["semantic_collision_rate", "semantic_collision_share", "rel_mse", "rel_mse_prefix_mean", "soft_matching_auc",
             "tokenize_seconds", "train_seconds_mean", "train_seconds_std", "best_epoch_mean", "run"]
     return first + metric_cols + diag + ent + rest
 
@@ -560,13 +561,15 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
              "best-validation checkpoint; docs/evaluation.md). Diagnostics from each run's codes and "
              "diagnostics stages: K_eff at the first perturbation scale, H/log2K per semantic level, "
              "semantic collisions (tokens before the disambiguation token: collision rate / share of "
-             "items in a collision), relative reconstruction MSE. Tokenize s: the codes stage's time; "
+             "items in a collision), relative reconstruction MSE of the full semantic SID: by the "
+             "tokenizer's decoder (-- where it cannot decode the codes, e.g. after an hourglass remedy) / by "
+             "the mean embedding of the items sharing the SID. Tokenize s: the codes stage's time; "
              "train s: seconds per seed (mean ± std).", ""]
     ent = [c for c in cols if c.startswith("norm_entropy_l")]
     models = any(r["model"] for r in rows)   # a diagnostics-only grid has no metric columns
     metrics = list(MAIN_METRICS) if models else []
     head = ["data set", "embedding", "tokenizer"] + (["model", "seeds"] + metrics) * models + \
-           ["K_eff", "H/log2K per level", "sem. collisions (rate / share)", "rel. MSE", "tokenize s"] + \
+           ["K_eff", "H/log2K per level", "sem. collisions (rate / share)", "rel. MSE (decoder / prefix mean)", "tokenize s"] + \
            ["train s"] * models
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * (3 + 2 * models) + "---:|" * (len(head) - 3 - 2 * models)]
     for r in rows:
@@ -582,7 +585,8 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
                   " / ".join(_f(r.get(c), ".3f") for c in ent if r.get(c) is not None),
                   (f"{r['semantic_collision_rate']:.4f} / {r['semantic_collision_share']:.4f}"
                    if r.get("semantic_collision_rate") is not None else ""),
-                  _f(r.get("rel_mse"), ".4f"), _f(r.get("tokenize_seconds"), ".2f")]
+                  f"{_f(r.get('rel_mse'), '.4f') or '--'} / {_f(r.get('rel_mse_prefix_mean'), '.4f') or '--'}",
+                  _f(r.get("tokenize_seconds"), ".2f")]
         if models:
             cells.append(_pm(r, "train_seconds", 1))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

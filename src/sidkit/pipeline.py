@@ -349,16 +349,20 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
     rec_input = ("recommender",) if cfg.recommenders() else ()  # issue 9: metrics in the report
     return Stage("diagnostics", fn, cfg.diagnostics.model_dump(),
                  inputs=("embeddings", "split", "codes") + rec_input,
-                 version=5)  # 3: semantic collisions; 4, 5: member-distribution overlap (5: trees)
+                 version=6)  # 3: semantic collisions; 4, 5: member-distribution overlap (5: trees);
+    # 6: summary rel_mse is the decoder's only, rel_mse_prefix_mean beside it
 
 
 def headline(res: dict[str, Any]) -> dict[str, Any]:
     """The few diagnostics numbers worth a line in a summary (None where not computed)."""
     out: dict[str, Any] = {"hourglass": res.get("hourglass")}
     fid = res.get("fidelity") or {}
-    levels = [lv for lv in (fid.get("levels") or []) if lv] or \
-        [lv for lv in (fid.get("prefix_mean") or []) if lv]  # prefix means without a tokenizer
-    out["rel_mse"] = levels[-1]["rel_mse"] if levels else None
+    # two reconstructions of the full semantic SID, never mixed in one figure: the
+    # tokenizer's own decoder (None where it cannot decode these codes, e.g. codes edited by
+    # an hourglass remedy) and the mean embedding of the items sharing the SID (any codes)
+    dec, pm = fid.get("levels") or [], fid.get("prefix_mean") or []
+    out["rel_mse"] = dec[-1]["rel_mse"] if dec and dec[-1] else None
+    out["rel_mse_prefix_mean"] = pm[-1]["rel_mse"] if pm and pm[-1] else None
     ov = res.get("overlap") or {}
     if ov.get("sid"):
         out["overlap_scales"] = ov["scales"]
