@@ -13,6 +13,8 @@ from sidkit.eval import SequenceData, evaluate
 from sidkit.models import CausalSID, Recommender
 from sidkit.types import Codes
 
+from _training import StopTraining, stop_after_epoch, without_times
+
 N_ITEMS = 30
 TINY = {"hidden": 32, "n_layers": 2, "n_heads": 2, "max_len": 6, "dropout": 0.0, "beam": 20}
 TRAIN = TrainConfig(epochs=30, patience=30, lr=1e-2, warmup_steps=0, batch_size=32, eval_every=10)
@@ -176,23 +178,15 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
               seed=3, device="cpu", progress=False)
     full = CausalSID(**params).fit(data, **kw)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(rec):
-        if rec["epoch"] == 1:
-            raise Stop
-
     ck = tmp_path / "ck"
-    with pytest.raises(Stop):
-        CausalSID(**params).fit(data, checkpoint_dir=ck, callbacks=[stop_after_first], **kw)
+    with pytest.raises(StopTraining):
+        CausalSID(**params).fit(data, checkpoint_dir=ck, callbacks=[stop_after_epoch(1)], **kw)
     resumed = CausalSID(**params).fit(data, checkpoint_dir=ck, **kw)
     a, b = full._state(), resumed._state()
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "valid_seconds")} for r in h]  # noqa: E731
-    assert strip(full.history_) == strip(resumed.history_) and len(full.history_) == 3
+    assert without_times(full.history_) == without_times(resumed.history_) and len(full.history_) == 3
     hist = data.eval_inputs("test", full.max_len)["history"]
     np.testing.assert_array_equal(full.recommend(hist, 10), resumed.recommend(hist, 10))
 
@@ -204,16 +198,9 @@ def test_resume_with_other_codes_is_refused(tmp_path):
     kw = dict(train=TrainConfig(epochs=2, lr=5e-3, warmup_steps=2, batch_size=8),
               seed=0, device="cpu", progress=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(rec):
-        if rec["epoch"] == 1:
-            raise Stop
-
     ck = tmp_path / "ck"
-    with pytest.raises(Stop):
-        CausalSID(**TINY).fit(data, codes=toy_codes(), checkpoint_dir=ck, callbacks=[stop_after_first], **kw)
+    with pytest.raises(StopTraining):
+        CausalSID(**TINY).fit(data, codes=toy_codes(), checkpoint_dir=ck, callbacks=[stop_after_epoch(1)], **kw)
     c = toy_codes()
     other = Codes(c.codes[:, ::-1].copy(), (6, 6), item_ids=c.item_ids)   # same shape, other SIDs
     with pytest.raises(ArtifactError, match="another model config"):

@@ -9,6 +9,8 @@ from sidkit.errors import ArtifactError, DataError, NotFittedError
 from sidkit.eval import SequenceData, evaluate
 from sidkit.models import Popularity, Recommender, SASRec
 
+from _training import StopTraining, stop_after_epoch, without_times
+
 TINY = {"hidden": 16, "n_blocks": 1, "n_heads": 1, "max_len": 8, "dropout": 0.0}
 
 
@@ -95,17 +97,10 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     data = cyclic_data(n_users=24)
     full = SASRec(**{**TINY, "dropout": 0.3}).fit(data, train=_train_cfg(3), seed=3, device="cpu")
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(rec):
-        if rec["epoch"] == 1:
-            raise Stop
-
     ck = tmp_path / "ck"
-    with pytest.raises(Stop):
+    with pytest.raises(StopTraining):
         SASRec(**{**TINY, "dropout": 0.3}).fit(data, train=_train_cfg(3), seed=3, device="cpu",
-                                               checkpoint_dir=ck, callbacks=[stop_after_first])
+                                               checkpoint_dir=ck, callbacks=[stop_after_epoch(1)])
     assert (ck / "state.json").is_file()
     resumed = SASRec(**{**TINY, "dropout": 0.3}).fit(data, train=_train_cfg(3), seed=3, device="cpu",
                                                      checkpoint_dir=ck)
@@ -113,8 +108,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "valid_seconds")} for r in h]  # noqa: E731
-    assert strip(full.history_) == strip(resumed.history_)
+    assert without_times(full.history_) == without_times(resumed.history_)
     assert evaluate(full, data, "test")["ndcg@10"] == evaluate(resumed, data, "test")["ndcg@10"]
 
     # a checkpoint written for another config is refused with a clear error
@@ -128,17 +122,10 @@ def test_train_seconds_of_a_resumed_run_count_the_epochs_before_the_resume(tmp_p
 
     data = cyclic_data(n_users=24)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_second(rec):
-        if rec["epoch"] == 2:
-            raise Stop
-
     ck = tmp_path / "ck"
-    with pytest.raises(Stop):
+    with pytest.raises(StopTraining):
         SASRec(**TINY).fit(data, train=_train_cfg(3), seed=0, device="cpu", checkpoint_dir=ck,
-                           callbacks=[stop_after_second])
+                           callbacks=[stop_after_epoch(2)])
     model, rec = fit_one(SASRecConfig(type="sasrec", **TINY), TrainConfig(**_train_cfg(3)), data, 0, "cpu", ck)
     hist = model.history_
     assert [h["epoch"] for h in hist] == [1, 2, 3]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_causal_sid import N_ITEMS, cyclic_data, one_thread, toy_codes  # noqa: F401 (autouse fixture)
 from test_pipeline import toy  # noqa: F401  (fixture: the pipeline's synthetic data set)
+from _training import StopTraining, stop_after_epoch, without_times
 
 from sidkit.config import TrainConfig
 from sidkit.errors import ArtifactError, ConfigError, DataError
@@ -164,15 +165,6 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert evaluate(back, data, "test", ks=(1, 10))["recall@1"] == 1.0
 
 
-def _stop_after_first(rec):
-    if rec["epoch"] == 1:
-        raise _Stop
-
-
-class _Stop(Exception):
-    pass
-
-
 def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     data = cyclic_data(n_users=16)
     params = {**TINY, "dropout": 0.3, "targets_per_user": 3}
@@ -180,15 +172,14 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
               seed=3, device="cpu", progress=False)
     full = TIGER(**params).fit(data, **kw)
     ck = tmp_path / "ck"
-    with pytest.raises(_Stop):
-        TIGER(**params).fit(data, checkpoint_dir=ck, callbacks=[_stop_after_first], **kw)
+    with pytest.raises(StopTraining):
+        TIGER(**params).fit(data, checkpoint_dir=ck, callbacks=[stop_after_epoch(1)], **kw)
     resumed = TIGER(**params).fit(data, checkpoint_dir=ck, **kw)
     a, b = full._state(), resumed._state()
     assert a.keys() == b.keys() and "t5.shared.weight" in a and "t5.lm_head.weight" not in a
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "valid_seconds")} for r in h]  # noqa: E731
-    assert strip(full.history_) == strip(resumed.history_) and len(full.history_) == 3
+    assert without_times(full.history_) == without_times(resumed.history_) and len(full.history_) == 3
 
 
 def test_resume_with_other_codes_is_refused(tmp_path):
@@ -196,8 +187,8 @@ def test_resume_with_other_codes_is_refused(tmp_path):
     kw = dict(train=TrainConfig(epochs=2, lr=5e-3, warmup_steps=2, batch_size=8), seed=0, device="cpu",
               progress=False)
     ck = tmp_path / "ck"
-    with pytest.raises(_Stop):
-        TIGER(**TINY).fit(data, codes=toy_codes(), checkpoint_dir=ck, callbacks=[_stop_after_first], **kw)
+    with pytest.raises(StopTraining):
+        TIGER(**TINY).fit(data, codes=toy_codes(), checkpoint_dir=ck, callbacks=[stop_after_epoch(1)], **kw)
     c = toy_codes()
     other = Codes(c.codes[:, ::-1].copy(), (6, 6), item_ids=c.item_ids)
     with pytest.raises(ArtifactError, match="another model config"):
