@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
                       model_validator)
@@ -252,6 +252,18 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(1024, ge=1)
     mask_seen: bool = Field(False, description="remove the items of the input history from the ranking")
     seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the training forward pass under bfloat16 autocast (weights, optimiser "
+                            "and evaluation stay float32); faster on CPUs with AMX / AVX512-BF16 and on GPUs")
+
+    # keys added after the first release, left out of stage and checkpoint fingerprints while
+    # they hold their default, so runs made before them stay cached and resumable
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32"}
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """``model_dump()`` without the later keys at their default (see ``LATER_DEFAULTS``)."""
+        return {k: v for k, v in self.model_dump().items()
+                if not (k in self.LATER_DEFAULTS and v == self.LATER_DEFAULTS[k])}
 
 
 def _overrides_of(model: type[BaseModel], name: str) -> type[BaseModel]:

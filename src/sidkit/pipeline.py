@@ -383,7 +383,7 @@ def _recommender_stage(cfg: ExperimentConfig) -> Stage:
     from .eval.experiment import recommender_inputs, recommender_stage_fn
 
     params = {"models": [{"label": label, "model": m.model_dump(exclude={"train", "label"}),
-                          "train": t.model_dump(), "seeds": list(t.seeds) or [cfg.seed]}
+                          "train": t.fingerprint_dict(), "seeds": list(t.seeds) or [cfg.seed]}
                          for label, m, t in cfg.recommenders()]}
     # version 2: several models (models/<label>/seed-<s>)
     return Stage("recommender", recommender_stage_fn(cfg), params, inputs=recommender_inputs(cfg), version=2)

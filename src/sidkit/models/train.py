@@ -28,6 +28,7 @@ progress bar and writes checkpoints; the checkpoint holds every rank's RNG state
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -39,7 +40,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .. import distributed
-from ..errors import ArtifactError, DataError
+from ..errors import ArtifactError, ConfigError, DataError
 from ..io import SCHEMA_VERSION, hash_obj, read_json, write_json
 from ..stages import replace_dir
 from .base import Recommender
@@ -172,7 +173,7 @@ class TorchRecommender(Recommender):
 # ------------------------------------------------------------------ checkpoints
 def _fingerprint(model: TorchRecommender, data, cfg, seed: int, n_samples: int) -> str:
     # epochs and patience only decide when to stop: a finished run can be extended
-    train = {k: v for k, v in cfg.model_dump().items() if k not in ("epochs", "patience", "seeds")}
+    train = {k: v for k, v in cfg.fingerprint_dict().items() if k not in ("epochs", "patience", "seeds")}
     return hash_obj({"type": model.name, "params": model.get_params(), "train": train, "seed": int(seed),
                      "catalogue": data.catalogue_hash, "n_samples": int(n_samples),
                      **model._fingerprint_extra()})
@@ -281,7 +282,23 @@ def _rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _shard_backward(model: TorchRecommender, net, arrays, idx, rank: int, world: int):
+def _autocast(precision: str, device):
+    """A context-manager factory for the training forward pass: bfloat16 autocast for
+    ``precision == "bf16"`` (the loss is still reduced in float32 by autocast's rules and
+    ``backward`` runs outside it, as torch recommends), a no-op for ``"fp32"``."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision != "bf16":
+        raise ConfigError(f"[train] precision must be 'fp32' or 'bf16', got {precision!r}", 'use precision = "bf16"')
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"[train] precision = 'bf16' but the GPU {torch.cuda.get_device_name(device)} has no "
+                          "bfloat16 support", 'use precision = "fp32" on this GPU')
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _shard_backward(model: TorchRecommender, net, arrays, idx, rank: int, world: int, autocast=None):
     """Forward and backward of this rank's share of the global batch ``idx``; returns the
     share's part of the global batch's mean loss (their sum over the ranks is that mean).
 
@@ -289,14 +306,16 @@ def _shard_backward(model: TorchRecommender, net, arrays, idx, rank: int, world:
     ``n_r`` loss terms (:meth:`TorchRecommender.train_loss_terms`), so rank ``r``
     back-propagates its loss times ``world * n_r / n`` (``n``: the global batch's terms,
     known to every rank): DistributedDataParallel averages the gradients over the ranks,
-    which then equal those of the global batch's mean loss."""
+    which then equal those of the global batch's mean loss.  ``autocast``: the context
+    factory of :func:`_autocast` for the forward pass."""
     import torch
 
     parts = torch.tensor_split(idx, world)
     terms = torch.stack([torch.as_tensor(model.train_loss_terms(*(a[p] for a in arrays)), device=idx.device)
                          for p in parts]).float()
     w = terms[rank] / terms.sum()
-    loss = net(*(a[parts[rank]] for a in arrays))
+    with (autocast or contextlib.nullcontext)():
+        loss = net(*(a[parts[rank]] for a in arrays))
     (loss * (w * world)).backward()
     return loss.detach() * w
 
@@ -390,6 +409,7 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
         stopped = bad >= cfg.patience  # the patience given now (a larger one resumes a stopped run)
 
     bar = _progress_bar(cfg.epochs, epoch, progress) if rank == 0 else None
+    autocast = _autocast(cfg.precision, device)
     warm = max(int(cfg.warmup_steps), 0)
     params = [p for p in module.parameters() if p.requires_grad]
     net = _wrap_ddp(model, module, device) if ddp else None   # also syncs rank 0's weights to all ranks
@@ -407,12 +427,13 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
                 for g in opt.param_groups:
                     g["lr"] = lr
                 if net is None:
-                    loss = model.train_loss(module, *(a[idx] for a in arrays))
+                    with autocast():
+                        loss = model.train_loss(module, *(a[idx] for a in arrays))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                 else:
                     opt.zero_grad(set_to_none=True)
-                    loss = _shard_backward(model, net, arrays, idx, rank, world)
+                    loss = _shard_backward(model, net, arrays, idx, rank, world, autocast)
                 if cfg.clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.clip)
                 opt.step()
