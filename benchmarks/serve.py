@@ -24,7 +24,8 @@ concurrency 32.
 
 ``--model-only [--batches 1,8,32,64] [--profile]`` times the served model's batched beam
 search in-process instead (no HTTP, no client), to separate the model's cost from the
-HTTP stack's.  Writes ``benchmarks/results/serve{tag}.json`` and ``.md``.
+HTTP stack's; ``--in-process`` runs the load levels against the app in this process
+(httpx's ASGI transport: the whole app, without sockets, HTTP parsing or a second process).  Writes ``benchmarks/results/serve{tag}.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -117,14 +118,14 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, beam: int, offset: int,
-                server_pid: int | None = None) -> dict:
+                server_pid: int | None = None, transport=None) -> dict:
     import httpx
 
     lat: list[float] = []
     errors: list[str] = []
     nxt = {"i": 0}
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport) as client:
         before = batch_stats((await client.get("/metrics")).text)
 
         bodies = [json.dumps({"history": h, "k": k, "beam": beam}).encode() for h in hists]  # off the clock
@@ -157,6 +158,33 @@ async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, bea
             "mean_batch": (after[0] - before[0]) / n_batches if n_batches else None,
             "server_cpu_ms_per_req": (s1 - s0) / n * 1000 if s0 is not None and s1 is not None else None,
             "client_cpu_ms_per_req": (c1 - c0) / n * 1000}
+
+
+def in_process(args) -> list[dict]:
+    """``--in-process``: the same load levels against the app in this process through
+    httpx's ASGI transport -- routing, validation, micro-batching, the model and the JSON
+    answers, without sockets, HTTP parsing or a second process.  The CPU column is then
+    the server's and the client's together."""
+    import httpx
+    import torch
+
+    from sidkit.serve.app import create_app
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    app = create_app(args.run, device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                     max_queue=1024, text_model="off")
+    hists = histories(args.run)
+
+    async def run_all():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            await level("http://in-process", hists, args.warmup, 4, args.k, args.beam, offset=len(hists) // 2,
+                        transport=transport)
+            return [await level("http://in-process", hists, args.requests, int(c), args.k, args.beam, offset=0,
+                                transport=transport) for c in args.concurrency.split(",")]
+
+    return asyncio.run(run_all())
 
 
 def model_only(args) -> None:
@@ -212,9 +240,30 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32,64", help="--model-only: batch sizes")
     ap.add_argument("--repeat", type=int, default=5, help="--model-only: calls per batch size")
     ap.add_argument("--profile", action="store_true", help="--model-only: torch profiler of the largest batch")
+    ap.add_argument("--in-process", action="store_true",
+                    help="the load levels against the app in this process (httpx ASGI transport): no sockets, "
+                         "no HTTP parsing, no second process")
     args = ap.parse_args()
     if args.model_only:
         model_only(args)
+        return
+    if args.in_process:
+        info = machine()
+        rows = in_process(args)
+        info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+        cmd = "python benchmarks/serve.py " + " ".join(sys.argv[1:])
+        (RESULTS / f"serve{args.tag}.json").write_text(json.dumps({"command": cmd, "machine": info, "mode": "in-process",
+                                                                   "levels": rows}, indent=2) + "\n")
+        lines = [f"# sidkit serve in-process (ASGI transport, no sockets){args.tag}", "", f"Command: `{cmd}`", "",
+                 f"Load average at start {info.get('load_avg_at_start')}, at end {info.get('load_avg_at_end')}.", "",
+                 "| concurrency | requests | rec/s | p50 ms | p99 ms | mean batch | process CPU ms/req (server + client) "
+                 "| errors |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['concurrency']} | {r['requests']} | {r['rec_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                  f"{r['p99_ms']:.1f} | {r['mean_batch'] or 0:.1f} | {r['client_cpu_ms_per_req']:.1f} | {r['errors']} |"
+                  for r in rows]
+        md = "\n".join(lines) + "\n"
+        (RESULTS / f"serve{args.tag}.md").write_text(md)
+        print(md)
         return
     if args.requests < 1 or args.requests > 100_000:
         raise SystemExit("--requests must lie in 1..100000 (a bounded load test)")
