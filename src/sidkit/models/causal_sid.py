@@ -72,23 +72,27 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
                                                dropout_p=attn_dropout if self.training else 0.0)
             return self._out(x, a), k, v
 
-        def step(self, x, hk, hv, hmask, dk, dv):
-            """One new token per row.  x (R, 1, D); history hk/hv (B, h, T, dh) with key mask
-            hmask (B, T), shared by the R // B rows of a user; decoded dk/dv (R, h, t, dh)."""
+        def step(self, x, hkT, hv, hbias, dk, dv):
+            """One new token per row.  x (R, 1, D); the history's keys hkT (B h, dh, T) and
+            values hv (B h, T, dh), laid out per (user, head) so both products are plain
+            ``bmm`` on the cached tensors (never copied per step), with the additive key mask
+            hbias (B, 1, 1, T), shared by the J = R // B rows of a user; decoded dk/dv (R, h, t, dh)."""
             R = x.shape[0]
-            B = hk.shape[0]
+            T = hv.shape[1]
+            B = hv.shape[0] // n_heads
+            J = R // B
             q, k, v = self._qkv(x)                                    # (R, h, 1, dh)
             dk = torch.cat([dk, k], 2)
             dv = torch.cat([dv, v], 2)
-            qb = q[:, :, 0].reshape(B, R // B, n_heads, dh)            # (B, J, h, dh)
             scale = dh ** -0.5
-            s_hist = torch.einsum("bjhd,bhtd->bjht", qb, hk) * scale
-            s_hist = s_hist.masked_fill(~hmask[:, None, None, :], float("-inf"))
-            s_dec = torch.einsum("rhd,rhtd->rht", q[:, :, 0], dk).reshape(B, R // B, n_heads, -1) * scale
-            p = torch.softmax(torch.cat([s_hist, s_dec], -1), -1)
-            T = hk.shape[2]
-            a = torch.einsum("bjht,bhtd->bjhd", p[..., :T], hv).reshape(R, n_heads, dh) + \
-                torch.einsum("rht,rhtd->rhd", p[..., T:].reshape(R, n_heads, -1), dv)
+            q0 = q[:, :, 0]                                           # (R, h, dh)
+            qb = q0.reshape(B, J, n_heads, dh).transpose(1, 2).reshape(B * n_heads, J, dh)
+            s_hist = torch.bmm(qb, hkT).view(B, n_heads, J, T) * scale + hbias            # (B, h, J, T)
+            s_dec = torch.einsum("rhd,rhtd->rht", q0, dk).view(B, J, n_heads, -1).transpose(1, 2) * scale
+            p = torch.softmax(torch.cat([s_hist, s_dec], -1), -1)    # (B, h, J, T + t)
+            a = torch.bmm(p[..., :T].reshape(B * n_heads, J, T), hv).view(B, n_heads, J, dh)
+            a = a.transpose(1, 2).reshape(R, n_heads, dh) + \
+                torch.einsum("rht,rhtd->rhd", p[..., T:].transpose(1, 2).reshape(R, n_heads, -1), dv)
             return self._out(x, a[:, :, None]), dk, dv
 
     class CausalSIDModule(nn.Module):
@@ -117,19 +121,39 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
                 x = x + self.lvl(pos % W)[None]
             return self.drop(x)
 
+        def _mask(self, tokens):
+            L = tokens.shape[1]
+            real = tokens != PAD
+            eye = torch.eye(L, dtype=torch.bool, device=tokens.device)
+            return ((torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()[None] & real[:, None, :])
+                    | eye[None])[:, None]
+
         def forward(self, tokens, return_kv: bool = False):
             """(B, L) tokens at positions 0..L-1 -> (B, L, D) states (and per-layer K/V)."""
-            B, L = tokens.shape
-            real = tokens != PAD
             x = self.embed(tokens, 0)
-            eye = torch.eye(L, dtype=torch.bool, device=tokens.device)
-            mask = ((torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()[None] & real[:, None, :])
-                    | eye[None])[:, None]
+            mask = self._mask(tokens)
             kv = []
             for blk in self.blocks:
                 x, k, v = blk(x, mask)
                 kv.append((k, v))
             return (self.ln(x), kv) if return_kv else self.ln(x)
+
+        def prefill(self, tokens):
+            """Decoding's first pass over (B, L) histories: the state of the last position
+            (B, D) and every layer's K/V.  The last block needs its attention output and
+            feed-forward only at that position (later tokens attend to its K/V alone), so
+            they are computed there only -- equal to ``forward`` at the last position."""
+            x = self.embed(tokens, 0)
+            mask = self._mask(tokens)
+            kv = []
+            for blk in self.blocks[:-1]:
+                x, k, v = blk(x, mask)
+                kv.append((k, v))
+            last = self.blocks[-1]
+            q, k, v = last._qkv(x)
+            kv.append((k, v))
+            a = F.scaled_dot_product_attention(q[:, :, -1:], k, v, attn_mask=mask[:, :, -1:])
+            return self.ln(last._out(x[:, -1:], a))[:, 0], kv
 
         def logits(self, h):
             return h @ self.tok.weight.T
@@ -357,21 +381,24 @@ class CausalSID(SIDRecommender):
         grid = torch.as_tensor(self._history_grid(history), device=self.device_)
         T = grid.shape[1]
         B = grid.shape[0]
-        hmask = grid != PAD
         beam = int(max(beam or self.beam, k))
 
         def step(tokens, state):
             t = tokens.shape[1]
             if t == 0:
-                h, kv = module(grid, return_kv=True)
-                state["hist"] = kv
-                x = h[:, -1]
+                x, kv = module.prefill(grid)
+                h = kv[0][0].shape[1]
+                # per (user, head) layouts for bmm: K transposed (B h, dh, T), V (B h, T, dh)
+                state["hist"] = [(k_.transpose(-1, -2).reshape(B * h, -1, T), v_.reshape(B * h, T, -1))
+                                 for k_, v_ in kv]
+                state["bias"] = torch.zeros((B, T), dtype=x.dtype, device=x.device).masked_fill(
+                    grid == PAD, float("-inf"))[:, None, None, :]
                 state["dec"] = [(kv_[0][:, :, :0], kv_[1][:, :, :0]) for kv_ in kv]
             else:
                 x = module.embed(tokens[:, -1:], T + t - 1)
                 dec = []
                 for blk, (hk, hv), (dk, dv) in zip(module.blocks, state["hist"], state["dec"]):
-                    x, dk, dv = blk.step(x, hk, hv, hmask, dk, dv)
+                    x, dk, dv = blk.step(x, hk, hv, state["bias"], dk, dv)
                     dec.append((dk, dv))
                 state["dec"] = dec
                 x = module.ln(x)[:, 0]
