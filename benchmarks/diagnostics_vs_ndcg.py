@@ -2,7 +2,8 @@
 way downstream NDCG@10 does?
 
 For every tokenizer with a ``causal_sid@TOKENIZER`` row in ``docs/results.json`` (written
-by ``benchmarks/results_ml100k.py``), reads the diagnostics of the same SIDs (``sidkit run``
+by ``benchmarks/results_ml100k.py``; ``METHOD-KxL`` rows such as ``rqkmeans-256x3`` are SID
+sets of their own), reads the diagnostics of the same SIDs (``sidkit run``
 with that ``[codes] method`` in ``--work/sids-TOKENIZER``, recomputed when stale) and
 prints Spearman's rank correlation, across tokenizers, between each diagnostic and the
 test NDCG@10 of the causal SID model (mean over its seeds):
@@ -30,6 +31,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from _common import ml100k_sid_run  # noqa: E402
+
+
+def spearman_critical(n: int, alpha: float = 0.05) -> float:
+    """Smallest rho with P(rho_null >= rho) <= alpha (one-sided): exact, by enumerating
+    every permutation, for n <= 9; the normal approximation z / sqrt(n - 1) beyond."""
+    import itertools
+
+    import numpy as np
+
+    if n > 9:
+        from scipy.stats import norm
+
+        return float(norm.ppf(1 - alpha) / np.sqrt(n - 1))
+    perms = np.array(list(itertools.permutations(range(n))))
+    rho = 1 - 6 * ((perms - np.arange(n)) ** 2).sum(1) / (n * (n * n - 1))
+    vals = np.unique(np.round(rho, 12))
+    tail = np.array([(rho >= v - 1e-12).mean() for v in vals])
+    ok = vals[tail <= alpha]
+    return float(ok.min()) if ok.size else float("inf")
 
 
 def main() -> None:
@@ -91,8 +111,10 @@ def main() -> None:
               "+1 = the diagnostic's 'better' direction ranks tokenizers exactly as NDCG@10 does) and NDCG@10:", "",
               "| diagnostic | rank agreement with NDCG@10 |", "|---|---:|"]
     lines += [f"| {k} | {v:+.2f} |" for k, v in corr.items()]
-    lines += ["", f"{len(rows)} tokenizers: with n = 5, a Spearman coefficient must reach 0.9 to be "
-              "significant at 5% (one-sided 0.05 critical value), so only near-perfect agreement counts."]
+    n = len(rows)
+    crit = spearman_critical(n)
+    lines += ["", f"{n} SID sets: with n = {n}, a Spearman coefficient must reach {crit:.3f} to be significant "
+                  "at 5% (one-sided; exact null distribution up to n = 9), so only strong agreement counts."]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
