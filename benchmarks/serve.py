@@ -12,7 +12,10 @@ already runs on this machine: only loopback addresses are accepted), waits for
 async httpx client with that many requests in flight at once (closed loop: each of the
 ``c`` workers sends its next request when its previous answer arrived).  Histories are
 real: the training sequences of the run's users (their last 20 items), cycled in a fixed
-order.  Reported per level: requests (= recommendation lists) per second, p50 / p99 /
+order (``--client raw``: a minimal keep-alive HTTP/1.1 client on asyncio streams
+instead of httpx, one connection per worker -- httpx's client needed 1.5-4.6 ms of CPU
+per request on the machine it shares with the server, and at concurrency 32 it, not the
+server, was the bottleneck).  Reported per level: requests (= recommendation lists) per second, p50 / p99 /
 max latency (client side, request sent to answer parsed), errors (any non-200 answer or
 transport error; **must be 0**, else the script exits 1), the mean micro-batch size
 (from the server's ``/metrics``) and the CPU time per request of the server process and
@@ -115,6 +118,79 @@ def cpu_seconds(pid: int | None) -> float | None:
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, one connection per worker:
+    ``POST`` a prepared JSON body, read the status line, headers and ``Content-Length``
+    body.  It costs a fraction of httpx's CPU per request, so on a machine shared with the
+    server the load test measures the server rather than the client (``--client raw``)."""
+
+    def __init__(self, url: str):
+        u = urlparse(url)
+        self.host, self.port = u.hostname, u.port or 80
+        self.conn = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.conn is None:
+            self.conn = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.conn
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(h.split(":", 1)[1]) for h in lines[1:] if h.lower().startswith("content-length:"))
+        return status, await reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            self.conn[1].close()
+            self.conn = None
+
+
+async def level_raw(url: str, hists: list[list[str]], n: int, conc: int, k: int, beam: int, offset: int,
+                    server_pid: int | None = None) -> dict:
+    """:func:`level` with one :class:`RawClient` connection per worker."""
+    import httpx
+
+    lat: list[float] = []
+    errors: list[str] = []
+    nxt = {"i": 0}
+    before = batch_stats(httpx.get(url + "/metrics").text)
+    bodies = [json.dumps({"history": h, "k": k, "beam": beam}).encode() for h in hists]  # off the clock
+    clients = [RawClient(url) for _ in range(conc)]
+
+    async def worker(client):
+        while nxt["i"] < n:
+            i = nxt["i"]
+            nxt["i"] += 1
+            t = time.perf_counter()
+            try:
+                status, body = await client.post("/recommend", bodies[(offset + i) % len(bodies)])
+                if status != 200 or len(json.loads(body)["items"]) != k:
+                    errors.append(f"{status}: {body[:200]!r}")
+            except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                await client.close()
+            lat.append(time.perf_counter() - t)
+
+    t0, s0, c0 = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
+    await asyncio.gather(*(worker(c) for c in clients))
+    wall = time.perf_counter() - t0
+    s1, c1 = cpu_seconds(server_pid), time.process_time()
+    for c in clients:
+        await c.close()
+    after = batch_stats(httpx.get(url + "/metrics").text)
+    a = np.asarray(lat) * 1000
+    n_batches = after[1] - before[1]
+    return {"concurrency": conc, "requests": n, "seconds": wall, "rec_per_s": n / wall,
+            "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()),
+            "mean_ms": float(a.mean()), "errors": len(errors), "error_examples": errors[:5],
+            "mean_batch": (after[0] - before[0]) / n_batches if n_batches else None,
+            "server_cpu_ms_per_req": (s1 - s0) / n * 1000 if s0 is not None and s1 is not None else None,
+            "client_cpu_ms_per_req": (c1 - c0) / n * 1000}
 
 
 async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, beam: int, offset: int,
@@ -240,6 +316,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32,64", help="--model-only: batch sizes")
     ap.add_argument("--repeat", type=int, default=5, help="--model-only: calls per batch size")
     ap.add_argument("--profile", action="store_true", help="--model-only: torch profiler of the largest batch")
+    ap.add_argument("--client", choices=["httpx", "raw"], default="httpx",
+                    help="load generator: httpx's AsyncClient, or a minimal keep-alive HTTP/1.1 client on asyncio "
+                         "streams (far less CPU per request on the shared machine)")
     ap.add_argument("--in-process", action="store_true",
                     help="the load levels against the app in this process (httpx ASGI transport): no sockets, "
                          "no HTTP parsing, no second process")
@@ -284,9 +363,10 @@ def main() -> None:
         startup = time.time() - t0
         hists = histories(args.run)
         info = machine()
-        asyncio.run(level(url, hists, args.warmup, 4, args.k, args.beam, offset=len(hists) // 2))
+        run_level = level_raw if args.client == "raw" else level
+        asyncio.run(run_level(url, hists, args.warmup, 4, args.k, args.beam, offset=len(hists) // 2))
         pid = proc.pid if proc is not None else None
-        rows = [asyncio.run(level(url, hists, args.requests, int(c), args.k, args.beam, offset=0, server_pid=pid))
+        rows = [asyncio.run(run_level(url, hists, args.requests, int(c), args.k, args.beam, offset=0, server_pid=pid))
                 for c in args.concurrency.split(",")]
         info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     finally:
@@ -305,7 +385,8 @@ def main() -> None:
              f"{health['n_items']} items, SIDs of {health['n_levels']} tokens, history: last "
              f"{health['max_history_used']} items; k {args.k}, beam {args.beam}; batches of <= {args.max_batch} "
              f"requests, <= {args.max_wait_ms:g} ms wait; server torch threads "
-             f"{args.threads or 'default'}; {args.requests} requests per level (closed loop, async httpx client "
+             f"{args.threads or 'default'}; {args.requests} requests per level (closed loop, "
+             f"{'a minimal asyncio HTTP/1.1 keep-alive client' if args.client == 'raw' else 'async httpx client'} "
              f"on the same machine).", "",
              f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average at start "
              f"{info.get('load_avg_at_start')}, at end {info.get('load_avg_at_end')} (shared machine: other jobs ran).",
