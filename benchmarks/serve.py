@@ -120,6 +120,20 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def _level_stats(lat, errors, n, conc, wall, before, after, server_cpu, client_cpu) -> dict:
+    """One load level's figures from its latencies (s), errors, /metrics batch stats before
+    and after, and the server's and this process's CPU seconds at the start and end."""
+    a = np.asarray(lat) * 1000
+    n_batches = after[1] - before[1]
+    (s0, s1), (c0, c1) = server_cpu, client_cpu
+    return {"concurrency": conc, "requests": n, "seconds": wall, "rec_per_s": n / wall,
+            "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()),
+            "mean_ms": float(a.mean()), "errors": len(errors), "error_examples": errors[:5],
+            "mean_batch": (after[0] - before[0]) / n_batches if n_batches else None,
+            "server_cpu_ms_per_req": (s1 - s0) / n * 1000 if s0 is not None and s1 is not None else None,
+            "client_cpu_ms_per_req": (c1 - c0) / n * 1000}
+
+
 class RawClient:
     """A minimal HTTP/1.1 keep-alive client on asyncio streams, one connection per worker:
     ``POST`` a prepared JSON body, read the status line, headers and ``Content-Length``
@@ -183,14 +197,7 @@ async def level_raw(url: str, hists: list[list[str]], n: int, conc: int, k: int,
     for c in clients:
         await c.close()
     after = batch_stats(httpx.get(url + "/metrics").text)
-    a = np.asarray(lat) * 1000
-    n_batches = after[1] - before[1]
-    return {"concurrency": conc, "requests": n, "seconds": wall, "rec_per_s": n / wall,
-            "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()),
-            "mean_ms": float(a.mean()), "errors": len(errors), "error_examples": errors[:5],
-            "mean_batch": (after[0] - before[0]) / n_batches if n_batches else None,
-            "server_cpu_ms_per_req": (s1 - s0) / n * 1000 if s0 is not None and s1 is not None else None,
-            "client_cpu_ms_per_req": (c1 - c0) / n * 1000}
+    return _level_stats(lat, errors, n, conc, wall, before, after, (s0, s1), (c0, c1))
 
 
 async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, beam: int, offset: int,
@@ -226,14 +233,7 @@ async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, bea
         wall = time.perf_counter() - t0
         s1, c1 = cpu_seconds(server_pid), time.process_time()
         after = batch_stats((await client.get("/metrics")).text)
-    a = np.asarray(lat) * 1000
-    n_batches = after[1] - before[1]
-    return {"concurrency": conc, "requests": n, "seconds": wall, "rec_per_s": n / wall,
-            "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()),
-            "mean_ms": float(a.mean()), "errors": len(errors), "error_examples": errors[:5],
-            "mean_batch": (after[0] - before[0]) / n_batches if n_batches else None,
-            "server_cpu_ms_per_req": (s1 - s0) / n * 1000 if s0 is not None and s1 is not None else None,
-            "client_cpu_ms_per_req": (c1 - c0) / n * 1000}
+    return _level_stats(lat, errors, n, conc, wall, before, after, (s0, s1), (c0, c1))
 
 
 def in_process(args) -> list[dict]:
