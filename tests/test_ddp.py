@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from _training import write_tiny_interactions
 from sidkit.config import config_from_dict
 from sidkit.eval.experiment import train_and_evaluate
 from sidkit.models import CausalSID, Recommender
@@ -51,14 +52,7 @@ def _config(codes: Path):
 
 def _tiny_run_config(tmp: Path) -> Path:
     """A tiny RecBole data set (30 items, 40 users x 10) and a SASRec `sidkit train` config."""
-    rng = np.random.default_rng(0)
-    d = tmp / "tiny"
-    d.mkdir()
-    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(40):
-        s = rng.integers(30)
-        rows += [f"u{u}\ti{(s + t) % 30:02d}\t{1000 + 10 * t}" for t in range(10)]
-    (d / "tiny.inter").write_text("\n".join(rows) + "\n")
+    d = write_tiny_interactions(tmp)
     cfg = tmp / "sasrec.toml"
     cfg.write_text(f'device = "cpu"\n\n[data]\ndataset = "{d}"\nuser_core = 0\n\n[model]\ntype = "sasrec"\n'
                    'hidden = 8\nn_blocks = 1\nn_heads = 1\nmax_len = 6\ndropout = 0.0\n\n[train]\nepochs = 2\n'

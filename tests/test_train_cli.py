@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -11,6 +10,7 @@ from sidkit.config import config_from_dict
 from sidkit.errors import ConfigError
 from sidkit.pipeline import build_stages
 from test_pipeline import toy  # noqa: F401  (fixture: the pipeline's synthetic data set)
+from _training import write_tiny_interactions
 
 runner = CliRunner()
 
@@ -18,14 +18,7 @@ runner = CliRunner()
 @pytest.fixture
 def tiny(tmp_path):
     """30 items, 40 users with 10 interactions each (RecBole atomic files)."""
-    rng = np.random.default_rng(0)
-    d = tmp_path / "tiny"
-    d.mkdir()
-    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(40):
-        start = rng.integers(30)
-        rows += [f"u{u}\ti{(start + t) % 30:02d}\t{1000 + 10 * t}" for t in range(10)]
-    (d / "tiny.inter").write_text("\n".join(rows) + "\n")
+    write_tiny_interactions(tmp_path)
     return tmp_path
 
 
