@@ -321,3 +321,61 @@ def test_famae_embeddings_are_trained_once_and_shared_by_the_tokenizers(toy):
     assert json.loads((a / "meta.json").read_text())["params"]["method"] == "famae"
     assert (a / "meta.json").read_bytes() == (b / "meta.json").read_bytes()
     assert [r["embedding"] for r in _rows(out / "results.csv")] == ["famae", "famae"]
+
+
+def test_jobs_2_runs_cells_in_parallel_and_gives_the_table_of_jobs_1(toy):
+    doc = _doc(toy, seeds=(0,))
+    seq, par = toy / "seq", toy / "par"
+    run_experiment(parse_grid(doc, "test", seq))
+    started, statuses = [], {}
+    res = run_experiment(parse_grid(doc, "test", par), jobs=2,
+                         on_cell=lambda i, cell, plan: started.append((i, cell.id)),
+                         on_stage=lambda cell, r: statuses.setdefault(cell.tokenizer, []).append((r.name, r.status)))
+    assert sorted(started) == [(0, "toy__file-emb__rqkmeans"), (1, "toy__file-emb__hkm")]
+    # the tokenizer-independent stages ran once (first cell, in this process); the second cell copied them
+    assert statuses["rqkmeans"] == [(s, "ran") for s in ("data", "split", "items", "embeddings")] + \
+        [(s, "cached") for s in ("data", "split", "items", "embeddings")] + \
+        [(s, "ran") for s in ("codes", "recommender", "diagnostics")]
+    assert statuses["hkm"] == [(s, "cached") for s in ("data", "split", "items", "embeddings")] + \
+        [(s, "ran") for s in ("codes", "recommender", "diagnostics")]
+    for cell in ("toy__file-emb__rqkmeans", "toy__file-emb__hkm"):   # same bytes as one cell at a time
+        a, b = (json.loads((d / "runs" / cell / "codes" / "meta.json").read_text()) for d in (seq, par))
+        assert a["output_hash"] == b["output_hash"], cell
+        w = "recommender/models/causal_sid/seed-0/weights.safetensors"
+        assert (seq / "runs" / cell / w).read_bytes() == (par / "runs" / cell / w).read_bytes(), cell
+    assert [r["tokenizer"] for r in res.rows] == ["rqkmeans", "hkm"]
+    assert _strip_times(_rows(par / "results.csv")) == _strip_times(_rows(seq / "results.csv"))
+    # everything cached now: a rerun in parallel runs nothing
+    statuses.clear()
+    run_experiment(parse_grid(doc, "test", par), jobs=2,
+                   on_stage=lambda cell, r: statuses.setdefault(cell.tokenizer, []).append((r.name, r.status)))
+    assert {s for v in statuses.values() for _, s in v} == {"cached"}
+
+
+def test_a_cell_that_fails_in_a_worker_raises_its_error_and_keeps_the_other_rows(toy):
+    doc = _doc(toy, models=({"type": "popularity"},), seeds=(0,))
+    doc["grid"]["tokenizers"][1]["codebook_sizes"] = [100, 4]     # 60 items: fails when fitting
+    out = toy / "exp"
+    with pytest.raises(DataError) as e:
+        run_experiment(parse_grid(doc, "test", out), jobs=2)
+    # problem and fix survive the worker process, with the cell named
+    assert e.value.problem == "cell toy__file-emb__hkm: X has 60 items but 100 clusters/codewords were " \
+        "requested (more clusters than items)"
+    assert e.value.fix.startswith("use fewer clusters")
+    assert [r["tokenizer"] for r in _rows(out / "results.csv")] == ["rqkmeans"]   # the other cell's row
+    assert not (out / "runs" / "toy__file-emb__hkm" / "codes").exists()          # no partial output
+    with pytest.raises(ConfigError, match="jobs must be a whole number >= 1"):
+        run_experiment(parse_grid(doc, "test", toy / "other"), jobs=0)
+    assert not (toy / "other").exists()
+
+
+def test_cli_jobs_option(toy):
+    f = toy / "grid.toml"
+    f.write_text(_toml(toy, toy / "exp"))
+    r = runner.invoke(app, ["experiment", str(f), "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "toy__file-emb__hkm: 3 stage(s) to run, started" in r.output
+    assert "    toy__file-emb__hkm [codes      ]" in r.output
+    assert "| toy | file-emb | hkm | popularity | 0 |" in r.output
+    r = runner.invoke(app, ["experiment", str(f), "--jobs", "0"])
+    assert r.exit_code == 2 and "--jobs" in r.output

@@ -14,6 +14,9 @@ class SidkitError(ValueError):
         self.fix = fix
         super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
 
+    def __reduce__(self):   # keeps problem and fix across processes (experiment --jobs)
+        return (type(self), (self.problem, self.fix))
+
 
 class DataError(SidkitError):
     """Input data is missing, malformed or empty."""

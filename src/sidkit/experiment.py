@@ -391,36 +391,134 @@ class ExperimentResult:
     files: dict[str, Path]
 
 
-def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *,
+def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jobs: int = 1,
                    on_cell: Callable[[int, Cell, list[StagePlan]], None] | None = None,
                    on_stage: Callable[[Cell, Any], None] | None = None) -> ExperimentResult:
     """Run every cell of a grid (cached stages are skipped), then write the results table.
 
     Every cell's config is validated first; the table (``OUT/results.*``) is rewritten
     after each finished cell, with the rows of the cells finished so far.
+
+    ``jobs > 1`` runs that many cells at once, each in its own process with
+    ``torch.get_num_threads() // jobs`` threads (at least 1): the stages that do not
+    depend on the tokenizer (data, split, items, embeddings) are computed once first,
+    in this process, then copied to every cell that shares them.  Small models train
+    faster as one single-threaded process per core than as one process using every
+    core.  With ``jobs > 1``, ``on_cell`` is called when a cell starts and ``on_stage``
+    for each of its stages when it has finished (in this process).
     """
     from .pipeline import run_pipeline
 
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a whole number >= 1, got {jobs!r}",
+                          "use jobs=1 (one cell at a time) or the number of cells to run at once")
     if not isinstance(grid, Grid):
         grid = load_grid(grid, out)
     validate_grid(grid)
     check_datasets(grid)
+    if jobs > 1 and len(grid.cells) > 1:
+        return _run_parallel(grid, jobs, on_cell, on_stage)
     done: dict[str, list] = {}
     files: dict[str, Path] = {}
     finished: list[Cell] = []
     for i, cell in enumerate(grid.cells):
-        others = [c.dir for c in grid.cells if c is not cell and c.dir.is_dir()]
-        plan = plan_cell(cell, others)
+        plan = _prepare_cell(grid, cell)
         if on_cell is not None:
             on_cell(i, cell, plan)
-        for p in plan:
-            if p.status == "shared" and p.source is not None:
-                _copy_stage(p.source, cell.dir / p.name)
         res = run_pipeline(cell.cfg, cell.dir,
                            on_stage=(lambda r, c=cell: on_stage(c, r)) if on_stage is not None else None)
         done[cell.id] = res.stages
         finished.append(cell)
         files = write_results(grid, finished)
+    rows = collect_rows(grid, finished)
+    return ExperimentResult(grid, rows, done, files)
+
+
+def _prepare_cell(grid: Grid, cell: Cell) -> list[StagePlan]:
+    """Plan ``cell`` and copy in the stages another cell already computed."""
+    others = [c.dir for c in grid.cells if c is not cell and c.dir.is_dir()]
+    plan = plan_cell(cell, others)
+    for p in plan:
+        if p.status == "shared" and p.source is not None:
+            _copy_stage(p.source, cell.dir / p.name)
+    return plan
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["SIDKIT_NO_PROGRESS"] = "1"      # bars of parallel cells would interleave
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_cell(cfg: ExperimentConfig, directory: Path) -> list:
+    from .pipeline import run_pipeline
+
+    return run_pipeline(cfg, directory).stages
+
+
+def _run_parallel(grid: Grid, jobs: int, on_cell, on_stage) -> ExperimentResult:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    from .pipeline import run_pipeline
+
+    done: dict[str, list] = {}
+    # 1. the tokenizer-independent stages, once per distinct input, in this process
+    for cell in grid.cells:
+        plan = _prepare_cell(grid, cell)
+        shared = {s.name for s in _shareable(cell.cfg)}
+        if shared and any(p.status == "runs" and p.name in shared for p in plan):
+            res = run_pipeline(cell.cfg, cell.dir, stop_before="codes")
+            done[cell.id] = list(res.stages)
+    # 2. the cells, ``jobs`` at a time, each in its own process
+    threads = max(1, torch.get_num_threads() // jobs)
+    index = {c.id: i for i, c in enumerate(grid.cells)}
+    finished: list[Cell] = []
+    files: dict[str, Path] = {}
+    error: BaseException | None = None
+    ctx = multiprocessing.get_context("spawn")    # torch's thread pools do not survive fork
+    with ProcessPoolExecutor(max_workers=min(jobs, len(grid.cells)), mp_context=ctx,
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        running = {}
+        for cell in grid.cells:
+            plan = _prepare_cell(grid, cell)
+            running[pool.submit(_run_cell, cell.cfg, cell.dir)] = (cell, plan)
+        started: set[str] = set()
+        pending = set(running)
+        while pending:
+            for fut, (cell, plan) in running.items():   # report cells as a worker takes them
+                if cell.id not in started and (fut.running() or fut.done()) and not fut.cancelled():
+                    started.add(cell.id)
+                    if on_cell is not None:
+                        on_cell(index[cell.id], cell, plan)
+            finished_now, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for fut in finished_now:
+                cell, _ = running[fut]
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if exc is not None:
+                    if error is None:
+                        error = exc
+                        if isinstance(exc, SidkitError):     # say which of the parallel cells failed
+                            error = type(exc)(f"cell {cell.id}: {exc.problem}", exc.fix)
+                            error.__cause__ = exc
+                        for other in pending:        # cells not started yet stay for a rerun
+                            other.cancel()
+                    continue
+                stages = done.get(cell.id, []) + fut.result()
+                done[cell.id] = stages
+                if on_stage is not None:
+                    for r in stages:
+                        on_stage(cell, r)
+                finished.append(cell)
+                finished.sort(key=lambda c: index[c.id])
+                files = write_results(grid, finished)
+    if error is not None:
+        raise error
     rows = collect_rows(grid, finished)
     return ExperimentResult(grid, rows, done, files)
 

@@ -456,22 +456,31 @@ def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
 
 
 def run_pipeline(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
-                 on_stage: Callable[[StageResult], None] | None = None) -> PipelineResult:
+                 on_stage: Callable[[StageResult], None] | None = None,
+                 stop_before: str | None = None) -> PipelineResult:
     """Run every stage of ``cfg`` into ``out``; returns each stage's result.
 
     Checks everything it can first (:func:`validate_run`) so that a bad config fails
     before any stage runs, and removes the temporary folders of killed runs.  A cached
     stage whose files changed since they were written reruns (``StageResult.reason``
     says why), and so does every stage after it.  SIGTERM during the run removes the
-    temporary folder of the running stage and exits with code 143.
+    temporary folder of the running stage and exits with code 143.  ``stop_before``
+    names a stage: only the stages before it run (the experiment runner uses it to
+    compute the tokenizer-independent stages once before running cells in parallel).
     """
     out = Path(out)
     validate_run(cfg, out)
-    clean_stale_tmp(out, [s.name for s in build_stages(cfg)])
+    stages = build_stages(cfg)
+    clean_stale_tmp(out, [s.name for s in stages])
+    if stop_before is not None:
+        names = [s.name for s in stages]
+        if stop_before not in names:
+            raise ValueError(f"stop_before={stop_before!r} is not a stage of this run ({names})")
+        stages = stages[:names.index(stop_before)]
     results = []
     rerun_from: str | None = None
     with sigterm_as_exit():
-        for stage in build_stages(cfg):
+        for stage in stages:
             r = run_stage(stage, out, force=force or rerun_from is not None)
             if rerun_from is not None and r.reason is None:
                 r.reason = f"upstream stage {rerun_from!r} was rerun"

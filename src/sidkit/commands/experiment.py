@@ -35,6 +35,9 @@ def experiment(
                                        "else runs/experiments/<name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their folders and their cached "
                                  "stages; run nothing."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once, each in its own process with "
+                             "an equal share of the torch threads (2 on a 2-core CPU: one single-thread "
+                             "training per core)."),
 ) -> None:
     """Run a grid (data set x embedding x tokenizer x model x seeds): one sidkit run per
     (data set, embedding, tokenizer) under OUT/runs/, reusing every cached stage, then
@@ -61,14 +64,15 @@ def experiment(
         todo = sum(p.status == "runs" for p in plan)
         typer.echo(f"[{i + 1}/{len(grid.cells)}] {cell.id}: "
                    + ("every stage cached" if not todo else f"{todo} stage(s) to run")
-                   + f"  -> {cell.dir}", err=True)
+                   + (", started" if jobs > 1 else "") + f"  -> {cell.dir}", err=True)
 
-    def on_stage(cell, r) -> None:
+    def on_stage(cell, r) -> None:   # with --jobs: each cell's stages once it has finished
         what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"
+        who = f"{cell.id} " if jobs > 1 else ""
         if r.reason:
-            typer.echo(f"    [{r.name:<11}] {r.reason}; rerunning", err=True)
-        typer.echo(f"    [{r.name:<11}] {what:>7}", err=True)
+            typer.echo(f"    {who}[{r.name:<11}] {r.reason}; rerunning", err=True)
+        typer.echo(f"    {who}[{r.name:<11}] {what:>7}", err=True)
 
-    res = run_experiment(grid, on_cell=on_cell, on_stage=on_stage)
+    res = run_experiment(grid, jobs=jobs, on_cell=on_cell, on_stage=on_stage)
     typer.echo(res.files["md"].read_text(encoding="utf-8"))
     typer.echo("Results: " + ", ".join(str(p) for p in res.files.values()), err=True)
