@@ -379,3 +379,16 @@ def test_cli_jobs_option(toy):
     assert "| toy | file-emb | hkm | popularity | 0 |" in r.output
     r = runner.invoke(app, ["experiment", str(f), "--jobs", "0"])
     assert r.exit_code == 2 and "--jobs" in r.output
+
+
+def test_with_jobs_a_cell_is_reported_started_only_when_a_worker_is_free(toy):
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans", "label": "a"}, {"method": "rqkmeans", "label": "b"},
+                                {"method": "rqkmeans", "label": "c"}),
+               models=({"type": "popularity"},), seeds=(0,))
+    events = []
+    run_experiment(parse_grid(doc, "test", toy / "exp"), jobs=2,
+                   on_cell=lambda i, cell, plan: events.append(("start", cell.tokenizer)),
+                   on_stage=lambda cell, r: r.name == "diagnostics" and events.append(("end", cell.tokenizer)))
+    assert events[:2] == [("start", "a"), ("start", "b")]    # two workers: the third waits for one
+    assert events.index(("start", "c")) > min(events.index(("end", "a")), events.index(("end", "b")))
+    assert sorted(events) == sorted([(e, t) for t in "abc" for e in ("start", "end")])

@@ -480,21 +480,26 @@ def _run_parallel(grid: Grid, jobs: int, on_cell, on_stage) -> ExperimentResult:
     files: dict[str, Path] = {}
     error: BaseException | None = None
     ctx = multiprocessing.get_context("spawn")    # torch's thread pools do not survive fork
-    with ProcessPoolExecutor(max_workers=min(jobs, len(grid.cells)), mp_context=ctx,
+    workers = min(jobs, len(grid.cells))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_init_worker, initargs=(threads,)) as pool:
         running = {}
         for cell in grid.cells:
             plan = _prepare_cell(grid, cell)
             running[pool.submit(_run_cell, cell.cfg, cell.dir)] = (cell, plan)
-        started: set[str] = set()
+        order = list(running)
+        n_started = n_ended = 0
         pending = set(running)
         while pending:
-            for fut, (cell, plan) in running.items():   # report cells as a worker takes them
-                if cell.id not in started and (fut.running() or fut.done()) and not fut.cancelled():
-                    started.add(cell.id)
-                    if on_cell is not None:
-                        on_cell(index[cell.id], cell, plan)
+            # the workers take cells in submission order, one each: cell i has started
+            # once i - workers cells have ended (the pool queues one more than it runs)
+            while n_started < min(len(order), n_ended + workers) and error is None:
+                cell, plan = running[order[n_started]]
+                n_started += 1
+                if on_cell is not None:
+                    on_cell(index[cell.id], cell, plan)
             finished_now, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            n_ended += len(finished_now)
             for fut in finished_now:
                 cell, _ = running[fut]
                 if fut.cancelled():
