@@ -96,7 +96,7 @@ def test_require_ray_names_the_extra(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["no_codes", "missing_column", "wrong_dim", "text_not_string",
-                                  "output_exists", "no_input"])
+                                  "output_exists", "overwrite_foreign", "no_input"])
 def test_bad_input_fails_before_ray_and_leaves_no_output(catalogue, tmp_path, case):
     cat = catalogue["dir"]
     codes, inp, out = cat / "codes", cat / "items.parquet", tmp_path / "sids"
@@ -118,13 +118,39 @@ def test_bad_input_fails_before_ray_and_leaves_no_output(catalogue, tmp_path, ca
         out.mkdir()
         (out / "keep.txt").write_text("x")
         err, msg = DataError, "already exists"
+    elif case == "overwrite_foreign":      # --overwrite never replaces a folder sidkit did not write
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+        (out / "_sidkit_encode.json").write_text("{}")
+        kw["overwrite"] = True
+        err, msg = ArtifactError, r"not written by `sidkit encode-ray` \(it holds \['keep.txt'\]\)"
     else:
         inp = tmp_path / "missing.parquet"
         err, msg = DataError, "does not exist"
     with pytest.raises(err, match=msg):
         encode_parquet(codes, inp, out, **kw)
-    assert (out.exists() and (out / "keep.txt").read_text() == "x") == (case == "output_exists")
+    assert (out.exists() and (out / "keep.txt").read_text() == "x") == (case in ("output_exists",
+                                                                                 "overwrite_foreign"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_overwrite_replaces_an_earlier_output_only_when_the_run_succeeds(tmp_path):
+    from sidkit.scale.ray_encode import SUMMARY_FILE, _staging
+
+    out = tmp_path / "sids"
+    out.mkdir()
+    (out / SUMMARY_FILE).write_text("{}")
+    (out / "part-0.parquet").write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with _staging(out, overwrite=True) as tmp:
+            (tmp / "out").mkdir()
+            raise RuntimeError("a failed job")
+    assert (out / "part-0.parquet").read_bytes() == b"old"          # untouched by a failure
+    with _staging(out, overwrite=True) as tmp:
+        (tmp / "out").mkdir()
+        (tmp / "out" / "part-1.parquet").write_bytes(b"new")
+    assert sorted(p.name for p in out.iterdir()) == ["part-1.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sids"]   # no temporary folder left
 
 
 # ------------------------------------------------------------- on Ray

@@ -38,7 +38,7 @@ def encode_ray(
     """Encode a Parquet catalogue to Semantic IDs on Ray Data (streaming, bounded memory).
 
     Same SIDs as the in-process encoder; a failed run leaves no output.  See docs/scale.md."""
-    from ..scale.ray_encode import encode_parquet, ray_session, require_ray
+    from ..scale.ray_encode import _check_own_output, encode_parquet, ray_session, require_ray
     from ..scale.ray_encode import fit_sample as fit_on_sample
 
     fit_only = [n for n, v in (("--method", method != "rqkmeans"), ("--levels", levels is not None),
@@ -57,6 +57,8 @@ def encode_ray(
         tok = _make_tokenizer(method, levels, sizes, param, resolve, seed)
         if output.exists() and not overwrite:
             raise ConfigError(f"output {output} already exists", "pass another --output, or --overwrite")
+        if output.exists():          # before the fit: --overwrite replaces only our own output
+            _check_own_output(output)
         with ray_session(ray_address, num_cpus):  # one Ray session for both steps
             info = fit_on_sample(tok, input, codes, fit_sample, seed=seed, **kw)
             typer.echo(f"fitted {info['method']} on {info['n_sample']} of {info['n_total']} items "

@@ -399,6 +399,8 @@ def _staging(output: Path, overwrite: bool) -> Iterator[Path]:
     success; everything is removed on failure (no partial output)."""
     if output.exists() and not overwrite:
         raise DataError(f"output {output} already exists", "pass another --output, or --overwrite")
+    if output.exists():
+        _check_own_output(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -409,6 +411,20 @@ def _staging(output: Path, overwrite: bool) -> Iterator[Path]:
         os.replace(tmp / "out", output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_own_output(output: Path) -> None:
+    """``--overwrite`` replaces only an earlier output of this command: a directory with
+    its summary file and nothing but Parquet files beside it (never a user's folder)."""
+    others = [] if output.is_dir() else [output.name]
+    if output.is_dir():
+        others = sorted(p.name for p in output.iterdir()
+                        if p.name != SUMMARY_FILE and not (p.is_file() and p.suffix == ".parquet"))
+    if others or not (output / SUMMARY_FILE).is_file():
+        what = f"it holds {others[:5]}" if others else f"it has no {SUMMARY_FILE}"
+        raise ArtifactError(f"output {output} was not written by `sidkit encode-ray` ({what}); "
+                            "--overwrite only replaces an earlier encode-ray output",
+                            "pass another --output, or move that folder away yourself")
 
 
 def encode_parquet(codes: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike, *,
