@@ -82,6 +82,33 @@ def test_balanced_candidate_lists_path(monkeypatch):
     assert np.array_equal(full.labels, cand.labels)  # same greedy result either way
 
 
+def test_balanced_lloyd_warm_starts_unconstrained_and_stops_when_labels_settle(monkeypatch):
+    import sidkit.tokenizers.kmeans as km
+
+    calls = {"plain": 0, "balanced": 0}
+    for name, key in (("_assign_t", "plain"), ("_balanced_assign_t", "balanced")):
+        real = getattr(km, name)
+
+        def counted(*a, _real=real, _key=key, **kw):
+            calls[_key] += 1
+            return _real(*a, **kw)
+        monkeypatch.setattr(km, name, counted)
+    # 6 equal, well separated blobs: the unconstrained phase finds them, so the
+    # balanced phase settles at once (it used to run all n_iter balanced assignments)
+    X, y = blobs(n_per=100, k=6, d=8, sep=20.0)
+    r = kmeans(X, 6, balanced=True, n_iter=20, random_state=0)
+    assert same_partition(r.labels, y) and r.sizes.tolist() == [100] * 6
+    # plain: at most 10 iterations (stops when labels settle); balanced: 2 to see them
+    # settle, + 1 for the final assignment of all points
+    assert 2 <= calls["plain"] <= 10 and calls["balanced"] == 3, calls
+    assert r.n_iter == calls["plain"] - 1 + calls["balanced"] - 2
+    # n_iter = 1: no unconstrained step, one balanced one
+    calls.update(plain=0, balanced=0)
+    r1 = kmeans(X, 6, balanced=True, n_iter=1, random_state=0)
+    assert calls == {"plain": 0, "balanced": 2} and r1.n_iter == 1
+    assert r1.sizes.tolist() == [100] * 6
+
+
 def test_balanced_with_sampling_checks_all_points():
     X, _ = blobs(n_per=300, k=4, d=4, sep=3.0)
     r = kmeans(X, 8, balanced=True, balance_tolerance=0.1, max_points_per_centroid=20)

@@ -478,3 +478,18 @@ def test_data_items_table_renders_the_item_texts(tmp_path):
     assert t["item_ids"] == [f"i{i}" for i in range(8)]
     assert t["texts"][:2] == ["Film 0 (Drama)", "Film 1 (Drama)"]
     assert not (out / "items" / "item_ids.json").exists()
+
+
+def test_codes_key_names_the_balanced_kmeans_version_only_where_it_runs(toy):
+    from sidkit.pipeline import _codes_stage
+
+    def params(**codes):
+        return _codes_stage(config_from_dict({"codes": codes})).params
+
+    # the balanced Lloyd changed (warm start + change tolerance): its cached codes are stale
+    assert params(method="gaoq")["balanced_kmeans"] == 2
+    assert params(method="rqkmeans", params={"balanced": True})["balanced_kmeans"] == 2
+    # every other tokenizer keeps its key, so its cached codes stay valid
+    for method in ("rqkmeans", "hkm", "rqvae", "drq"):
+        assert "balanced_kmeans" not in params(method=method)
+    assert "balanced_kmeans" not in params(method="rqkmeans", params={"balanced": False})

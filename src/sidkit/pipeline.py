@@ -317,6 +317,10 @@ def _codes_stage(cfg: ExperimentConfig) -> Stage:
         return summary
 
     params = {"codes": cfg.codes.model_dump(), "seed": cfg.seed}
+    if cfg.codes.method == "gaoq" or cfg.codes.params.get("balanced") is True:
+        # balanced k-means 2: warm start + change tolerance (src/sidkit/tokenizers/kmeans.py);
+        # in the key only where it runs, so that every other cached codes stage stays valid
+        params["balanced_kmeans"] = 2
     # version 2: summary.json counts semantic collisions; version 3: tokenizers store
     # the catalogue's item -> SID table (docs/encoding.md)
     return Stage("codes", fn, params, inputs=("embeddings", "split"), version=3)

@@ -36,6 +36,12 @@ i.e. within ``balance_tolerance * N / K`` of ``N / K`` (or within one item of it
 when the tolerance is smaller than one item).  Centroids are the means of their
 (balanced) members; labels are the balanced assignment, not the nearest centroid.
 
+Lloyd in balanced mode: unconstrained iterations first (at most ``n_iter // 2``, a
+cheap argmin) warm-start the centroids, then size-constrained ones; each phase stops
+once at most ``_CHANGE_TOL`` (0.3%) of the labels change between iterations -- the
+greedy assignment rarely reproduces its labels exactly, so waiting for equal labels
+ran every one of the ``n_iter`` balanced assignments.
+
 Cost: one GEMM pass per assignment as in plain k-means; the rounds then run on the
 whole ``(N, K)`` distance matrix when ``N K <= 32M`` (the training sample), or on
 each point's 16 nearest centroids otherwise (all points), refreshing by GEMM only the
@@ -698,6 +704,12 @@ def _full_dist_t(X, C, *, chunk: int | None = None, xnorm=None):
     return D.clamp_(min=0.0)
 
 
+#: balanced k-means: a Lloyd phase stops once at most this fraction of labels changes
+#: between iterations (3e-3 rather than 1e-3: about one fewer iteration per phase;
+#: GAOQ level-2 inertia +0.26% on average over 6 seeds of clustered 100k x 128 data,
+#: within seed spread)
+_CHANGE_TOL = 3e-3
+
 #: balanced assignment keeps the whole (N, K) distance matrix up to this many entries
 _FULL_D = 1 << 25
 
@@ -892,24 +904,36 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
                 if tuple(C.shape) != (k, d):
                     raise DataError(f"init has shape {tuple(C.shape)}, expected {(k, d)}",
                                     "pass one initial centroid per cluster")
-            # ---- Lloyd
-            prev = None
-            it = 0
-            for it in range(1, n_iter + 1):
-                if balanced:
-                    lab, dist = _balanced_assign_t(Xtr, C, lo, hi, chunk_size, xnorm=xn_tr)
-                else:
-                    lab, dist = _assign_t(Xtr, C, chunk=chunk_size, xnorm=xn_tr)
-                if verbose:
-                    print(f"  kmeans run {run} iter {it}: inertia {float(dist.mean()):.6g} "
-                          f"({time.perf_counter() - t0:.1f}s)")
-                if prev is not None and torch.equal(lab, prev):
-                    it -= 1
-                    break
-                prev = lab
-                C, counts = _update_centroids(Xtr, lab, k, C)
-                if not balanced:
-                    _repair_empty(C, Xtr, lab, dist, counts)
+            # ---- Lloyd.  Balanced: unconstrained iterations first (a cheap argmin; at
+            # most n_iter // 2) warm-start the centroids, then size-constrained ones;
+            # each phase stops once at most _CHANGE_TOL of the labels change (balanced
+            # labels rarely repeat exactly).  Unbalanced: until the labels repeat.
+            def lloyd(C, constrained: bool, max_iter: int, tol: float):
+                prev, done = None, 0
+                for _ in range(max_iter):
+                    if constrained:
+                        lab, dist = _balanced_assign_t(Xtr, C, lo, hi, chunk_size, xnorm=xn_tr)
+                    else:
+                        lab, dist = _assign_t(Xtr, C, chunk=chunk_size, xnorm=xn_tr)
+                    if verbose:
+                        print(f"  kmeans run {run} iter {done + 1}{' (balanced)' if constrained else ''}: "
+                              f"inertia {float(dist.mean()):.6g} ({time.perf_counter() - t0:.1f}s)")
+                    if prev is not None and (torch.equal(lab, prev) if tol == 0 else
+                                             int((lab != prev).sum()) <= tol * n_train):
+                        break
+                    prev = lab
+                    C, counts = _update_centroids(Xtr, lab, k, C)
+                    if not constrained:
+                        _repair_empty(C, Xtr, lab, dist, counts)
+                    done += 1
+                return C, done
+
+            if balanced:
+                C, it = lloyd(C, False, n_iter // 2, _CHANGE_TOL)
+                C, more = lloyd(C, True, max(n_iter - it, 1), _CHANGE_TOL)
+                it += more
+            else:
+                C, it = lloyd(C, False, n_iter, 0.0)
             if n_init > 1:
                 if balanced:
                     _, dist = _balanced_assign_t(Xtr, C, lo, hi, chunk_size, xnorm=xn_tr)
