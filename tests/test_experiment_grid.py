@@ -393,3 +393,41 @@ def test_with_jobs_a_cell_is_reported_started_only_when_a_worker_is_free(toy):
     assert events[:2] == [("start", "a"), ("start", "b")]    # two workers: the third waits for one
     assert events.index(("start", "c")) > min(events.index(("end", "a")), events.index(("end", "b")))
     assert sorted(events) == sorted([(e, t) for t in "abc" for e in ("start", "end")])
+
+
+def test_sigterm_stops_a_parallel_grid_and_its_workers_at_once_and_it_resumes(toy):
+    """SIGTERM to `sidkit experiment --jobs 2` stops the workers too (not after their
+    cells finish), leaves no temporary folder, and the next invocation resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    doc_toml = _toml(toy, toy / "exp").replace("epochs = 1,", "epochs = 400, patience = 400,")
+    doc_toml = doc_toml.replace('type = "popularity"', 'type = "causal_sid"\nhidden = 16\nn_layers = 1\n'
+                                'n_heads = 1\nmax_len = 4\nbeam = 5')
+    f = toy / "grid.toml"
+    f.write_text(doc_toml)
+    env = {**os.environ, "SIDKIT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sidkit", "experiment", str(f), "--jobs", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    ckpt = toy / "exp" / "runs" / "toy__file-emb__hkm" / "checkpoints"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), proc.communicate()[0].decode()
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0 and time.time() - t0 < 30, out     # 400 epochs would take minutes
+    for _ in range(50):    # multiprocessing's resource tracker exits once its pipe closes
+        left = subprocess.run(["pgrep", "-a", "-g", str(proc.pid)], capture_output=True,
+                              text=True).stdout.splitlines()
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == [], f"worker processes survived: {left}"
+    runs = toy / "exp" / "runs"
+    assert not [p for p in runs.rglob(".*") if p.name.endswith(".tmp") or ".tmp-" in p.name]
+    assert not (runs / "toy__file-emb__hkm" / "recommender").exists()

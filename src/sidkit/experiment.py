@@ -464,6 +464,7 @@ def _run_parallel(grid: Grid, jobs: int, on_cell, on_stage) -> ExperimentResult:
     import torch
 
     from .pipeline import run_pipeline
+    from .stages import sigterm_as_exit
 
     done: dict[str, list] = {}
     # 1. the tokenizer-independent stages, once per distinct input, in this process
@@ -481,47 +482,61 @@ def _run_parallel(grid: Grid, jobs: int, on_cell, on_stage) -> ExperimentResult:
     error: BaseException | None = None
     ctx = multiprocessing.get_context("spawn")    # torch's thread pools do not survive fork
     workers = min(jobs, len(grid.cells))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        running = {}
-        for cell in grid.cells:
-            plan = _prepare_cell(grid, cell)
-            running[pool.submit(_run_cell, cell.cfg, cell.dir)] = (cell, plan)
-        order = list(running)
-        n_started = n_ended = 0
-        pending = set(running)
-        while pending:
-            # the workers take cells in submission order, one each: cell i has started
-            # once i - workers cells have ended (the pool queues one more than it runs)
-            while n_started < min(len(order), n_ended + workers) and error is None:
-                cell, plan = running[order[n_started]]
-                n_started += 1
-                if on_cell is not None:
-                    on_cell(index[cell.id], cell, plan)
-            finished_now, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-            n_ended += len(finished_now)
-            for fut in finished_now:
-                cell, _ = running[fut]
-                if fut.cancelled():
-                    continue
-                exc = fut.exception()
-                if exc is not None:
-                    if error is None:
-                        error = exc
-                        if isinstance(exc, SidkitError):     # say which of the parallel cells failed
-                            error = type(exc)(f"cell {cell.id}: {exc.problem}", exc.fix)
-                            error.__cause__ = exc
-                        for other in pending:        # cells not started yet stay for a rerun
-                            other.cancel()
-                    continue
-                stages = done.get(cell.id, []) + fut.result()
-                done[cell.id] = stages
-                if on_stage is not None:
-                    for r in stages:
-                        on_stage(cell, r)
-                finished.append(cell)
-                finished.sort(key=lambda c: index[c.id])
-                files = write_results(grid, finished)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                               initializer=_init_worker, initargs=(threads,))
+    running: dict = {}
+    try:
+        with sigterm_as_exit():     # SIGTERM, like Ctrl-C, stops the workers too
+            for cell in grid.cells:
+                plan = _prepare_cell(grid, cell)
+                running[pool.submit(_run_cell, cell.cfg, cell.dir)] = (cell, plan)
+            order = list(running)
+            n_started = n_ended = 0
+            pending = set(running)
+            while pending:
+                # the workers take cells in submission order, one each: cell i has started
+                # once i - workers cells have ended (the pool queues one more than it runs)
+                while n_started < min(len(order), n_ended + workers) and error is None:
+                    cell, plan = running[order[n_started]]
+                    n_started += 1
+                    if on_cell is not None:
+                        on_cell(index[cell.id], cell, plan)
+                finished_now, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                n_ended += len(finished_now)
+                for fut in finished_now:
+                    cell, _ = running[fut]
+                    if fut.cancelled():
+                        continue
+                    exc = fut.exception()
+                    if exc is not None:
+                        if error is None:
+                            error = exc
+                            if isinstance(exc, SidkitError):     # say which of the parallel cells failed
+                                error = type(exc)(f"cell {cell.id}: {exc.problem}", exc.fix)
+                                error.__cause__ = exc
+                            for other in pending:        # cells not started yet stay for a rerun
+                                other.cancel()
+                        continue
+                    stages = done.get(cell.id, []) + fut.result()
+                    done[cell.id] = stages
+                    if on_stage is not None:
+                        for r in stages:
+                            on_stage(cell, r)
+                    finished.append(cell)
+                    finished.sort(key=lambda c: index[c.id])
+                    files = write_results(grid, finished)
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM, a failing callback): stop the running cells now
+        # rather than wait for them (each resumes from its last checkpoint); SIGTERM lets
+        # a worker remove the temporary folder of the stage it was writing
+        for fut in running:
+            fut.cancel()
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if error is not None:
         raise error
     rows = collect_rows(grid, finished)
