@@ -68,3 +68,16 @@ def test_default_config_trains_three_models_and_cli_epochs_caps_each():
     for (_, m0, t0), (_, m1, t1) in zip(cfg.recommenders(), capped.recommenders()):
         assert t1.epochs == 1 and t1.seeds == [3, 4] and m1 == m0.model_copy(update={"train": m1.train})
         assert (t1.lr, t1.batch_size) == (t0.lr, t0.batch_size)   # the model's own overrides survive
+
+
+@pytest.mark.parametrize("text, fix", [
+    ('[codes]\nmethd = "x"\n', "remove or rename the key"),
+    ('[train]\npatience = 0\n', "correct the value"),
+    ('[train]\npatience = 0\ncolour = 1\n', "remove or rename the unknown keys and correct the values"),
+])
+def test_the_fix_matches_the_kind_of_error(tmp_path, text, fix):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.fix.startswith(fix + "; see ")

@@ -332,12 +332,20 @@ def _format_errors(e: ValidationError, origin: str) -> str:
     return f"invalid config {origin}: " + "; ".join(lines)
 
 
+def _fix_hint(e: ValidationError, reference: str) -> str:
+    """The fix for a validation error: unknown keys are removed or renamed, bad values corrected."""
+    unknown = [err["type"] == "extra_forbidden" for err in e.errors()]
+    what = ("remove or rename the key" if all(unknown) else "correct the value" if not any(unknown)
+            else "remove or rename the unknown keys and correct the values")
+    return f"{what}; see {reference}"
+
+
 def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, origin),
-                          "remove or rename the key; see the config reference in README.md") from None
+                          _fix_hint(e, "the config reference in README.md")) from None
 
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")

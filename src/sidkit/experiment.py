@@ -55,7 +55,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import ExperimentConfig, _format_errors, config_from_dict
+from .config import ExperimentConfig, _fix_hint, _format_errors, config_from_dict
 from .errors import ConfigError, DataError, SidkitError
 from .io import read_json, write_bytes, write_json, write_text
 
@@ -198,8 +198,7 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
     try:
         gc = GridConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, origin),
-                          "remove or rename the key; see docs/experiments.md") from None
+        raise ConfigError(_format_errors(e, origin), _fix_hint(e, "docs/experiments.md")) from None
     base, g = gc.base, gc.grid
     if g.models and (base.get("model") or base.get("models")):
         raise ConfigError(f"{origin}: models are given both in [base] and in [grid] models",
