@@ -105,8 +105,11 @@ def ml100k_sid_run(tokenizer: str, work: Path) -> Path:
     """The run directory of ``sidkit run`` on ML-100K with ``[codes] method = tokenizer``
     (text embeddings) under ``work/sids-TOKENIZER``; cached stages are reused.
 
-    ``TOKENIZER`` is a method name (default codebook sizes) or ``METHOD-KxL`` for ``L``
-    levels of ``K`` codewords (e.g. ``rqkmeans-256x3``).
+    ``TOKENIZER`` is ``METHOD-KxL`` for ``L`` levels of ``K`` codewords (e.g.
+    ``rqkmeans-256x3``) or a method name alone: 24 x 24 x 24 for the methods with
+    codebooks -- the sizing rule's output for ML-100K when the results and studies
+    recorded under these names ran (the rule gives 256 x 3 since study 2) -- and
+    GAOQ's own tree.
     """
     import re
 
@@ -114,6 +117,8 @@ def ml100k_sid_run(tokenizer: str, work: Path) -> Path:
     from sidkit.pipeline import run_pipeline
 
     codes: dict = {"method": tokenizer}
+    if tokenizer != "gaoq":
+        codes["codebook_sizes"] = [24, 24, 24]
     m = re.fullmatch(r"([a-z_]+)-(\d+)x(\d+)", tokenizer)
     if m:
         codes = {"method": m.group(1), "codebook_sizes": [int(m.group(2))] * int(m.group(3))}

@@ -11,8 +11,8 @@ Model names: ``popularity``, ``sasrec``, ``MODEL@TOKENIZER`` (a generative model
 Semantic IDs of a tokenizer: ``causal_sid@rqkmeans``, ``tiger@rqkmeans``, ...; the SIDs
 come from ``sidkit run`` with that ``[codes] method`` into ``--work/sids-TOKENIZER``, text
 embeddings as in the default run; ``METHOD-KxL``, e.g. ``causal_sid@rqkmeans-256x3``, sets
-L levels of K codewords instead of the default sizes), and ``causal_sid_id`` (the ID-only
-ablation).  SID
+L levels of K codewords; a method name alone means 24 x 24 x 24, the default sizes when
+those rows ran, GAOQ its own tree), and ``causal_sid_id`` (the ID-only ablation).  SID
 models use the settings of the default run's causal model (``src/sidkit/default.toml``)
 or ``configs/tiger.toml``, with ``--epochs`` / ``--patience`` as the budget.
 

@@ -61,8 +61,10 @@ def test_ml100k_codes_are_real_and_decode_uniquely(run_dir):
     assert codes.n_items == 1682 and codes.collision_rule == "extra_level"
     assert not codes.has_collisions()
     np.testing.assert_array_equal(codes.lookup(codes.codes, codes.lengths), np.arange(1682))
-    # codebooks sized from the catalogue, not 3x256 (SPEC 4.10), and well used
-    assert all(k <= 64 for k in codes.codebook_sizes[:3])
+    # codebooks sized from the catalogue by the rule (study 2: 256 per level from 1,024
+    # items up, N / 4 below), and well used
+    from sidkit.tokenizers import default_codebook_sizes
+    assert codes.codebook_sizes[:3] == default_codebook_sizes(1682, 3) == (256, 256, 256)
     summary = json.loads((out / "codes" / "summary.json").read_text())
     assert summary["levels"][0]["used"] == codes.codebook_sizes[0]
     assert summary["levels"][0]["perplexity"] > 0.5 * codes.codebook_sizes[0]

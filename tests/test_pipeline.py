@@ -493,3 +493,18 @@ def test_codes_key_names_the_balanced_kmeans_version_only_where_it_runs(toy):
     for method in ("rqkmeans", "hkm", "rqvae", "drq"):
         assert "balanced_kmeans" not in params(method=method)
     assert "balanced_kmeans" not in params(method="rqkmeans", params={"balanced": False})
+
+
+def test_codes_key_names_the_sizing_rule_only_where_sizes_come_from_it(toy):
+    from sidkit.pipeline import _codes_stage
+
+    def params(**codes):
+        return _codes_stage(config_from_dict({"codes": codes})).params
+
+    # codes sized by the rule before study 2 are stale: the key changed
+    for method in ("rqkmeans", "hkm", "rqvae", "drq", "vq"):
+        assert params(method=method)["sizing_rule"] == 2, method
+    # explicit sizes, or a tokenizer without codebooks (GAOQ sizes its tree itself): same key
+    assert "sizing_rule" not in params(method="rqkmeans", codebook_sizes=[24, 24, 24])
+    assert "sizing_rule" not in params(method="vq", params={"codebook_size": 64})
+    assert "sizing_rule" not in params(method="gaoq")

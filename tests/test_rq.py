@@ -15,11 +15,16 @@ def data(n=600, d=16, seed=0):
 
 
 def test_default_codebook_sizes():
-    ks = default_codebook_sizes(1682, 3)
-    assert len(ks) == 3 and max(ks) <= 64  # far below 256
-    assert np.prod(ks) >= 4 * 1682  # comfortably >= N
+    # study 2: 256 per level from 1,024 items up (TIGER's size), N / 4 below
+    assert default_codebook_sizes(1682, 3) == (256, 256, 256)      # MovieLens-100K
+    assert default_codebook_sizes(1024, 2) == (256, 256)
+    assert default_codebook_sizes(1000, 4) == (256,) * 4             # 250 -> a multiple of 8
+    assert default_codebook_sizes(300, 3) == (80, 80, 80)            # 75 -> 80
+    assert default_codebook_sizes(60, 2) == (16, 16)
+    assert default_codebook_sizes(30, 1) == (8,)                     # 7.5 -> 8
     assert default_codebook_sizes(10_000_000, 3) == (256, 256, 256)
-    assert default_codebook_sizes(5, 2) == (5, 5)  # never more codewords than items
+    assert default_codebook_sizes(5, 2) == (2, 2)
+    assert default_codebook_sizes(1, 2) == (1, 1)  # never more codewords than items
     assert all(2 <= k <= 256 for n in (10, 1000, 10**5) for k in default_codebook_sizes(n, 3))
     with pytest.raises(DataError):
         default_codebook_sizes(0, 3)

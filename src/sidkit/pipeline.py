@@ -297,6 +297,20 @@ def _famae_stage(cfg: ExperimentConfig) -> Stage:
                  inputs=("items", "split"))
 
 
+def _uses_sizing_rule(cfg: ExperimentConfig) -> bool:
+    """Whether the tokenizer's codebook sizes come from the default rule
+    (:mod:`sidkit.tokenizers.sizing`): it has codebooks and none were given."""
+    from .tokenizers import get_tokenizer_class
+
+    if cfg.codes.codebook_sizes or {"codebook_size", "codebook_sizes"} & set(cfg.codes.params):
+        return False
+    try:
+        accepted = set(inspect.signature(get_tokenizer_class(cfg.codes.method).__init__).parameters)
+    except SidkitError:   # an unknown method: validate_run names it
+        return False
+    return bool(accepted & {"codebook_size", "codebook_sizes"})
+
+
 def _codes_stage(cfg: ExperimentConfig) -> Stage:
     def fn(out: Path, inp: dict[str, Path]) -> dict[str, Any]:
         emb = Embeddings.load(inp["embeddings"])
@@ -317,6 +331,10 @@ def _codes_stage(cfg: ExperimentConfig) -> Stage:
         return summary
 
     params = {"codes": cfg.codes.model_dump(), "seed": cfg.seed}
+    if _uses_sizing_rule(cfg):
+        # sizing rule 2 (study 2: 256 per level from 1,024 items up; was (4 N)^(1/L)):
+        # codes sized by the old rule are stale, codes with explicit sizes are not
+        params["sizing_rule"] = 2
     if cfg.codes.method == "gaoq" or cfg.codes.params.get("balanced") is True:
         # balanced k-means 2: warm start + change tolerance (src/sidkit/tokenizers/kmeans.py);
         # in the key only where it runs, so that every other cached codes stage stays valid

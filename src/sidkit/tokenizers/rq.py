@@ -382,7 +382,8 @@ class RQKMeans(_ResidualKMeans):
 class VQ(_ResidualKMeans):
     """One flat k-means codebook (a 1-level RQ-KMeans).
 
-    ``codebook_size=None`` picks ``min(256, N)`` via the sizing rule for one level.
+    ``codebook_size=None`` picks ``N / 4`` codewords (at most 256) by the sizing rule
+    (:mod:`sidkit.tokenizers.sizing`).
     """
 
     name = "vq"
