@@ -380,6 +380,10 @@ def test_cli_jobs_option(toy):
     assert "| toy | file-emb | hkm | popularity | 0 |" in r.output
     r = runner.invoke(app, ["experiment", str(f), "--jobs", "0"])
     assert r.exit_code == 2 and "--jobs" in r.output
+    r = runner.invoke(app, ["experiment", str(f), "--only", "hkm,toy__file-emb__hkm"])
+    assert r.exit_code == 0, r.output
+    assert "[2/2] toy__file-emb__hkm: every stage cached" in r.output and "[1/2]" not in r.output
+    assert "| toy | file-emb | rqkmeans | popularity | 0 |" in r.output   # complete: still in the table
 
 
 def test_with_jobs_a_cell_is_reported_started_only_when_a_worker_is_free(toy):
@@ -431,3 +435,28 @@ def test_sigterm_stops_a_parallel_grid_and_its_workers_at_once_and_it_resumes(to
     runs = toy / "exp" / "runs"
     assert not [p for p in runs.rglob(".*") if p.name.endswith(".tmp") or ".tmp-" in p.name]
     assert not (runs / "toy__file-emb__hkm" / "recommender").exists()
+
+
+def test_only_runs_the_named_cells_and_the_table_keeps_the_complete_ones(toy):
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans", "label": "a"}, {"method": "rqkmeans", "label": "b"},
+                                {"method": "hkm", "label": "c"}),
+               models=({"type": "popularity"},), seeds=(0,))
+    out = toy / "exp"
+    ran = []
+    run_experiment(parse_grid(doc, "test", out), only=["a"],
+                   on_cell=lambda i, cell, plan: ran.append((i, cell.tokenizer)))
+    assert ran == [(0, "a")] and not (out / "runs" / "toy__file-emb__b").exists()
+    assert [r["tokenizer"] for r in _rows(out / "results.csv")] == ["a"]
+    # c by its cell id, in 2 processes: the table lists a (complete, not rerun) and c, in grid order
+    ran.clear()
+    statuses = {}
+    run_experiment(parse_grid(doc, "test", out), only=["toy__file-emb__c"], jobs=2,
+                   on_cell=lambda i, cell, plan: ran.append((i, cell.tokenizer)),
+                   on_stage=lambda cell, r: statuses.setdefault(cell.tokenizer, []).append(r.status))
+    assert ran == [(2, "c")] and set(statuses) == {"c"}
+    assert [r["tokenizer"] for r in _rows(out / "results.csv")] == ["a", "c"]
+    with pytest.raises(ConfigError, match="--only nope names no run of the grid") as e:
+        run_experiment(parse_grid(doc, "test", out), only=["nope"])
+    assert "toy__file-emb__b" in e.value.fix
+    r = runner.invoke(app, ["experiment", str(toy / "missing.toml"), "--only", "a"])
+    assert r.exit_code == 1

@@ -391,6 +391,7 @@ class ExperimentResult:
 
 
 def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jobs: int = 1,
+                   only: list[str] | None = None,
                    on_cell: Callable[[int, Cell, list[StagePlan]], None] | None = None,
                    on_stage: Callable[[Cell, Any], None] | None = None) -> ExperimentResult:
     """Run every cell of a grid (cached stages are skipped), then write the results table.
@@ -405,6 +406,10 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jo
     faster as one single-threaded process per core than as one process using every
     core.  With ``jobs > 1``, ``on_cell`` is called when a cell starts and ``on_stage``
     for each of its stages when it has finished (in this process).
+
+    ``only`` names the cells to run (a cell id such as ``ml-100k__text__rqkmeans``, or a
+    label of one of its axes such as ``rqkmeans``); the table then also lists every
+    other cell whose stages are all computed already (nothing of theirs runs).
     """
     from .pipeline import run_pipeline
 
@@ -415,12 +420,14 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jo
         grid = load_grid(grid, out)
     validate_grid(grid)
     check_datasets(grid)
-    if jobs > 1 and len(grid.cells) > 1:
-        return _run_parallel(grid, jobs, on_cell, on_stage)
+    cells, finished = _select(grid, only)
+    if jobs > 1 and len(cells) > 1:
+        return _run_parallel(grid, cells, finished, jobs, on_cell, on_stage)
+    index = {c.id: i for i, c in enumerate(grid.cells)}
     done: dict[str, list] = {}
     files: dict[str, Path] = {}
-    finished: list[Cell] = []
-    for i, cell in enumerate(grid.cells):
+    for cell in cells:
+        i = index[cell.id]
         plan = _prepare_cell(grid, cell)
         if on_cell is not None:
             on_cell(i, cell, plan)
@@ -428,9 +435,27 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jo
                            on_stage=(lambda r, c=cell: on_stage(c, r)) if on_stage is not None else None)
         done[cell.id] = res.stages
         finished.append(cell)
+        finished.sort(key=lambda c: index[c.id])
         files = write_results(grid, finished)
     rows = collect_rows(grid, finished)
     return ExperimentResult(grid, rows, done, files)
+
+
+def _select(grid: Grid, only: list[str] | None) -> tuple[list[Cell], list[Cell]]:
+    """(the cells to run, the other cells already complete) for ``only``."""
+    if only is None:
+        return list(grid.cells), []
+    names = [n.strip() for n in only if n.strip()]
+    labels = lambda c: {c.id, c.dataset, c.embedding, c.tokenizer}  # noqa: E731
+    unknown = [n for n in names if not any(n in labels(c) for c in grid.cells)]
+    if unknown or not names:
+        raise ConfigError(f"--only {', '.join(unknown) or '(nothing)'} names no run of the grid",
+                          "name runs by id or by a data set / embedding / tokenizer label: "
+                          + ", ".join(c.id for c in grid.cells))
+    chosen = [c for c in grid.cells if set(names) & labels(c)]
+    complete = [c for c in grid.cells if c not in chosen and c.dir.is_dir()
+                and all(p.status == "cached" for p in plan_cell(c, []))]
+    return chosen, complete
 
 
 def _prepare_cell(grid: Grid, cell: Cell) -> list[StagePlan]:
@@ -456,7 +481,8 @@ def _run_cell(cfg: ExperimentConfig, directory: Path) -> list:
     return run_pipeline(cfg, directory).stages
 
 
-def _run_parallel(grid: Grid, jobs: int, on_cell, on_stage) -> ExperimentResult:
+def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int, on_cell,
+                  on_stage) -> ExperimentResult:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -467,7 +493,7 @@ def _run_parallel(grid: Grid, jobs: int, on_cell, on_stage) -> ExperimentResult:
 
     done: dict[str, list] = {}
     # 1. the tokenizer-independent stages, once per distinct input, in this process
-    for cell in grid.cells:
+    for cell in cells:
         plan = _prepare_cell(grid, cell)
         shared = {s.name for s in _shareable(cell.cfg)}
         if shared and any(p.status == "runs" and p.name in shared for p in plan):
@@ -476,17 +502,16 @@ def _run_parallel(grid: Grid, jobs: int, on_cell, on_stage) -> ExperimentResult:
     # 2. the cells, ``jobs`` at a time, each in its own process
     threads = max(1, torch.get_num_threads() // jobs)
     index = {c.id: i for i, c in enumerate(grid.cells)}
-    finished: list[Cell] = []
     files: dict[str, Path] = {}
     error: BaseException | None = None
     ctx = multiprocessing.get_context("spawn")    # torch's thread pools do not survive fork
-    workers = min(jobs, len(grid.cells))
+    workers = min(jobs, len(cells))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                initializer=_init_worker, initargs=(threads,))
     running: dict = {}
     try:
         with sigterm_as_exit():     # SIGTERM, like Ctrl-C, stops the workers too
-            for cell in grid.cells:
+            for cell in cells:
                 plan = _prepare_cell(grid, cell)
                 running[pool.submit(_run_cell, cell.cfg, cell.dir)] = (cell, plan)
             order = list(running)

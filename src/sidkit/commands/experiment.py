@@ -35,6 +35,10 @@ def experiment(
                                        "else runs/experiments/<name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their folders and their cached "
                                  "stages; run nothing."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these runs (ids or "
+                                             "data set / embedding / tokenizer labels; repeat or "
+                                             "separate with commas); the table also lists the runs "
+                                             "already complete."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once, each in its own process with "
                              "an equal share of the torch threads (2 on a 2-core CPU: one single-thread "
                              "training per core)."),
@@ -73,6 +77,7 @@ def experiment(
             typer.echo(f"    {who}[{r.name:<11}] {r.reason}; rerunning", err=True)
         typer.echo(f"    {who}[{r.name:<11}] {what:>7}", err=True)
 
-    res = run_experiment(grid, jobs=jobs, on_cell=on_cell, on_stage=on_stage)
+    names = [n for o in only for n in o.split(",")] if only else None
+    res = run_experiment(grid, jobs=jobs, only=names, on_cell=on_cell, on_stage=on_stage)
     typer.echo(res.files["md"].read_text(encoding="utf-8"))
     typer.echo("Results: " + ", ".join(str(p) for p in res.files.values()), err=True)
