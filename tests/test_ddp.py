@@ -134,7 +134,8 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         "resumed": [h["loss"] for h in resumed.history_], "same_weights": same,
         "valid": [h.get("valid") for h in full.history_],
         "run_loops": [trained, len(loops) - n_loops - trained]}))
-    dist.destroy_process_group()
+    from sidkit import distributed
+    distributed.shutdown()   # a barrier first: a rank that leaves early can abort its peer at exit
 
 
 @pytest.fixture(scope="module")

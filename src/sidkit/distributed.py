@@ -84,10 +84,16 @@ def init(device: str | None = "auto") -> None:
     dist.init_process_group(backend, timeout=TIMEOUT)
 
 
-def shutdown() -> None:
+def shutdown(sync: bool = True) -> None:
+    """Leave the process group.  ``sync``: after a barrier, so that no rank tears down
+    its gloo connections while a peer still uses them (a rank that exits first can
+    otherwise abort the other's process with "terminate called without an active
+    exception"); pass ``sync=False`` on an error path, where a peer may never arrive."""
     import torch.distributed as dist
 
     if active():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -94,8 +94,10 @@ def train(
         distributed.init(cfg.device)
         try:
             _train_rank(cfg, out, force)
-        finally:
-            distributed.shutdown()
+        except BaseException:
+            distributed.shutdown(sync=False)
+            raise
+        distributed.shutdown()
         return
     if force:
         shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
