@@ -1,10 +1,15 @@
 """Fit time of every registered tokenizer on synthetic clustered data.
 
+Two distributions (``--dist``): ``clustered`` (Gaussian blobs of equal size, scale 0.3)
+and ``zipf`` (unit-normalised vectors in Zipf-sized clusters, like text embeddings:
+``_common.zipf_unit``).
+
 Usage::
 
     python benchmarks/tokenizer_fit.py            # 100k x 128 items
     python benchmarks/tokenizer_fit.py --quick    # 20k x 128 items
     python benchmarks/tokenizer_fit.py --n 50000 --dim 64 --only rqkmeans gaoq
+    python benchmarks/tokenizer_fit.py --dist zipf   # unit vectors, Zipf cluster sizes
 
 Times ``fit_encode`` (fit + the training codes), best of ``--repeat`` (default 3)
 fits for the k-means family, and reports, from the same run, the ratios of balanced
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import clustered, machine
+from _common import clustered, machine, zipf_unit
 
 os.environ.setdefault("SIDKIT_NO_PROGRESS", "1")
 
@@ -48,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=100_000, help="number of items")
     ap.add_argument("--dim", type=int, default=128, help="embedding dimension")
     ap.add_argument("--quick", action="store_true", help="20k items (overrides --n)")
+    ap.add_argument("--dist", choices=("clustered", "zipf"), default="clustered",
+                    help="clustered: equal Gaussian blobs; zipf: unit vectors, Zipf cluster sizes")
     ap.add_argument("--epochs", type=int, default=2, help="epochs for rqvae/drq")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3,
@@ -66,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from sidkit.tokenizers import available, get_tokenizer_class
 
-    X = clustered(n, args.dim, scale=0.3, chunk=None)
+    X = (clustered(n, args.dim, scale=0.3, chunk=None) if args.dist == "clustered"
+         else zipf_unit(n, args.dim))
     cfg = configs(args.epochs, args.device)
     for name in available():  # every registered tokenizer, even ones added later
         if not any(v[0] == name for v in cfg.values()):
@@ -107,13 +115,15 @@ def main(argv: list[str] | None = None) -> dict:
         for e in ("rqkmeans_balanced", "gaoq"):
             if e in by:
                 ratios[f"{e}_vs_rqkmeans"] = round(by[e]["fit_s"] / base, 2)
-    result = {"benchmark": "tokenizers", "n_items": n, "dim": args.dim,
+    result = {"benchmark": "tokenizers", "n_items": n, "dim": args.dim, "dist": args.dist,
               "command": "python benchmarks/tokenizer_fit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "rows": rows, "ratios": ratios, "goal": "ratios <= 3"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"tokenizers{args.suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = [f"# Tokenizer fit times ({n:,} x {args.dim} synthetic clustered items)", "",
+    what = ("clustered items (equal Gaussian blobs)" if args.dist == "clustered"
+            else "unit vectors in Zipf-sized clusters")
+    md = [f"# Tokenizer fit times ({n:,} x {args.dim} synthetic {what})", "",
           f"Command: `{result['command'].strip()}`  ",
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
           f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads)  ",

@@ -753,10 +753,13 @@ def _rounds_full(D, pending, labels, dist, remaining):
     k = D.shape[1]
     while pending.numel():
         full = remaining <= 0
-        Dp = D[pending]
-        if bool(full.any()):
-            Dp.masked_fill_(full[None, :], float("inf"))
-        d, lab = torch.min(Dp, dim=1)
+        if pending.numel() == D.shape[0] and not bool(full.any()):
+            d, lab = torch.min(D, dim=1)  # first round: no (N, K) copy
+        else:
+            Dp = D[pending]
+            if bool(full.any()):
+                Dp.masked_fill_(full[None, :], float("inf"))
+            d, lab = torch.min(Dp, dim=1)
         acc = _accept_closest(lab, d, remaining)
         labels[pending[acc]] = lab[acc]
         dist[pending[acc]] = d[acc]
@@ -818,8 +821,8 @@ def _lift(X, C, D, labels, dist, lo, chunk, xnorm):
         movable = torch.nonzero(sizes[labels] > lo).flatten()
         if movable.numel() == 0:  # pragma: no cover - impossible when K*lo <= N
             break
-        if D is not None:
-            d_u, sub = torch.min(D[movable][:, under], dim=1)
+        if D is not None:  # the few under-filled columns first: no (N, K) row copy
+            d_u, sub = torch.min(D.index_select(1, under)[movable], dim=1)
         else:
             xr = None if xnorm is None else xnorm[movable.to(xnorm.device)]
             sub, d_u = _assign_t(X, C[under], rows=movable.to(X.device), chunk=chunk, xnorm=xr)
