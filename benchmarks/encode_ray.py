@@ -132,6 +132,8 @@ def make_items(path: Path, n: int, dist: str, seed: int, draw: int = 0) -> None:
 
     writer = None
     chunk = 100_000
+    part = path.with_name(path.name + ".part")  # renamed when complete: an interrupted
+    # run never leaves a truncated file that a later run would take as the catalogue
     rs = np.random.default_rng(seed)
     k = 1000  # the same centres (and cluster sizes) for every chunk
     centers = rs.normal(size=(k, D)).astype(np.float32)
@@ -153,10 +155,11 @@ def make_items(path: Path, n: int, dist: str, seed: int, draw: int = 0) -> None:
         emb = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1).astype(np.float64)), D)
         tbl = pa.table({"item_id": np.arange(s, s + m, dtype=np.int64), "embedding": emb})
         if writer is None:
-            writer = pq.ParquetWriter(str(path), tbl.schema, use_dictionary=False,
+            writer = pq.ParquetWriter(str(part), tbl.schema, use_dictionary=False,
                                       compression="none")  # random floats: both only cost
         writer.write_table(tbl, row_group_size=50_000)
     writer.close()
+    part.replace(path)
 
 
 INPROCESS = r"""
