@@ -753,11 +753,12 @@ def _rounds_full(D, pending, labels, dist, remaining):
     k = D.shape[1]
     while pending.numel():
         full = remaining <= 0
-        if pending.numel() == D.shape[0] and not bool(full.any()):
+        any_full = bool(full.any())
+        if pending.numel() == D.shape[0] and not any_full:
             d, lab = torch.min(D, dim=1)  # first round: no (N, K) copy
         else:
             Dp = D[pending]
-            if bool(full.any()):
+            if any_full:
                 Dp.masked_fill_(full[None, :], float("inf"))
             d, lab = torch.min(Dp, dim=1)
         acc = _accept_closest(lab, d, remaining)
