@@ -5,6 +5,7 @@ Usage::
     python benchmarks/encode_ray.py --n 200000,1000000            # both encoders
     python benchmarks/encode_ray.py --n 2000000 --no-inprocess    # Ray only
     python benchmarks/encode_ray.py --dist zipf --n 200000
+    python benchmarks/encode_ray.py --dist clustered,zipf --n 1000000 --repeat 3   # median, worst
 
 For every N: ``N`` synthetic 384-d unit-normalised items (stored as float64) (``--dist clustered``: Gaussian
 blobs around 1000 unit centres; ``zipf``: Zipf-sized clusters, as ``_common.zipf_unit``) are
@@ -181,6 +182,42 @@ print(f"RESULT read={t1 - t0:.2f} encode={t2 - t1:.2f} write={time.perf_counter(
 """
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the upper median for an even count)."""
+    return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+
+
+def run_inprocess(codes: Path, items: Path, out: Path, n: int, threads: int, env: dict) -> dict:
+    r = run_measured([sys.executable, "-c", INPROCESS, str(codes / "tokenizer"),
+                      str(items), str(out), str(threads)], env)
+    if r["rc"] != 0:
+        raise SystemExit(f"in-process run failed:\n{r['tail']}")
+    parts = dict(kv.split("=") for kv in r["tail"].split("RESULT ")[1].split())
+    return {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
+            **{f"{k}_s": float(v) for k, v in parts.items()},
+            "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"]}
+
+
+def run_ray(codes: Path, items: Path, out: Path, n: int, args, env: dict) -> dict:
+    cmd = [str(Path(sys.executable).parent / "sidkit"), "encode-ray", "--codes", str(codes),
+           "--input", str(items), "--output", str(out), "--overwrite",
+           "--num-cpus", str(args.num_cpus), "--batch-size", str(args.batch_size)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if args.object_store_mb:
+        cmd += ["--object-store-mb", str(args.object_store_mb)]
+    r = run_measured(cmd, env)
+    if r["rc"] != 0:
+        raise SystemExit(f"Ray run failed:\n{r['tail']}")
+    summ = json.loads((out / "_sidkit_encode.json").read_text())
+    return {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
+            "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"],
+            "job_s": summ["seconds"], "encode_pass_s": summ["seconds_encode"],
+            "disambiguate_pass_s": summ.get("seconds_disambiguate"),
+            "job_items_per_s": n / summ["seconds"], "n_new": summ["n_new"],
+            "workers": summ["workers"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", default="200000,1000000", help="comma-separated catalogue sizes")
@@ -192,6 +229,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the in-process encoder")
     ap.add_argument("--no-inprocess", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="paired runs per size (median and worst ratio)")
+    ap.add_argument("--object-store-mb", type=int, default=0, help="cap of the local Ray's object store (0: Ray's default)")
     ap.add_argument("--work", default="/tmp/sidkit-encode-ray-bench")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -225,43 +264,30 @@ def main() -> None:
                 print(f"wrote {n} {dist} items in {time.perf_counter() - t:.1f}s "
                       f"({items.stat().st_size / 1e6:.0f} MB)", flush=True)
             row = {"dist": dist, "n": n, "file_mb": items.stat().st_size / 1e6}
-            if not args.no_inprocess:
-                out = work / f"inproc_{dist}_{n}.parquet"
-                r = run_measured([sys.executable, "-c", INPROCESS, str(codes / "tokenizer"),
-                                  str(items), str(out), str(args.threads)], env)
-                if r["rc"] != 0:
-                    raise SystemExit(f"in-process run failed:\n{r['tail']}")
-                parts = dict(kv.split("=") for kv in r["tail"].split("RESULT ")[1].split())
-                row["inprocess"] = {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
-                                    **{f"{k}_s": float(v) for k, v in parts.items()},
-                                    "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"]}
-                print(f"in-process {dist} N={n}: {row['inprocess']}", flush=True)
-            out = work / f"ray_{dist}_{n}"
-            cmd = [str(Path(sys.executable).parent / "sidkit"), "encode-ray", "--codes", str(codes),
-                   "--input", str(items), "--output", str(out), "--overwrite",
-                   "--num-cpus", str(args.num_cpus), "--batch-size", str(args.batch_size)]
-            if args.workers:
-                cmd += ["--workers", str(args.workers)]
-            r = run_measured(cmd, env)
-            if r["rc"] != 0:
-                raise SystemExit(f"Ray run failed:\n{r['tail']}")
-            summ = json.loads((out / "_sidkit_encode.json").read_text())
-            row["ray"] = {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
-                          "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"],
-                          "job_s": summ["seconds"], "encode_pass_s": summ["seconds_encode"],
-                          "disambiguate_pass_s": summ.get("seconds_disambiguate"),
-                          "job_items_per_s": n / summ["seconds"], "n_new": summ["n_new"],
-                          "workers": summ["workers"]}
-            print(f"ray {dist} N={n}: {row['ray']}", flush=True)
-            if "inprocess" in row:
+            inproc_runs, ray_runs = [], []
+            for rep in range(args.repeat):  # paired: in process then Ray, `--repeat` times
+                if not args.no_inprocess:
+                    inproc_runs.append(run_inprocess(codes, items, work / f"inproc_{dist}_{n}.parquet",
+                                                     n, args.threads, env))
+                    print(f"in-process {dist} N={n} (run {rep + 1}): {inproc_runs[-1]}", flush=True)
+                ray_runs.append(run_ray(codes, items, work / f"ray_{dist}_{n}", n, args, env))
+                print(f"ray {dist} N={n} (run {rep + 1}): {ray_runs[-1]}", flush=True)
+            row["ray"], row["ray_runs"] = _median_run(ray_runs), ray_runs
+            if inproc_runs:
                 import pandas as pd
 
+                row["inprocess"], row["inprocess_runs"] = _median_run(inproc_runs), inproc_runs
                 a = pd.read_parquet(work / f"inproc_{dist}_{n}.parquet").sort_values("item_id")
-                b = pd.read_parquet(out).sort_values("item_id")
+                b = pd.read_parquet(work / f"ray_{dist}_{n}").sort_values("item_id")
                 row["identical"] = bool((a.to_numpy() == b[a.columns].to_numpy()).all())
-                row["ratio_inprocess_over_ray"] = row["inprocess"]["items_per_s"] / row["ray"]["items_per_s"]
+                # per pair: in-process throughput / Ray throughput = Ray wall / in-process wall
+                ratios = [r["wall_s"] / i["wall_s"] for i, r in zip(inproc_runs, ray_runs)]
+                row["ratios_inprocess_over_ray"] = ratios
+                row["ratio_inprocess_over_ray"] = float(np.median(ratios))
+                row["ratio_inprocess_over_ray_worst"] = max(ratios)
                 row["cpu_ratio_ray_over_inprocess"] = row["ray"]["cpu_s"] / row["inprocess"]["cpu_s"]
-                print(f"identical SIDs: {row['identical']}", flush=True)
+                print(f"identical SIDs: {row['identical']}; in-process/Ray throughput: median "
+                      f"{row['ratio_inprocess_over_ray']:.2f}x, worst {max(ratios):.2f}x", flush=True)
             rows.append(row)
             res = {"machine": machine, "args": vars(args), "rows": rows}  # after every row
             (HERE / "results").mkdir(exist_ok=True)

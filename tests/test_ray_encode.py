@@ -96,7 +96,8 @@ def test_require_ray_names_the_extra(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["no_codes", "missing_column", "wrong_dim", "text_not_string",
-                                  "output_exists", "overwrite_foreign", "no_input"])
+                                  "output_exists", "overwrite_foreign", "no_input",
+                                  "object_store_too_small", "object_store_on_a_cluster"])
 def test_bad_input_fails_before_ray_and_leaves_no_output(catalogue, tmp_path, case):
     cat = catalogue["dir"]
     codes, inp, out = cat / "codes", cat / "items.parquet", tmp_path / "sids"
@@ -124,6 +125,12 @@ def test_bad_input_fails_before_ray_and_leaves_no_output(catalogue, tmp_path, ca
         (out / "_sidkit_encode.json").write_text("{}")
         kw["overwrite"] = True
         err, msg = ArtifactError, r"not written by `sidkit encode-ray` \(it holds \['keep.txt'\]\)"
+    elif case == "object_store_too_small":
+        kw["object_store_mb"] = 50
+        err, msg = ConfigError, "--object-store-mb 50 is too small"
+    elif case == "object_store_on_a_cluster":  # a cluster's object store is set by `ray start`
+        kw.update(object_store_mb=1024, ray_address="ray://head:10001")
+        err, msg = ConfigError, "only applies to a local Ray"
     else:
         inp = tmp_path / "missing.parquet"
         err, msg = DataError, "does not exist"

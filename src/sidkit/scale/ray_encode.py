@@ -64,9 +64,21 @@ def require_ray():
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                object_store_mb: int | None = None) -> Iterator[Any]:
     """Use the running Ray session, or start one (local, or connected to ``address``)
-    and shut it down afterwards."""
+    and shut it down afterwards.
+
+    ``object_store_mb`` caps a local Ray's shared-memory object store (Ray's default is
+    30% of the RAM): what does not fit is spilled to disk, so the numbering pass's sort
+    holds at most that much in memory whatever the catalogue size (docs/scale.md)."""
+    if object_store_mb is not None and int(object_store_mb) < 100:
+        raise ConfigError(f"--object-store-mb {object_store_mb} is too small (Ray needs at least 100 MB)",
+                          "pass e.g. --object-store-mb 1024, or leave it out for Ray's default")
+    if object_store_mb is not None and address:
+        raise ConfigError("--object-store-mb only applies to a local Ray",
+                          "set the object store size when starting the cluster "
+                          "(ray start --object-store-memory BYTES), or drop --ray-address")
     ray = require_ray()
     if ray.is_initialized():
         yield ray
@@ -78,6 +90,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         os.environ.setdefault("RAY_worker_register_timeout_seconds", "300")
         if num_cpus:
             kw["num_cpus"] = int(num_cpus)
+        if object_store_mb:
+            kw["object_store_memory"] = int(object_store_mb) * 1024 * 1024
     for attempt in range(3):
         try:
             ray.init(**kw)
@@ -432,7 +446,8 @@ def encode_parquet(codes: str | os.PathLike, input: str | os.PathLike, output: s
                    text_column: str | None = None, model: str = "default",
                    normalize: bool = True, batch_size: int = 4096, workers: int | None = None,
                    ray_address: str | None = None, num_cpus: int | None = None,
-                   device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+                   object_store_mb: int | None = None, device: str = "cpu",
+                   overwrite: bool = False) -> dict[str, Any]:
     """Encode every item of the Parquet ``input`` to SIDs with the tokenizer saved in
     ``codes``, on Ray Data; write ``output`` (a directory of Parquet files: ``id_column``
     and ``sid_0 .. sid_{L-1}``, plus a ``_sidkit_encode.json`` summary).
@@ -463,7 +478,7 @@ def encode_parquet(codes: str | os.PathLike, input: str | os.PathLike, output: s
                                "n_levels": L, "collision_rule": probe.collision_rule,
                                "id_column": id_column, "columns": [id_column, *_sid_columns(L)],
                                "source": f"text:{text_column}" if text_column else f"embedding:{column}"}
-    with _staging(output, overwrite) as tmp, ray_session(ray_address, num_cpus) as ray:
+    with _staging(output, overwrite) as tmp, ray_session(ray_address, num_cpus, object_store_mb) as ray:
         _configure_data_context()
         n_act = _n_actors(ray, workers)
         summary["workers"] = n_act
@@ -560,7 +575,7 @@ def fit_sample(tokenizer, input: str | os.PathLike, codes: str | os.PathLike, n:
                text_column: str | None = None, model: str = "default", normalize: bool = True,
                seed: int = 0, batch_size: int = 4096, workers: int | None = None,
                ray_address: str | None = None, num_cpus: int | None = None,
-               device: str = "cpu") -> dict[str, Any]:
+               object_store_mb: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """Fit ``tokenizer`` (unfitted) on about ``n`` items sampled uniformly from ``input``
     (Ray Data ``random_sample``; texts embedded on the workers), then save it to
     ``codes/tokenizer`` (with ``codes/fit_sample.json``).  Only the sample
@@ -573,7 +588,7 @@ def fit_sample(tokenizer, input: str | os.PathLike, codes: str | os.PathLike, n:
                         "pass another --codes directory, or drop --fit-sample to reuse it")
     schema = _input_schema(input)
     _check_columns(schema, input, id_column, None if text_column else column, text_column, None)
-    with ray_session(ray_address, num_cpus) as ray:
+    with ray_session(ray_address, num_cpus, object_store_mb) as ray:
         _configure_data_context()
         t0 = time.perf_counter()
         ds = ray.data.read_parquet(str(input)).select_columns([id_column, text_column or column])

@@ -1,0 +1,135 @@
+"""Peak memory of `encode-ray`'s numbering pass (pass 2) alone, by catalogue size.
+
+Usage::
+
+    python benchmarks/number_ray.py --n 1000000,3000000,10000000
+    python benchmarks/number_ray.py --n 10000000 --object-store-mb 1024
+
+Pass 2 of ``sidkit encode-ray`` numbers the new items (those outside the tokenizer's
+fitted catalogue) under each semantic prefix in item-id order: a Ray sort of their
+small rows (id, tokens, two flag columns) by prefix, a vectorised rank per block, and a
+Parquet write (``sidkit.scale.ray_encode._disambiguate``).  Its input here is what pass 1
+writes for N new items (files of 131,072 rows; tokens drawn with Zipf-like prefix sizes
+from 256 x 256 x 256 codebooks), made in seconds, so the pass can be measured at sizes
+whose pass 1 would take an hour to set up (a 10M-item catalogue of 384-d float64
+embeddings is 31 GB of Parquet and 18 minutes to write).
+
+Each size runs in its own process on a local Ray (``--num-cpus``; ``--object-store-mb``
+caps its object store), whose tree's proportional set size (PSS) is sampled every 0.5 s
+as in ``encode_ray.py``.  The output is checked: N rows, and (prefix, last token) unique.
+Writes ``benchmarks/results/number_ray{--tag}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import machine as _machine
+from encode_ray import run_measured
+
+HERE = Path(__file__).resolve().parent
+ROWS_PER_FILE = 131_072
+
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from sidkit.scale.ray_encode import _configure_data_context, _disambiguate, ray_session
+osm = int(sys.argv[4]) or None
+with ray_session(None, int(sys.argv[3]), osm) as ray:
+    _configure_data_context()
+    t = time.perf_counter()
+    s = _disambiguate(ray, Path(sys.argv[1]), Path(sys.argv[2]), "item_id", 3)
+    s["seconds_total"] = time.perf_counter() - t
+print("RESULT " + json.dumps(s))
+"""
+
+
+def make_stage1(path: Path, n: int, seed: int = 0) -> None:
+    """What pass 1 writes for ``n`` new items: item_id, sid_0..sid_2, the new-item flag
+    and the per-prefix catalogue count (here 0: every item is new)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sidkit.scale.ray_encode import _BASE, _NEW
+
+    part = path.with_name(path.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    rs = np.random.default_rng(seed)
+    # prefixes of skewed sizes: level 0 Zipf over 256 codes, level 1 uniform
+    p0 = 1.0 / np.arange(1, 257) ** 1.1
+    p0 /= p0.sum()
+    ids = rs.permutation(n).astype(np.int64)  # files hold ids in no particular order
+    for i, s in enumerate(range(0, n, ROWS_PER_FILE)):
+        m = min(ROWS_PER_FILE, n - s)
+        tbl = pa.table({"item_id": ids[s:s + m],
+                        "sid_0": rs.choice(256, size=m, p=p0).astype(np.int64),
+                        "sid_1": rs.integers(0, 256, m, dtype=np.int64),
+                        "sid_2": np.zeros(m, np.int64),  # pass 1 marks a new item by count + 0
+                        _NEW: np.ones(m, bool), _BASE: np.zeros(m, np.int64)})
+        pq.write_table(tbl, str(part / f"{i:05d}.parquet"))
+    part.replace(path)
+
+
+def check_output(out: Path, n: int) -> bool:
+    import pyarrow.dataset as pads
+
+    t = pads.dataset(str(out), format="parquet").to_table(columns=["sid_0", "sid_1", "sid_2"])
+    if t.num_rows != n:
+        return False
+    key = (t.column("sid_0").to_numpy() * 256 + t.column("sid_1").to_numpy()) * (n + 1) \
+        + t.column("sid_2").to_numpy()
+    return bool(np.unique(key).size == n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", default="1000000,3000000,10000000", help="comma-separated numbers of new items")
+    ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--object-store-mb", type=int, default=0, help="cap of the local Ray's object store (0: Ray's default)")
+    ap.add_argument("--work", default="/tmp/sidkit-number-ray-bench")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--no-check", action="store_true", help="skip reading the output back")
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    machine = _machine()
+    env = dict(os.environ, SIDKIT_NO_PROGRESS="1", RAY_worker_register_timeout_seconds="600")
+    rows = []
+    for n in (int(v) for v in args.n.split(",")):
+        stage1 = work / f"stage1_{n}"
+        if not stage1.exists():
+            t = time.perf_counter()
+            make_stage1(stage1, n)
+            print(f"wrote pass-1 output for {n} new items in {time.perf_counter() - t:.1f}s", flush=True)
+        out = work / f"out_{n}"
+        shutil.rmtree(out, ignore_errors=True)
+        r = run_measured([sys.executable, "-c", CHILD, str(stage1), str(out), str(args.num_cpus),
+                          str(args.object_store_mb)], env)
+        if r["rc"] != 0:
+            raise SystemExit(f"pass 2 failed:\n{r['tail']}")
+        summ = json.loads(r["tail"].split("RESULT ")[1].splitlines()[0])
+        row = {"n": n, "object_store_mb": args.object_store_mb or None,
+               **{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
+               "pass2_s": summ["seconds_disambiguate"], "n_new": summ["n_new"]}
+        if not args.no_check:
+            row["output_ok"] = check_output(out, n)
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"N={n}: {row}", flush=True)
+        rows.append(row)
+        (HERE / "results").mkdir(exist_ok=True)
+        (HERE / "results" / f"number_ray{args.tag}.json").write_text(
+            json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
