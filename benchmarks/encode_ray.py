@@ -204,8 +204,6 @@ def run_ray(codes: Path, items: Path, out: Path, n: int, args, env: dict) -> dic
            "--num-cpus", str(args.num_cpus), "--batch-size", str(args.batch_size)]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
-    if args.object_store_mb:
-        cmd += ["--object-store-mb", str(args.object_store_mb)]
     r = run_measured(cmd, env)
     if r["rc"] != 0:
         raise SystemExit(f"Ray run failed:\n{r['tail']}")
@@ -230,7 +228,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the in-process encoder")
     ap.add_argument("--no-inprocess", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="paired runs per size (median and worst ratio)")
-    ap.add_argument("--object-store-mb", type=int, default=0, help="cap of the local Ray's object store (0: Ray's default)")
     ap.add_argument("--work", default="/tmp/sidkit-encode-ray-bench")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()

@@ -3,19 +3,19 @@
 Usage::
 
     python benchmarks/number_ray.py --n 1000000,3000000,10000000
-    python benchmarks/number_ray.py --n 10000000 --object-store-mb 1024
+    python benchmarks/number_ray.py --n 10000000 --object-store-mb 1024   # capped object store
 
 Pass 2 of ``sidkit encode-ray`` numbers the new items (those outside the tokenizer's
 fitted catalogue) under each semantic prefix in item-id order: a Ray sort of their
 small rows (id, tokens, two flag columns) by prefix, a vectorised rank per block, and a
 Parquet write (``sidkit.scale.ray_encode._disambiguate``).  Its input here is what pass 1
-writes for N new items (files of 131,072 rows; tokens drawn with Zipf-like prefix sizes
+writes for N new items (files of 16,384 rows, encode_ray.py's batch size; tokens drawn with Zipf-like prefix sizes
 from 256 x 256 x 256 codebooks), made in seconds, so the pass can be measured at sizes
 whose pass 1 would take an hour to set up (a 10M-item catalogue of 384-d float64
 embeddings is 31 GB of Parquet and 18 minutes to write).
 
 Each size runs in its own process on a local Ray (``--num-cpus``; ``--object-store-mb``
-caps its object store), whose tree's proportional set size (PSS) is sampled every 0.5 s
+caps its object store: it made no difference up to 30M), whose tree's proportional set size (PSS) is sampled every 0.5 s
 as in ``encode_ray.py``.  The output is checked: N rows, and (prefix, last token) unique.
 Writes ``benchmarks/results/number_ray{--tag}.json``.
 """
@@ -36,15 +36,19 @@ from _common import machine as _machine
 from encode_ray import run_measured
 
 HERE = Path(__file__).resolve().parent
-ROWS_PER_FILE = 131_072
+ROWS_PER_FILE = 16_384  # encode_ray.py's --batch-size
 
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from sidkit.scale.ray_encode import _configure_data_context, _disambiguate, ray_session
-osm = int(sys.argv[4]) or None
-with ray_session(None, int(sys.argv[3]), osm) as ray:
-    _configure_data_context()
+osm = int(sys.argv[4])
+if osm:  # a capped object store (sidkit's own session would take Ray's default)
+    import ray
+    ray.init(num_cpus=int(sys.argv[3]), object_store_memory=osm * 2**20, include_dashboard=False,
+             log_to_driver=False)
+with ray_session(None, int(sys.argv[3])) as ray:
+    _configure_data_context(ray)
     t = time.perf_counter()
     s = _disambiguate(ray, Path(sys.argv[1]), Path(sys.argv[2]), "item_id", 3)
     s["seconds_total"] = time.perf_counter() - t

@@ -23,7 +23,6 @@ def encode_ray(
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise text embeddings (as `sidkit embed`)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to run on (e.g. ray://HEAD:10001 or auto); default: a local Ray on this machine."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: all)."),
-    object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Cap the local Ray's object store (MB; Ray's default is 30% of RAM): the numbering pass spills beyond it, so memory stays bounded whatever the catalogue size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Encoding actors (default: the cluster's CPUs less one)."),
     batch_size: int = typer.Option(4096, "--batch-size", help="Items per map_batches call."),
     device: str = typer.Option("cpu", "--device", help="Device of the text model on the workers (cpu or cuda)."),
@@ -53,14 +52,14 @@ def encode_ray(
               normalize=normalize, batch_size=batch_size, workers=workers, device=device)
     if fit_sample is None:  # arguments and input are checked before Ray starts
         s = encode_parquet(codes, input, output, overwrite=overwrite, ray_address=ray_address,
-                           num_cpus=num_cpus, object_store_mb=object_store_mb, **kw)
+                           num_cpus=num_cpus, **kw)
     else:
         tok = _make_tokenizer(method, levels, sizes, param, resolve, seed)
         if output.exists() and not overwrite:
             raise ConfigError(f"output {output} already exists", "pass another --output, or --overwrite")
         if output.exists():          # before the fit: --overwrite replaces only our own output
             _check_own_output(output)
-        with ray_session(ray_address, num_cpus, object_store_mb):  # one Ray session for both steps
+        with ray_session(ray_address, num_cpus):  # one Ray session for both steps
             info = fit_on_sample(tok, input, codes, fit_sample, seed=seed, **kw)
             typer.echo(f"fitted {info['method']} on {info['n_sample']} of {info['n_total']} items "
                        f"({info['seconds_fit']:.1f}s) -> {Path(codes) / 'tokenizer'}", err=True)

@@ -64,21 +64,9 @@ def require_ray():
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None,
-                object_store_mb: int | None = None) -> Iterator[Any]:
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
     """Use the running Ray session, or start one (local, or connected to ``address``)
-    and shut it down afterwards.
-
-    ``object_store_mb`` caps a local Ray's shared-memory object store (Ray's default is
-    30% of the RAM): what does not fit is spilled to disk, so the numbering pass's sort
-    holds at most that much in memory whatever the catalogue size (docs/scale.md)."""
-    if object_store_mb is not None and int(object_store_mb) < 100:
-        raise ConfigError(f"--object-store-mb {object_store_mb} is too small (Ray needs at least 100 MB)",
-                          "pass e.g. --object-store-mb 1024, or leave it out for Ray's default")
-    if object_store_mb is not None and address:
-        raise ConfigError("--object-store-mb only applies to a local Ray",
-                          "set the object store size when starting the cluster "
-                          "(ray start --object-store-memory BYTES), or drop --ray-address")
+    and shut it down afterwards."""
     ray = require_ray()
     if ray.is_initialized():
         yield ray
@@ -90,8 +78,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         os.environ.setdefault("RAY_worker_register_timeout_seconds", "300")
         if num_cpus:
             kw["num_cpus"] = int(num_cpus)
-        if object_store_mb:
-            kw["object_store_memory"] = int(object_store_mb) * 1024 * 1024
     for attempt in range(3):
         try:
             ray.init(**kw)
@@ -110,8 +96,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         ray.shutdown()
 
 
-def _configure_data_context() -> None:
+def _configure_data_context(ray=None) -> None:
     from ray.data import DataContext
+
+    if ray is not None:  # unless the user set it: one Parquet footer reader per CPU
+        os.environ.setdefault(FOOTER_ACTORS_ENV, str(_footer_actors(ray)))
 
     ctx = DataContext.get_current()
     if hasattr(ctx, "raise_original_map_exception"):  # a worker's DataError reaches the driver
@@ -120,6 +109,18 @@ def _configure_data_context() -> None:
         ctx.enable_progress_bars = False
         with contextlib.suppress(AttributeError):
             ctx.print_on_execution_start = False
+
+
+# Ray Data (2.60) reads Parquet footers on a pool of actors, 32 by default whatever the
+# cluster's size; each is a Python process (~115 MB of PSS here), and on a 2-CPU machine
+# more of them came up the more files a read listed: pass 2 (reading pass 1's ~600
+# files for 10M items) peaked at 4.3 GB, of which 3.4 GB were 30 footer readers.
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
+def _footer_actors(ray) -> int:
+    """Parquet footer readers: one per CPU of the cluster, at most Ray's default 32."""
+    return max(1, min(32, int(ray.cluster_resources().get("CPU", 1))))
 
 
 def _n_actors(ray, workers: int | None) -> int:
@@ -446,8 +447,7 @@ def encode_parquet(codes: str | os.PathLike, input: str | os.PathLike, output: s
                    text_column: str | None = None, model: str = "default",
                    normalize: bool = True, batch_size: int = 4096, workers: int | None = None,
                    ray_address: str | None = None, num_cpus: int | None = None,
-                   object_store_mb: int | None = None, device: str = "cpu",
-                   overwrite: bool = False) -> dict[str, Any]:
+                   device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
     """Encode every item of the Parquet ``input`` to SIDs with the tokenizer saved in
     ``codes``, on Ray Data; write ``output`` (a directory of Parquet files: ``id_column``
     and ``sid_0 .. sid_{L-1}``, plus a ``_sidkit_encode.json`` summary).
@@ -478,8 +478,8 @@ def encode_parquet(codes: str | os.PathLike, input: str | os.PathLike, output: s
                                "n_levels": L, "collision_rule": probe.collision_rule,
                                "id_column": id_column, "columns": [id_column, *_sid_columns(L)],
                                "source": f"text:{text_column}" if text_column else f"embedding:{column}"}
-    with _staging(output, overwrite) as tmp, ray_session(ray_address, num_cpus, object_store_mb) as ray:
-        _configure_data_context()
+    with _staging(output, overwrite) as tmp, ray_session(ray_address, num_cpus) as ray:
+        _configure_data_context(ray)
         n_act = _n_actors(ray, workers)
         summary["workers"] = n_act
         read_cols = [id_column, text_column or column]
@@ -575,7 +575,7 @@ def fit_sample(tokenizer, input: str | os.PathLike, codes: str | os.PathLike, n:
                text_column: str | None = None, model: str = "default", normalize: bool = True,
                seed: int = 0, batch_size: int = 4096, workers: int | None = None,
                ray_address: str | None = None, num_cpus: int | None = None,
-               object_store_mb: int | None = None, device: str = "cpu") -> dict[str, Any]:
+               device: str = "cpu") -> dict[str, Any]:
     """Fit ``tokenizer`` (unfitted) on about ``n`` items sampled uniformly from ``input``
     (Ray Data ``random_sample``; texts embedded on the workers), then save it to
     ``codes/tokenizer`` (with ``codes/fit_sample.json``).  Only the sample
@@ -588,8 +588,8 @@ def fit_sample(tokenizer, input: str | os.PathLike, codes: str | os.PathLike, n:
                         "pass another --codes directory, or drop --fit-sample to reuse it")
     schema = _input_schema(input)
     _check_columns(schema, input, id_column, None if text_column else column, text_column, None)
-    with ray_session(ray_address, num_cpus, object_store_mb) as ray:
-        _configure_data_context()
+    with ray_session(ray_address, num_cpus) as ray:
+        _configure_data_context(ray)
         t0 = time.perf_counter()
         ds = ray.data.read_parquet(str(input)).select_columns([id_column, text_column or column])
         total = ds.count()
