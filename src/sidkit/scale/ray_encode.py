@@ -113,8 +113,8 @@ def _configure_data_context(ray=None) -> None:
 
 # Ray Data (2.60) reads Parquet footers on a pool of actors, 32 by default whatever the
 # cluster's size; each is a Python process (~115 MB of PSS here), and on a 2-CPU machine
-# more of them came up the more files a read listed: pass 2 (reading pass 1's ~600
-# files for 10M items) peaked at 4.3 GB, of which 3.4 GB were 30 footer readers.
+# more of them came up the more files a read listed: pass 2 (benchmarks/number_ray.py, ~600
+# files for 10M new items) peaked at 4.3 GB, of which 3.4 GB were 30 footer readers.
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 
 
