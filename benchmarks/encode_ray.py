@@ -182,6 +182,11 @@ print(f"RESULT read={t1 - t0:.2f} encode={t2 - t1:.2f} write={time.perf_counter(
 """
 
 
+def measured(r: dict) -> dict:
+    """Wall and CPU time and peak memory of a :func:`run_measured` result."""
+    return {k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")}
+
+
 def _median_run(runs: list[dict]) -> dict:
     """The run of median wall time (the upper median for an even count)."""
     return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
@@ -193,7 +198,7 @@ def run_inprocess(codes: Path, items: Path, out: Path, n: int, threads: int, env
     if r["rc"] != 0:
         raise SystemExit(f"in-process run failed:\n{r['tail']}")
     parts = dict(kv.split("=") for kv in r["tail"].split("RESULT ")[1].split())
-    return {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
+    return {**measured(r),
             **{f"{k}_s": float(v) for k, v in parts.items()},
             "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"]}
 
@@ -208,7 +213,7 @@ def run_ray(codes: Path, items: Path, out: Path, n: int, args, env: dict) -> dic
     if r["rc"] != 0:
         raise SystemExit(f"Ray run failed:\n{r['tail']}")
     summ = json.loads((out / "_sidkit_encode.json").read_text())
-    return {**{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
+    return {**measured(r),
             "items_per_s": n / r["wall_s"], "items_per_cpu_s": n / r["cpu_s"],
             "job_s": summ["seconds"], "encode_pass_s": summ["seconds_encode"],
             "disambiguate_pass_s": summ.get("seconds_disambiguate"),

@@ -9,14 +9,14 @@ Pass 2 of ``sidkit encode-ray`` numbers the new items (those outside the tokeniz
 fitted catalogue) under each semantic prefix in item-id order: a Ray sort of their
 small rows (id, tokens, two flag columns) by prefix, a vectorised rank per block, and a
 Parquet write (``sidkit.scale.ray_encode._disambiguate``).  Its input here is what pass 1
-writes for N new items (files of 16,384 rows, encode_ray.py's batch size; tokens drawn with Zipf-like prefix sizes
-from 256 x 256 x 256 codebooks), made in seconds, so the pass can be measured at sizes
-whose pass 1 would take an hour to set up (a 10M-item catalogue of 384-d float64
-embeddings is 31 GB of Parquet and 18 minutes to write).
+writes for N new items (files of 16,384 rows, encode_ray.py's batch size; tokens drawn
+with Zipf-like prefix sizes from 256 x 256 x 256 codebooks), made in seconds, so the pass
+can be measured at sizes whose catalogue would not fit on this disk (a catalogue of 384-d
+float64 embeddings takes 31 GB of Parquet per 10M items).
 
 Each size runs in its own process on a local Ray (``--num-cpus``; ``--object-store-mb``
-caps its object store: it made no difference up to 30M), whose tree's proportional set size (PSS) is sampled every 0.5 s
-as in ``encode_ray.py``.  The output is checked: N rows, and (prefix, last token) unique.
+caps its object store: it made no difference up to 30M), whose tree's proportional set
+size (PSS) is sampled every 0.5 s as in ``encode_ray.py``.  The output is checked: N rows, and (prefix, last token) unique.
 Writes ``benchmarks/results/number_ray{--tag}.json``.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import machine as _machine
-from encode_ray import run_measured
+from encode_ray import measured, run_measured
 
 HERE = Path(__file__).resolve().parent
 ROWS_PER_FILE = 16_384  # encode_ray.py's --batch-size
@@ -122,8 +122,7 @@ def main() -> None:
         if r["rc"] != 0:
             raise SystemExit(f"pass 2 failed:\n{r['tail']}")
         summ = json.loads(r["tail"].split("RESULT ")[1].splitlines()[0])
-        row = {"n": n, "object_store_mb": args.object_store_mb or None,
-               **{k: r[k] for k in ("wall_s", "cpu_s", "peak_pss_mb", "peak_rss_mb")},
+        row = {"n": n, "object_store_mb": args.object_store_mb or None, **measured(r),
                "pass2_s": summ["seconds_disambiguate"], "n_new": summ["n_new"]}
         if not args.no_check:
             row["output_ok"] = check_output(out, n)

@@ -96,11 +96,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
-def _configure_data_context(ray=None) -> None:
+def _configure_data_context(ray) -> None:
     from ray.data import DataContext
 
-    if ray is not None:  # unless the user set it: one Parquet footer reader per CPU
-        os.environ.setdefault(FOOTER_ACTORS_ENV, str(_footer_actors(ray)))
+    # unless the user set it: one Parquet footer reader per CPU
+    os.environ.setdefault(FOOTER_ACTORS_ENV, str(_footer_actors(ray)))
 
     ctx = DataContext.get_current()
     if hasattr(ctx, "raise_original_map_exception"):  # a worker's DataError reaches the driver
