@@ -13,13 +13,14 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from sidkit.errors import ArtifactError, ConfigError, DataError
 from sidkit.scale.ray_encode import (
-    _NEW, SID_PREFIX, encode_in_process, encode_parquet, new_item_base, rank_new_items,
-    read_sids, require_ray, write_embeddings_parquet)
+    _NEW, SID_PREFIX, encode_in_process, encode_parquet, new_item_base, prefix_bucket,
+    rank_new_items, read_sids, require_ray, write_embeddings_parquet)
 from sidkit.tokenizers import RQKMeans
 from sidkit.tokenizers.base import Tokenizer
 
@@ -75,6 +76,17 @@ def test_rank_new_items_numbers_each_prefix_in_id_order():
     assert out.column_names == ["item_id", "sid_0", "sid_1", "sid_2"]
     assert out.column("item_id").to_pylist() == [5, 2, 9, 7]
     assert out.column("sid_2").to_pylist() == [4, 3, 0, 5]
+
+
+def test_prefix_bucket_keeps_a_prefix_together_and_spreads_prefixes():
+    sem = np.stack(np.meshgrid(np.arange(64), np.arange(64), indexing="ij"), -1).reshape(-1, 2)
+    b = prefix_bucket(sem, 8)
+    assert b.min() >= 0 and b.max() < 8
+    assert np.array_equal(prefix_bucket(sem[::-1], 8), b[::-1])   # a function of the row alone
+    counts = np.bincount(b, minlength=8)
+    assert counts.min() > 0.8 * 512 and counts.max() < 1.2 * 512  # 4,096 prefixes, ~512 each
+    # no Python hash() inside: the same buckets on every machine and run (pinned values)
+    assert prefix_bucket(np.array([[0, 0], [1, 2], [255, 255]]), 1000).tolist() == [563, 355, 94]
 
 
 def test_new_item_base_marks_exactly_the_items_outside_the_catalogue(catalogue):
@@ -170,10 +182,14 @@ def test_parquet_footer_readers_follow_the_cluster_size(ray_local, monkeypatch):
     assert os.environ[FOOTER_ACTORS_ENV] == "5"
 
 
-def test_ray_encode_equals_in_process_row_for_row(ray_local, catalogue, tmp_path):
+@pytest.mark.parametrize("rows_per_task", [1_000_000, 40])
+def test_ray_encode_equals_in_process_row_for_row(ray_local, catalogue, tmp_path, rows_per_task):
+    """Pass 2 in one task each way, and split over chunks of pass 1's files and 4 buckets."""
     c = catalogue
     out = tmp_path / "sids"
-    s = encode_parquet(c["dir"] / "codes", c["dir"] / "items.parquet", out, batch_size=32)
+    s = encode_parquet(c["dir"] / "codes", c["dir"] / "items.parquet", out, batch_size=32,
+                       rows_per_task=rows_per_task)
+    assert s["n_buckets"] == (1 if rows_per_task > 300 else 4)
     df = read_sids(out)
     ref = encode_in_process(c["tok"], c["ids"], c["X"])
     assert df["item_id"].tolist() == c["ids"].tolist()
@@ -187,6 +203,34 @@ def test_ray_encode_equals_in_process_row_for_row(ray_local, catalogue, tmp_path
     assert len({tuple(r) for r in naive}) < 300
     meta = json.loads((out / "_sidkit_encode.json").read_text())
     assert meta["columns"] == ["item_id", "sid_0", "sid_1", "sid_2"]
+
+
+def test_pass2_split_over_row_groups_and_buckets_equals_one_rank(ray_local, tmp_path):
+    """Pass 2 on a hand-made pass-1 output (3 files of 2-3 row groups, 70 catalogue and
+    110 new rows over 12 prefixes): chunks of 25 rows, 5 buckets -- the same table as
+    numbering every new item in one call, with catalogue rows copied as they are."""
+    from sidkit.scale.ray_encode import _BASE, _disambiguate
+
+    r = np.random.default_rng(0)
+    n = 180
+    new = r.permutation(np.r_[np.zeros(70, bool), np.ones(110, bool)])
+    tbl = pa.table({"item_id": r.permutation(n).astype(np.int64),
+                    "sid_0": r.integers(0, 3, n), "sid_1": r.integers(0, 4, n),
+                    "sid_2": np.where(new, 0, r.integers(0, 2, n)), _NEW: new,
+                    _BASE: r.integers(0, 3, n)})
+    stage1 = tmp_path / "work" / "stage1"
+    stage1.mkdir(parents=True)
+    for f, (a, b) in enumerate([(0, 50), (50, 120), (120, 180)]):
+        pq.write_table(tbl.slice(a, b - a), stage1 / f"part-{f}.parquet", row_group_size=25)
+    s = _disambiguate(ray_local, stage1, tmp_path / "work" / "out", "item_id", 3, rows_per_task=25)
+    assert (s["n_items"], s["n_new"], s["n_buckets"]) == (180, 110, 5)
+    assert s["n_chunks"] == 8   # 2 + 3 + 3 row groups of at most 25 rows, one per chunk
+    got = pq.read_table(tmp_path / "work" / "out").sort_by("item_id")
+    keep = ["item_id", "sid_0", "sid_1", "sid_2"]
+    cat = tbl.filter(pc.invert(tbl.column(_NEW))).select(keep)
+    want = pa.concat_tables([cat, rank_new_items(tbl.filter(tbl.column(_NEW)), "item_id", 3)])
+    assert got.select(keep).equals(want.sort_by("item_id"))
+    assert not (tmp_path / "work" / "buckets").exists()   # its scratch is gone
 
 
 def test_bad_row_in_a_worker_fails_clearly_and_leaves_no_output(ray_local, catalogue, tmp_path):
