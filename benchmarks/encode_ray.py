@@ -218,6 +218,7 @@ def run_ray(codes: Path, items: Path, out: Path, n: int, args, env: dict) -> dic
             "job_s": summ["seconds"], "encode_pass_s": summ["seconds_encode"],
             "disambiguate_pass_s": summ.get("seconds_disambiguate"),
             "job_items_per_s": n / summ["seconds"], "n_new": summ["n_new"],
+            "pass2_chunks": summ.get("n_chunks"), "pass2_buckets": summ.get("n_buckets"),
             "workers": summ["workers"]}
 
 

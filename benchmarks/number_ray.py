@@ -3,12 +3,14 @@
 Usage::
 
     python benchmarks/number_ray.py --n 1000000,3000000,10000000
-    python benchmarks/number_ray.py --n 10000000 --object-store-mb 1024   # capped object store
+    python benchmarks/number_ray.py --n 30000000 --rows-per-task 250000
 
 Pass 2 of ``sidkit encode-ray`` numbers the new items (those outside the tokenizer's
-fitted catalogue) under each semantic prefix in item-id order: a Ray sort of their
-small rows (id, tokens, two flag columns) by prefix, a vectorised rank per block, and a
-Parquet write (``sidkit.scale.ray_encode._disambiguate``).  Its input here is what pass 1
+fitted catalogue) under each semantic prefix in item-id order
+(``sidkit.scale.ray_encode._disambiguate``): Ray tasks split pass 1's row groups into
+buckets by a hash of the semantic prefix, then one task per bucket ranks its items
+(until 2026-12 it was a Ray Data sort by prefix; ``number_ray_quiet_footer*.json`` hold
+that design's figures).  Its input here is what pass 1
 writes for N new items (files of 16,384 rows, encode_ray.py's batch size; tokens drawn
 with Zipf-like prefix sizes from 256 x 256 x 256 codebooks), made in seconds, so the pass
 can be measured at sizes whose catalogue would not fit on this disk (a catalogue of 384-d
@@ -50,15 +52,21 @@ if osm:  # a capped object store (sidkit's own session would take Ray's default)
 with ray_session(None, int(sys.argv[3])) as ray:
     _configure_data_context(ray)
     t = time.perf_counter()
-    s = _disambiguate(ray, Path(sys.argv[1]), Path(sys.argv[2]), "item_id", 3)
+    kw = {"rows_per_task": int(sys.argv[5])} if int(sys.argv[5]) else {}
+    s = _disambiguate(ray, Path(sys.argv[1]), Path(sys.argv[2]), "item_id", 3, **kw)
     s["seconds_total"] = time.perf_counter() - t
 print("RESULT " + json.dumps(s))
 """
 
 
-def make_stage1(path: Path, n: int, seed: int = 0) -> None:
+def make_stage1(path: Path, n: int, seed: int = 0, prefixes: str = "zipf") -> None:
     """What pass 1 writes for ``n`` new items: item_id, sid_0..sid_2, the new-item flag
-    and the per-prefix catalogue count (here 0: every item is new)."""
+    and the per-prefix catalogue count (here 0: every item is new).
+
+    ``prefixes="zipf"``: level 0 Zipf (exponent 1.1) over 256 codes, level 1 uniform (the
+    largest prefix holds ~0.08% of the items); ``"hot"``: both levels Zipf with exponent
+    2, so one prefix holds ~37% of them -- the worst case for pass 2, which ranks a
+    prefix's new items in one task."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -68,15 +76,15 @@ def make_stage1(path: Path, n: int, seed: int = 0) -> None:
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
     rs = np.random.default_rng(seed)
-    # prefixes of skewed sizes: level 0 Zipf over 256 codes, level 1 uniform
-    p0 = 1.0 / np.arange(1, 257) ** 1.1
+    p0 = 1.0 / np.arange(1, 257) ** (2.0 if prefixes == "hot" else 1.1)
     p0 /= p0.sum()
     ids = rs.permutation(n).astype(np.int64)  # files hold ids in no particular order
     for i, s in enumerate(range(0, n, ROWS_PER_FILE)):
         m = min(ROWS_PER_FILE, n - s)
         tbl = pa.table({"item_id": ids[s:s + m],
                         "sid_0": rs.choice(256, size=m, p=p0).astype(np.int64),
-                        "sid_1": rs.integers(0, 256, m, dtype=np.int64),
+                        "sid_1": (rs.choice(256, size=m, p=p0).astype(np.int64)
+                                  if prefixes == "hot" else rs.integers(0, 256, m, dtype=np.int64)),
                         "sid_2": np.zeros(m, np.int64),  # pass 1 marks a new item by count + 0
                         _NEW: np.ones(m, bool), _BASE: np.zeros(m, np.int64)})
         pq.write_table(tbl, str(part / f"{i:05d}.parquet"))
@@ -97,7 +105,10 @@ def check_output(out: Path, n: int) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", default="1000000,3000000,10000000", help="comma-separated numbers of new items")
+    ap.add_argument("--prefixes", choices=["zipf", "hot"], default="zipf",
+                    help="prefix sizes of the new items (see make_stage1)")
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--rows-per-task", type=int, default=0, help="pass 2's rows per task (0: sidkit's default)")
     ap.add_argument("--object-store-mb", type=int, default=0, help="cap of the local Ray's object store (0: Ray's default)")
     ap.add_argument("--work", default="/tmp/sidkit-number-ray-bench")
     ap.add_argument("--tag", default="")
@@ -110,20 +121,21 @@ def main() -> None:
     env = dict(os.environ, SIDKIT_NO_PROGRESS="1", RAY_worker_register_timeout_seconds="600")
     rows = []
     for n in (int(v) for v in args.n.split(",")):
-        stage1 = work / f"stage1_{n}"
+        stage1 = work / f"stage1_{args.prefixes}_{n}"
         if not stage1.exists():
             t = time.perf_counter()
-            make_stage1(stage1, n)
+            make_stage1(stage1, n, prefixes=args.prefixes)
             print(f"wrote pass-1 output for {n} new items in {time.perf_counter() - t:.1f}s", flush=True)
         out = work / f"out_{n}"
         shutil.rmtree(out, ignore_errors=True)
         r = run_measured([sys.executable, "-c", CHILD, str(stage1), str(out), str(args.num_cpus),
-                          str(args.object_store_mb)], env)
+                          str(args.object_store_mb), str(args.rows_per_task)], env)
         if r["rc"] != 0:
             raise SystemExit(f"pass 2 failed:\n{r['tail']}")
         summ = json.loads(r["tail"].split("RESULT ")[1].splitlines()[0])
-        row = {"n": n, "object_store_mb": args.object_store_mb or None, **measured(r),
-               "pass2_s": summ["seconds_disambiguate"], "n_new": summ["n_new"]}
+        row = {"n": n, "prefixes": args.prefixes, "object_store_mb": args.object_store_mb or None, **measured(r),
+               "pass2_s": summ["seconds_disambiguate"], "n_new": summ["n_new"],
+               "chunks": summ.get("n_chunks"), "buckets": summ.get("n_buckets")}
         if not args.no_check:
             row["output_ok"] = check_output(out, n)
         shutil.rmtree(out, ignore_errors=True)
