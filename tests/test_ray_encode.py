@@ -76,6 +76,11 @@ def test_rank_new_items_numbers_each_prefix_in_id_order():
     assert out.column_names == ["item_id", "sid_0", "sid_1", "sid_2"]
     assert out.column("item_id").to_pylist() == [5, 2, 9, 7]
     assert out.column("sid_2").to_pylist() == [4, 3, 0, 5]
+    # string ids rank in string order; prefixes differing in any level are separate groups
+    tbl = pa.table({"item_id": ["m10", "m02", "m07", "m01"], "sid_0": [2, 2, 2, 2],
+                    "sid_1": [0, 0, 1, 0], "sid_2": [0] * 4, _NEW: [True] * 4,
+                    "_sidkit_base": [0, 0, 1, 0]})
+    assert rank_new_items(tbl, "item_id", 3).column("sid_2").to_pylist() == [2, 1, 1, 0]
 
 
 def test_prefix_bucket_keeps_a_prefix_together_and_spreads_prefixes():

@@ -380,11 +380,10 @@ class Encoder:
 
 
 def rank_new_items(tbl, id_column: str, n_levels: int):
-    """Pass 2 on a block holding whole semantic-prefix groups of new items: the last
-    token becomes ``count + rank`` with ranks in item-id order (vectorised)."""
+    """Pass 2 on a table holding whole semantic-prefix groups of new items: the last
+    token becomes ``count + rank`` with ranks in item-id order (one lexsort; ~45 bytes
+    of scratch a row)."""
     import pyarrow as pa
-
-    from ..tokenizers.collisions import group_ranks
 
     cols = _sid_columns(n_levels)
     n = tbl.num_rows
@@ -392,13 +391,17 @@ def rank_new_items(tbl, id_column: str, n_levels: int):
     if n == 0:
         return tbl.select(keep)
     ids = tbl.column(id_column).to_numpy(zero_copy_only=False)
-    sem = np.stack([tbl.column(c).to_numpy(zero_copy_only=False) for c in cols[:-1]], 1)
-    _, gid = np.unique(sem, axis=0, return_inverse=True)
-    gid = gid.reshape(-1)
-    o = np.argsort(ids, kind="stable")
-    o = o[np.argsort(gid[o], kind="stable")]  # by prefix, then item id
+    by_id = np.empty(n, np.int64)  # the rank of each id (ids may be strings)
+    by_id[np.argsort(ids, kind="stable")] = np.arange(n)
+    sem = [tbl.column(c).to_numpy(zero_copy_only=False) for c in cols[:-1]]
+    o = np.lexsort([by_id, *sem[::-1]])  # by prefix, then item id
+    start = np.zeros(n, bool)
+    start[0] = True
+    for col in sem:  # a loop over levels, not items
+        start[1:] |= col[o[1:]] != col[o[:-1]]
+    pos = np.arange(n, dtype=np.int64)
     rank = np.empty(n, np.int64)
-    rank[o] = group_ranks(gid[o])
+    rank[o] = pos - np.maximum.accumulate(np.where(start, pos, 0))
     base = tbl.column(_BASE).to_numpy(zero_copy_only=False)
     out = tbl.select(keep)
     return out.set_column(out.schema.get_field_index(cols[-1]), cols[-1],
