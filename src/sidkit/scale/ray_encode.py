@@ -49,7 +49,7 @@ SID_PREFIX = "sid_"
 _NEW = "_sidkit_new"  # pass-1 column: the row is a new item (not in the fitted catalogue)
 _BASE = "_sidkit_base"  # pass-1 column: catalogue items under the row's semantic prefix
 SUMMARY_FILE = "_sidkit_encode.json"  # "_" prefix: Parquet readers skip it
-# Pass 2 works on at most about this many rows per task (a chunk of pass 1's files, or
+# Pass 2 works on at most about this many rows per task (a chunk of pass 1's row groups, or
 # one hash bucket of new items): ~50 bytes a row, so ~50 MB of table per task.
 ROWS_PER_TASK = 1_000_000
 
