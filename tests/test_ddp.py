@@ -264,3 +264,32 @@ def test_nproc_inside_torchrun_or_without_gpus_is_a_clear_error(tmp_path, monkey
                                      "--device", "cuda"])
         assert r.exit_code == 1 and "CUDA is not available" in r.output and "--device" in r.output
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("device, gpus, backend", [("cpu", 2, "gloo"), ("cuda", 2, "nccl"),
+                                                   ("auto", 2, "nccl"), ("auto", 0, "gloo")])
+def test_init_picks_nccl_and_the_local_gpu_on_cuda_gloo_on_cpu(monkeypatch, device, gpus, backend):
+    """The backend choice, without a GPU on this machine: torch's CUDA queries and the
+    process-group start are replaced; LOCAL_RANK 1 must become the current CUDA device."""
+    import torch.distributed as dist
+
+    from sidkit import distributed
+
+    calls = {}
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "active", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("device", d))
+    monkeypatch.setattr(dist, "init_process_group", lambda b, **kw: calls.setdefault("backend", b))
+    distributed.init(device)
+    assert calls["backend"] == backend
+    assert calls.get("device") == (1 if backend == "nccl" else None)
+    if backend == "nccl":  # local rank 1 with one GPU: a clear error, not a hang in NCCL
+        from sidkit.errors import ConfigError
+
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        with pytest.raises(ConfigError, match="local rank 1 has no GPU"):
+            distributed.init(device)
