@@ -385,6 +385,8 @@ def rank_new_items(tbl, id_column: str, n_levels: int):
     of scratch a row)."""
     import pyarrow as pa
 
+    from ..tokenizers.collisions import run_ranks
+
     cols = _sid_columns(n_levels)
     n = tbl.num_rows
     keep = [id_column] + cols
@@ -399,9 +401,8 @@ def rank_new_items(tbl, id_column: str, n_levels: int):
     start[0] = True
     for col in sem:  # a loop over levels, not items
         start[1:] |= col[o[1:]] != col[o[:-1]]
-    pos = np.arange(n, dtype=np.int64)
     rank = np.empty(n, np.int64)
-    rank[o] = pos - np.maximum.accumulate(np.where(start, pos, 0))
+    rank[o] = run_ranks(start)
     base = tbl.column(_BASE).to_numpy(zero_copy_only=False)
     out = tbl.select(keep)
     return out.set_column(out.schema.get_field_index(cols[-1]), cols[-1],

@@ -40,11 +40,16 @@ def group_ranks(keys: np.ndarray) -> np.ndarray:
     sk = keys[order]
     start = np.ones(n, dtype=bool)
     start[1:] = sk[1:] != sk[:-1]
-    pos = np.arange(n, dtype=np.int64)
-    first = np.maximum.accumulate(np.where(start, pos, 0))
     ranks = np.empty(n, dtype=np.int64)
-    ranks[order] = pos - first
+    ranks[order] = run_ranks(start)
     return ranks
+
+
+def run_ranks(start: np.ndarray) -> np.ndarray:
+    """Position of every element within its run, given a flag per element that is True
+    where a run starts (``start[0]`` must be True): ``[T, F, F, T, F] -> [0, 1, 2, 0, 1]``."""
+    pos = np.arange(len(start), dtype=np.int64)
+    return pos - np.maximum.accumulate(np.where(start, pos, 0))
 
 
 def _row_keys(rows: np.ndarray) -> np.ndarray:

@@ -61,7 +61,7 @@ from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import progress, resolve_device, rng
 from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_embeddings, register
-from .collisions import CATALOGUE_ATTRS, CatalogueIndex, catalogue_codes
+from .collisions import CATALOGUE_ATTRS, CatalogueIndex, catalogue_codes, run_ranks
 from .kmeans import _CHANGE_TOL, _rank_in_sorted_groups, _threads
 from .rqvae import codes_array
 
@@ -516,9 +516,7 @@ class GAOQ(Tokenizer):
         dist = ((X - node_cent_all[leaf]) ** 2).sum(1)
         o = np.lexsort((dist, leaf))
         sl = leaf[o]
-        start = np.r_[True, sl[1:] != sl[:-1]]
-        pos = np.arange(n)
-        rank = pos - np.maximum.accumulate(np.where(start, pos, 0))
+        rank = run_ranks(np.r_[True, sl[1:] != sl[:-1]])
         codes[o, L - 1] = rank
         prod = int(np.prod(b, dtype=np.float64))
         b_last = max(int(math.ceil(n / prod)), int(rank.max()) + 1)
