@@ -1,7 +1,9 @@
 """Catalogue encoding on Ray Data equals the in-process encoder, row for row (issue 12).
 
 The Ray tests share one local Ray session (``ray.init(num_cpus=2)``, module scope: Ray's
-start-up takes seconds) and skip when ray[data] is not installed.  Every Ray Data job costs
+start-up takes seconds) and skip when ray[data] is not installed or when Ray itself cannot
+start here (``RayStartError``, raised by ``ray_session`` only for a failed ``ray.init``;
+any other error fails them).  Every Ray Data job costs
 10-30 s on the shared 2-core machine, so the fit-on-a-sample CLI run and the text run are
 marked slow (``pytest -m slow tests/test_ray_encode.py``).
 """
@@ -19,7 +21,7 @@ import pytest
 
 from sidkit.errors import ArtifactError, ConfigError, DataError
 from sidkit.scale.ray_encode import (
-    _NEW, SID_PREFIX, encode_in_process, encode_parquet, new_item_base, prefix_bucket,
+    _NEW, SID_PREFIX, RayStartError, encode_in_process, encode_parquet, new_item_base, prefix_bucket,
     rank_new_items, read_sids, require_ray, write_embeddings_parquet)
 from sidkit.tokenizers import RQKMeans
 from sidkit.tokenizers.base import Tokenizer
@@ -35,8 +37,8 @@ def ray_local():
     session = ray_session(num_cpus=2)
     try:
         ray = session.__enter__()
-    except Exception as e:  # Ray's own start-up (raylet, GCS), not sidkit code
-        pytest.skip(f"a local Ray could not start on this machine ({type(e).__name__}: {str(e)[:300]})")
+    except RayStartError as e:  # ray.init itself failed (raylet, GCS); a sidkit error is not skipped
+        pytest.skip(f"a local Ray could not start on this machine ({str(e)[:300]})")
     try:
         yield ray
     finally:
@@ -90,8 +92,97 @@ def test_prefix_bucket_keeps_a_prefix_together_and_spreads_prefixes():
     assert np.array_equal(prefix_bucket(sem[::-1], 8), b[::-1])   # a function of the row alone
     counts = np.bincount(b, minlength=8)
     assert counts.min() > 0.8 * 512 and counts.max() < 1.2 * 512  # 4,096 prefixes, ~512 each
-    # no Python hash() inside: the same buckets on every machine and run (pinned values)
-    assert prefix_bucket(np.array([[0, 0], [1, 2], [255, 255]]), 1000).tolist() == [563, 355, 94]
+    # no Python hash() inside: the same buckets on every machine and run, namely those of
+    # an independent plain-Python SplitMix64 (checked against its published outputs)
+    rs = np.random.default_rng(0)
+    rows = np.vstack([[0, 0], [1, 2], [255, 255], rs.integers(0, 2**31, size=(200, 2))])
+    for n in (1, 7, 1000, 2**40 + 3):
+        assert prefix_bucket(rows, n).tolist() == [_splitmix_prefix(r) % n for r in rows.tolist()]
+    three = rs.integers(0, 4096, size=(50, 3))
+    assert prefix_bucket(three, 97).tolist() == [_splitmix_prefix(r) % 97 for r in three.tolist()]
+
+
+_M64 = 2**64 - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One SplitMix64 output from state ``x`` (Vigna, splitmix64.c: the state advances by
+    the golden gamma, then the mix), plain Python integers mod 2**64."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _splitmix_prefix(tokens) -> int:
+    h = 0
+    for t in tokens:
+        h = _splitmix64(h ^ int(t))
+    return h
+
+
+def test_the_reference_splitmix64_gives_the_published_outputs():
+    # the first five outputs of splitmix64.c seeded with 1234567, and the first with seed 0
+    state, out = 1234567, []
+    for _ in range(5):
+        out.append(_splitmix64(state))
+        state = (state + 0x9E3779B97F4A7C15) & _M64
+    assert out == [6457827717110365317, 3203168211198807973, 9817491932198370423,
+                   4593380528125082431, 16408922859458223821]
+    assert _splitmix64(0) == 0xE220A8397B1DCDAF
+
+
+class _FakeRay:
+    """``ray.init`` raising the given exceptions in turn (then succeeding)."""
+
+    def __init__(self, *errors):
+        self.errors, self.inits, self.shutdowns = list(errors), 0, 0
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kw):
+        self.inits += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("errors, starts", [
+    ((ConnectionError("GCS unreachable"),), False),
+    ((RuntimeError("raylet died"),), False),
+    ((Exception("The current node timed out during startup"),) * 3, False),
+    ((Exception("The current node timed out during startup"),) * 2, True),   # retried, then up
+])
+def test_ray_session_reports_a_failed_start_as_ray_start_error(monkeypatch, errors, starts):
+    """The one failure the Ray tests may skip on: ``ray.init`` failing (after the retries)."""
+    import sidkit.scale.ray_encode as re_mod
+
+    fake = _FakeRay(*errors)
+    monkeypatch.setattr(re_mod, "require_ray", lambda: fake)
+    if starts:
+        with re_mod.ray_session(num_cpus=1) as ray:
+            assert ray is fake and fake.inits == 3
+        return
+    with pytest.raises(RayStartError, match="cannot start") as e:
+        with re_mod.ray_session(num_cpus=1):
+            pass
+    assert isinstance(e.value, ConfigError) and e.value.fix
+
+
+def test_ray_session_does_not_hide_other_errors_as_a_start_failure(monkeypatch):
+    """A programming error (here a bad keyword reaching ray.init) is raised as it is, so
+    the module's tests fail instead of skipping."""
+    import sidkit.scale.ray_encode as re_mod
+
+    fake = _FakeRay(TypeError("init() got an unexpected keyword argument"))
+    monkeypatch.setattr(re_mod, "require_ray", lambda: fake)
+    with pytest.raises(TypeError):
+        with re_mod.ray_session(num_cpus=1):
+            pass
+    assert not issubclass(TypeError, RayStartError)
 
 
 def test_new_item_base_marks_exactly_the_items_outside_the_catalogue(catalogue):

@@ -53,11 +53,16 @@ SUMMARY_FILE = "_sidkit_encode.json"  # "_" prefix: Parquet readers skip it
 # one hash bucket of new items): ~50 bytes a row, so ~50 MB of table per task.
 ROWS_PER_TASK = 1_000_000
 
-__all__ = ["require_ray", "ray_session", "tokenizer_dir", "encode_parquet", "fit_sample",
+__all__ = ["require_ray", "ray_session", "RayStartError", "tokenizer_dir", "encode_parquet", "fit_sample",
            "encode_in_process", "read_sids", "SID_PREFIX"]
 
 
 # ---------------------------------------------------------------- ray session
+class RayStartError(ConfigError):
+    """Ray itself could not start (local) or be reached (``address``): ``ray.init``
+    failed, after the retries of :func:`ray_session`.  Never raised for sidkit's own code."""
+
+
 def require_ray():
     """Import ray (and ray.data) or raise a ConfigError naming the extra to install."""
     try:
@@ -84,18 +89,22 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         os.environ.setdefault("RAY_worker_register_timeout_seconds", "300")
         if num_cpus:
             kw["num_cpus"] = int(num_cpus)
+    where = f" at {address!r}" if address else ""
+    fix = ("check --ray-address (e.g. ray://HEAD:10001 or HEAD:6379), or leave it out to run on "
+           "this machine" if address else "check that Ray starts on this machine "
+           "(`python -c 'import ray; ray.init()'`), or pass --ray-address of a running cluster")
     for attempt in range(3):
         try:
             ray.init(**kw)
             break
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"cannot start or reach Ray{f' at {address!r}' if address else ''}: {e}",
-                              "check --ray-address (e.g. ray://HEAD:10001 or HEAD:6379), or "
-                              "leave it out to run on this machine") from None
+            raise RayStartError(f"cannot start or reach Ray{where}: {e}", fix) from None
         except Exception as e:  # Ray's fixed 30 s wait for a local raylet, on a busy machine
             ray.shutdown()
-            if address or "timed out during startup" not in str(e) or attempt == 2:
+            if address or "timed out during startup" not in str(e):
                 raise
+            if attempt == 2:
+                raise RayStartError(f"cannot start Ray: its start-up timed out 3 times ({e})", fix) from e
     try:
         yield ray
     finally:
@@ -612,16 +621,25 @@ def _row_group_chunks(dataset, rows: int) -> list[list[tuple[str, list[int]]]]:
 
 
 def prefix_bucket(sem: np.ndarray, n_buckets: int) -> np.ndarray:
-    """A bucket in ``[0, n_buckets)`` per row of semantic tokens ``sem`` (n, L-1): a
-    splitmix64-style hash of the whole prefix, vectorised, the same on every machine."""
-    h = np.full(len(sem), 0x9E3779B97F4A7C15, np.uint64)
+    """A bucket in ``[0, n_buckets)`` per row of semantic tokens ``sem`` (n, L-1), the
+    same on every machine and run (no Python ``hash()``): SplitMix64 (Steele, Lea and
+    Flood 2014; Vigna's ``splitmix64.c``) chained over the prefix,
+
+        h = 0;  for each token t:  h = splitmix64(h ^ t)
+        splitmix64(x):  z = x + 0x9E3779B97F4A7C15
+                        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+                        z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+                        return z ^ (z >> 31)            (all mod 2**64)
+
+    and the bucket is ``h % n_buckets``; vectorised over rows (a loop over levels)."""
+    sem = np.asarray(sem)
+    h = np.zeros(len(sem), np.uint64)
     with np.errstate(over="ignore"):
-        for l in range(sem.shape[1]):  # a loop over levels, not items
-            h ^= sem[:, l].astype(np.uint64)
-            h *= np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(31)
-            h *= np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(29)
+        for l in range(sem.shape[1]):
+            z = (h ^ sem[:, l].astype(np.uint64)) + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h = z ^ (z >> np.uint64(31))
     return (h % np.uint64(n_buckets)).astype(np.int64)
 
 
