@@ -228,3 +228,28 @@ def test_untrained_model_is_near_uniform_and_does_not_echo_its_input(hidden):
     real = x != 0
     echo = float((pred[real] == x[real]).float().mean())
     assert echo < 0.2, echo
+
+
+def test_mask_seen_returns_full_lists_of_unseen_items(fitted):
+    """A trained model with mask_seen: every user gets k valid items, none from their history,
+    with the seen items removed inside the beam (not dropped from a fixed list)."""
+    data, model = fitted
+    inp = data.eval_inputs("test", model.max_len)
+    hist = inp["history"]
+    seen = np.zeros((len(hist), N_ITEMS), bool)
+    rows = np.repeat(np.arange(len(hist)), np.diff(inp["seen_offsets"]))
+    seen[rows, inp["seen_flat"] - 1] = True
+    assert seen.sum(1).min() == seen.sum(1).max() == 11        # 11 of the 30 items seen by every user
+    k = N_ITEMS - 11                                           # every unseen item
+    top = model.recommend(hist, k, exclude=seen)
+    assert (top >= 0).all() and all(len(set(r)) == k for r in top.tolist())
+    assert not seen[np.arange(len(hist))[:, None], top].any()
+    more = model.recommend(hist, k + 2, exclude=seen)           # beyond them: -1 slots only at the end
+    np.testing.assert_array_equal(more[:, :k], top)
+    assert (more[:, k:] == -1).all()
+    # the plain beam would have spent slots on seen items: filtering it leaves holes
+    plain = model.recommend(hist, k)
+    assert seen[np.arange(len(hist))[:, None], plain].any()
+    # through the harness: no invalid slots, and the target (never seen here) is still first
+    res = evaluate(model, data, "test", ks=(1, 10), mrr_k=10, mask_seen=True)
+    assert res["invalid_rate"] == 0.0 and res["recall@1"] == 1.0 and res["mask_seen"] is True

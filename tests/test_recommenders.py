@@ -216,9 +216,19 @@ def test_bad_inputs(tmp_path):
         evaluate(Popularity().fit(one), one, "test", ks=(1,), mrr_k=1, coverage_k=1)
 
 
+def _fixed_order_lists(order, exclude, n, k):
+    """Every user's list is ``order`` without their excluded items, -1 padded to k."""
+    out = np.full((n, k), -1, np.int64)
+    for b in range(n):
+        keep = [i for i in order if exclude is None or not exclude[b, i]][:k]
+        out[b, :len(keep)] = keep
+    return out
+
+
 def test_generative_interface_lists_invalid_rate_and_masking():
-    """A model that returns top-k lists (as SID decoders will): ranks from the lists,
-    the invalid-output rate from the -1 slots, seen items dropped with mask_seen."""
+    """A model that returns top-k lists (as SID decoders do): ranks from the lists, the
+    invalid-output rate from the -1 slots; with mask_seen the model gets the seen items
+    as ``exclude`` (never the target) and must honour it."""
     split = _split({"a": ["x", "y", "z", "w"], "b": ["y", "x", "z", "v"]})
     data = SequenceData.from_split(split)          # catalogue v0 w1 x2 y3 z4
 
@@ -235,6 +245,53 @@ def test_generative_interface_lists_invalid_rate_and_masking():
     np.testing.assert_array_equal(res["ranks"], [2, 3])            # a -> w at 2, b -> v at 3
     assert res["invalid_rate"] == pytest.approx(1 / 5)
     assert res["recall@3"] == pytest.approx(1 / 2) and res["coverage@2"] == pytest.approx(1 / 5)
-    # a saw x y z, b saw y x z: y and x leave the lists, the rest moves up in order
-    masked = evaluate(m, data, "test", ks=(1, 3), mrr_k=5, coverage_k=2, mask_seen=True, return_ranks=True)
-    np.testing.assert_array_equal(masked["ranks"], [1, 2])         # [-1, w, v, -1, -1]
+    # a list with holes is not a fair masked list: a model without exclude= is refused
+    with pytest.raises(DataError, match="exclude"):
+        evaluate(m, data, "test", ks=(1, 3), mrr_k=5, coverage_k=2, mask_seen=True)
+
+    seen_args = []
+
+    class Masking(Lists):
+        def recommend(self, history, k, exclude=None):
+            seen_args.append(exclude.copy())
+            return _fixed_order_lists([3, 1, 0, 2, 4], exclude, len(history), k)   # y w v x z
+
+    m2 = Masking().fit(data)
+    masked = evaluate(m2, data, "test", ks=(1, 3), mrr_k=5, coverage_k=2, mask_seen=True, return_ranks=True)
+    # a saw x y z (target w), b saw y x z (target v): both get w v first
+    np.testing.assert_array_equal(seen_args[-1], [[False, False, True, True, True],
+                                                  [False, False, True, True, True]])
+    np.testing.assert_array_equal(masked["ranks"], [0, 1])
+
+    class Cheating(Lists):
+        def recommend(self, history, k, exclude=None):
+            return np.tile(np.array([3, 1]), (len(history), 1))   # y is seen by both
+
+    with pytest.raises(DataError, match="excluded"):
+        evaluate(Cheating().fit(data), data, "test", ks=(1,), mrr_k=2, coverage_k=2, mask_seen=True)
+
+
+def test_a_repeated_target_is_never_masked_in_either_path():
+    """User a's test item x is also in the history: with mask_seen, the score path and
+    the list path both keep the target and mask the other seen items."""
+    split = _split({"a": ["x", "y", "z", "x"], "b": ["y", "x", "z", "v"]})
+    data = SequenceData.from_split(split)          # catalogue v0 x1 y2 z3
+
+    class Lists(Popularity):
+        name = "lists-test"
+        scores_all_items = False
+
+        def recommend(self, history, k, exclude=None):
+            return _fixed_order_lists([2, 1, 3, 0], exclude, len(history), k)     # y x z v
+
+    class Scores(Popularity):
+        name = "scores-test"
+
+        def scores(self, history):
+            import torch
+            return torch.tensor([[0.0, 2.0, 3.0, 1.0]]).expand(len(history), 4)   # y x z v
+
+    for m in (Lists().fit(data), Scores().fit(data)):
+        r = evaluate(m, data, "test", ks=(1, 2), mrr_k=2, coverage_k=2, mask_seen=True, return_ranks=True)
+        # a: y and z masked, x (the target, seen) stays -> x first; b: y x z masked -> v first
+        np.testing.assert_array_equal(r["ranks"], [0, 0])

@@ -250,7 +250,11 @@ class TrainConfig(_Strict):
     clip: float | None = Field(1.0, gt=0, description="max gradient norm; None = no clipping")
     eval_every: int = Field(1, ge=1, description="validate every this many epochs")
     eval_batch_size: int = Field(1024, ge=1)
-    mask_seen: bool = Field(False, description="remove the items of the input history from the ranking")
+    mask_seen: bool = Field(False, description="remove the items of the input history from the ranking "
+                            "(every model; the target is never removed)")
+    tie_break: Literal["index", "pessimistic"] = Field(
+        "index", description="equal scores: 'index' ranks the lower catalogue index first; 'pessimistic' "
+                             "ranks every item tied with the target ahead of it")
     seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the training forward pass under bfloat16 autocast (weights, optimiser "
@@ -258,7 +262,7 @@ class TrainConfig(_Strict):
 
     # keys added after the first release, left out of stage and checkpoint fingerprints while
     # they hold their default, so runs made before them stay cached and resumable
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32"}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "tie_break": "index"}
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """``model_dump()`` without the later keys at their default (see ``LATER_DEFAULTS``)."""

@@ -197,7 +197,11 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="Run directory written by `sidkit train` (or a model directory)."),
     split: Optional[Path] = typer.Option(None, "--split", help="Split directory (default: RUN_DIR/split)."),
     role: str = typer.Option("test", "--role", help="test or valid."),
-    mask_seen: bool = typer.Option(False, "--mask-seen/--no-mask-seen", help="Remove history items from the ranking."),
+    mask_seen: bool = typer.Option(False, "--mask-seen/--no-mask-seen",
+                                   help="Remove history items from the ranking (every model; never the target)."),
+    tie_break: str = typer.Option("index", "--tie-break",
+                                  help="Equal scores: 'index' (lower catalogue index first) or 'pessimistic' "
+                                       "(every tied item ranks ahead of the target)."),
     ks: str = typer.Option("5,10,20", "--ks", help="Cut-offs of Recall@k and NDCG@k."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -218,15 +222,15 @@ def evaluate(
     rows, records = [], []
     for d in model_dirs:
         model = Recommender.load(d)
-        m = run_eval(model, data, role, mask_seen=mask_seen, ks=cutoffs)
+        m = run_eval(model, data, role, mask_seen=mask_seen, tie_break=tie_break, ks=cutoffs)
         m.pop("seconds")
         records.append({role: m})
         rows.append({"model": f"{d.parent.name} ({d.name})", **m})
     if as_json:
-        typer.echo(to_json({"role": role, "mask_seen": mask_seen, "models": [str(d) for d in model_dirs],
+        typer.echo(to_json({"role": role, "mask_seen": mask_seen, "tie_break": tie_break, "models": [str(d) for d in model_dirs],
                             "records": [r[role] for r in records], "summary": summarise(records, (role,))}))
         return
     typer.echo(f"{role} metrics, full ranking over {data.n_items} items, "
-               f"seen items masked: {'yes' if mask_seen else 'no'}\n")
-    typer.echo(format_metrics_table(rows, metric_names(sorted(set(cutoffs)))
-                                    + (["invalid_rate"] if "invalid_rate" in rows[0] else []) + ["n_examples"]))
+               f"seen items masked: {'yes' if mask_seen else 'no'}, ties: {tie_break}\n")
+    extra = [c for c in ("invalid_rate", "tie_rate") if any(c in r for r in rows)]
+    typer.echo(format_metrics_table(rows, metric_names(sorted(set(cutoffs))) + extra + ["n_examples"]))

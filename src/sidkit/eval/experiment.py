@@ -32,6 +32,8 @@ from .harness import evaluate
 from .metrics import metric_names
 
 TIE_BREAK = "equal scores: lower catalogue index (item ids sorted as strings) first"
+TIE_BREAKS = {"index": TIE_BREAK,
+              "pessimistic": "pessimistic: every item with the target's score ranks ahead of it"}
 
 
 def protocol(data, cfg_train, max_len: int | None, dataset: str = "") -> dict[str, Any]:
@@ -40,7 +42,8 @@ def protocol(data, cfg_train, max_len: int | None, dataset: str = "") -> dict[st
             "n_users": int(len(data.users)),
             "inputs": "test: history up to and including the validation item; valid: history before it",
             "max_len": max_len, "ranking": "full (all catalogue items, no negative sampling)",
-            "mask_seen": bool(cfg_train.mask_seen), "tie_break": TIE_BREAK,
+            "mask_seen": bool(cfg_train.mask_seen),
+            "tie_break": TIE_BREAKS[getattr(cfg_train, "tie_break", "index")],
             "selection": "best validation ndcg@10 (test figures from that checkpoint)"}
 
 
@@ -83,7 +86,8 @@ def fit_one(model_cfg, train_cfg, data, seed: int, device: str = "auto",
 
 
 def score_record(model, data, rec: dict[str, Any], train_cfg) -> dict[str, Any]:
-    kw = {"mask_seen": train_cfg.mask_seen, "batch_size": train_cfg.eval_batch_size}
+    kw = {"mask_seen": train_cfg.mask_seen, "tie_break": train_cfg.tie_break,
+          "batch_size": train_cfg.eval_batch_size}
     for role in ("valid", "test"):
         if role == "valid" and data.n_role("valid") == 0:
             rec[role] = None
@@ -125,7 +129,8 @@ def metrics_markdown(groups: dict[str, list[dict[str, Any]]], proto: dict[str, A
     names = metric_names()
     lines = [f"# {title}", "", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in proto.items() if v not in ("", None)),
              "", f"Seen items masked: **{'yes' if proto.get('mask_seen') else 'no'}**. "
-             "Mean ± sample standard deviation over seeds.", ""]
+             "Mean ± sample standard deviation over seeds. *target tied*: the share of examples whose "
+             "target's score equals another item's (score models; the tie rule decides their rank).", ""]
     for role in ("test", "valid"):
         rows = []
         for label, recs in groups.items():
@@ -133,12 +138,14 @@ def metrics_markdown(groups: dict[str, list[dict[str, Any]]], proto: dict[str, A
             if role not in s:
                 continue
             rows.append(f"| {label} | {len(recs)} | " + " | ".join(_pm(s[role].get(m)) for m in names)
-                        + f" | {_pm(s[role].get('invalid_rate'))} | {_pm(s.get('best_epoch'), 1)} "
+                        + f" | {_pm(s[role].get('invalid_rate'))} | {_pm(s[role].get('tie_rate'))} "
+                        f"| {_pm(s.get('best_epoch'), 1)} "
                         f"| {_pm(s.get('seconds_per_epoch'), 2)} | {_pm(s.get('train_seconds'), 0)} |")
         if rows:
             lines += [f"## {role.capitalize()} (mask seen: {'yes' if proto.get('mask_seen') else 'no'})", "",
-                      "| model | seeds | " + " | ".join(names) + " | invalid | best epoch | s/epoch | train s |",
-                      "|---|---:|" + "---:|" * (len(names) + 4)] + rows + [""]
+                      "| model | seeds | " + " | ".join(names)
+                      + " | invalid | target tied | best epoch | s/epoch | train s |",
+                      "|---|---:|" + "---:|" * (len(names) + 5)] + rows + [""]
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@ at least one top-k list.
 
 Ties in a score vector are broken deterministically: among equal scores the item
 with the **lower catalogue index** ranks first (:func:`ranks_from_scores`,
-:func:`topk_from_scores`).
+:func:`topk_from_scores`); ``tie_break="pessimistic"`` instead ranks every item tied
+with the target ahead of it.  NaN or infinite scores raise (:func:`check_finite`).
 """
 
 from __future__ import annotations
@@ -36,16 +37,55 @@ def _check_k(k: int, n_items: int | None = None) -> int:
     return int(k)
 
 
-def ranks_from_scores(scores, targets, exclude=None):
+TIE_BREAKS = ("index", "pessimistic")
+
+
+def _check_tie_break(tie_break: str) -> str:
+    if tie_break not in TIE_BREAKS:
+        raise DataError(f"unknown tie_break {tie_break!r}",
+                        "use 'index' (equal scores: the lower catalogue index first) or 'pessimistic' "
+                        "(every item tied with the target ranks ahead of it)")
+    return tie_break
+
+
+def check_finite(scores, what: str = "scores") -> None:
+    """Raise a :class:`DataError` when ``scores`` holds NaN or +-inf.
+
+    A NaN compares False with everything, so it would otherwise earn the best rank."""
+    import torch
+
+    s = torch.as_tensor(scores)
+    if not s.is_floating_point():
+        return
+    bad = ~torch.isfinite(s)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.any(1) if s.ndim == 2 else bad).flatten()[:5].tolist()
+        n_nan, n_inf = int(torch.isnan(s).sum()), int(torch.isinf(s).sum())
+        raise DataError(f"{what} hold {n_nan} NaN and {n_inf} infinite value(s) (rows {rows}"
+                        f"{' ...' if int(bad.any(1).sum() if s.ndim == 2 else bad.sum()) > 5 else ''})",
+                        "a model must return finite scores: check its weights (NaN after a diverged "
+                        "training?) and inputs")
+
+
+def ranks_from_scores(scores, targets, exclude=None, *, tie_break: str = "index", return_ties: bool = False):
     """0-based rank of ``targets[b]`` in row ``b`` of ``scores`` (higher = better).
 
-    ``scores``: (B, N) numpy or torch; ``targets``: (B,) catalogue indices.  An item
-    ranks before the target when its score is higher, or equal with a lower index.
-    ``exclude``: optional boolean (B, N) mask of items removed from the ranking (the
-    target itself is never removed).  Returns int64 numpy (B,).
+    ``scores``: (B, N) numpy or torch, finite (NaN or inf raise: a NaN would otherwise
+    compare False with every score and earn rank 0); ``targets``: (B,) catalogue indices.
+    An item ranks before the target when its score is higher, or equal and
+
+    - ``tie_break="index"`` (default): its catalogue index is lower (the order of
+      :func:`topk_from_scores`);
+    - ``tie_break="pessimistic"``: always (every item tied with the target ranks ahead).
+
+    ``exclude``: optional boolean (B, N) mask of items removed from the ranking; the
+    target itself is never removed (callers that mean to drop it clear it themselves).
+    Returns int64 numpy (B,); with ``return_ties`` also a (B,) bool array: the target's
+    score equals the score of another (not excluded) item.
     """
     import torch
 
+    _check_tie_break(tie_break)
     s = torch.as_tensor(scores)
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=s.device)
     if s.ndim != 2 or t.shape != (s.shape[0],):
@@ -54,26 +94,41 @@ def ranks_from_scores(scores, targets, exclude=None):
     if len(t) and (int(t.min()) < 0 or int(t.max()) >= s.shape[1]):
         raise DataError(f"target indices must lie in [0, {s.shape[1]}), got {int(t.min())}..{int(t.max())}",
                         "map item ids to catalogue indices first")
+    check_finite(s)
     st = s.gather(1, t[:, None])
     idx = torch.arange(s.shape[1], device=s.device)
-    before = (s > st) | ((s == st) & (idx[None, :] < t[:, None]))
+    tied = (s == st) & (idx[None, :] != t[:, None])
     if exclude is not None:
         ex = torch.as_tensor(exclude, device=s.device).bool().clone()
         ex[torch.arange(len(t), device=s.device), t] = False
+        tied &= ~ex
+    else:
+        ex = None
+    if tie_break == "index":
+        before = (s > st) | (tied & (idx[None, :] < t[:, None]))
+    else:
+        before = (s > st) | tied
+    if ex is not None:
         before &= ~ex
-    return before.sum(1).cpu().numpy().astype(np.int64)
+    ranks = before.sum(1).cpu().numpy().astype(np.int64)
+    if return_ties:
+        return ranks, tied.any(1).cpu().numpy()
+    return ranks
 
 
 def topk_from_scores(scores, k: int, exclude=None) -> np.ndarray:
-    """(B, k) catalogue indices of the ``k`` best items per row, ties to the lower index.
+    """(B, k) catalogue indices of the ``k`` best items per row, ties to the lower index
+    (the order of :func:`ranks_from_scores` with ``tie_break="index"``).
 
     ``exclude`` (boolean (B, N)) removes items (they are ranked last, after every other
-    item, and returned only when fewer than ``k`` items remain).
+    item, and returned only when fewer than ``k`` items remain).  NaN or infinite scores
+    raise, as in :func:`ranks_from_scores`.
     """
     import torch
 
     s = torch.as_tensor(scores)
     k = _check_k(k, s.shape[1])
+    check_finite(s)
     key = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
     if exclude is not None:
         key = key.masked_fill(torch.as_tensor(exclude, device=s.device).bool(), float("-inf"))

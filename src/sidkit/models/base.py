@@ -46,6 +46,17 @@ def get_recommender_class(name: str) -> type["Recommender"]:
         raise DataError(f"unknown model type {name!r}", f"use one of: {', '.join(available())}") from None
 
 
+def check_exclude(exclude, n_rows: int, n_items: int) -> np.ndarray:
+    """``exclude`` as a (n_rows, n_items) bool numpy array, or a clear error."""
+    ex = exclude.detach().cpu().numpy() if hasattr(exclude, "detach") else np.asarray(exclude)
+    if ex.shape != (n_rows, n_items):
+        raise DataError(f"exclude must be a (histories, items) = ({n_rows}, {n_items}) boolean mask, "
+                        f"got shape {ex.shape}", "pass one row over the catalogue per history")
+    if ex.dtype != bool:
+        raise DataError(f"exclude must be boolean, got dtype {ex.dtype}", "pass a boolean mask (True = exclude)")
+    return ex
+
+
 class Recommender:
     """Base class.  Subclasses set ``name``, implement ``fit`` and ``score`` or
     ``recommend``, and ``_state``/``_set_state`` (arrays to save/restore)."""
@@ -105,12 +116,16 @@ class Recommender:
         self._check_fitted()
         return self.scores(self._check_history(history)).detach().float().cpu().numpy()
 
-    def recommend(self, history: np.ndarray, k: int) -> np.ndarray:
-        """(B, k) catalogue indices, best first (ties: lower index first)."""
+    def recommend(self, history: np.ndarray, k: int, exclude=None) -> np.ndarray:
+        """(B, k) catalogue indices, best first (ties: lower index first); ``exclude``:
+        optional (B, N) boolean mask of items not to return (e.g. the seen items)."""
         from ..eval.metrics import topk_from_scores
 
         self._check_fitted()
-        return topk_from_scores(self.scores(self._check_history(history)), k)
+        h = self._check_history(history)
+        if exclude is not None:
+            exclude = check_exclude(exclude, h.shape[0], self.n_items)
+        return topk_from_scores(self.scores(h), k, exclude=exclude)
 
     def recommend_ids(self, histories: list[list[str]], k: int = 10) -> list[list[str]]:
         """Top-``k`` item ids for histories given as item ids (oldest first)."""

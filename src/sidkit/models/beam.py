@@ -89,7 +89,7 @@ def _check_args(beam, k, n_users, n_items, constrained):
 
 def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int = 20, k: int | None = None,
                 reorder: Callable[[Any, Any], Any] | None = None, constrained: bool = True,
-                device=None) -> BeamResult:
+                device=None, exclude=None) -> BeamResult:
     """Top-``k`` items of ``n_users`` users by beam search of width ``beam``.
 
     ``sid_tokens``: the :class:`~sidkit.models.sid_tokens.SIDTokens` the model was trained
@@ -100,6 +100,14 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
     Scores are summed in float32 (float64 if the model returns float64).
     With ``beam`` at least the number of valid SIDs the result is exact (every SID
     ranked by its summed log-probability); narrower beams are approximate.
+
+    ``exclude``: optional (n_users, n_items) boolean mask (numpy or torch) of items a
+    user must not get (e.g. the items of their history).  They are removed *inside* the
+    search: a trie node all of whose items are excluded for the user is never expanded
+    (:meth:`~sidkit.models.trie.SIDTrie.exhausted_keys`), so the beam is spent on the
+    remaining items and the user gets ``k`` of them whenever at least ``k`` remain
+    below the prefixes the beam keeps (``-1`` only when fewer remain).  Needs
+    ``constrained=True``.
     """
     import torch
 
@@ -110,6 +118,8 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
         return BeamResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), np.zeros((0, k, W), np.int64))
     trie = sid_tokens.trie
     depth_start = trie.depth_start
+    ex_keys_np = _exclusion_keys(trie, exclude, B, constrained)
+    ex_keys = None
     cur = 1                                               # beams per user so far
     toks = None
     scores = nodes = done = None
@@ -139,6 +149,13 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
             local = (flat_nodes - lo).clamp(0, n_d - 1)
             cand_tok, cand_node = tab_tok[local], tab_node[local]             # (R, C)
             cand_lp = logp.gather(1, cand_tok.clamp(min=0)).masked_fill(cand_tok < 0, ninf)
+            if ex_keys_np is not None and ex_keys_np.size:
+                if ex_keys is None:
+                    ex_keys = torch.as_tensor(ex_keys_np, device=device)
+                user = torch.arange(R, device=device) // cur
+                key = user[:, None] * trie.n_nodes + cand_node.clamp(min=0)
+                pos = torch.searchsorted(ex_keys, key).clamp(max=ex_keys.numel() - 1)
+                cand_lp = cand_lp.masked_fill((ex_keys[pos] == key) & (cand_node >= 0), ninf)
         else:
             cand_tok = cand_node = None
             cand_lp = logp
@@ -206,6 +223,21 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
         items = sid_tokens.items_of(sids.reshape(-1, W)).reshape(B, k)
         items = np.where(alive.cpu().numpy(), items, -1)
     return BeamResult(items.astype(np.int64), sc.detach().cpu().numpy(), sids)
+
+
+def _exclusion_keys(trie, exclude, n_users: int, constrained: bool):
+    """Sorted ``user * n_nodes + node`` keys of the nodes excluded per user (None: no mask)."""
+    if exclude is None:
+        return None
+    if not constrained:
+        raise DataError("exclude needs constrained decoding (the trie tells which tokens lead to which items)",
+                        "pass constrained=True, or drop the excluded items from the output yourself")
+    ex = exclude.detach().cpu().numpy() if hasattr(exclude, "detach") else np.asarray(exclude)
+    if ex.shape != (n_users, trie.n_items):
+        raise DataError(f"exclude must be (n_users, n_items) = ({n_users}, {trie.n_items}), got {ex.shape}",
+                        "pass one boolean row over the catalogue per user")
+    rows, items = np.nonzero(ex.astype(bool, copy=False))
+    return trie.exhausted_keys(rows, items)
 
 
 def trie_terminal(trie, device):

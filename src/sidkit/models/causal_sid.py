@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError, DataError
-from .base import register
+from .base import check_exclude, register
 from .sid_tokens import PAD, SIDTokens
 from .train import TorchRecommender
 
@@ -216,10 +216,12 @@ class SIDRecommender(TorchRecommender):
     def decode(self, history: np.ndarray, k: int, **kw):
         raise NotImplementedError
 
-    def recommend(self, history: np.ndarray, k: int, users=None) -> np.ndarray:
+    def recommend(self, history: np.ndarray, k: int, users=None, exclude=None) -> np.ndarray:
         """(B, k) catalogue indices by trie-constrained beam search (width ``max(beam, k)``);
-        ``users``: the (B,) user ids (models with user tokens); ``-1`` only in the slots
-        beyond the number of items."""
+        ``users``: the (B,) user ids (models with user tokens); ``exclude``: optional (B, N)
+        boolean mask of items not to return (e.g. the seen items), removed inside the beam
+        so that the list is still filled with other items; ``-1`` only in the slots beyond
+        the number of items left."""
         self._check_fitted()
         h = self._check_history(history)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -232,6 +234,8 @@ class SIDRecommender(TorchRecommender):
                                 "pass the user id of each history")
             if getattr(self, "uses_user_ids", False):
                 kw["users"] = users
+        if exclude is not None:
+            kw["exclude"] = check_exclude(exclude, h.shape[0], self.n_items)
         kk = min(int(k), self.n_items)
         out = np.full((h.shape[0], int(k)), -1, np.int64)
         if h.shape[0]:
@@ -371,8 +375,10 @@ class CausalSID(SIDRecommender):
             h = np.concatenate([np.zeros((h.shape[0], self.max_len - h.shape[1]), np.int64), h], 1)
         return self._grid(h)
 
-    def decode(self, history: np.ndarray, k: int, *, beam: int | None = None, constrained: bool = True):
-        """:class:`~sidkit.models.beam.BeamResult` of the (B, H) histories (no checks)."""
+    def decode(self, history: np.ndarray, k: int, *, beam: int | None = None, constrained: bool = True,
+               exclude=None):
+        """:class:`~sidkit.models.beam.BeamResult` of the (B, H) histories (no checks);
+        ``exclude``: (B, N) items each user must not get (see :func:`beam_search`)."""
         import torch
 
         from .beam import beam_search
@@ -413,6 +419,6 @@ class CausalSID(SIDRecommender):
         try:
             with torch.no_grad():
                 return beam_search(step, {}, self.tokens_, B, beam=beam, k=k, reorder=reorder,
-                                   constrained=constrained, device=self.device_)
+                                   constrained=constrained, device=self.device_, exclude=exclude)
         finally:
             module.train(was)

@@ -303,8 +303,9 @@ class TIGER(SIDRecommender):
 
     # ------------------------------------------------------------------ decoding
     def decode(self, history: np.ndarray, k: int, *, users=None, beam: int | None = None,
-               constrained: bool = True):
-        """:class:`~sidkit.models.beam.BeamResult` of the (B, H) histories (no checks)."""
+               constrained: bool = True, exclude=None):
+        """:class:`~sidkit.models.beam.BeamResult` of the (B, H) histories (no checks);
+        ``exclude``: (B, N) items each user must not get (see :func:`beam_search`)."""
         import torch
 
         from .beam import beam_search
@@ -318,6 +319,7 @@ class TIGER(SIDRecommender):
             with torch.no_grad():
                 dec = _Decoder(module.t5, enc, _enc_mask(enc))
                 return beam_search(dec.step, {}, self.tokens_, enc.shape[0], beam=beam, k=k,
-                                   reorder=dec.reorder, constrained=constrained, device=self.device_)
+                                   reorder=dec.reorder, constrained=constrained, device=self.device_,
+                                   exclude=exclude)
         finally:
             module.train(was)

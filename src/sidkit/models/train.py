@@ -450,7 +450,8 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
                                 "lower the learning rate or enable gradient clipping ([train] clip)")
             if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 val = distributed.broadcast(   # rank 0 validates; every rank takes the same decision
-                    evaluate(model, data, "valid", mask_seen=cfg.mask_seen, batch_size=cfg.eval_batch_size)
+                    evaluate(model, data, "valid", mask_seen=cfg.mask_seen, tie_break=cfg.tie_break,
+                             batch_size=cfg.eval_batch_size)
                     if rank == 0 else None)
                 rec["valid"] = {k: v for k, v in val.items() if k not in ("seconds",)}
                 rec["valid_seconds"] = float(val.get("seconds", 0.0))

@@ -80,6 +80,8 @@ class SIDTrie:
                             "end short (variable-length) SIDs with the END token (SIDTokens does)")
         self.n_children = n_children
         self._torch: dict = {}
+        self._leaves: np.ndarray | None = None
+        self._item_node: np.ndarray | None = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -146,6 +148,45 @@ class SIDTrie:
             node = np.where(live, self.parent[np.maximum(node, 0)], 0)
             depth = depth - 1
         return out
+
+    def leaf_counts(self) -> np.ndarray:
+        """(n_nodes,) number of items whose SID passes through each node (1 at a terminal)."""
+        if self._leaves is None:
+            c = (self.item_of_node >= 0).astype(np.int64)
+            for d in range(len(self.depth_start) - 2, 0, -1):       # deepest level first
+                lo, hi = int(self.depth_start[d]), int(self.depth_start[d + 1])
+                c += np.bincount(self.parent[lo:hi], weights=c[lo:hi], minlength=self.n_nodes).astype(np.int64)
+            self._leaves = c
+        return self._leaves
+
+    def item_nodes(self) -> np.ndarray:
+        """(N,) terminal node of each item."""
+        if self._item_node is None:
+            term = np.flatnonzero(self.item_of_node >= 0)
+            out = np.empty(term.size, np.int64)
+            out[self.item_of_node[term]] = term
+            self._item_node = out
+        return self._item_node
+
+    def exhausted_keys(self, rows, items) -> np.ndarray:
+        """Sorted keys ``row * n_nodes + node`` of the nodes *every* item below which is
+        excluded for that row, from the excluded ``(rows[i], items[i])`` pairs (unique
+        pairs; ``rows`` e.g. users of a batch).  Beam search drops these nodes, so no beam
+        is spent on a prefix that leads only to excluded items.  The root is never listed."""
+        r = np.asarray(rows, np.int64).ravel()
+        node = self.item_nodes()[np.asarray(items, np.int64).ravel()]
+        keys = []
+        for _ in range(self.width):
+            live = node > 0
+            if not live.any():
+                break
+            r, node = r[live], node[live]
+            keys.append(r * self.n_nodes + node)
+            node = self.parent[node]
+        if not keys:
+            return np.zeros(0, np.int64)
+        uk, cnt = np.unique(np.concatenate(keys), return_counts=True)
+        return uk[cnt == self.leaf_counts()[uk % self.n_nodes]]
 
     # ------------------------------------------------------------------ torch tables
     def level_table(self, depth: int, device):
