@@ -109,8 +109,13 @@ def test_narrow_beam_keeps_the_top1_of_an_easy_model():
     rs = np.random.default_rng(5)
     sid = SIDTokens(_random_codes(rs, (4, 4, 4), 40, False))
     model = TinyModel(sid.vocab_size, n_users=3, seed=2, scale=8.0)
-    ref = model.brute_force(sid)
+    ref = model.brute_force(sid)   # exhaustive: the score of every valid SID, per user
+    top1 = ref.argmax(1)
+    assert (np.sort(ref, 1)[:, -1] - np.sort(ref, 1)[:, -2] > 1e-6).all()   # a unique true top-1
     res = beam_search(model.step, model.start(), sid, 3, beam=10, k=3, reorder=model.reorder)
+    # a beam of 10 (a quarter of the 40 items) still returns every user's true top-1 first
+    np.testing.assert_array_equal(res.items[:, 0], top1)
+    np.testing.assert_allclose(res.scores[:, 0], ref.max(1), rtol=0, atol=1e-12)
     full = beam_search(model.step, model.start(), sid, 3, beam=40, k=3, reorder=model.reorder)
     np.testing.assert_array_equal(full.items, np.argsort(-ref, 1)[:, :3])
     # every returned score is the exact score of the returned item
