@@ -8,7 +8,7 @@ import pytest
 
 from sidkit.data import Interactions, leave_one_out
 from sidkit.errors import DataError
-from sidkit.eval import (SequenceData, coverage_at_k, mrr_at_k, ndcg_at_k, pad_left, ranking_metrics,
+from sidkit.eval import (SequenceData, coverage_at_k, evaluate, mrr_at_k, ndcg_at_k, pad_left, ranking_metrics,
                          ranks_from_lists, ranks_from_scores, recall_at_k, topk_from_scores)
 
 
@@ -111,3 +111,72 @@ def test_empty_split_is_an_error():
     empty = Split(pd.DataFrame({"user_id": [], "item_id": [], "timestamp": [], "position": [], "role": []}))
     with pytest.raises(DataError, match="empty"):
         SequenceData.from_split(empty)
+
+
+# --------------------------------------------------------------------- no free ranks
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_raise_in_rank_and_topk(bad):
+    scores = np.array([[0.3, 0.2, 0.1], [0.1, bad, 0.2]], np.float32)
+    with pytest.raises(DataError, match="NaN|infinite"):
+        ranks_from_scores(scores, [0, 1])
+    with pytest.raises(DataError, match="NaN|infinite"):
+        topk_from_scores(scores, 2)
+
+
+def test_an_all_nan_model_is_an_error_naming_the_model_and_the_batch():
+    import torch
+
+    from sidkit.models import Popularity
+
+    class NaNModel(Popularity):
+        name = "nan-test"
+
+        def scores(self, history):
+            return torch.full((len(history), self.n_items), float("nan"))
+
+    data = SequenceData.from_split(_toy_split({"a": ["x", "y", "z"], "b": ["y", "z", "x"]}))
+    m = NaNModel().fit(data)
+    with pytest.raises(DataError, match=r"NaNModel's scores for test examples 0\.\.1"):
+        evaluate(m, data, "test", ks=(1,), mrr_k=1, coverage_k=1)
+
+
+def test_pessimistic_tie_rule_counts_every_tied_item_ahead():
+    scores = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0], [0.5, 2.0, 1.0, 3.0]])
+    targets = [0, 2, 2]
+    r, tied = ranks_from_scores(scores, targets, return_ties=True)
+    np.testing.assert_array_equal(r, [0, 2, 2])
+    np.testing.assert_array_equal(tied, [True, True, False])
+    np.testing.assert_array_equal(ranks_from_scores(scores, targets, tie_break="pessimistic"), [2, 2, 2])
+    # an excluded item neither ranks ahead nor counts as a tie
+    ex = np.zeros_like(scores, bool)
+    ex[0, [1, 2]] = True
+    r, tied = ranks_from_scores(scores, targets, exclude=ex, tie_break="pessimistic", return_ties=True)
+    assert r[0] == 0 and not tied[0]
+    with pytest.raises(DataError, match="tie_break"):
+        ranks_from_scores(scores, targets, tie_break="optimistic")
+
+
+def test_topk_and_rank_agree_under_many_ties():
+    rs = np.random.default_rng(0)
+    scores = rs.integers(0, 4, size=(50, 30)).astype(np.float32)     # heavy ties
+    targets = rs.integers(0, 30, size=50)
+    ex = rs.random((50, 30)) < 0.2
+    ranks = ranks_from_scores(scores, targets, exclude=ex)
+    ex[np.arange(50), targets] = False                                 # the target is never excluded
+    top = topk_from_scores(scores, 30, exclude=ex)
+    for b in range(50):
+        assert top[b, ranks[b]] == targets[b]
+
+
+def test_popularity_on_sparse_counts_reports_ties_and_the_pessimistic_rule_is_lower():
+    from sidkit.models import Popularity
+
+    # five items seen once in training: every one ties with the others
+    seqs = {f"u{u}": [f"i{u}", f"i{(u + 1) % 5}", f"i{(u + 2) % 5}"] for u in range(5)}
+    data = SequenceData.from_split(_toy_split(seqs))
+    m = Popularity().fit(data)
+    idx = evaluate(m, data, "test", ks=(1, 2), mrr_k=2, coverage_k=2)
+    pes = evaluate(m, data, "test", ks=(1, 2), mrr_k=2, coverage_k=2, tie_break="pessimistic")
+    assert idx["tie_rate"] == pes["tie_rate"] == 1.0
+    assert pes["tie_break"] == "pessimistic" and idx["tie_break"] == "index"
+    assert pes["recall@1"] == 0.0 and idx["recall@1"] > 0.0          # the index rule flatters item i0

@@ -508,3 +508,23 @@ def test_codes_key_names_the_sizing_rule_only_where_sizes_come_from_it(toy):
     assert "sizing_rule" not in params(method="rqkmeans", codebook_sizes=[24, 24, 24])
     assert "sizing_rule" not in params(method="vq", params={"codebook_size": 64})
     assert "sizing_rule" not in params(method="gaoq")
+
+
+def test_data_repeats_key_keeps_or_drops_repeated_pairs_and_the_summary_says_so(tmp_path):
+    """[data] repeats: "keep" leaves repeated (user, item) pairs in the data and the summary
+    counts them; "first" keeps one interaction per pair (a new data stage, not the cached one)."""
+    _csv_data(tmp_path)
+    lines = (tmp_path / "events.csv").read_text().splitlines()
+    first_of = {line.split(",")[0]: line.split(",")[1] for line in reversed(lines[1:])}
+    with open(tmp_path / "events.csv", "a") as f:     # u0 and u1 consume their first item again, later
+        f.write(f"u0,{first_of['u0']},900\nu0,{first_of['u0']},901\nu1,{first_of['u1']},950\n")
+    out = tmp_path / "run"
+    keep = run_pipeline(_csv_cfg(tmp_path), out).summary("data")
+    assert keep["repeats"] == "keep" and keep["repeated_pairs"] == keep["repeated_pairs_source"] == 3
+    first = run_pipeline(_csv_cfg(tmp_path, repeats="first"), out).summary("data")
+    assert first["repeated_pairs"] == 0 and first["repeated_pairs_source"] == keep["repeated_pairs_source"]
+    assert first["interactions"] == keep["interactions"] - keep["repeated_pairs"]
+    from sidkit.data import format_info
+    assert 'only the first of each pair kept: [data] repeats = "first"' in format_info(first)
+    with pytest.raises(Exception, match="repeats"):
+        _csv_cfg(tmp_path, repeats="drop")

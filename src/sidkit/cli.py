@@ -208,7 +208,8 @@ def _embed_famae(ds, out: Path, params: dict, seed: int, device: str, user_core:
     cfg = config_from_dict({"seed": seed, "device": device, "data": {"user_core": user_core},
                             "embed": {"method": "famae", "famae": params}}, "command line")
     d = cfg.data
-    split = make_split(preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core), d.split)
+    split = make_split(preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core, repeats=d.repeats),
+                       d.split)
     emb = famae_from_config(cfg.embed.famae, seed=seed, device=device).fit(ds.items, split.train).embeddings()
     emb.save(out)
     bv = emb.meta["best_valid"] or {}

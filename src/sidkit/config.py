@@ -13,6 +13,7 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     columns = { user_id = "uid", item_id = "iid", timestamp = "ts" }  # CSV/Parquet column mapping
     user_core = 5              # k-core filtering: min interactions per user
     item_core = 0              # ... and per item (0 keeps every item)
+    repeats = "keep"           # repeated (user, item) pairs: "keep", or only the "first" / "last"
     split = "leave_one_out"    # or "temporal"
     max_len = 20
 
@@ -74,6 +75,9 @@ class DataConfig(_Strict):
                                           "sidkit name -> your column (user_id, item_id, timestamp, rating)")
     user_core: int = Field(5, ge=0)
     item_core: int = Field(0, ge=0)
+    repeats: Literal["keep", "first", "last"] = Field(
+        "keep", description="repeated (user, item) pairs: keep every interaction, or only the first / last "
+                            "of each pair (before k-core)")
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     temporal_test_fraction: float = Field(0.1, gt=0, lt=1)
     max_len: int = Field(20, ge=1)

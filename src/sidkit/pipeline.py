@@ -141,7 +141,7 @@ def sid_summary(codes: Codes) -> dict[str, Any]:
 def _data_stage(cfg: ExperimentConfig) -> Stage:
     import pandas as pd
 
-    from .data import ItemTable, dataset_info, load_dataset, preprocess
+    from .data import ItemTable, dataset_info, load_dataset, preprocess, repeated_pairs
     from .data.split import KCoreEmpty
 
     d = cfg.data
@@ -159,8 +159,10 @@ def _data_stage(cfg: ExperimentConfig) -> Stage:
             ids = np.unique(ds.interactions.df["item_id"].astype(str).to_numpy())
             ds.items = ItemTable(pd.DataFrame({"item_id": ids}), name=ds.name,
                                  source="item ids of the interactions")
+        n_repeated = repeated_pairs(ds.interactions)
         try:
-            ds.interactions = preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core)
+            ds.interactions = preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core,
+                                         repeats=d.repeats)
         except KCoreEmpty as e:
             raise DataError(
                 f"k-core filtering with [data] user_core = {e.user_k}, item_core = {e.item_k} "
@@ -169,10 +171,14 @@ def _data_stage(cfg: ExperimentConfig) -> Stage:
                                           + [f"item_core = {e.max_item_k}"] * bool(e.item_k))
                 + " or lower (the largest thresholds that keep data), or 0 to disable") from None
         ds.save(out)
-        return dataset_info(ds.interactions)
+        info = dataset_info(ds.interactions)
+        info.update(repeats=d.repeats, repeated_pairs_source=n_repeated)
+        return info
 
     params = {"dataset": d.dataset, "user_core": d.user_core, "item_core": d.item_core,
               "source": _source_fingerprint(d.dataset, d.source)}
+    if d.repeats != "keep":   # absent at the default: runs made before the key stay cached
+        params["repeats"] = d.repeats
     if d.items or d.columns:  # absent for configs without them: their runs stay cached
         params.update(items=_source_fingerprint(d.items, None) if d.items else None,
                       columns=dict(d.columns))

@@ -13,7 +13,7 @@ Typical use::
 from .amazon import AMAZON_TEMPLATE, load_amazon, read_amazon_meta, read_amazon_reviews
 from .containers import Dataset, Interactions, ItemTable, Split
 from .fetch import ML100K_SHA256, datasets_dir, extract_ml100k_from_wheel, fetch_ml100k
-from .info import dataset_info, format_info
+from .info import dataset_info, format_info, repeated_pairs
 from .load import detect_format, known_datasets, load_dataset
 from .movielens import (MOVIELENS_TEMPLATE, load_grouplens_100k, load_grouplens_dat,
                         load_movielens_csv, load_recbole, load_recbole_items)
@@ -32,5 +32,5 @@ __all__ = [
     "load_table", "load_item_table",
     "kcore", "dedup", "sort_chronologically", "leave_one_out", "temporal_split", "make_split",
     "preprocess", "truncate_history",
-    "dataset_info", "format_info", "item_texts", "default_template",
+    "dataset_info", "format_info", "repeated_pairs", "item_texts", "default_template",
 ]

@@ -9,6 +9,12 @@ import numpy as np
 from .containers import Interactions
 
 
+def repeated_pairs(interactions: Interactions) -> int:
+    """Interactions beyond the first of their (user, item) pair (0: every pair is unique)."""
+    df = interactions.df
+    return int(len(df) - len(df.drop_duplicates(["user_id", "item_id"])))
+
+
 def dataset_info(interactions: Interactions) -> dict[str, Any]:
     """``users``, ``items``, ``interactions``, ``density`` = interactions / (users * items),
     per-user sequence length ``seq_len_{min,median,mean,p90,max}``, the time span and the
@@ -34,7 +40,7 @@ def dataset_info(interactions: Interactions) -> dict[str, Any]:
             "item_count_min": int(item_pop.min()),
             "item_count_median": float(np.median(item_pop)),
             "item_count_max": int(item_pop.max()),
-            "repeated_pairs": int(n - len(df.drop_duplicates(["user_id", "item_id"]))),
+            "repeated_pairs": repeated_pairs(interactions),
             "time_min": int(df["timestamp"].min()),
             "time_max": int(df["timestamp"].max()),
             "time_unit": interactions.time_unit,
@@ -55,6 +61,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _repeats_note(info: dict[str, Any]) -> str:
+    """How ``[data] repeats`` treated the source's repeated pairs (pipeline summaries)."""
+    rule, n = info.get("repeats"), info.get("repeated_pairs_source")
+    if rule is None or n is None:
+        return ""
+    if rule == "keep":
+        return " (kept: [data] repeats = \"keep\")"
+    return f" ({_fmt(n)} in the source; only the {rule} of each pair kept: [data] repeats = \"{rule}\")"
+
+
 def format_info(info: dict[str, Any], extra: list[tuple[str, str]] | None = None) -> str:
     """A two-column text table of :func:`dataset_info` (plus ``extra`` (label, value) rows)."""
     rows = [("data set", info.get("name") or "-"),
@@ -67,7 +83,7 @@ def format_info(info: dict[str, Any], extra: list[tuple[str, str]] | None = None
             ("seq. length mean", f"{info['seq_len_mean']:.1f}"),
             ("interactions per item min / median / max",
              " / ".join(_fmt(info[k]) for k in ("item_count_min", "item_count_median", "item_count_max"))),
-            ("repeated (user, item) pairs", _fmt(info["repeated_pairs"])),
+            ("repeated (user, item) pairs", _fmt(info["repeated_pairs"]) + _repeats_note(info)),
             (f"time span ({info['time_unit']})", f"{info['time_min']} .. {info['time_max']}"),
         ]
     if "rating_min" in info:

@@ -194,11 +194,25 @@ def temporal_split(inter: Interactions, test_fraction: float = 0.1,
                  name=inter.name, source=inter.source)
 
 
-def preprocess(inter: Interactions, *, user_k: int = 0, item_k: int = 0,
+REPEATS = ("keep", "first", "last")
+
+
+def preprocess(inter: Interactions, *, user_k: int = 0, item_k: int = 0, repeats: str = "keep",
                dedup_pairs: bool = False) -> Interactions:
-    """Optional dedup of (user, item) pairs, then k-core, then chronological order."""
+    """Repeated (user, item) pairs, then k-core, then chronological order.
+
+    ``repeats``: ``"keep"`` every interaction (a user may consume an item again, and a
+    target may be an item of its own history), or keep only the ``"first"`` or the
+    ``"last"`` interaction of each pair (:func:`dedup`).  ``dedup_pairs=True`` is
+    ``repeats="first"``.
+    """
+    if repeats not in REPEATS:
+        raise DataError(f"unknown repeats rule {repeats!r}",
+                        "use 'keep' (every interaction), 'first' or 'last' (one interaction per (user, item) pair)")
     if dedup_pairs:
-        inter = dedup(inter)
+        repeats = "first"
+    if repeats != "keep":
+        inter = dedup(inter, keep=repeats)
     if user_k or item_k:
         inter = kcore(inter, user_k=user_k, item_k=item_k)
     return sort_chronologically(inter)
