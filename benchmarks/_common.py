@@ -126,3 +126,33 @@ def ml100k_sid_run(tokenizer: str, work: Path) -> Path:
     out = Path(work) / f"sids-{tokenizer}"
     run_pipeline(cfg, out)
     return out
+
+
+MAX_LOAD_PER_CORE = 0.5
+
+
+def require_quiet(allow_load: bool = False, max_per_core: float = MAX_LOAD_PER_CORE) -> str | None:
+    """Refuse to time on a busy machine.
+
+    Other jobs on the cores distort ratios against a peer (OpenMP threads such as faiss's
+    suffer more from sharing than torch's: the same fit was 0.85x faiss under load and
+    2.3x on a quiet machine).  When the 1-minute load average exceeds ``max_per_core``
+    per core this exits with a message, unless ``allow_load``: then it returns the
+    warning, which the benchmark prints and writes into its report.  None when quiet.
+    """
+    import sys
+
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return None
+    if load <= max_per_core * cores:
+        return None
+    msg = (f"load average {load:.2f} on {cores} cores is above {max_per_core} per core: other jobs are "
+           "running, and timings against a peer would not hold on a quiet machine")
+    if not allow_load:
+        sys.exit(f"refusing to benchmark: {msg}. Wait for them to finish, or pass --allow-load to "
+                 "measure anyway (the report then carries this warning).")
+    print(f"WARNING: {msg}", flush=True)
+    return "WARNING: " + msg
