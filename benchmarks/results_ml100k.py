@@ -23,7 +23,9 @@ protocol, then mean ± std tables) are always rewritten from all records, so bot
 files carry the same numbers.  Protocol: ML-100K, users with >= 5 interactions,
 leave-one-out on the chronological order, full ranking over all 1,682 items, seen
 items not masked, ties to the lower catalogue index, test figures from the
-best-validation-NDCG@10 epoch (see docs/evaluation.md).
+best-validation-NDCG@10 epoch (see docs/evaluation.md).  Choices between models and
+settings are made on validation NDCG@10 (the "Choosing on validation" section of
+docs/results.md, :func:`choice_markdown`); test figures are reported beside them.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def write_docs(records: list[dict], docs: Path, command: str, note: str = "") ->
                                        "summary": {m: summarise(rs) for m, rs in groups.items()},
                                        "records": [r for rs in groups.values() for r in rs]})
     md = metrics_markdown(groups, proto, title="Results: MovieLens-100K, leave-one-out")
+    md = md.rstrip("\n") + "\n\n" + "\n".join(choice_markdown(groups)) + "\n"
     def spe(r: dict) -> str:
         return "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.2f}"
 
@@ -87,6 +90,43 @@ def write_docs(records: list[dict], docs: Path, command: str, note: str = "") ->
              "included) plus its validations' time where the history records it (runs recorded since the "
              "history carries `valid_seconds`; older rows count training epochs only).", ""]
     write_text(docs / "results.md", md + "\n".join(extra))
+
+
+def choice_markdown(groups: dict[str, list[dict]]) -> list[str]:
+    """The "Choosing on validation" section of docs/results.md: per model, the validation
+    NDCG@10 (which decides) beside the test NDCG@10 (reported, never chooses), and the SID
+    recipe (``MODEL@TOKENIZER`` rows) with the highest validation NDCG@10 -- the recipe of
+    ``configs/presets/sidkit.toml`` (:func:`sidkit.selection.select_best`)."""
+    import numpy as np
+
+    from sidkit.selection import select_best
+
+    def pm(rs: list[dict], role: str) -> str:
+        v = [r[role]["ndcg@10"] for r in rs if r.get(role)]
+        return f"{np.mean(v):.4f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}" if v else ""
+
+    def cap(rs: list[dict]) -> str:
+        caps = sorted({r["train"]["epochs"] for r in rs if r.get("train")})
+        return " / ".join(str(c) for c in caps) or "--"
+
+    sid = {m: rs for m, rs in groups.items() if "@" in m and all(r.get("valid") for r in rs)}
+    chosen = select_best(sid) if sid else None
+    lines = ["## Choosing on validation", "",
+             "Every choice made from these records (codebook sizes, levels, tokenizer, the preset's recipe, "
+             "beam width, training budget) is made on **validation** NDCG@10 (mean over seeds; "
+             "`sidkit.selection.select_best`, docs/evaluation.md); the test figures are reported beside it "
+             "and never choose."]
+    if chosen is not None:
+        lines += ["", f"The SID recipe with the highest validation NDCG@10: **{chosen}** "
+                      f"(valid {pm(sid[chosen], 'valid')}, test {pm(sid[chosen], 'test')}); "
+                      "`configs/presets/sidkit.toml` takes its SIDs (tests/test_selection.py checks that it does). "
+                      "Epoch caps differ between rows: compare rows of equal caps for a fair reading."]
+    lines += ["", "| model | seeds | epoch cap | valid NDCG@10 (decides) | test NDCG@10 |", "|---|---:|---:|---:|---:|"]
+    for m, rs in groups.items():
+        v = pm(rs, "valid")
+        lines.append(f"| {m}{' (chosen)' if m == chosen else ''} | {len(rs)} | {cap(rs)} | "
+                     f"{f'**{v}**' if m == chosen else v} | {pm(rs, 'test')} |")
+    return lines
 
 
 def _portable(params: dict) -> dict:

@@ -35,7 +35,10 @@ instead of being recomputed.
 
 Results: ``OUT/results.{csv,md,json,png}``, one row per (data set, embedding, tokenizer,
 model) -- or per cell when the grid has no models -- with the test metrics (mean and
-sample std over seeds), diagnostics and times.  Published figures of a data set
+sample std over seeds), the validation NDCG@10 that decides, diagnostics and times.
+``results.md`` marks, per data set, the row with the highest validation NDCG@10
+(:func:`chosen_rows`, :func:`sidkit.selection.select_best`); test figures are shown
+beside it and never choose (docs/evaluation.md, "Choosing on validation").  Published figures of a data set
 (``[[grid.datasets.reference]]`` tables, :class:`ReferenceRow`) follow its rows, marked
 by their ``reference`` (source) column.
 """
@@ -689,6 +692,21 @@ def _f(v: Any, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
 
 
+def chosen_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per data set, the grid row with the highest **validation** NDCG@10 (mean over its
+    seeds; :func:`sidkit.selection.select_best`).  Published reference rows and rows without
+    a validation figure take no part; test figures never choose."""
+    from .selection import select_best
+
+    out: dict[str, dict[str, Any]] = {}
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        cands = [r for r in rows if r["dataset"] == ds and not r.get("reference")
+                 and r.get("valid_ndcg@10_mean") is not None]
+        if cands:
+            out[ds] = cands[select_best(cands)]
+    return out
+
+
 def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
     refs = [r for r in rows if r.get("reference")]
     ours = [r for r in rows if not r.get("reference")]
@@ -710,7 +728,9 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
     ent = [c for c in cols if c.startswith("norm_entropy_l")]
     models = any(r["model"] for r in rows)   # a diagnostics-only grid has no metric columns
     metrics = list(MAIN_METRICS) if models else []
-    head = ["data set", "embedding", "tokenizer"] + (["model", "seeds"] + metrics) * models + \
+    chosen = chosen_rows(rows) if models else {}
+    head = ["data set", "embedding", "tokenizer"] + \
+           (["model", "seeds"] + [f"test {m}" for m in metrics] + ["valid ndcg@10 (decides)"]) * models + \
            ["K_eff", "H/log2K per level", "sem. collisions (rate / share)", "rel. MSE (decoder / prefix mean)", "tokenize s"] + \
            ["train s"] * models
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * (3 + 2 * models) + "---:|" * (len(head) - 3 - 2 * models)]
@@ -722,7 +742,10 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
             continue
         if models:
-            cells += [r["model"] or "-", r.get("seeds") or "-"] + [_pm(r, f"test_{m}") for m in metrics]
+            is_chosen = chosen.get(r["dataset"]) is r
+            valid = _pm(r, "valid_ndcg@10")
+            cells += [(r["model"] or "-") + (" (chosen)" if is_chosen else ""), r.get("seeds") or "-"] + \
+                [_pm(r, f"test_{m}") for m in metrics] + [f"**{valid}**" if is_chosen and valid else valid]
         cells += [_f(r.get("k_eff"), ".1f"),
                   " / ".join(_f(r.get(c), ".3f") for c in ent if r.get(c) is not None),
                   (f"{r['semantic_collision_rate']:.4f} / {r['semantic_collision_share']:.4f}"
@@ -732,6 +755,13 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
         if models:
             cells.append(_pm(r, "train_seconds", 1))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if models:
+        lines += ["", "Choices are made on validation: the column *valid ndcg@10 (decides)* chooses and the "
+                      "chosen row of each data set is marked *(chosen)*; the test columns are reported beside "
+                      "it and never choose (docs/evaluation.md, 'Choosing on validation')."]
+    for ds, r in chosen.items():
+        lines += ["", f"Chosen on validation NDCG@10 ({ds}): {r['embedding']} / {r['tokenizer']} / {r['model']} "
+                      f"(valid {_pm(r, 'valid_ndcg@10')}; its test NDCG@10, reported: {_pm(r, 'test_ndcg@10')})."]
     if refs:
         lines += ["", "*(published)*: figures reported elsewhere, not computed here -- different code, tuning "
                   "and possibly protocol, so read them as orientation:"]
