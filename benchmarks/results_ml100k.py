@@ -113,7 +113,7 @@ def choice_markdown(groups: dict[str, list[dict]]) -> list[str]:
     chosen = select_best(sid) if sid else None
     lines = ["## Choosing on validation", "",
              "Every choice made from these records (codebook sizes, levels, tokenizer, the preset's recipe, "
-             "beam width, training budget) is made on **validation** NDCG@10 (mean over seeds; "
+             "training budget) is made on **validation** NDCG@10 (mean over seeds; "
              "`sidkit.selection.select_best`, docs/evaluation.md); the test figures are reported beside it "
              "and never choose."]
     if chosen is not None:
