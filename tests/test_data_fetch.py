@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from _require import REQUIRE_DATA, skip_or_fail
 from sidkit.commands.data import app
 from sidkit.data import (extract_ml100k_from_wheel, fetch_ml100k, kcore, leave_one_out, load_dataset)
 from sidkit.data import fetch as fetch_mod
@@ -29,7 +30,8 @@ def ml100k(cache):
         return fetch_ml100k(cache_dir=cache)
     except DataError as e:
         if "pip download" in str(e) or "could not run pip" in str(e):
-            pytest.skip(f"no network: cannot download recbole==1.2.1 from PyPI ({e.problem[:120]})")
+            skip_or_fail(f"no network: cannot download recbole==1.2.1 from PyPI ({e.problem[:120]})",
+                         REQUIRE_DATA)
         raise
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _require import REQUIRE_CHROMIUM, skip_or_fail
 from sidkit.diagnostics import diagnose, write_report
 from sidkit.diagnostics.report import SECTIONS
 from sidkit.types import Codes
@@ -101,8 +102,8 @@ def test_report_renders_in_headless_chromium(tmp_path, two_results):
     """The HTML report renders offline into a real image (.ci/run installs Chromium)."""
     browser = _chromium()
     if browser is None:
-        pytest.skip("Chromium is not installed: the report screenshot was not taken "
-                    "(apt-get install chromium; .ci/run does this as root)")
+        skip_or_fail("Chromium is not installed: the report screenshot was not taken "
+                     "(apt-get install chromium; .ci/run does this as root)", REQUIRE_CHROMIUM)
     paths = write_report(two_results, tmp_path / "rep", title="test report")
     shot = tmp_path / "diagnostics_report.png"
     profile = tmp_path / "chromium-profile"
@@ -117,3 +118,13 @@ def test_report_renders_in_headless_chromium(tmp_path, two_results):
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (1280, 4000)
     assert shot.stat().st_size > 20_000  # not a blank page: text, tables and figures
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_missing_chromium_fails_when_required(monkeypatch, tmp_path, two_results, required):
+    """CI (SIDKIT_REQUIRE_CHROMIUM=1, set by .ci/run) cannot skip the screenshot test."""
+    monkeypatch.setitem(globals(), "_chromium", lambda: None)
+    monkeypatch.setenv(REQUIRE_CHROMIUM, "1" if required else "0")
+    with pytest.raises(pytest.fail.Exception if required else pytest.skip.Exception,
+                       match="Chromium is not installed"):
+        test_report_renders_in_headless_chromium(tmp_path, two_results)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _require import REQUIRE_CHROMIUM, skip_or_fail
+
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -409,8 +411,8 @@ def test_page_shows_the_model_card(server):
 def test_page_renders_and_recommends_in_headless_chromium(server, tmp_path):
     browser = _chromium()
     if browser is None:
-        pytest.skip("Chromium is not installed: the page screenshot was not taken "
-                    "(apt-get install chromium; .ci/run does this as root)")
+        skip_or_fail("Chromium is not installed: the page screenshot was not taken "
+                     "(apt-get install chromium; .ci/run does this as root)", REQUIRE_CHROMIUM)
     common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
