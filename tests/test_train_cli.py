@@ -224,3 +224,69 @@ def test_cli_train_checks_the_tokenizer_before_any_stage(toy):
     r = runner.invoke(app, ["train", str(cfg), "--out", str(toy / "brun")])
     assert r.exit_code == 1 and "nope" in r.output
     assert not (toy / "brun" / "data").exists()
+
+
+def _weights(out, label):
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted((out / "recommender" / "models" / label).rglob("*")) if p.is_file()}
+
+
+def test_train_into_an_existing_run_keeps_its_models_and_replaces_only_with_force(tiny):
+    """A run's trained models are user data: training another config into the run adds its
+    model and keeps the others; a label trained with another config is replaced only with
+    --force (announced), and never are models the config does not name deleted."""
+    out = tiny / "run"
+    r = runner.invoke(app, ["train", _toml(tiny, "sasrec"), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    sasrec = _weights(out, "sasrec")
+
+    r = runner.invoke(app, ["train", _toml(tiny, "popularity"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "recommender" / "metrics.json").read_text())
+    assert doc["labels"] == ["sasrec", "popularity"]
+    assert _weights(out, "sasrec") == sasrec                       # kept byte for byte, not retrained
+    assert "| sasrec | 1 |" in (out / "recommender" / "metrics.md").read_text()
+
+    # the same label with another config: refused, nothing changes
+    other = tiny / "other.toml"
+    other.write_text(open(_toml(tiny, "sasrec")).read().replace("hidden = 8", "hidden = 16"))
+    r = runner.invoke(app, ["train", str(other), "--out", str(out)])
+    assert r.exit_code != 0
+    assert "model 'sasrec'" in r.output and "hidden" in r.output and "--force" in r.output
+    assert _weights(out, "sasrec") == sasrec and (out / "recommender" / "models" / "popularity").is_dir()
+
+    # under a new label it is added beside the others
+    labelled = tiny / "labelled.toml"
+    labelled.write_text(other.read_text().replace('type = "sasrec"', 'type = "sasrec"\nlabel = "sasrec-16"'))
+    r = runner.invoke(app, ["train", str(labelled), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "recommender" / "metrics.json").read_text())
+    assert doc["labels"] == ["sasrec", "popularity", "sasrec-16"] and _weights(out, "sasrec") == sasrec
+
+    # --force replaces it, says so, and keeps the models the config does not name
+    r = runner.invoke(app, ["train", str(other), "--out", str(out), "--force"])
+    assert r.exit_code == 0, r.output
+    assert "replacing model 'sasrec'" in r.output
+    doc = json.loads((out / "recommender" / "metrics.json").read_text())
+    assert doc["labels"] == ["sasrec", "popularity", "sasrec-16"]
+    assert doc["models"]["sasrec"]["model"]["hidden"] == 16 and _weights(out, "sasrec") != sasrec
+
+    # the default pipeline config naming only popularity keeps the three
+    r = runner.invoke(app, ["train", _toml(tiny, "popularity"), "--out", str(out)])
+    assert r.exit_code == 0 and "cached" in r.output
+    assert json.loads((out / "recommender" / "metrics.json").read_text())["labels"] == [
+        "sasrec", "popularity", "sasrec-16"]
+
+
+def test_models_trained_on_another_split_are_not_silently_dropped(tiny):
+    out = tiny / "run"
+    assert runner.invoke(app, ["train", _toml(tiny, "sasrec"), "--out", str(out), "--device", "cpu"]).exit_code == 0
+    sasrec = _weights(out, "sasrec")
+    changed = tiny / "changed.toml"            # a temporal split under the kept model
+    changed.write_text(open(_toml(tiny, "popularity")).read().replace("user_core = 0", "user_core = 0\nsplit = \"temporal\""))
+    r = runner.invoke(app, ["train", str(changed), "--out", str(out)])
+    assert r.exit_code != 0 and "model 'sasrec'" in r.output and "split changed" in r.output
+    assert _weights(out, "sasrec") == sasrec
+    r = runner.invoke(app, ["train", str(changed), "--out", str(out), "--force"])
+    assert r.exit_code == 0 and "dropping model 'sasrec'" in r.output
+    assert json.loads((out / "recommender" / "metrics.json").read_text())["labels"] == ["popularity"]

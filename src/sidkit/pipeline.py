@@ -405,16 +405,133 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --- recommender stage (issue 9/10): when the config names recommenders --------------
+# --- recommender stage: when the config names recommenders --------------------------
+def _recommender_entries(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    return [{"label": label, "model": m.model_dump(exclude={"train", "label"}),
+             "train": t.fingerprint_dict(), "seeds": list(t.seeds) or [cfg.seed]}
+            for label, m, t in cfg.recommenders()]
+
+
 def _recommender_stage(cfg: ExperimentConfig) -> Stage:
     """RUN/recommender/: models/<label>/seed-<s>/, metrics.json, metrics.md (see sidkit.eval.experiment)."""
     from .eval.experiment import recommender_inputs, recommender_stage_fn
 
-    params = {"models": [{"label": label, "model": m.model_dump(exclude={"train", "label"}),
-                          "train": t.fingerprint_dict(), "seeds": list(t.seeds) or [cfg.seed]}
-                         for label, m, t in cfg.recommenders()]}
     # version 2: several models (models/<label>/seed-<s>)
-    return Stage("recommender", recommender_stage_fn(cfg), params, inputs=recommender_inputs(cfg), version=2)
+    return Stage("recommender", recommender_stage_fn(cfg), {"models": _recommender_entries(cfg)},
+                 inputs=recommender_inputs(cfg), version=2)
+
+
+def recommender_stage(cfg: ExperimentConfig, root: str | Path, *, force: bool = False,
+                      announce: Callable[[str], None] | None = None) -> Stage:
+    """The recommender stage of ``cfg`` for the run ``root``, keeping the models the run
+    already holds: a run's trained models are user data.
+
+    - a model of the run that ``cfg`` does not name is **kept** (copied into the new
+      stage folder with its records), never deleted;
+    - a model ``cfg`` names with the same config, seeds and inputs is **reused**, not
+      retrained (unless ``force``);
+    - a model ``cfg`` names under a label the run holds with *another* config is
+      **replaced only with** ``force``, and ``announce`` says so; without it this raises
+      a :class:`ConfigError` naming the label, what differs and the fix (another label,
+      another run folder, or ``--force``);
+    - a model with the same config whose inputs changed (the run's split or codes were
+      recomputed from another ``[data]`` / ``[codes]``) is retrained, and announced.
+
+    A kept model that no longer fits the run (its split changed, or the stage folder
+    was damaged) cannot be carried over: an error, or with ``force`` dropped and
+    announced.
+    """
+    from .eval.experiment import recommender_inputs, recommender_stage_fn, uses_run_codes
+    from .stages import is_stage_meta, read_meta, verify_outputs
+
+    root = Path(root)
+    say = announce or (lambda msg: None)
+    base = _recommender_stage(cfg)
+    target = root / "recommender"
+    meta = read_meta(target)
+    if not is_stage_meta(meta, "recommender") or not isinstance((meta.get("params") or {}).get("models"), list):
+        return base
+    old = {e["label"]: e for e in meta["params"]["models"]}
+    new = {e["label"]: e for e in base.params["models"]}
+    if not old:
+        return base
+    old_inputs = meta.get("inputs") or {}
+    names = list(dict.fromkeys(list(base.inputs) + [n for n in old_inputs if n in ("split", "codes")]))
+    cur_inputs = {}
+    for n in names:
+        m = read_meta(root / n)
+        cur_inputs[n] = m.get("output_hash") if is_stage_meta(m, n) else None
+    damaged = verify_outputs(target, meta)
+    split_same = old_inputs.get("split") == cur_inputs.get("split")
+    configs = {label: m for label, m, _ in cfg.recommenders()}
+
+    def inputs_same(label: str) -> bool:
+        if not split_same:
+            return False
+        if uses_run_codes(configs[label]):
+            return old_inputs.get("codes") == cur_inputs.get("codes")
+        return True
+
+    carry, problems = [], []
+    for label in old:
+        if label in new:
+            continue
+        if damaged or not split_same:
+            why = (f"RUN/recommender is damaged ({damaged})" if damaged
+                   else "the run's split changed since it was trained")
+            if force:
+                say(f"dropping model {label!r}: {why}, so it cannot be kept")
+            else:
+                problems.append(f"model {label!r}, which this config does not name, cannot be kept: {why}")
+        else:
+            carry.append(label)
+    for label, e in new.items():
+        if label not in old:
+            continue
+        if old[label] != e:                       # another config under the same label
+            if force:
+                say(f"replacing model {label!r}: it was trained with {_what_differs(old[label], e)} (--force)")
+            else:
+                problems.append(f"model {label!r} in {target} was trained with {_what_differs(old[label], e)}; "
+                                "training this config would replace it")
+        elif damaged:
+            say(f"retraining model {label!r}: RUN/recommender is damaged ({damaged})")
+        elif not inputs_same(label):              # the run's split or codes changed under it
+            say(f"retraining model {label!r}: the run's {'split' if not split_same else 'codes'} changed "
+                "since it was trained")
+        elif force:
+            say(f"retraining model {label!r} (--force)")
+        else:
+            carry.append(label)
+    if problems:
+        raise ConfigError("; ".join(problems),
+                          "give the new model another label ([model] label = \"...\"), train into another "
+                          "--out folder, or pass --force to replace (or drop) it")
+    order = [label for label in old if label in new or label in carry] + [label for label in new if label not in old]
+    entries = [new[label] if label in new and label not in carry else old[label] for label in order]
+    to_train = [label for label in new if label not in carry]
+    if not carry:
+        return base
+    sub = cfg.model_copy(update={"model": None, "models": [configs[label].model_copy(update={"label": label})
+                                                          for label in to_train]})
+    inputs = tuple(dict.fromkeys(list(recommender_inputs(sub)) +
+                                 [n for n in old_inputs if n in ("split", "codes") and cur_inputs.get(n)]))
+    if "split" not in inputs:
+        inputs = ("split",) + inputs
+    return Stage("recommender", recommender_stage_fn(sub, carry_from=target, carry=carry, order=order),
+                 {"models": entries}, inputs=inputs, version=2)
+
+
+def _what_differs(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = [k for k in ("model", "train", "seeds") if old.get(k) != new.get(k)]
+    parts = []
+    for k in keys:
+        if isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
+            diff = sorted(x for x in set(old[k]) | set(new[k]) if old[k].get(x) != new[k].get(x))
+            parts.append(f"other {k} settings ({', '.join(diff[:4])})")
+        else:
+            parts.append(f"other {k} ({old.get(k)} -> {new.get(k)})")
+    return " and ".join(parts) or "another config"
 
 
 def build_stages(cfg: ExperimentConfig) -> list[Stage]:
@@ -424,6 +541,12 @@ def build_stages(cfg: ExperimentConfig) -> list[Stage]:
         stages.insert(-1, _recommender_stage(cfg))
     return stages
 # --- end recommender stage --------------------------------------------------------------
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -509,6 +632,8 @@ def run_pipeline(cfg: ExperimentConfig, out: str | Path, *, force: bool = False,
     rerun_from: str | None = None
     with sigterm_as_exit():
         for stage in stages:
+            if stage.name == "recommender":   # keeps (or refuses to replace) the run's models
+                stage = recommender_stage(cfg, out, force=force, announce=_stderr)
             r = run_stage(stage, out, force=force or rerun_from is not None)
             if rerun_from is not None and r.reason is None:
                 r.reason = f"upstream stage {rerun_from!r} was rerun"

@@ -48,7 +48,10 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (overrides [train] seeds)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (overrides [train] epochs)."),
-    force: bool = typer.Option(False, "--force", help="Retrain from scratch (drops stored checkpoints)."),
+    force: bool = typer.Option(False, "--force",
+                               help="Retrain the config's models from scratch (drops stored checkpoints), replacing "
+                                    "models of the run with the same label; models the config does not name are "
+                                    "kept."),
     nproc: int = typer.Option(1, "--nproc", min=1,
                               help="Train data-parallel in N local processes (torchrun; one GPU each on CUDA)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
@@ -58,12 +61,14 @@ def train(
     also items, embeddings and codes for a causal SID model without [model] codes).
 
     Writes RUN/recommender/models/<label>/seed-<s>/, metrics.json and metrics.md; an interrupted
-    run resumes from its last epoch checkpoint when started again.  With --nproc N (or under
+    run resumes from its last epoch checkpoint when started again.  The run's other models are
+    kept: a label the config does not name stays as it is, and a label trained with another
+    config is replaced only with --force.  With --nproc N (or under
     `torchrun -m sidkit.train`) the torch models train data-parallel (docs/distributed.md).
     """
     from .. import distributed
     from ..config import load_config
-    from ..pipeline import _recommender_stage
+    from ..pipeline import recommender_stage
     from ..stages import run_stage
 
     cfg = with_overrides(load_config(config), device, seeds, epochs)
@@ -83,6 +88,7 @@ def train(
             shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
         for stage in _input_stages(cfg, out):
             _echo_stage(run_stage(stage, out))
+        recommender_stage(cfg, out, force=force, announce=_announce)   # refuses before launching
         args = [str(config), "--out", str(out)] + [a for flag, v in (
             ("--device", device), ("--seeds", seeds), ("--epochs", epochs), ("--threads", threads)) if v
             for a in (flag, str(v))] + (["--force"] if force else [])
@@ -101,8 +107,9 @@ def train(
         return
     if force:
         shutil.rmtree(out / "checkpoints" / "recommender", ignore_errors=True)
-    for stage in _input_stages(cfg, out) + [_recommender_stage(cfg)]:
-        _echo_stage(run_stage(stage, out, force=force and stage.name == "recommender"))
+    for stage in _input_stages(cfg, out):
+        _echo_stage(run_stage(stage, out))
+    _echo_stage(run_stage(recommender_stage(cfg, out, force=force, announce=_announce), out, force=force))
     typer.echo((out / "recommender" / "metrics.md").read_text(encoding="utf-8"))
 
 
@@ -117,6 +124,10 @@ def _input_stages(cfg, out: Path) -> list:
         validate_run(cfg, out)  # tokenizer parameters, paths inside the run: before any stage
         stages += [_items_stage(cfg), _embeddings_stage(cfg), _codes_stage(cfg)]
     return stages
+
+
+def _announce(msg: str) -> None:
+    typer.echo(msg, err=True)
 
 
 def _echo_stage(r) -> None:
@@ -146,7 +157,7 @@ def _train_rank(cfg, out: Path, force: bool) -> None:
     import dataclasses
 
     from .. import distributed
-    from ..pipeline import _recommender_stage
+    from ..pipeline import recommender_stage
     from ..stages import run_stage
 
     main = distributed.is_main()
@@ -156,7 +167,7 @@ def _train_rank(cfg, out: Path, force: bool) -> None:
         for stage in _input_stages(cfg, out):
             _echo_stage(run_stage(stage, out))
     distributed.barrier()
-    stage = _recommender_stage(cfg)
+    stage = recommender_stage(cfg, out, force=force, announce=_announce if main else None)
     if not main:
         if distributed.broadcast(None):   # the stage runs: train with rank 0, write nothing
             stage.fn(None, {name: out / name for name in stage.inputs})

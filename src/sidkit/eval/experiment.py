@@ -150,7 +150,9 @@ def metrics_markdown(groups: dict[str, list[dict[str, Any]]], proto: dict[str, A
 
 
 def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | None = None,
-                       progress: bool | None = None, codes_dir: Path | None = None) -> dict[str, Any] | None:
+                       progress: bool | None = None, codes_dir: Path | None = None,
+                       carry_from: Path | None = None, carry: Iterable[str] = (),
+                       order: Iterable[str] | None = None) -> dict[str, Any] | None:
     """Fit every recommender of ``cfg`` (``[model]`` or ``[[models]]``) for each of its seeds
     on ``data``, evaluate valid and test, write ``out/models/<label>/seed-<s>``,
     ``out/metrics.json`` and ``out/metrics.md`` (one table, a row per model).
@@ -159,13 +161,19 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     Checkpoints go to ``checkpoint_root/<label>/seed-<s>`` (resumed when present, removed
     when the stage finishes).  Returns the metrics document.
 
+    ``carry``: labels of models already trained in the stage folder ``carry_from`` (an
+    earlier ``RUN/recommender``): their model folders and records are copied over
+    unchanged, not retrained (:func:`sidkit.pipeline.recommender_stage` decides which);
+    ``order``: the labels' order in the tables.
+
     In data-parallel training (:mod:`sidkit.distributed`) every rank trains, but only rank
     0 evaluates and writes anything; the other ranks return None (and may pass ``out=None``).
     """
     main = distributed.is_main()
     out = Path(out) if out is not None else None
+    carry = list(carry)
     recs = cfg.recommenders()
-    if not recs:
+    if not recs and not carry:
         raise ConfigError("the config names no recommender", 'add e.g. [model] type = "sasrec"')
     groups: dict[str, list[dict[str, Any]]] = {}
     models: dict[str, Any] = {}
@@ -193,6 +201,17 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
         models[label] = {"model": model_cfg.model_dump(exclude={"train", "label"}), "train": train_cfg.model_dump()}
     if not main:
         return None
+    if carry:
+        from ..io import read_json
+
+        old = read_json(Path(carry_from) / "metrics.json")
+        for label in carry:
+            shutil.copytree(Path(carry_from) / "models" / label, out / "models" / label)
+            groups[label] = [r for r in old["records"] if r.get("label") == label]
+            models[label] = old["models"][label]
+            protos[label] = groups[label][0]["protocol"]
+        rank = {label: i for i, label in enumerate(order or [])}
+        groups = dict(sorted(groups.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     proto = {k: v for k, v in next(iter(protos.values())).items()
              if all(p.get(k) == v for p in protos.values())}   # what all models share
     doc = {"protocol": proto, "labels": list(groups), "models": models, "records": [r for rs in groups.values() for r in rs],
@@ -222,8 +241,10 @@ def with_run_codes(model_cfg, codes_dir: Path):
     return model_cfg.model_copy(update={"codes": str(Path(codes_dir).resolve())})
 
 
-def recommender_stage_fn(cfg):
-    """The pipeline stage function: train + evaluate on ``RUN/split``, write into the stage dir.
+def recommender_stage_fn(cfg, *, carry_from: Path | None = None, carry: Iterable[str] = (),
+                         order: Iterable[str] | None = None):
+    """The pipeline stage function: train + evaluate on ``RUN/split``, write into the stage dir
+    (``carry``: models copied from ``carry_from``, see :func:`train_and_evaluate`).
 
     A causal SID model without a ``codes`` path reads the run's own ``RUN/codes`` stage
     (see :func:`recommender_inputs`).
@@ -237,7 +258,8 @@ def recommender_stage_fn(cfg):
 
         data = SequenceData.from_split(Split.load(inp["split"]))
         root = inp["split"].parent / "checkpoints" / "recommender"
-        doc = train_and_evaluate(cfg, data, out, checkpoint_root=root, codes_dir=inp.get("codes"))
+        doc = train_and_evaluate(cfg, data, out, checkpoint_root=root, codes_dir=inp.get("codes"),
+                                 carry_from=carry_from, carry=carry, order=order)
         if doc is None:   # a data-parallel rank other than 0: it trained, rank 0 wrote
             return {}
         return {"mask_seen": doc["protocol"].get("mask_seen"), "labels": doc["labels"],
