@@ -62,7 +62,7 @@ def run(
     """Run the pipeline: data -> split -> items -> embeddings -> codes -> recommenders -> diagnostics.
 
     Without CONFIG: MovieLens-100K, RQ-KMeans Semantic IDs, and popularity, SASRec and the
-    causal SID model trained and evaluated (configs/default.toml holds the same settings)."""
+    causal SID model trained and evaluated (the settings of src/sidkit/default.toml)."""
     from .config import load_config
     from .data import format_info
     from .pipeline import run_pipeline
