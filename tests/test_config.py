@@ -81,3 +81,17 @@ def test_the_fix_matches_the_kind_of_error(tmp_path, text, fix):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert e.value.fix.startswith(fix + "; see ")
+
+
+def test_data_max_len_is_refused_and_points_to_the_models_max_len(tmp_path):
+    """``[data] max_len`` was documented and validated but read by nothing (the history
+    length is each model's own ``max_len``): it is refused, naming where it belongs."""
+    from sidkit.config import DataConfig
+
+    assert "max_len" not in DataConfig.model_fields
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nmax_len = 50\n')
+    with pytest.raises(ConfigError, match=r"\[data\] max_len .*each model's max_len .*\[model\]"):
+        load_config(p)
+    p.write_text('[data]\nuser_core = 5\n[model]\ntype = "sasrec"\nmax_len = 7\n')
+    assert load_config(p).model.max_len == 7

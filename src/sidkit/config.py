@@ -15,7 +15,6 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     item_core = 0              # ... and per item (0 keeps every item)
     repeats = "keep"           # repeated (user, item) pairs: "keep", or only the "first" / "last"
     split = "leave_one_out"    # or "temporal"
-    max_len = 20
 
     [embed]
     method = "text"            # or "famae" (FAMAE field embeddings; parameters in [embed.famae])
@@ -80,7 +79,16 @@ class DataConfig(_Strict):
                             "of each pair (before k-core)")
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     temporal_test_fraction: float = Field(0.1, gt=0, lt=1)
-    max_len: int = Field(20, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_data_max_len(cls, data: Any) -> Any:
+        """``[data] max_len`` was accepted and documented, but nothing read it: the history
+        length is each model's own ``max_len``.  Say so instead of "extra key"."""
+        if isinstance(data, dict) and "max_len" in data:
+            raise ValueError("[data] max_len is not a key: the history length is each model's "
+                             "max_len (set it in [model] / [[models]], e.g. max_len = 20)")
+        return data
 
     @field_validator("columns")
     @classmethod
@@ -200,7 +208,7 @@ class SASRecConfig(_ModelBase):
     hidden: int = Field(64, ge=1)
     n_blocks: int = Field(2, ge=1)
     n_heads: int = Field(2, ge=1)
-    max_len: int = Field(50, ge=1, description="history length (the model's own; [data] max_len is for SID data)")
+    max_len: int = Field(50, ge=1, description="items of history the model reads (the most recent)")
     dropout: float = Field(0.2, ge=0, lt=1)
     ffn: int | None = Field(None, ge=1, description="feed-forward width; None = hidden")
     stride: int | None = Field(None, ge=1, description="training-window stride; None = max_len")
