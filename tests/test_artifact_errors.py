@@ -385,3 +385,84 @@ def test_split_parquet_damaged(tmp_path, damage):
     with pytest.raises(ArtifactError) as e:
         Split.load(tmp_path / "split")
     check_error(e.value, tmp_path / "split" / "split.parquet")
+
+
+# ------------------------------------------------- trained recommenders and checkpoints
+def _trained_models(tmp_path):
+    """A popularity model and a tiny causal SID model (with its SID token data) saved."""
+    import pandas as pd
+
+    from sidkit.data import Interactions, leave_one_out
+    from sidkit.eval import SequenceData
+    from sidkit.models import CausalSID, Popularity
+
+    rows = [(f"u{u}", f"i{(u + t) % 30:02d}", t) for u in range(30) for t in range(6)]
+    data = SequenceData.from_split(leave_one_out(Interactions(pd.DataFrame(
+        rows, columns=["user_id", "item_id", "timestamp"]))))
+    i = np.arange(30)
+    codes = Codes(np.stack([i // 6, i % 6], 1), (5, 6), item_ids=np.array([f"i{k:02d}" for k in i]))
+    pop = Popularity().fit(data).save(tmp_path / "pop")
+    causal = CausalSID(hidden=8, n_layers=1, n_heads=1, max_len=4).fit(
+        data, codes=codes, train={"epochs": 1, "batch_size": 16, "warmup_steps": 0}, seed=0, device="cpu",
+        progress=False, checkpoint_dir=tmp_path / "ckpt")
+    causal.save(tmp_path / "causal")
+    return data, tmp_path / "pop", tmp_path / "causal"
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage, empty], ids=lambda f: f.__name__)
+def test_damaged_recommender_weights_name_the_file(tmp_path, damage):
+    from sidkit.models import Recommender
+
+    _, pop, causal = _trained_models(tmp_path)
+    for d in (pop, causal):
+        damage(d / "weights.safetensors")
+        with pytest.raises(ArtifactError, match=r"weights\.safetensors (is empty|is not a readable)") as e:
+            Recommender.load(d)
+        assert "retrain" in e.value.fix
+
+
+def test_weights_of_another_model_are_an_artifact_error(tmp_path):
+    from sidkit.models import Recommender
+
+    _, pop, causal = _trained_models(tmp_path)
+    (tmp_path / "w").mkdir()
+    shutil.copy(pop / "weights.safetensors", tmp_path / "w" / "pop.safetensors")
+    shutil.copy(causal / "weights.safetensors", pop / "weights.safetensors")   # valid files, wrong tensors
+    shutil.copy(tmp_path / "w" / "pop.safetensors", causal / "weights.safetensors")
+    with pytest.raises(ArtifactError, match=r"weights\.safetensors does not fit its model\.json \(KeyError"):
+        Recommender.load(pop)
+    with pytest.raises(ArtifactError, match="holds no codes"):
+        Recommender.load(causal)
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage, empty], ids=lambda f: f.__name__)
+def test_damaged_checkpoint_names_the_file_and_the_fix(tmp_path, damage):
+    from sidkit.models.train import load_checkpoint
+    from sidkit.io import read_json as rj
+
+    _trained_models(tmp_path)
+    ck = tmp_path / "ckpt"
+    fingerprint = rj(ck / "state.json")["fingerprint"]
+    for name in ("weights.safetensors", "optim.safetensors"):
+        shutil.copytree(ck, tmp_path / "copy", dirs_exist_ok=True)
+        damage(tmp_path / "copy" / name)
+        with pytest.raises(ArtifactError, match=name.replace(".", r"\.")) as e:
+            load_checkpoint(tmp_path / "copy", fingerprint)
+        assert "--force" in e.value.fix
+        shutil.rmtree(tmp_path / "copy")
+
+
+@pytest.mark.parametrize("damage", [truncate, empty], ids=lambda f: f.__name__)
+def test_cli_evaluate_damaged_weights_is_one_clear_error(tmp_path, damage):
+    """`sidkit evaluate` on a run whose weights were cut: exit 1, the file named, no traceback."""
+    from test_train_cli import _toml
+    from _training import write_tiny_interactions
+
+    write_tiny_interactions(tmp_path)
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", _toml(tmp_path, "popularity"), "--out", str(out)]).exit_code == 0
+    w = out / "recommender" / "models" / "popularity" / "seed-0" / "weights.safetensors"
+    damage(w)
+    r = runner.invoke(app, ["evaluate", str(out)])
+    assert r.exit_code == 1 and str(w) in r.output and "Traceback" not in r.output
+    assert "SafetensorError" not in r.output.split("(")[0]

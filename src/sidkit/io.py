@@ -167,6 +167,32 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                             REWRITE_FIX) from None
 
 
+def load_safetensors(path: str | os.PathLike, fix: str = REWRITE_FIX, *, framework: str = "numpy",
+                     names: Any = None) -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file (numpy arrays, or torch tensors with
+    ``framework="torch"``).  A missing, empty, truncated or garbage file raises an
+    ArtifactError naming it and ``fix`` (never safetensors' own SafetensorError);
+    ``names``: the tensors it must hold (missing ones are an ArtifactError too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing", fix)
+    if framework == "torch":
+        from safetensors.torch import load_file
+    else:
+        from safetensors.numpy import load_file
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError
+        size = path.stat().st_size
+        what = "is empty" if size == 0 else f"is not a readable safetensors file ({type(e).__name__}: {e})"
+        raise ArtifactError(f"{path} {what}", fix) from None
+    if names is not None:
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise ArtifactError(f"{path} lacks tensor(s) {missing} (it holds {sorted(tensors)[:8]})", fix)
+    return tensors
+
+
 def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -46,6 +46,10 @@ def get_recommender_class(name: str) -> type["Recommender"]:
         raise DataError(f"unknown model type {name!r}", f"use one of: {', '.join(available())}") from None
 
 
+_RETRAIN = ("the model files are damaged or were not written by this version of sidkit: retrain "
+            "(`sidkit train CONFIG --out RUN --force`) or restore the model folder from a copy")
+
+
 def check_exclude(exclude, n_rows: int, n_items: int) -> np.ndarray:
     """``exclude`` as a (n_rows, n_items) bool numpy array, or a clear error."""
     ex = exclude.detach().cpu().numpy() if hasattr(exclude, "detach") else np.asarray(exclude)
@@ -174,7 +178,7 @@ class Recommender:
     @staticmethod
     def load(path: str | Path) -> "Recommender":
         """Load any registered recommender saved with :meth:`save`."""
-        from safetensors.numpy import load_file
+        from ..io import load_safetensors
 
         path = Path(path)
         meta_path = path / "model.json"
@@ -182,17 +186,26 @@ class Recommender:
             raise ArtifactError(f"no saved recommender in {path} (need model.json and weights.safetensors)",
                                 "point to a model directory written by sidkit train")
         meta = read_json(meta_path)
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"{meta_path} does not hold a JSON object", _RETRAIN)
         if meta.get("artifact") != "Recommender" or meta.get("schema_version") != SCHEMA_VERSION:
             raise ArtifactError(f"{meta_path} is not a Recommender of schema version {SCHEMA_VERSION}",
                                 "retrain the model with this version of sidkit")
-        cls = get_recommender_class(meta["type"])
+        weights = load_safetensors(path / "weights.safetensors", _RETRAIN)
         try:
+            cls = get_recommender_class(meta["type"])
             model = cls(**meta["params"])
-        except TypeError as e:
-            raise ArtifactError(f"{meta_path} has parameters {cls.__name__} does not take: {e}",
-                                "retrain the model with this version of sidkit") from None
-        model.item_ids_ = np.asarray(meta["item_ids"], dtype=str)
-        model.catalogue_hash_ = meta["catalogue_hash"]
-        model._set_extra(meta.get("extra", {}))
-        model._set_state(load_file(str(path / "weights.safetensors")))
+            model.item_ids_ = np.asarray(meta["item_ids"], dtype=str)
+            model.catalogue_hash_ = meta["catalogue_hash"]
+            model._set_extra(meta.get("extra", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{meta_path} is not a complete model description "
+                                f"({type(e).__name__}: {e})", _RETRAIN) from None
+        try:
+            model._set_state(weights)
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise ArtifactError(f"{path / 'weights.safetensors'} does not fit its model.json "
+                                f"({type(e).__name__}: {e})", _RETRAIN) from None
         return model

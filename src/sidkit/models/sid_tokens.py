@@ -271,7 +271,7 @@ class SIDTokens:
 
     @classmethod
     def load(cls, path: str | Path) -> "SIDTokens":
-        from safetensors.numpy import load_file
+        from ..io import load_safetensors
 
         from ..types import Codes
 
@@ -284,9 +284,14 @@ class SIDTokens:
         if meta.get("artifact") != "SIDTokens" or meta.get("schema_version") != SCHEMA_VERSION:
             raise ArtifactError(f"{meta_p} is not SIDTokens of schema version {SCHEMA_VERSION}",
                                 "re-save the token data with this version of sidkit")
-        arrays = load_file(str(arr_p))
-        codes = Codes(arrays["codes"], tuple(meta["codebook_sizes"]), lengths=arrays["lengths"],
-                      item_ids=None if meta["item_ids"] is None else np.asarray(meta["item_ids"]))
+        fix = "re-save the token data (SIDTokens.save), or retrain the model that holds it"
+        arrays = load_safetensors(arr_p, fix, names=("codes", "lengths"))
+        try:
+            codes = Codes(arrays["codes"], tuple(meta["codebook_sizes"]), lengths=arrays["lengths"],
+                          item_ids=None if meta["item_ids"] is None else np.asarray(meta["item_ids"]))
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{meta_p} is not a complete SID token description ({type(e).__name__}: {e})",
+                                fix) from None
         out = cls(codes, user_buckets=int(meta["user_buckets"]))
         if out.vocab_size != meta["vocab_size"]:
             raise ArtifactError(f"{meta_p}: vocabulary size {out.vocab_size} differs from the stored "

@@ -229,8 +229,9 @@ def save_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state: 
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint's state (+ tensors) or None when ``path`` holds none."""
-    from safetensors.torch import load_file
+    """The checkpoint's state (+ tensors) or None when ``path`` holds none; a damaged one
+    raises an ArtifactError naming the file."""
+    from ..io import load_safetensors
 
     path = Path(path)
     if not (path / "state.json").is_file():
@@ -244,10 +245,11 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
             f"the checkpoint in {path} was written for another model config, training config, seed "
             "or data set than the one given now",
             f"use the config it was written with, or delete {path} (sidkit train --force) to start afresh")
-    state["weights"] = load_file(str(path / "weights.safetensors"))
-    state["best_weights"] = (load_file(str(path / "best.safetensors"))
-                             if (path / "best.safetensors").is_file() else None)
-    state["tensors"] = load_file(str(path / "optim.safetensors"))
+    fix = f"delete {path} (sidkit train --force) to train from scratch"
+    state["weights"] = load_safetensors(path / "weights.safetensors", fix, framework="torch")
+    state["best_weights"] = (load_safetensors(path / "best.safetensors", fix, framework="torch")
+                             if (path / "best.safetensors").exists() else None)
+    state["tensors"] = load_safetensors(path / "optim.safetensors", fix, framework="torch")
     return state
 
 

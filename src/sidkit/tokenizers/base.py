@@ -437,15 +437,9 @@ def _without_timings(obj: Any) -> Any:
 
 def _load_tensors(state_path: Path, names: Sequence[str], fix: str) -> dict[str, np.ndarray]:
     """The tensors of a ``state.safetensors``; exactly ``names``, numeric, else ArtifactError."""
-    from safetensors.numpy import load_file
+    from ..io import load_safetensors
 
-    if not state_path.is_file():
-        raise ArtifactError(f"{state_path} is missing", fix)
-    try:
-        tensors = load_file(str(state_path))
-    except Exception as e:  # safetensors raises its own SafetensorError, or OSError
-        raise ArtifactError(f"{state_path} is not a readable safetensors file "
-                            f"({type(e).__name__}: {e})", fix) from None
+    tensors = load_safetensors(state_path, fix)
     missing = [a for a in names if a not in tensors]
     extra = sorted(set(tensors) - set(names))
     if missing or extra:
