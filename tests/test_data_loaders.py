@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sidkit.data import (detect_format, item_texts, load_amazon, load_dataset, load_item_table,
+from sidkit.data import (ItemTable, detect_format, item_texts, load_amazon, load_dataset, load_item_table,
                          load_table)
-from sidkit.errors import DataError
+from sidkit.errors import DataError, EncodingWarning
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 # the rows every MovieLens-style fixture holds: (user, item, rating, timestamp)
@@ -82,9 +82,44 @@ def test_recbole_latin1(tmp_path):
     (tmp_path / "x.inter").write_bytes(b"user_id:token\titem_id:token\ttimestamp:float\n1\t7\t5.0\n")
     (tmp_path / "x.item").write_bytes("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
                                       "7\tCité\t1990\tDrama\n".encode("latin-1"))
-    ds = load_dataset(tmp_path / "x.inter")
+    with pytest.warns(EncodingWarning, match=r"x\.item is not valid UTF-8 \(byte \d+: b'\\xe9"):
+        ds = load_dataset(tmp_path / "x.inter")      # said, not silent: RecBole files are UTF-8
     assert ds.items.df["title"].iloc[0] == "Cité"
     assert ds.interactions.df["timestamp"].iloc[0] == 5
+
+
+def test_grouplens_files_are_latin1_by_format_and_read_silently():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EncodingWarning)
+        assert load_dataset(FIX / "grouplens100k", name="toy").items.df.set_index("item_id").loc[
+            "20", "title"] == "Misérables, Les"
+
+
+def test_latin1_csv_is_read_with_a_warning(tmp_path):
+    p = tmp_path / "events.csv"
+    p.write_bytes("user_id,item_id,timestamp\nu1,Café,1\nu1,b,2\n".encode("latin-1"))
+    with pytest.warns(EncodingWarning, match="events.csv is not valid UTF-8"):
+        inter = load_table(p)
+    assert sorted(inter.df["item_id"]) == ["Café", "b"]
+
+
+@pytest.mark.parametrize("bad", ["50\x00", "50\t", "a\nb", "x\x1f", "\x7fdel"])
+def test_ids_with_control_characters_are_refused(tmp_path, bad):
+    from sidkit.data import Interactions
+
+    df = pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["50", bad], "timestamp": [1, 2]})
+    with pytest.raises(DataError, match="item_id.*control characters, e.g. " + __import__("re").escape(repr(bad))):
+        Interactions(df)
+    p = tmp_path / "events.csv"
+    df.to_csv(p, index=False)                        # through a file (quoted by pandas where needed)
+    if "\n" not in bad:
+        with pytest.raises(DataError, match="control characters"):
+            load_table(p)
+    items = pd.DataFrame({"item_id": ["50", bad], "title": ["a", "b"]})
+    with pytest.raises(DataError, match="item table item_id"):
+        ItemTable(items)
 
 
 # ----------------------------------------------------------------------------- Amazon

@@ -32,3 +32,8 @@ class NotFittedError(SidkitError):
 
 class ArtifactError(SidkitError):
     """A stored artifact is missing, corrupt or of another schema version."""
+
+
+class EncodingWarning(UserWarning):
+    """A text file was not valid UTF-8 and was read as Latin-1 (every byte decodes, but
+    accented names may come out wrong if the file is in another encoding)."""

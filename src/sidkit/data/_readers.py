@@ -23,15 +23,30 @@ def open_bytes(path: Path):
     return open(path, "rb")
 
 
-def decode(data: bytes) -> str:
-    """UTF-8 when valid, else latin-1 (which decodes any byte: old MovieLens files)."""
+def decode(data: bytes, path: Path | None = None, *, latin1: bool = False) -> str:
+    """UTF-8 when valid, else Latin-1 (which decodes any byte).  ``latin1=True``: the
+    format is documented as Latin-1 (GroupLens MovieLens files), read silently;
+    otherwise the fallback is announced with an :class:`~sidkit.errors.EncodingWarning`
+    naming ``path`` and the first byte that is not UTF-8."""
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as e:
+        if not latin1:
+            warn_latin1(path, e.start, data[e.start:e.start + 4])
         return data.decode("latin-1")
 
 
-def read_text(path: Path) -> str:
+def warn_latin1(path, offset: int | None = None, sample: bytes = b"") -> None:
+    import warnings
+
+    from ..errors import EncodingWarning
+
+    where = f" (byte {offset}: {sample!r})" if offset is not None else ""
+    warnings.warn(f"{path or 'the input'} is not valid UTF-8{where}; it was read as Latin-1. "
+                  "Re-save it as UTF-8 if names come out wrong.", EncodingWarning, stacklevel=3)
+
+
+def read_text(path: Path, *, latin1: bool = False) -> str:
     try:
         with open_bytes(path) as f:
             data = f.read()
@@ -39,13 +54,14 @@ def read_text(path: Path) -> str:
         raise DataError(f"cannot read {path}: {e}", "check that the file exists and is not truncated") from e
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    return decode(data)
+    return decode(data, path, latin1=latin1)
 
 
 def read_delimited(path: Path, sep: str, *, header: bool, expect: str,
-                   min_cols: int = 1) -> pd.DataFrame:
-    """A delimited text file as an all-string DataFrame (no quoting, no NA guessing)."""
-    text = read_text(path)
+                   min_cols: int = 1, latin1: bool = False) -> pd.DataFrame:
+    """A delimited text file as an all-string DataFrame (no quoting, no NA guessing);
+    ``latin1``: see :func:`decode`."""
+    text = read_text(path, latin1=latin1)
     if sep != "\t" and len(sep) > 1:  # '::' (MovieLens .dat): translate to a 1-char separator
         if "\x1f" in text:
             raise DataError(f"{path} contains control characters", "check the file")
@@ -110,8 +126,15 @@ def iter_records(path: Path, skip: Callable[[str], bool] | None = None) -> Itera
 
 
 def _records(f, path: Path, skip: Callable[[str], bool] | None) -> Iterator[dict]:
+    warned = False
     for lineno, raw in enumerate(f, 1):
-        line = decode(raw).strip()
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            if not warned:
+                warn_latin1(f"{path} line {lineno}")
+                warned = True
+            line = raw.decode("latin-1").strip()
         if not line or (skip is not None and skip(line)):
             continue
         try:

@@ -67,6 +67,20 @@ def _read(directory: str | Path, stem: str, artifact: str) -> tuple[pd.DataFrame
     return df, meta
 
 
+_CONTROL = r"[\x00-\x1f\x7f]"
+
+
+def check_ids(col: pd.Series, what: str) -> None:
+    """Ids are printable text: one with a control character (NUL, tab, newline, ...) is
+    a DataError quoting it, never a second item that prints like the first ("50" and
+    "50\\x00")."""
+    uniq = pd.Series(pd.unique(col.to_numpy()), dtype=object)
+    bad = uniq[uniq.str.contains(_CONTROL, regex=True)]
+    if len(bad):
+        raise DataError(f"{len(bad)} {what}(s) contain control characters, e.g. {bad.iloc[0]!r}",
+                        "clean the ids in the source file (strip NUL bytes, tabs and line breaks)")
+
+
 def _as_str(col: pd.Series) -> pd.Series:
     """Ids as Python-object strings (stable across pandas string-dtype changes)."""
     if pd.api.types.is_float_dtype(col) and col.notna().all() and (col % 1 == 0).all():
@@ -132,6 +146,7 @@ class Interactions(_UserItemFrame):
                 raise DataError(f"column {c!r} has {int(vals.isna().sum())} missing values",
                                 "drop the rows without a user or item id before loading")
             out[c] = _as_str(vals)
+            check_ids(out[c], c)
         ts = df["timestamp"].reset_index(drop=True)
         if not pd.api.types.is_numeric_dtype(ts):
             raise DataError(f"column 'timestamp' must be numeric (unix time), got dtype {ts.dtype}",
@@ -231,6 +246,7 @@ class ItemTable:
         if df["item_id"].isna().any():
             raise DataError("item table has rows without an item_id", "drop them before loading")
         df["item_id"] = _as_str(df["item_id"])
+        check_ids(df["item_id"], "item table item_id")
         dup = df["item_id"].duplicated()
         if dup.any():
             raise DataError(

@@ -67,7 +67,7 @@ def load_grouplens_100k(directory: str | Path, name: str = "ml-100k") -> Dataset
     data = directory / "u.data"
     if not data.exists():
         raise DataError(f"no u.data in {directory}", "point to the extracted ml-100k directory")
-    df = read_delimited(data, "\t", header=False, expect="GroupLens u.data: user<TAB>item<TAB>rating<TAB>timestamp",
+    df = read_delimited(data, "\t", header=False, latin1=True, expect="GroupLens u.data: user<TAB>item<TAB>rating<TAB>timestamp",
                         min_cols=4)
     inter = _ratings_frame(df, data, name)
     items = None
@@ -76,11 +76,11 @@ def load_grouplens_100k(directory: str | Path, name: str = "ml-100k") -> Dataset
         genre_names = GROUPLENS_100K_GENRES
         gpath = directory / "u.genre"
         if gpath.exists():
-            g = read_delimited(gpath, "|", header=False, expect="GroupLens u.genre: name|index", min_cols=2)
+            g = read_delimited(gpath, "|", header=False, latin1=True, expect="GroupLens u.genre: name|index", min_cols=2)
             g = g[g.iloc[:, 0].str.strip() != ""]
             genre_names = [n for n, _ in sorted(zip(g.iloc[:, 0], g.iloc[:, 1].astype(int)), key=lambda t: t[1])]
         ncols = 5 + len(genre_names)
-        it = read_delimited(item_path, "|", header=False,
+        it = read_delimited(item_path, "|", header=False, latin1=True,
                             expect=f"GroupLens u.item: id|title|release date|video date|url|{len(genre_names)} genre flags",
                             min_cols=ncols)
         flags = it.iloc[:, 5:ncols].to_numpy() == "1"
@@ -102,13 +102,13 @@ def load_grouplens_dat(directory: str | Path, name: str | None = None) -> Datase
     directory = Path(directory)
     name = name or directory.name
     rpath = directory / "ratings.dat"
-    df = read_delimited(rpath, "::", header=False, expect="MovieLens ratings.dat: user::item::rating::timestamp",
+    df = read_delimited(rpath, "::", header=False, latin1=True, expect="MovieLens ratings.dat: user::item::rating::timestamp",
                         min_cols=4)
     inter = _ratings_frame(df, rpath, name)
     items = None
     mpath = directory / "movies.dat"
     if mpath.exists():
-        mv = read_delimited(mpath, "::", header=False, expect="MovieLens movies.dat: id::title::genres", min_cols=3)
+        mv = read_delimited(mpath, "::", header=False, latin1=True, expect="MovieLens movies.dat: id::title::genres", min_cols=3)
         items = _movies_with_genre_string(mv.iloc[:, 0], mv.iloc[:, 1], mv.iloc[:, 2], name, mpath)
     return Dataset(inter, items, name=name)
 

@@ -19,8 +19,11 @@ from .containers import INTERACTION_COLUMNS, Interactions, ItemTable
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".csv.gz", ".tsv.gz")
 
 
-def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
-    """A CSV/TSV (separator from the suffix unless given) or Parquet file."""
+def read_table(path: str | Path, sep: str | None = None, text_columns: list[str] | None = None) -> pd.DataFrame:
+    """A CSV/TSV (separator from the suffix unless given) or Parquet file.
+
+    ``text_columns`` of a CSV/TSV are read as text, exactly as written: ids such as
+    ``007`` or ``50<TAB>`` must not become the number 7 or 50 (another item's id)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"no file {path}", "check the path")
@@ -30,10 +33,14 @@ def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
             return pd.read_parquet(path)
         if sep is None:
             sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
+        dtype = {c: str for c in text_columns or []} or None
         try:
-            return pd.read_csv(path, sep=sep, encoding="utf-8")
-        except UnicodeDecodeError:
-            return pd.read_csv(path, sep=sep, encoding="latin-1")
+            return pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dtype)
+        except UnicodeDecodeError as e:
+            from ._readers import warn_latin1
+
+            warn_latin1(path, e.start)
+            return pd.read_csv(path, sep=sep, encoding="latin-1", dtype=dtype)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as e:
         kind = "Parquet" if name.endswith((".parquet", ".pq")) else f"delimited text (sep={sep!r})"
         raise DataError(f"{path} cannot be read as {kind}: {str(e).splitlines()[0] if str(e) else e!r}",
@@ -75,7 +82,7 @@ def load_table(path: str | Path, columns: Mapping[str, str] | None = None, *, se
     if unknown:
         raise DataError(f"unknown key(s) {unknown} in the column mapping",
                         f"map only {list(INTERACTION_COLUMNS)} to your column names")
-    df = read_table(path, sep=sep)
+    df = read_table(path, sep=sep, text_columns=[mapping.get(c, c) for c in ("user_id", "item_id")])
     found = list(df.columns)
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
     for std in INTERACTION_COLUMNS:
@@ -109,7 +116,7 @@ def load_item_table(path: str | Path, *, item_id: str = "item_id", text_fields: 
     """An item table from CSV/TSV/Parquet.  ``list_fields`` columns are split on
     ``list_sep`` (e.g. "Action|Comedy" with ``list_sep="|"``) into lists."""
     path = Path(path)
-    df = read_table(path, sep=sep)
+    df = read_table(path, sep=sep, text_columns=[item_id])
     if item_id not in df.columns:
         raise DataError(f"{path} has no item id column {item_id!r}; columns found: {list(df.columns)}",
                         "pass item_id='<your column>'")
