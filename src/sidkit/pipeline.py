@@ -159,6 +159,9 @@ def _data_stage(cfg: ExperimentConfig) -> Stage:
             ids = np.unique(ds.interactions.df["item_id"].astype(str).to_numpy())
             ds.items = ItemTable(pd.DataFrame({"item_id": ids}), name=ds.name,
                                  source="item ids of the interactions")
+        if len(ds.interactions.df) == 0:
+            raise DataError(f"{d.dataset} holds no interactions (only a header row?)",
+                            "add rows (user, item, timestamp) to the file, or point [data] dataset at another one")
         n_repeated = repeated_pairs(ds.interactions)
         try:
             ds.interactions = preprocess(ds.interactions, user_k=d.user_core, item_k=d.item_core,
@@ -575,6 +578,23 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+def validate_models(cfg: ExperimentConfig) -> None:
+    """Every recommender's parameters (e.g. ``hidden`` divisible by ``n_heads``), checked
+    before the first stage runs rather than when its training starts; the error names
+    the model's label."""
+    from .eval.experiment import make_model
+
+    for label, m, _ in cfg.recommenders():
+        model = make_model(m)
+        check = getattr(model, "_validate_params", None)
+        if check is None:
+            continue
+        try:
+            check()
+        except SidkitError as err:
+            raise ConfigError(f"model {label!r}: {err.problem}", err.fix) from None
+
+
 def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
     """Every check that can fail before a stage runs: tokenizer and parameters, device,
     config inputs inside stage folders, and stage paths sidkit did not write."""
@@ -591,6 +611,7 @@ def validate_run(cfg: ExperimentConfig, out: str | Path) -> None:
         raise ConfigError(f"device {cfg.device!r} is not supported",
                           "set device (or --device) to auto, cpu or cuda")
     make_tokenizer(cfg)._check_params()  # unknown tokenizer, bad parameter or value
+    validate_models(cfg)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"run directory {out} exists and is not a folder",
                             "choose another --out")

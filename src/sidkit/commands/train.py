@@ -68,13 +68,14 @@ def train(
     """
     from .. import distributed
     from ..config import load_config
-    from ..pipeline import recommender_stage
+    from ..pipeline import recommender_stage, validate_models
     from ..stages import run_stage
 
     cfg = with_overrides(load_config(config), device, seeds, epochs)
     if not cfg.recommenders():
         raise ConfigError(f"{config} has no [model] table (or [[models]] list), so there is nothing to train",
                           'add e.g.\n[model]\ntype = "sasrec"')
+    validate_models(cfg)                  # before any stage runs
     if threads:
         import torch
 

@@ -26,10 +26,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import distributed
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io import write_json, write_text
 from .harness import evaluate
-from .metrics import metric_names
+from .metrics import DEFAULT_KS, metric_names
 
 TIE_BREAK = "equal scores: lower catalogue index (item ids sorted as strings) first"
 TIE_BREAKS = {"index": TIE_BREAK,
@@ -175,6 +175,12 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     recs = cfg.recommenders()
     if not recs and not carry:
         raise ConfigError("the config names no recommender", 'add e.g. [model] type = "sasrec"')
+    need = max(max(DEFAULT_KS), 20)              # Recall/NDCG@20 and MRR@20 rank the top 20
+    if recs and data.n_items < need:
+        raise DataError(f"the split's catalogue holds {data.n_items} items, but the evaluation protocol ranks "
+                        f"the top {need} (Recall/NDCG@5,10,20, MRR@20; docs/evaluation.md)",
+                        f"use a data set with at least {need} items (check [data] user_core / item_core, "
+                        "which may have filtered them out)")
     groups: dict[str, list[dict[str, Any]]] = {}
     models: dict[str, Any] = {}
     protos = {}
