@@ -36,10 +36,10 @@ def read_table(path: str | Path, sep: str | None = None, text_columns: list[str]
         dtype = {c: str for c in text_columns or []} or None
         try:
             return pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dtype)
-        except UnicodeDecodeError as e:
+        except UnicodeDecodeError:
             from ._readers import warn_latin1
 
-            warn_latin1(path, e.start)
+            warn_latin1(path)
             return pd.read_csv(path, sep=sep, encoding="latin-1", dtype=dtype)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as e:
         kind = "Parquet" if name.endswith((".parquet", ".pq")) else f"delimited text (sep={sep!r})"
