@@ -305,3 +305,18 @@ def test_an_epoch_trains_on_targets_per_user_samples():
         data, codes=toy_codes(), train=TrainConfig(epochs=1, lr=1.0, warmup_steps=1000, batch_size=1),
         device="cpu", progress=False)
     assert round(m.history_[0]["lr"] * 1000) == 24
+
+
+def test_mask_seen_fills_every_list_with_unseen_items(fitted):
+    """TIGER with mask_seen: the seen items leave inside the beam, the lists stay full."""
+    data, model = fitted
+    inp = data.eval_inputs("test", model.max_len)
+    hist, users = inp["history"], inp["users"]
+    seen = np.zeros((len(hist), N_ITEMS), bool)
+    seen[np.repeat(np.arange(len(hist)), np.diff(inp["seen_offsets"])), inp["seen_flat"] - 1] = True
+    k = N_ITEMS - int(seen.sum(1).max())
+    top = model.recommend(hist, k, users=users, exclude=seen)
+    assert (top >= 0).all() and all(len(set(r)) == k for r in top.tolist())
+    assert not seen[np.arange(len(hist))[:, None], top].any()
+    res = evaluate(model, data, "test", ks=(1, 5), mrr_k=5, coverage_k=5, mask_seen=True)
+    assert res["invalid_rate"] == 0.0 and res["recall@1"] == 1.0
