@@ -67,8 +67,12 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     dataset: str = "ml-100k"
+    format: Literal["sequences", "table", "amazon", "recbole", "grouplens-100k", "movielens-dat",
+                    "movielens-csv"] | None = Field(
+        None, description="the format of dataset (None: detected from the files); \"sequences\": one line "
+                          "per user, USER ITEM ITEM ... in time order (P5 / S3-Rec / GRAM, docs/data.md)")
     source: str | None = Field(None, description="local GroupLens zip/dir for ml-100k")
-    items: str | None = Field(None, description="item table (CSV/TSV/Parquet) with item_id + fields")
+    items: str | None = Field(None, description="item table (JSON Lines, CSV/TSV/Parquet) with item_id + fields")
     columns: dict[str, str] = Field(
         default_factory=dict, description="column mapping of a CSV/TSV/Parquet interactions file, "
                                           "sidkit name -> your column (user_id, item_id, timestamp, rating)")
@@ -104,7 +108,9 @@ class DataConfig(_Strict):
 class FamaeConfig(_Strict):
     """``[embed.famae]``: the FAMAE item embeddings (SPEC 3; see docs/famae.md)."""
     fields: list[str] | None = Field(None, description="item fields; None = the data set's defaults "
-                                     "(MovieLens: item_id, genres, year; Amazon: item_id, brand, cat1-3)")
+                                     "(MovieLens: item_id, genres, year; Amazon and product tables such "
+                                     "as items.jsonl: item_id, brand, cat1-3, the category path's levels); "
+                                     "any list column, e.g. categories, is a set-valued field")
     year_bucket: float = Field(5, gt=0, description="width of the release-year buckets")
     dim: int = Field(128, ge=1)
     n_layers: int = Field(2, ge=1)

@@ -146,13 +146,35 @@ def _data_stage(cfg: ExperimentConfig) -> Stage:
 
     d = cfg.data
 
+    def is_sequence_data() -> bool:
+        """Whether ``[data] dataset`` is a sequence file (``format``, else detected)."""
+        from .data import detect_format
+
+        if d.format:
+            return d.format == "sequences"
+        path = Path(d.dataset).expanduser()
+        try:
+            return path.exists() and detect_format(path) == "sequences"
+        except SidkitError:   # load_dataset names the problem
+            return False
+
     def fn(out: Path, _: dict[str, Path]) -> dict[str, Any]:
         kw: dict[str, Any] = {"source": d.source} if d.source else {}
         if d.columns:
             kw["columns"] = dict(d.columns)
+        if d.format:
+            kw["format"] = d.format
+        sequences = is_sequence_data()
+        if sequences and d.split == "temporal":
+            raise DataError(f"[data] split = \"temporal\" cuts at global timestamps, and the sequence file "
+                            f"{d.dataset} has none (an item's timestamp is its position in the user's line)",
+                            "use [data] split = \"leave_one_out\" (the protocol of these files)")
         ds = load_dataset(d.dataset, **kw)
         if d.items:
             ds.items = _load_items(Path(d.items).expanduser(), d.columns.get("item_id"))
+            if sequences:   # every item of the sequences has a row; rows of other items go
+                from .data import match_items
+                ds.items = match_items(ds.interactions, ds.items)
         elif ds.items is None:
             # no side information: the catalogue is every item id of the data file
             # (before k-core), sorted as strings -- the row order of an embeddings_file
@@ -182,6 +204,8 @@ def _data_stage(cfg: ExperimentConfig) -> Stage:
               "source": _source_fingerprint(d.dataset, d.source)}
     if d.repeats != "keep":   # absent at the default: runs made before the key stay cached
         params["repeats"] = d.repeats
+    if d.format:              # likewise
+        params["format"] = d.format
     if d.items or d.columns:  # absent for configs without them: their runs stay cached
         params.update(items=_source_fingerprint(d.items, None) if d.items else None,
                       columns=dict(d.columns))
@@ -189,13 +213,19 @@ def _data_stage(cfg: ExperimentConfig) -> Stage:
 
 
 def _load_items(path: Path, id_column: str | None):
-    """The ``[data] items`` table; its id column is ``item_id`` or the mapped one."""
+    """The ``[data] items`` table; its id column is ``item_id`` or the mapped one.
+    JSON Lines (``.jsonl`` / ``.json``, plain or ``.gz``) or CSV/TSV/Parquet."""
     from .data import load_item_table
+    from .data._readers import first_record
+    from .data.sequences import ITEM_JSONL_SUFFIXES
     from .data.tabular import read_table
 
     if not path.is_file():
         raise DataError(f"[data] items file {path} does not exist",
-                        "give the path of a CSV/TSV/Parquet item table")
+                        "give the path of a JSON Lines or CSV/TSV/Parquet item table")
+    if path.name.lower().endswith(ITEM_JSONL_SUFFIXES):
+        keys = list(first_record(path) or {})
+        return load_item_table(path, item_id=id_column if id_column and id_column in keys else "item_id")
     cols = list(read_table(path).columns)
     col = id_column if id_column and id_column in cols else "item_id"
     if col not in cols:

@@ -10,6 +10,7 @@ from .amazon import is_amazon_file, load_amazon
 from .containers import Dataset
 from .fetch import FETCHABLE, fetch_ml100k
 from .movielens import load_grouplens_100k, load_grouplens_dat, load_movielens_csv, load_recbole
+from .sequences import SEQUENCE_SUFFIXES, find_sequence_file, is_sequence_file, load_sequences
 from .tabular import TABLE_SUFFIXES, load_table
 
 # names users may try that cannot be fetched: where to get them
@@ -23,8 +24,11 @@ NOT_FETCHABLE = {
 
 FORMATS = (
     "GroupLens u.data/u.item, ratings.dat/movies.dat, ratings.csv/movies.csv, RecBole *.inter/*.item, "
-    "Amazon reviews_*.json.gz/meta_*.json.gz or 2023 *.jsonl, or a CSV/TSV/Parquet file with columns"
+    "Amazon reviews_*.json.gz/meta_*.json.gz or 2023 *.jsonl, sequence files (USER ITEM ITEM ... per line, "
+    "*.txt or *.txt.gz, with items.jsonl(.gz)), or a CSV/TSV/Parquet file with columns"
 )
+# what ``format=`` / ``[data] format`` may name: detect_format's answers
+FORMAT_NAMES = ("sequences", "table", "amazon", "recbole", "grouplens-100k", "movielens-dat", "movielens-csv")
 
 
 def known_datasets() -> list[str]:
@@ -32,7 +36,13 @@ def known_datasets() -> list[str]:
 
 
 def detect_format(path: Path) -> str:
-    """One of grouplens-100k, movielens-dat, movielens-csv, recbole, amazon, table."""
+    """One of grouplens-100k, movielens-dat, movielens-csv, recbole, sequences, amazon, table.
+
+    A ``.txt`` / ``.txt.gz`` file whose first line holds no comma is a sequence file
+    (:mod:`sidkit.data.sequences`), with a comma a CSV table; a directory holding
+    ``user_sequence.txt(.gz)``, or one sequence file beside ``items.jsonl(.gz)``, is
+    ``sequences``."""
+    path = Path(path)
     if path.is_dir():
         if (path / "u.data").is_file():
             return "grouplens-100k"
@@ -42,11 +52,13 @@ def detect_format(path: Path) -> str:
             return "movielens-csv"
         if list(path.glob("*.inter")):
             return "recbole"
+        if find_sequence_file(path) is not None:
+            return "sequences"
         if any(is_amazon_file(p) and not p.name.startswith("meta_") for p in path.iterdir()):
             return "amazon"
         tables = [p for p in path.iterdir() if p.name.lower().endswith(TABLE_SUFFIXES)]
         if len(tables) == 1:
-            return "table"
+            return "sequences" if is_sequence_file(tables[0]) else "table"
         raise DataError(
             f"cannot tell the data format of {path}: files found: {sorted(p.name for p in path.iterdir())[:20]}",
             f"give a directory or file in one of these formats: {FORMATS}")
@@ -62,6 +74,8 @@ def detect_format(path: Path) -> str:
             raise DataError(f"{path} is an Amazon meta file, not reviews",
                             "pass the reviews file (reviews_*.json.gz or *.jsonl); its meta file is found next to it")
         return "amazon"
+    if name.lower().endswith(SEQUENCE_SUFFIXES):
+        return "sequences" if is_sequence_file(path) else "table"
     if name.lower().endswith(TABLE_SUFFIXES):
         return "table"
     raise DataError(f"unknown file type {name!r}", f"give a file in one of these formats: {FORMATS}")
@@ -72,6 +86,8 @@ def load_dataset(name_or_path: str | Path, **kw: Any) -> Dataset:
 
     Keywords: ``cache_dir`` and ``source`` (for ml-100k, see :func:`fetch_ml100k`),
     ``columns``/``sep``/``time_unit`` (CSV/Parquet tables), ``meta`` (Amazon meta file),
+    ``items``/``item_id`` (the item table of a sequence file, :func:`load_sequences`),
+    ``format`` (one of ``FORMAT_NAMES``: skip the detection of :func:`detect_format`),
     ``name`` (the data set's name).
     """
     name = kw.pop("name", None)
@@ -95,7 +111,11 @@ def load_dataset(name_or_path: str | Path, **kw: Any) -> Dataset:
     kw.pop("cache_dir", None)
     if kw.pop("source", None) is not None:
         raise DataError("source= only applies to the ml-100k name", "pass the path itself instead")
-    return _load_path(path, name=name, **kw)
+    fmt = kw.pop("format", None)
+    if fmt is not None and fmt not in FORMAT_NAMES:
+        raise DataError(f"unknown data format {fmt!r}", f"use one of {list(FORMAT_NAMES)}, or leave it out "
+                                                         "to detect it from the files")
+    return _load_path(path, name=name, fmt=fmt, **kw)
 
 
 def _no_more(kw: dict, what: str) -> None:
@@ -107,11 +127,24 @@ def _no_more(kw: dict, what: str) -> None:
         raise DataError(f"unexpected option(s) {sorted(kw)} for {what}", fix)
 
 
-def _load_path(path: Path, name: str | None = None, **kw: Any) -> Dataset:
-    fmt = detect_format(path)
+def _load_path(path: Path, name: str | None = None, fmt: str | None = None, **kw: Any) -> Dataset:
+    fmt = fmt or detect_format(path)
+    if fmt == "sequences":
+        opts = {k: kw.pop(k) for k in ("items", "item_id") if k in kw}
+        table_opts = sorted(k for k in ("columns", "sep", "time_unit") if k in kw)
+        if table_opts:
+            raise DataError(f"{path} is a sequence file (one line per user: USER ITEM ITEM ...): "
+                            f"{table_opts} do not apply to it",
+                            "drop them; if it is a table of interactions, one per line, give it as "
+                            ".csv/.tsv or set format = \"table\" ([data] format in a run config)")
+        _no_more(kw, "a sequence file")
+        return load_sequences(path, name=name, **opts)
     if fmt == "table":
         if path.is_dir():
-            path = next(p for p in path.iterdir() if p.name.lower().endswith(TABLE_SUFFIXES))
+            table = next((p for p in sorted(path.iterdir()) if p.name.lower().endswith(TABLE_SUFFIXES)), None)
+            if table is None:
+                raise DataError(f"no CSV/TSV/Parquet file in {path}", "pass the table file itself")
+            path = table
         opts = {k: kw.pop(k) for k in ("columns", "sep", "time_unit") if k in kw}
         _no_more(kw, f"a {fmt} file")
         inter = load_table(path, name=name, **opts)

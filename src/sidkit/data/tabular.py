@@ -114,8 +114,21 @@ def load_item_table(path: str | Path, *, item_id: str = "item_id", text_fields: 
                     list_sep: str | None = None, list_fields: list[str] | None = None,
                     sep: str | None = None, name: str | None = None) -> ItemTable:
     """An item table from CSV/TSV/Parquet.  ``list_fields`` columns are split on
-    ``list_sep`` (e.g. "Action|Comedy" with ``list_sep="|"``) into lists."""
+    ``list_sep`` (e.g. "Action|Comedy" with ``list_sep="|"``) into lists.
+
+    A JSON Lines file (``.jsonl`` / ``.json``, plain or ``.gz``) is read by
+    :func:`sidkit.data.load_item_jsonl` (its lists are lists already)."""
     path = Path(path)
+    from .sequences import ITEM_JSONL_SUFFIXES, load_item_jsonl
+
+    if path.name.lower().endswith(ITEM_JSONL_SUFFIXES):
+        given = [k for k, v in (("list_sep", list_sep), ("list_fields", list_fields), ("sep", sep))
+                 if v is not None]
+        if given:
+            raise DataError(f"{given} do not apply to the JSON Lines item table {path}",
+                            "drop them: JSON values that are lists are read as lists")
+        return load_item_jsonl(path, item_id=item_id, text_fields=text_fields,
+                               categorical_fields=categorical_fields, template=template, name=name)
     df = read_table(path, sep=sep, text_columns=[item_id])
     if item_id not in df.columns:
         raise DataError(f"{path} has no item id column {item_id!r}; columns found: {list(df.columns)}",

@@ -1,7 +1,8 @@
 """FAMAE: field-aware masked auto-encoding item embeddings (ReSID, seed 001; SPEC 3).
 
-Every item has J fields (MovieLens: item id, genres, release-year bucket; Amazon: item
-id, brand/store, category levels 1-3).  Each field has a learned table of ``dim``-d
+Every item has J fields (MovieLens: item id, genres, release-year bucket; Amazon, and
+product tables such as the Beauty ``items.jsonl``: item id, brand/store, category levels
+1-3).  A missing value (no brand, a path shorter than 3 levels) has its own code.  Each field has a learned table of ``dim``-d
 vectors; a multi-valued field (genres) is the sum of its values' vectors.  A user's
 training sequence, truncated to the last ``max_len`` items, is fed as
 
@@ -79,7 +80,8 @@ def _table_df(items) -> pd.DataFrame:
 def default_fields(items, year_bucket: float = 5, names: Sequence[str] | None = None) -> list[FieldSpec]:
     """The field specs of an item table: MovieLens-like tables (``genres`` + ``year``)
     get item id, genres, year bucket; Amazon-like ones (``brand``/``cat1``-``cat3``)
-    item id, brand, cat1-3; any other table item id plus its categorical fields
+    item id, brand, cat1-3 (the path levels; without them a ``categories`` list as one
+    multi-valued field, a set); any other table item id plus its categorical fields
     (list-valued ones as "multi").  ``names`` keeps only those fields, in that order;
     a name that is no default spec but a column of the table becomes a field of it
     (list-valued: "multi", numeric: "bucket", else "categorical")."""
@@ -89,6 +91,10 @@ def default_fields(items, year_bucket: float = 5, names: Sequence[str] | None = 
         specs = movielens_fields(year_bucket)
     elif cols & {"brand", "cat1", "cat2", "cat3"}:
         specs = [s for s in amazon_fields() if s.column in cols]
+        if not cols & {"cat1", "cat2", "cat3"} and "categories" in cols:
+            # no category levels (cat1-3, which load_amazon and load_item_jsonl derive from
+            # the path): the categories as a set, never silently no category field
+            specs.append(_infer_spec(df, "categories", year_bucket))
     else:
         specs = [FieldSpec("item_id", "item_id")] + [_infer_spec(df, c, year_bucket)
                                                      for c in getattr(items, "categorical_fields", [])]
