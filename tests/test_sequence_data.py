@@ -105,9 +105,14 @@ def test_a_table_of_interactions_is_not_read_as_sequences(tmp_path):
     with pytest.raises(DataError, match=r"user '196' has two lines") as e:
         load_dataset(p)
     assert "format = \"table\"" in e.value.fix
-    # a CSV saved as .txt stays a table, as before
+    # a CSV saved as .txt stays a table, as before; so does a .txt read with sep= / columns=
     c = _write(tmp_path / "inter.txt", "user_id,item_id,timestamp\n1,2,3\n")
     assert detect_format(c) == "table" and len(load_dataset(c).interactions) == 1
+    t = _write(tmp_path / "inter_tab.txt", "uid\titem_id\ttimestamp\n1\t2\t3\n1\t4\t5\n")
+    assert detect_format(t) == "sequences"
+    assert len(load_dataset(t, sep="\t", columns={"user_id": "uid"}).interactions) == 2
+    assert load_dataset(p, format="table", sep=" ", columns={"user_id": "196", "item_id": "242",
+                                                              "timestamp": "881250949"}).interactions.n_users == 2
 
 
 # ----------------------------------------------------------------- the item table
@@ -188,7 +193,7 @@ def test_items_must_cover_the_sequences(tmp_path):
         assert list(d.items.items) == ["B01", "B02", "B03", "B04"] and len(d.interactions) == 6
     assert load_dataset(seq).items is None
     with pytest.raises(DataError, match=r"\['columns'\] do not apply to it"):
-        load_dataset(seq, columns={"user_id": "u"})
+        load_dataset(seq, format="sequences", columns={"user_id": "u"})
     with pytest.raises(DataError, match="unknown data format 'seq'"):
         load_dataset(seq, format="seq")
 

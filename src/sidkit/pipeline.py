@@ -150,7 +150,7 @@ def _data_stage(cfg: ExperimentConfig) -> Stage:
         """Whether ``[data] dataset`` is a sequence file (``format``, else detected)."""
         from .data import detect_format
 
-        if d.format:
+        if d.format or d.columns:   # a column mapping reads a detected sequence file as a table
             return d.format == "sequences"
         path = Path(d.dataset).expanduser()
         try:

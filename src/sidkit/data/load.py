@@ -128,10 +128,13 @@ def _no_more(kw: dict, what: str) -> None:
 
 
 def _load_path(path: Path, name: str | None = None, fmt: str | None = None, **kw: Any) -> Dataset:
-    fmt = fmt or detect_format(path)
+    table_opts = sorted(k for k in ("columns", "sep", "time_unit") if k in kw)
+    if fmt is None:
+        fmt = detect_format(path)
+        if fmt == "sequences" and table_opts:   # a .txt table read with sep= / columns=, as before
+            fmt = "table"
     if fmt == "sequences":
         opts = {k: kw.pop(k) for k in ("items", "item_id") if k in kw}
-        table_opts = sorted(k for k in ("columns", "sep", "time_unit") if k in kw)
         if table_opts:
             raise DataError(f"{path} is a sequence file (one line per user: USER ITEM ITEM ...): "
                             f"{table_opts} do not apply to it",

@@ -85,7 +85,8 @@ def _first_line(path: Path) -> str | None:
 
 def is_sequence_file(path: str | Path) -> bool:
     """Whether ``path`` reads as a sequence file: a ``.txt`` / ``.txt.gz`` file whose first
-    line holds no comma (a CSV table saved as ``.txt`` stays a table)."""
+    line holds no comma (a CSV table saved as ``.txt`` stays a table; so does any ``.txt``
+    given to :func:`~sidkit.data.load_dataset` with ``sep=`` or ``columns=``)."""
     path = Path(path)
     name = path.name.lower()
     if not name.endswith(SEQUENCE_SUFFIXES) or not path.is_file():
