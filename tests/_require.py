@@ -7,6 +7,7 @@ exports both variables, so CI cannot stay green without running these tests.
 
     SIDKIT_REQUIRE_DATA=1      the real-data tests (MovieLens-100K fetch) must run
     SIDKIT_REQUIRE_CHROMIUM=1  the headless-Chromium screenshot tests must run
+    SIDKIT_REQUIRE_SHARED=1    the tests on ../shared/data (Amazon Beauty) must run
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 REQUIRE_DATA = "SIDKIT_REQUIRE_DATA"
 REQUIRE_CHROMIUM = "SIDKIT_REQUIRE_CHROMIUM"
+REQUIRE_SHARED = "SIDKIT_REQUIRE_SHARED"
 
 
 def required(variable: str) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _require import REQUIRE_CHROMIUM, REQUIRE_DATA, required, skip_or_fail
+from _require import REQUIRE_CHROMIUM, REQUIRE_DATA, REQUIRE_SHARED, required, skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / ".ci" / "run"
@@ -30,7 +30,7 @@ def _ci_environment(preset: dict[str, str]) -> dict[str, str]:
 
 def test_ci_requires_the_real_data_and_chromium_tests_to_run():
     env = _ci_environment({})
-    assert env[REQUIRE_DATA] == "1" and env[REQUIRE_CHROMIUM] == "1"
+    assert env[REQUIRE_DATA] == "1" and env[REQUIRE_CHROMIUM] == "1" and env[REQUIRE_SHARED] == "1"
     # a local run without root can still allow the skips explicitly
     env = _ci_environment({REQUIRE_DATA: "0", REQUIRE_CHROMIUM: "0"})
     assert env[REQUIRE_DATA] == "0" and env[REQUIRE_CHROMIUM] == "0"
