@@ -4,14 +4,20 @@ Endpoints: ``POST /recommend``, ``POST /encode``, ``GET /items/{item_id}/sid``,
 ``GET /sids/{sid}/item``, ``GET /health``, ``GET /metrics`` (Prometheus text) and the
 model card page at ``/``.  Every error is ``{"detail": "..."}`` with a 4xx status that
 names the problem; validation errors (422) also list ``errors`` (field, message, type);
-malformed JSON is 400, a body over ``max_body_bytes`` 413, a full queue 503 with
-``Retry-After``.
+malformed JSON is 400, a body over ``max_body_bytes`` 413 (whether its size is announced
+by Content-Length or not: chunked bodies are counted as they arrive), a missing or wrong
+bearer token 401 (when the server has one), a full queue or a server shutting down 503
+with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -24,17 +30,22 @@ from .batcher import MicroBatcher, QueueFull
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .runtime import RecRequest, ServedModel, format_sid, parse_sid
 from .schemas import (EncodeRequest, EncodeResponse, ErrorResponse, Health, ItemSID, RecommendRequest,
-                       RecommendResponse, ValidationErrorResponse)
+                       RecommendResponse, ValidationErrorResponse, control_character)
+from .server import Drain
 
 RETRY_AFTER_S = 1
+PUBLIC_PATHS = ("/", "/health")       # answered without the bearer token (the page asks for it itself)
+SHUTTING_DOWN = "the server is shutting down"
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` of an operation's error codes."""
-    text = {400: "Malformed JSON body.", 404: "No such item or SID.",
+    text = {400: "Malformed JSON body.", 401: "Missing or wrong bearer token (the server runs with --token).",
+            404: "No such item or SID.",
             409: "The run cannot answer this (e.g. it has no tokenizer for the served model's SIDs).",
             413: "Request body too large.", 422: "Invalid request: the message names the field and the problem.",
-            503: "The request queue is full: retry after the number of seconds in Retry-After."}
+            503: "The request queue is full, or the server is shutting down: retry after the number of "
+                 "seconds in Retry-After."}
     out: dict[int | str, dict[str, Any]] = {}
     for c in codes:
         out[c] = {"model": ValidationErrorResponse if c == 422 else ErrorResponse, "description": text[c]}
@@ -58,15 +69,53 @@ def _field_message(err: dict[str, Any]) -> str:
     return f"{where}: {msg}{shown}"
 
 
-class _GuardMiddleware:
-    """Pure ASGI middleware: request counts and latency by route template, and a body
-    size limit (413 before the body is read when Content-Length says so, else while
-    reading it)."""
+def _json_kind(v: Any) -> str:
+    return {str: "a JSON string", list: "a JSON array", bool: "a JSON boolean", type(None): "JSON null",
+            int: "a JSON number", float: "a JSON number"}.get(type(v), f"a {type(v).__name__}")
 
-    def __init__(self, app, metrics: ServerMetrics, max_body_bytes: int) -> None:
+
+def _is_json_type(ctype: str) -> bool:
+    """Whether FastAPI parses a body of this Content-Type as JSON (application/json, */*+json)."""
+    main = ctype.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
+
+
+class _GuardMiddleware:
+    """Pure ASGI middleware in front of every request:
+
+    - the drain (see :mod:`sidkit.serve.server`): while the server shuts down, a request
+      on a connection that was not open at the signal gets 503 at once; requests in
+      flight are counted;
+    - the bearer token (when set): constant-time comparison of SHA-256 digests
+      (:func:`hmac.compare_digest`), 401 with ``WWW-Authenticate: Bearer``; ``/`` and
+      ``/health`` are public;
+    - the body limit: 413 before reading when Content-Length says so, else the body is
+      read here, counted as it arrives (chunked uploads) and handed on in one piece;
+    - request counts and latency by route template (Prometheus), and
+      ``X-Content-Type-Options: nosniff`` on every answer.
+    """
+
+    def __init__(self, app, metrics: ServerMetrics, max_body_bytes: int, drain: Drain,
+                 token: str | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.drain = drain
+        self.token_digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    def _authorized(self, scope) -> tuple[bool, str]:
+        got = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                got = value
+                break
+        scheme, _, cred = got.strip().partition(b" ")
+        same = hmac.compare_digest(hashlib.sha256(cred.strip()).digest(), self.token_digest)
+        if same and scheme.lower() == b"bearer":
+            return True, ""
+        if not got:
+            return False, "this server needs a bearer token: send the header 'Authorization: Bearer <token>'"
+        return False, "wrong bearer token (send 'Authorization: Bearer <token>' with the server's token)"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -79,62 +128,104 @@ class _GuardMiddleware:
             if msg["type"] == "http.response.start":
                 status["code"] = msg["status"]
                 status["started"] = True
+                msg = {**msg, "headers": [*msg.get("headers", ()), (b"x-content-type-options", b"nosniff")]}
             await send(msg)
 
-        too_big = False
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_body
-                except ValueError:
-                    too_big = False
-        seen = {"n": 0}
-
-        class BodyTooLarge(Exception):
-            pass
-
-        async def limited_receive():
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen["n"] += len(msg.get("body", b""))
-                if seen["n"] > self.max_body:
-                    raise BodyTooLarge
-            return msg
-
+        d = self.drain
+        d.inflight += 1
+        d.touch()
         try:
-            if too_big:
-                raise BodyTooLarge
-            await self.app(scope, limited_receive, send_wrapper)
-        except BodyTooLarge:
-            if not status["started"]:
-                await _send_json(send_wrapper, 413, {"detail": f"request body larger than {self.max_body} bytes; "
-                                                               "send a shorter history or a smaller embedding"})
+            if not d.admit(scope.get("client")):
+                d.refused += 1
+                await _send_json(send_wrapper, 503, {"detail": f"{SHUTTING_DOWN}; retry after {RETRY_AFTER_S} s"},
+                                 [(b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close")])
+                return
+            if self.token_digest is not None and scope.get("path") not in PUBLIC_PATHS:
+                ok, why = self._authorized(scope)
+                if not ok:
+                    await _send_json(send_wrapper, 401, {"detail": why}, [(b"www-authenticate", b"Bearer")])
+                    return
+            body = await self._read_body(scope, receive, send_wrapper)
+            if body is None:
+                return
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            try:
+                await self.app(scope, replay, send_wrapper)
+            except asyncio.CancelledError:
+                # the shutdown deadline cancelled a request still in flight (its batch runs on):
+                # it gets a 503 instead of uvicorn's 500 or a closed connection
+                if not (d.draining and not status["started"]):
+                    raise
+                await _send_json(send_wrapper, 503, {"detail": f"{SHUTTING_DOWN}; retry after {RETRY_AFTER_S} s"},
+                                 [(b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close")])
         finally:
+            d.inflight -= 1
+            d.touch()
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "other"
+            endpoint = getattr(route, "path_format", None) or getattr(route, "path", None) or "other"
             self.metrics.observe_request(endpoint, scope.get("method", ""), status["code"],
                                          time.perf_counter() - t0)
 
+    async def _read_body(self, scope, receive, send) -> bytes | None:
+        """The whole request body, or None when a 413 was sent (or the client left)."""
+        too_big = f"request body larger than {self.max_body} bytes; send a shorter history or a smaller embedding"
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    n = int(value)
+                except ValueError:
+                    n = 0
+                if n > self.max_body:
+                    await _send_json(send, 413, {"detail": too_big}, [(b"connection", b"close")])
+                    return None
+        chunks, n = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            n += len(chunk)
+            if n > self.max_body:
+                await _send_json(send, 413, {"detail": too_big}, [(b"connection", b"close")])
+                return None
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
 
-async def _send_json(send, status: int, body: dict) -> None:
+
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": data})
 
 
 def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | None = None, device: str = "auto",
                max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 256,
-               max_body_bytes: int = 1 << 20, text_model: str = "preload", served: ServedModel | None = None):
+               max_body_bytes: int = 1 << 20, text_model: str = "preload", token: str | None = None,
+               docs: bool = False, served: ServedModel | None = None):
     """The serving app of a run directory; the model is loaded here, once.
 
     ``label``/``seed``: which model (default: the best causal SID model, see
-    :mod:`sidkit.serve.runtime`); ``device``: "auto" (CUDA when present), "cpu", "cuda";
-    ``max_batch``/``max_wait_ms``/``max_queue``: the micro-batcher
-    (:class:`~sidkit.serve.batcher.MicroBatcher`); ``max_body_bytes``: the largest
-    request body accepted; ``text_model``: the run's text model (for text /encode) is loaded
-    in a background thread at start ("preload"), at the first such request ("lazy"), or
-    never ("off": text /encode answers 409, embeddings still work).  ``served``: an already loaded :class:`ServedModel` (tests).
+    :mod:`sidkit.serve.runtime`; SASRec and popularity are served too); ``device``:
+    "auto" (CUDA when present), "cpu", "cuda"; ``max_batch``/``max_wait_ms``/``max_queue``:
+    the micro-batcher (:class:`~sidkit.serve.batcher.MicroBatcher`); ``max_body_bytes``: the
+    largest request body accepted; ``text_model``: the run's text model (for text /encode)
+    is loaded in a background thread at start ("preload"), at the first such request
+    ("lazy"), or never ("off": text /encode answers 409, embeddings still work);
+    ``token``: a bearer token every request but ``/`` and ``/health`` must send
+    (``Authorization: Bearer <token>``; None: no authentication); ``docs``: also serve
+    FastAPI's ``/docs`` and ``/redoc`` (their pages load Swagger UI / ReDoc from a CDN,
+    so they are off by default).  ``served``: an already loaded :class:`ServedModel` (tests).
     """
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
@@ -146,12 +237,21 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     if text_model not in ("preload", "lazy", "off"):
         raise ConfigError(f"text_model must be 'preload', 'lazy' or 'off', got {text_model!r}",
                           "use --text-model preload (the default)")
+    if token is not None:
+        bad = control_character(token) or (" holds a space" if " " in token else None)
+        if not token or bad or not token.isascii():
+            raise ConfigError("the bearer token must be a non-empty string of printable ASCII characters "
+                              "without spaces" + (f" (it {bad})" if bad else ""),
+                              "set e.g. SIDKIT_SERVE_TOKEN=$(python -c 'import secrets; print(secrets."
+                              "token_urlsafe(32))')")
     served = served or ServedModel(run_dir, label, seed, device)
     served.text_model_off = text_model == "off"
     metrics = ServerMetrics()
+    drain = Drain()
     batcher = MicroBatcher(served.recommend_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            max_queue=max_queue, on_batch=metrics.observe_batch)
-    example = served.example_history()
+    # the page prefills a real user's history; with a token the page is public, so it does not
+    example = [] if token else served.example_history()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -163,18 +263,23 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
         finally:
             await batcher.close()                  # finishes every queued request
 
+    what = (f"generative recommendation over Semantic IDs: model `{served.label}`" if served.generative
+            else f"recommendation by model `{served.label}`")
     app = FastAPI(
         title="sidkit recommendation API",
         version=_version(),
-        description=(f"Generative recommendation over Semantic IDs: model `{served.label}` (seed {served.seed}, "
-                     f"{served.model.name}) of the run `{served.run_dir.name}`, {served.n_items} items. "
-                     "See docs/serving.md."),
+        description=(f"{what[0].upper()}{what[1:]} (seed {served.seed}, {served.model.name}) of the run "
+                     f"`{served.run_dir.name}`, {served.n_items} items. See docs/serving.md."),
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        swagger_ui_oauth2_redirect_url="/docs/oauth2-redirect" if docs else None,
     )
     app.state.served = served
     app.state.batcher = batcher
     app.state.metrics = metrics
-    app.add_middleware(_GuardMiddleware, metrics=metrics, max_body_bytes=max_body_bytes)
+    app.state.drain = drain
+    app.add_middleware(_GuardMiddleware, metrics=metrics, max_body_bytes=max_body_bytes, drain=drain, token=token)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -183,11 +288,20 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
         if bad_json:
             ctx = (bad_json[0].get("ctx") or {}).get("error", "")
             return JSONResponse({"detail": f"malformed JSON body: {ctx}".rstrip(": ")}, status_code=400)
-        raw = [e for e in errs if isinstance(e.get("input"), (bytes, str)) and tuple(e.get("loc", ())) == ("body",)]
-        if raw:                                  # a body FastAPI did not parse: not sent as JSON
+        whole = [e for e in errs if tuple(e.get("loc", ())) == ("body",) and not isinstance(e.get("input"), dict)]
+        if whole:                                # the body as a whole is not a JSON object
             ctype = request.headers.get("content-type", "none")
-            return JSONResponse({"detail": f"the request body must be a JSON object sent with Content-Type: "
-                                           f"application/json (got Content-Type: {ctype})"}, status_code=400)
+            if not _is_json_type(ctype):         # FastAPI did not parse it: not sent as JSON
+                return JSONResponse({"detail": f"the request body must be a JSON object sent with Content-Type: "
+                                               f"application/json (got Content-Type: {ctype})"}, status_code=400)
+            e = whole[0]
+            v = e.get("input")
+            got = ("the body is empty" if e.get("type") == "missing" else f"got {_json_kind(v)}"
+                   + ("" if v is None else f": {json.dumps(v)[:80]}"))
+            return JSONResponse({"detail": "request body: must be a JSON object with the request's fields, e.g. "
+                                           f'{{"history": ["50", "181"], "k": 10}} ({got})',
+                                 "errors": [{"loc": ["body"], "msg": "must be a JSON object",
+                                             "type": str(e.get("type", ""))}]}, status_code=422)
         items = [{"loc": [p if isinstance(p, (int, str)) else str(p) for p in e.get("loc", ())],
                   "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errs]
         return JSONResponse({"detail": "; ".join(_field_message(e) for e in errs), "errors": items},
@@ -202,9 +316,13 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     async def _sidkit(request: Request, exc: SidkitError):
         return JSONResponse({"detail": str(exc).replace("\n  fix: ", "; fix: ")}, status_code=422)
 
+    def _no_sids():
+        return HTTPException(409, f"model {served.label!r} ({served.model.name}) has no SIDs and the run holds no "
+                                  "codes of its catalogue, so items have no Semantic ID here")
+
     # ------------------------------------------------------------------ endpoints
-    @app.post("/recommend", response_model=RecommendResponse, responses=_errors(400, 413, 422, 503),
-              summary="Top-k items for a history (micro-batched trie-constrained beam search)")
+    @app.post("/recommend", response_model=RecommendResponse, responses=_errors(400, 401, 413, 422, 503),
+              summary="Top-k items for a history (micro-batched; SID models: trie-constrained beam search)")
     async def recommend(req: RecommendRequest):
         ids = req.item_ids()
         idx, unknown = served.index_of(ids)
@@ -213,20 +331,23 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
             raise HTTPException(422, f"unknown item id(s): {uniq[:20]}{' ...' if len(uniq) > 20 else ''} "
                                      f"({len(unknown)} of {len(ids)} history items are not in the served "
                                      f"model's catalogue of {served.n_items} items)")
+        mask = served.mask_seen_default if req.mask_seen is None else req.mask_seen
         try:
-            res = await batcher.submit(RecRequest(np.asarray(idx, np.int64), req.k, req.beam, req.user))
+            res = await batcher.submit(RecRequest(np.asarray(idx, np.int64), req.k, req.beam, req.user, mask))
         except QueueFull as e:
             metrics.rejected += 1
-            return JSONResponse({"detail": f"{e}; retry after {RETRY_AFTER_S} s"}, status_code=503,
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            if drain.draining:
+                headers["Connection"] = "close"
+            return JSONResponse({"detail": f"{e}; retry after {RETRY_AFTER_S} s"}, status_code=503, headers=headers)
         # a plain dict in a JSONResponse: FastAPI would otherwise validate the answer against
         # RecommendResponse once more (the schema still documents it; the tests check conformance)
-        items = [{"item_id": str(served.item_ids[i]), "score": s, "sid": str(served.sid_strings[i]),
+        items = [{"item_id": str(served.item_ids[i]), "score": s, "sid": served.sid_strings[i],
                   "title": served.title(i)} for i, s in zip(res.items.tolist(), res.scores.tolist())]
         return JSONResponse({"model": served.label, "seed": served.seed, "k": req.k, "beam": req.beam,
-                             "items": items})
+                             "mask_seen": mask, "items": items})
 
-    @app.post("/encode", response_model=EncodeResponse, responses=_errors(400, 409, 413, 422),
+    @app.post("/encode", response_model=EncodeResponse, responses=_errors(400, 401, 409, 413, 422),
               summary="The Semantic ID of an item from its text or embedding (the tokenizer's encode)")
     def encode(req: EncodeRequest):
         if served.tokenizer is None:
@@ -251,25 +372,33 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
         tokens, item = served.encode(vec)
         return EncodeResponse(sid=format_sid(tokens), tokens=tokens, catalogue_item=item, new_item=item is None)
 
-    @app.get("/items/{item_id}/sid", response_model=ItemSID, responses=_errors(404, 422),
+    # {item_id:path}: an id may hold '/' (sent as %2F, which the server decodes before routing)
+    @app.get("/items/{item_id:path}/sid", response_model=ItemSID, responses=_errors(401, 404, 409, 422),
              summary="The Semantic ID of a catalogue item")
     async def item_sid(item_id: str):
+        bad = control_character(item_id)
+        if bad:
+            raise HTTPException(422, f"item_id: the id {bad} (got {json.dumps(item_id)[:80]})")
         idx, unknown = served.index_of([item_id])
         if unknown:
             raise HTTPException(404, f"item {item_id[:100]!r} is not in the served model's catalogue "
                                      f"({served.n_items} items)")
         i = int(idx[0])
+        if served.codes is None:
+            raise _no_sids()
         n = int(served.codes.lengths[i])
         return ItemSID(item_id=item_id, sid=served.sid_strings[i],
                        tokens=[int(t) for t in served.codes.codes[i, :n]], title=served.title(i))
 
-    @app.get("/sids/{sid}/item", response_model=ItemSID, responses=_errors(404, 422),
+    @app.get("/sids/{sid}/item", response_model=ItemSID, responses=_errors(401, 404, 409, 422),
              summary="The catalogue item holding a Semantic ID (written like 12-3-7-0)")
     async def sid_item(sid: str):
         try:
             tokens = parse_sid(sid)
         except SidkitError as e:
             raise HTTPException(422, str(e).replace("\n  fix: ", "; fix: ")) from None
+        if served.codes is None:
+            raise _no_sids()
         i = served.item_of_sid(tokens)
         if i < 0:
             raise HTTPException(404, f"no catalogue item has the SID {sid!r} (SIDs have {served.codes.n_levels} "
@@ -279,22 +408,35 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     @app.get("/health", response_model=Health, summary="Liveness and what is served")
     async def health():
         return Health(status="ok", model=served.label, seed=served.seed, model_type=served.model.name,
-                      device=str(served.device), n_items=served.n_items, n_levels=served.codes.n_levels,
+                      generative=served.generative, device=str(served.device), n_items=served.n_items,
+                      n_levels=None if served.codes is None else served.codes.n_levels,
+                      mask_seen_default=served.mask_seen_default, auth=token is not None,
                       max_history_used=served.max_len, queue_depth=batcher.depth,
                       text_encoding=served.text_encoding, text_model_loaded=served.text_model_loaded,
                       text_template=served.text_template(),
                       embedding_dim=served.embedding_dim)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format 0.0.4)",
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(401)})
     async def prometheus():
         return PlainTextResponse(metrics.render(batcher.depth), media_type=CONTENT_TYPE)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse(render_page(served.card(), example, served.text_template()))
+        nonce = secrets.token_urlsafe(18)
+        return HTMLResponse(render_page(served.card(), example, served.text_template(), nonce=nonce,
+                                        auth=token is not None),
+                            headers={"Content-Security-Policy": content_security_policy(nonce),
+                                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
 
     return app
+
+
+def content_security_policy(nonce: str) -> str:
+    """The page's CSP: its own inline script and style (by nonce), requests to this origin
+    only, nothing else (no other script, no plugins, no framing, no base or form targets)."""
+    return (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
+            "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def _version() -> str:

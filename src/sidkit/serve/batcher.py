@@ -12,7 +12,10 @@ fill up without any waiting at all.
 ``fn(items) -> results`` must return one result per item (or raise: every request of
 the batch then gets the exception).  A full queue raises :class:`QueueFull` at once (the
 server answers 503 with ``Retry-After``) instead of letting latency grow without bound.
-``close()`` finishes every queued request before it returns (graceful shutdown).
+``close()`` finishes every queued request before it returns (graceful shutdown);
+``drain()`` makes batches start without waiting for company (the server is shutting
+down: no more is coming) and ``reject_waiting(msg)`` answers the requests still queued,
+and every later one, with :class:`QueueFull` (the shutdown deadline: they get 503).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self._no_wait = False
         self.n_batches = 0
 
     @property
@@ -93,7 +97,7 @@ class MicroBatcher:
                 await self._arrived.wait()
                 continue
             first = self._queue[0][0]
-            while len(self._queue) < self.max_batch and not self._closing:
+            while len(self._queue) < self.max_batch and not (self._closing or self._no_wait):
                 left = first + self.max_wait - time.perf_counter()
                 if left <= 0:
                     break
@@ -123,6 +127,27 @@ class MicroBatcher:
             self.n_batches += 1
             if self.on_batch is not None:
                 self.on_batch(len(live), time.perf_counter() - t0)
+
+    def drain(self) -> None:
+        """Start every batch at once from now on, without waiting for company (on the
+        event loop; the server is shutting down)."""
+        self._no_wait = True
+        if self._arrived is not None:
+            self._arrived.set()
+
+    def reject_waiting(self, message: str) -> int:
+        """Answer every request still queued (not yet in a running batch) with
+        ``QueueFull(message)``, and refuse later ones; the number of requests so answered."""
+        self._closing = True
+        if self._arrived is not None:
+            self._arrived.set()
+        n = 0
+        while self._queue:
+            _, _, fut = self._queue.popleft()
+            if not fut.done():
+                fut.set_exception(QueueFull(message))
+                n += 1
+        return n
 
     async def close(self) -> None:
         """Finish every queued request, then stop the collector and the worker thread."""

@@ -1,4 +1,4 @@
-"""The served model: a generative SID recommender of a ``sidkit run`` directory, loaded once.
+"""The served model: any recommender of a ``sidkit run`` directory, loaded once.
 
 :class:`ServedModel` reads a run directory (README "Run layout")::
 
@@ -9,10 +9,12 @@
     RUN/data/items.*, RUN/items/texts.json       titles and item texts
     RUN/diagnostics/meta.json                    the SID diagnostics headline
 
-Which model: ``label``/``seed`` when given, else the generative SID models of the run
-(``causal_sid`` and ``tiger``, not the ID-only ablation) ranked causal SID first, then
-by mean validation NDCG@10; the seed with the best validation NDCG@10 (lowest seed on a
-tie).  A run without such a model is an error that names the labels it has.
+Which model: ``label``/``seed`` when given (any model of the run: the generative SID
+models ``causal_sid`` and ``tiger`` answer by trie-constrained beam search, SASRec and
+popularity by scoring every item), else the generative SID models of the run (not the
+ID-only ablation) ranked causal SID first, then by mean validation NDCG@10; a run
+without one serves its model with the best mean validation NDCG@10.  Of the model's
+seeds: the best validation NDCG@10 (lowest seed on a tie).
 
 Everything that touches the model runs in one thread (the batcher's worker); the rest
 (lookups, the tokenizer's ``encode``) only reads state that never changes after loading.
@@ -39,11 +41,12 @@ class RecRequest(NamedTuple):
     k: int
     beam: int
     user: str | None = None
+    mask_seen: bool = False  # leave the history's items out of the answer
 
 
 class RecResult(NamedTuple):
     items: np.ndarray        # (n,) int64 catalogue indices, best first (n <= k)
-    scores: np.ndarray       # (n,) float32 summed log-probabilities
+    scores: np.ndarray       # (n,) float32: summed log-probabilities (SID models), the model's scores (others)
 
 
 def _valid_ndcg(rec: dict[str, Any]) -> float:
@@ -62,24 +65,22 @@ def choose_model(doc: dict[str, Any], label: str | None = None, seed: int | None
     if label is not None:
         if label not in labels:
             raise ConfigError(f"the run has no model labelled {label!r}; its models: {listed}",
-                              f"pass --model with one of: {', '.join(sid) or '(no SID model: train one)'}")
-        if label not in sid:
-            raise ConfigError(f"model {label!r} is {kinds[label].get('type')!r}"
-                              f"{' with id_only = true' if kinds[label].get('id_only') else ''}, not a generative "
-                              f"Semantic-ID model: sidkit serve serves causal_sid or tiger models",
-                              f"pass --model with one of: {', '.join(sid) or '(none in this run: train one)'}")
+                              f"pass --model with one of: {', '.join(labels) or '(none: train one)'}")
     else:
-        if not sid:
-            raise ConfigError(f"the run has no generative Semantic-ID model to serve; its models: {listed}",
-                              'train one, e.g. add [[models]] type = "causal_sid" to the config and rerun '
-                              "sidkit run (the default run trains one)")
+        if not labels:
+            raise ConfigError("the run lists no trained model to serve",
+                              "train one, e.g. sidkit run --out RUN (the default run trains popularity, SASRec "
+                              "and a causal SID model)")
         summary = doc.get("summary") or {}
 
         def mean_valid(lb):
             v = ((summary.get(lb) or {}).get("valid") or {}).get("ndcg@10") or {}
             return v.get("mean", float("-inf"))
 
-        label = max(sid, key=lambda lb: (kinds[lb].get("type") == "causal_sid", mean_valid(lb), -sid.index(lb)))
+        if sid:
+            label = max(sid, key=lambda lb: (kinds[lb].get("type") == "causal_sid", mean_valid(lb), -sid.index(lb)))
+        else:                                   # no SID model: the run's best model
+            label = max(labels, key=lambda lb: (mean_valid(lb), -labels.index(lb)))
     recs = [r for r in doc.get("records") or [] if r.get("label") == label]
     if not recs:
         raise ArtifactError(f"metrics.json lists model {label!r} but holds no record of it",
@@ -107,7 +108,7 @@ def parse_sid(text: str) -> list[int]:
 
 
 class ServedModel:
-    """A run's SID recommender with its catalogue, SIDs, tokenizer and model card.
+    """A run's recommender with its catalogue, SIDs, tokenizer and model card.
 
     Parameters: ``run_dir``; ``label`` and ``seed`` (default: see the module docstring);
     ``device`` ("auto": CUDA when present).
@@ -132,22 +133,30 @@ class ServedModel:
         self.seed = int(self.record.get("seed", 0))
         mdir = run / "recommender" / "models" / self.label / f"seed-{self.seed}"
         model = Recommender.load(mdir)
-        if not isinstance(model, SIDRecommender):
-            raise ArtifactError(f"{mdir} holds a {model.name!r} model, not a generative SID model",
-                                "retrain the run's recommenders (sidkit run --force)")
+        self.generative = isinstance(model, SIDRecommender)     # beam search over SIDs; else scores every item
         self.device = resolve_device(device)
-        self.model = model.to(self.device)
-        self.model.module_.eval()
+        if hasattr(model, "module_"):                            # torch models (popularity has no module)
+            model = model.to(self.device)
+            model.module_.eval()
+        self.model = model
         self.item_ids = np.asarray(model.item_ids_, dtype=str)
         self._order = np.argsort(self.item_ids, kind="stable")
         self._sorted = self.item_ids[self._order]
-        self.codes = model.tokens_.codes                 # the SIDs the model decodes, catalogue order
         self.n_items = len(self.item_ids)
-        self.max_len = int(getattr(model, "max_len", 0) or 0)
+        self.max_len = int(getattr(model, "max_len", 0) or 0)          # popularity: none (reads no history)
         self.uses_user_ids = bool(getattr(model, "uses_user_ids", False))
-        self.sid_strings = np.array([format_sid(c[:n]) for c, n in zip(self.codes.codes, self.codes.lengths)])
-        self.titles = self._titles()
         self._load_tokenizer()
+        # the SIDs shown per item: a SID model's own (what it decodes), else the run's codes
+        self.codes = model.tokens_.codes if self.generative else self._run_codes_in_model_order()
+        if self.codes is not None:
+            self.sid_strings = np.array([format_sid(c[:n]) for c, n in zip(self.codes.codes, self.codes.lengths)],
+                                        dtype=object)
+        else:
+            self.sid_strings = np.full(self.n_items, None, dtype=object)
+        self.titles = self._titles()
+        train_cfg = ((self.metrics.get("models") or {}).get(self.label) or {}).get("train") or {}
+        self.mask_seen_default = bool(train_cfg.get("mask_seen", (self.metrics.get("protocol") or {})
+                                                    .get("mask_seen", False)))
         self._embedder = None
         self._embed_lock = threading.Lock()
         self.text_model_off = False                      # the server's --text-model off
@@ -178,7 +187,8 @@ class ServedModel:
         return np.where(found, vals[order][pos], None)
 
     def _load_tokenizer(self) -> None:
-        """The run's tokenizer (for /encode) when the model decodes the run's own SIDs."""
+        """The run's codes and tokenizer (for /encode; for a SID model only when it decodes
+        the run's own SIDs)."""
         from ..tokenizers import Tokenizer
         from ..types import Codes
 
@@ -186,9 +196,12 @@ class ServedModel:
         self.embed_meta: dict[str, Any] = {}
         self.encode_unavailable = None
         codes_dir = self.run_dir / "codes"
-        if self.record.get("tokenizer") is None:
+        if self.generative and self.record.get("tokenizer") is None:
             self.encode_unavailable = (f"model {self.label!r} was trained on SIDs from outside this run, so the "
                                        "run's tokenizer does not give its SIDs")
+            return
+        if not (codes_dir / "tokenizer").exists():
+            self.encode_unavailable = f"the run has no tokenizer ({codes_dir / 'tokenizer'} is missing)"
             return
         try:
             self.tokenizer = Tokenizer.load(codes_dir / "tokenizer")
@@ -206,6 +219,20 @@ class ServedModel:
         self.embedding_dim = int(d) if d is not None else emb.get("dim")
         self.embed_source = emb.get("source")
         self.embed_meta = emb.get("meta") or {}
+
+    def _run_codes_in_model_order(self):
+        """The run's Codes with rows in the served model's catalogue order (None when the run
+        has none, or they miss a catalogue item)."""
+        cat = self.run_codes
+        if cat is None or cat.item_ids is None:
+            return None
+        have = np.asarray(cat.item_ids).astype(str)
+        order = np.argsort(have, kind="stable")
+        pos = np.minimum(np.searchsorted(have[order], self.item_ids), len(have) - 1)
+        if (have[order][pos] != self.item_ids).any():
+            return None
+        rows = order[pos]
+        return cat.replace(codes=cat.codes[rows], lengths=cat.lengths[rows], item_ids=self.item_ids)
 
     @property
     def text_encoding(self) -> bool:
@@ -230,17 +257,22 @@ class ServedModel:
 
     # ------------------------------------------------------------------ lookups
     def index_of(self, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """Catalogue indices of ``ids`` and the ids that are not in the catalogue."""
-        q = np.asarray(list(ids), dtype=str)
+        """Catalogue indices of ``ids`` and the ids that are not in the catalogue (exact
+        matches: numpy's string arrays drop trailing NULs, so every hit is compared again
+        as a Python string)."""
+        ids = [str(i) for i in ids]
+        q = np.asarray(ids, dtype=str)
         pos = np.clip(np.searchsorted(self._sorted, q), 0, self.n_items - 1)
-        found = self._sorted[pos] == q
-        return self._order[pos], q[~found].tolist()
+        found = np.array([str(self._sorted[p]) == i for p, i in zip(pos.tolist(), ids)], dtype=bool)
+        return self._order[pos], [i for i, f in zip(ids, found) if not f]
 
     def title(self, i: int) -> str | None:
         return None if self.titles is None or self.titles[i] is None else str(self.titles[i])
 
     def item_of_sid(self, tokens: Sequence[int]) -> int:
         """Catalogue index of the item holding this SID, or -1."""
+        if self.codes is None:
+            return -1
         W = self.codes.n_levels
         if not 1 <= len(tokens) <= W:
             return -1
@@ -253,30 +285,76 @@ class ServedModel:
 
     # ---------------------------------------------------------------- inference
     def recommend_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
-        """Answer a batch of requests with one beam search per (beam width, user-token use)."""
+        """Answer a batch of requests: SID models with one beam search per (beam width,
+        user-token use, mask_seen), the others with one scoring of every item."""
         import torch
 
         with torch.inference_mode():
             return self._recommend_batch(reqs)
 
+    def _exclude(self, reqs: Sequence[RecRequest]) -> np.ndarray:
+        """(B, N) boolean mask: each masked request's history items (all of them)."""
+        ex = np.zeros((len(reqs), self.n_items), bool)
+        for j, r in enumerate(reqs):
+            if r.mask_seen:
+                ex[j, r.history] = True
+        return ex
+
+    def _padded(self, reqs: Sequence[RecRequest]) -> np.ndarray:
+        """Left-padded (B, H) history tokens (catalogue index + 1; each request's last
+        ``max_len`` items)."""
+        n = self.max_len or (1 if self.model.name == "popularity" else 0)     # popularity reads none
+        hs = [r.history[-n:] if n else r.history for r in reqs]
+        H = max(len(h) for h in hs)
+        h = np.zeros((len(reqs), H), np.int64)
+        for j, hist in enumerate(hs):
+            h[j, H - len(hist):] = hist + 1
+        return h
+
     def _recommend_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
+        if not self.generative:
+            return self._score_batch(reqs)
         out: list[RecResult | None] = [None] * len(reqs)
-        groups: dict[tuple[int, bool], list[int]] = {}
+        groups: dict[tuple[int, bool, bool], list[int]] = {}
         for i, r in enumerate(reqs):
-            groups.setdefault((r.beam, self.uses_user_ids and r.user is not None), []).append(i)
-        for (beam, with_users), rows in groups.items():
-            hs = [reqs[i].history[-self.max_len:] if self.max_len else reqs[i].history for i in rows]
-            H = max(len(h) for h in hs)
-            h = np.zeros((len(rows), H), np.int64)             # left-padded, catalogue index + 1
-            for j, hist in enumerate(hs):
-                h[j, H - len(hist):] = hist + 1
-            k = min(max(reqs[i].k for i in rows), self.n_items)
-            kw = {"users": np.asarray([reqs[i].user for i in rows], dtype=str)} if with_users else {}
+            groups.setdefault((r.beam, self.uses_user_ids and r.user is not None, r.mask_seen), []).append(i)
+        for (beam, with_users, masked), rows in groups.items():
+            sub = [reqs[i] for i in rows]
+            h = self._padded(sub)
+            k = min(max(r.k for r in sub), self.n_items)
+            kw: dict[str, Any] = {"users": np.asarray([r.user for r in sub], dtype=str)} if with_users else {}
+            ex = self._exclude(sub) if masked else None
+            if ex is not None:
+                kw["exclude"] = ex
             res = self.model.decode(h, k, beam=max(beam, k), **kw)
-            for j, i in enumerate(rows):
-                items, scores = res.items[j, :reqs[i].k], res.scores[j, :reqs[i].k]
+            for j, (i, r) in enumerate(zip(rows, sub)):
+                items, scores = res.items[j, :r.k], res.scores[j, :r.k]
                 keep = (items >= 0) & np.isfinite(scores)
+                if ex is not None:
+                    keep &= ~ex[j, np.maximum(items, 0)]
                 out[i] = RecResult(items[keep], scores[keep])
+        return out
+
+    def _score_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
+        """Models that score every item (SASRec, popularity): one ``scores`` call for the
+        batch, the top-k of each row as ``Recommender.recommend`` ranks them (ties: lower
+        catalogue index; masked items never returned)."""
+        import torch
+
+        from ..eval.metrics import topk_from_scores
+
+        s = self.model.scores(self._padded(reqs))
+        k = min(max(r.k for r in reqs), self.n_items)
+        ex = self._exclude(reqs) if any(r.mask_seen for r in reqs) else None
+        top = topk_from_scores(s, k, exclude=ex)
+        vals = torch.gather(s.float(), 1, torch.as_tensor(top, device=s.device)).cpu().numpy()
+        out = []
+        for j, r in enumerate(reqs):
+            items, scores = top[j, :r.k], vals[j, :r.k]
+            keep = np.isfinite(scores)
+            if r.mask_seen:
+                keep &= ~ex[j, items]
+            out.append(RecResult(items[keep], scores[keep]))
         return out
 
     def encode(self, vector: np.ndarray) -> tuple[list[int], str | None]:
@@ -343,6 +421,7 @@ class ServedModel:
                 pass
         model_cfg = (doc.get("models") or {}).get(self.label) or {}
         return {"run": str(run), "label": self.label, "seed": self.seed, "type": self.model.name,
+                "generative": self.generative, "mask_seen_default": self.mask_seen_default,
                 "device": str(self.device), "n_items": self.n_items, "protocol": doc.get("protocol") or {},
                 "data": meta_summary("data"), "codes": codes_summary, "diagnostics": meta_summary("diagnostics"),
                 "summary": doc.get("summary") or {}, "labels": doc.get("labels") or [],

@@ -3,14 +3,18 @@
 The bounds here are the API's contract and appear in the OpenAPI schema: a history of
 1..``MAX_HISTORY`` item ids, ``1 <= k <= MAX_K``, ``1 <= beam <= MAX_BEAM`` and
 ``beam >= k``.  Item ids are strings; JSON integers are accepted too (MovieLens ids
-are numbers) and read as their decimal string.
+are numbers) and read as their decimal string.  An id (or user id) holding a control
+character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) is refused with a 422
+that names the character and its position: ids are matched exactly, and no catalogue id
+holds one.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import unicodedata
+from typing import Annotated, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 MAX_HISTORY = 1000
 MAX_K = 100
@@ -18,7 +22,27 @@ MAX_BEAM = 100
 MAX_TEXT = 10_000
 MAX_DIM = 8192
 
-ItemId = Union[StrictStr, StrictInt]
+
+
+def control_character(text: str) -> str | None:
+    """``None`` when ``text`` holds no control character, else what is wrong with it
+    (the first one, written as U+XXXX, and its 0-based position)."""
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cc":
+            return (f"holds the control character U+{ord(ch):04X} at position {i}; ids are matched "
+                    "exactly and never hold control characters (U+0000-U+001F, U+007F-U+009F)")
+    return None
+
+
+def _no_control(v):
+    if isinstance(v, str):
+        bad = control_character(v)
+        if bad:
+            raise ValueError(f"the id {bad}")
+    return v
+
+
+ItemId = Annotated[Union[StrictStr, StrictInt], AfterValidator(_no_control)]
 
 
 def _strict(example: dict) -> ConfigDict:
@@ -33,8 +57,12 @@ class RecommendRequest(BaseModel):
         description="Item ids the user interacted with, oldest first (the model reads the most recent ones).")
     k: int = Field(10, ge=1, le=MAX_K, description="Number of items to return.")
     beam: int = Field(20, ge=1, le=MAX_BEAM, description="Beam width of the trie-constrained beam search (>= k).")
-    user: Optional[StrictStr] = Field(
+    user: Optional[Annotated[StrictStr, AfterValidator(_no_control)]] = Field(
         None, max_length=200, description="User id (only models with user tokens, e.g. TIGER, use it).")
+    mask_seen: Optional[bool] = Field(
+        None, description="Leave the history's items out of the answer (true) or not (false); the list is "
+                          "still filled with other items. Default (null): the served model's evaluation "
+                          "setting (train.mask_seen of the run; GET /health's mask_seen_default).")
 
     @model_validator(mode="after")
     def _beam_covers_k(self):
@@ -51,20 +79,25 @@ class RecommendedItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: str
-    score: float = Field(..., description="Summed log-probability of the item's SID tokens (higher is better).")
-    sid: str = Field(..., description="The item's Semantic ID, tokens joined by '-'.")
+    score: float = Field(..., description="The model's score, higher is better: for SID models the summed "
+                                          "log-probability of the item's SID tokens, for SASRec its logit, "
+                                          "for popularity the item's number of training interactions.")
+    sid: Optional[str] = Field(..., description="The item's Semantic ID, tokens joined by '-' (null when "
+                                                "the run has no SIDs).")
     title: Optional[str] = None
 
 
 class RecommendResponse(BaseModel):
-    model_config = _strict({"model": "causal_sid", "seed": 0, "k": 2, "beam": 20, "items": [
+    model_config = _strict({"model": "causal_sid", "seed": 0, "k": 2, "beam": 20, "mask_seen": False, "items": [
         {"item_id": "100", "score": -2.31, "sid": "12-3-7-0", "title": "Fargo"},
         {"item_id": "181", "score": -2.87, "sid": "4-9-1-0", "title": "Return of the Jedi"}]})
 
     model: str
     seed: int
     k: int
-    beam: int
+    beam: int = Field(..., description="The beam width asked for (models that score every item, SASRec and "
+                                       "popularity, do not use it).")
+    mask_seen: bool = Field(..., description="Whether the history's items were left out.")
     items: list[RecommendedItem]
 
 
@@ -114,9 +147,13 @@ class Health(BaseModel):
     model: str
     seed: int
     model_type: str
+    generative: bool = Field(..., description="True for SID models (beam search over Semantic IDs), false "
+                                              "for models that score every item (SASRec, popularity).")
     device: str
     n_items: int
-    n_levels: int
+    n_levels: Optional[int] = Field(..., description="Tokens per SID (null when the run has no SIDs).")
+    mask_seen_default: bool = Field(..., description="What a request without mask_seen gets.")
+    auth: bool = Field(..., description="Whether the server asks for a bearer token (--token).")
     max_history_used: int = Field(..., description="How many of the most recent history items the model reads.")
     queue_depth: int
     text_encoding: bool = Field(..., description="Whether POST /encode accepts text (the run has text embeddings "
