@@ -25,6 +25,10 @@ takes CPU from it; the load average at the start and end is recorded.
 Goals (issue 12, 2-core CPU): p99 < 100 ms at concurrency 1, >= 200 recommendations/s at
 concurrency 32.
 
+``--model LABEL`` serves another model of the run (e.g. ``sasrec`` or ``popularity`` for an
+A/B comparison with the causal SID model); ``--mask-seen`` sends ``mask_seen: true``.  When
+``SIDKIT_SERVE_TOKEN`` is set, the started server requires it and the clients send it.
+
 ``--model-only [--batches 1,8,32,64] [--profile]`` times the served model's batched beam
 search in-process instead (no HTTP, no client), to separate the model's cost from the
 HTTP stack's; ``--in-process`` runs the load levels against the app in this process
@@ -56,6 +60,12 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SERVER_LOG = Path(tempfile.gettempdir()) / f"sidkit-serve-bench-{os.getpid()}.log"
 
 
+def auth_headers() -> dict[str, str]:
+    """The bearer token of ``SIDKIT_SERVE_TOKEN`` (which the started server reads too)."""
+    token = os.environ.get("SIDKIT_SERVE_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,6 +88,8 @@ def start_server(run: Path, port: int, args) -> subprocess.Popen:
            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "1024"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.model:
+        cmd += ["--model", args.model]
     env = {**os.environ, "SIDKIT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(SERVER_LOG, "wb"))
 
@@ -93,7 +105,7 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) ->
             raise SystemExit(f"sidkit serve exited with {proc.returncode}: "
                              f"{SERVER_LOG.read_text()[-3000:]}")
         try:
-            r = httpx.get(url + "/health", timeout=2)
+            r = httpx.get(url + "/health", timeout=2, headers=auth_headers())
             h = r.json() if r.status_code == 200 else {}
             if h and (h.get("text_model_loaded") or not h.get("text_encoding")):
                 return h
@@ -149,7 +161,8 @@ class RawClient:
         if self.conn is None:
             self.conn = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.conn
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        auth = "".join(f"{k}: {v}\r\n" for k, v in auth_headers().items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n{auth}"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
@@ -165,15 +178,16 @@ class RawClient:
 
 
 async def level_raw(url: str, hists: list[list[str]], n: int, conc: int, k: int, beam: int, offset: int,
-                    server_pid: int | None = None) -> dict:
+                    server_pid: int | None = None, mask_seen: bool = False) -> dict:
     """:func:`level` with one :class:`RawClient` connection per worker."""
     import httpx
 
     lat: list[float] = []
     errors: list[str] = []
     nxt = {"i": 0}
-    before = batch_stats(httpx.get(url + "/metrics").text)
-    bodies = [json.dumps({"history": h, "k": k, "beam": beam}).encode() for h in hists]  # off the clock
+    before = batch_stats(httpx.get(url + "/metrics", headers=auth_headers()).text)
+    bodies = [json.dumps({"history": h, "k": k, "beam": beam, "mask_seen": mask_seen}).encode()
+              for h in hists]                                                           # off the clock
     clients = [RawClient(url) for _ in range(conc)]
 
     async def worker(client):
@@ -196,22 +210,24 @@ async def level_raw(url: str, hists: list[list[str]], n: int, conc: int, k: int,
     s1, c1 = cpu_seconds(server_pid), time.process_time()
     for c in clients:
         await c.close()
-    after = batch_stats(httpx.get(url + "/metrics").text)
+    after = batch_stats(httpx.get(url + "/metrics", headers=auth_headers()).text)
     return _level_stats(lat, errors, n, conc, wall, before, after, (s0, s1), (c0, c1))
 
 
 async def level(url: str, hists: list[list[str]], n: int, conc: int, k: int, beam: int, offset: int,
-                server_pid: int | None = None, transport=None) -> dict:
+                server_pid: int | None = None, transport=None, mask_seen: bool = False) -> dict:
     import httpx
 
     lat: list[float] = []
     errors: list[str] = []
     nxt = {"i": 0}
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport,
+                                 headers=auth_headers()) as client:
         before = batch_stats((await client.get("/metrics")).text)
 
-        bodies = [json.dumps({"history": h, "k": k, "beam": beam}).encode() for h in hists]  # off the clock
+        bodies = [json.dumps({"history": h, "k": k, "beam": beam, "mask_seen": mask_seen}).encode()
+                  for h in hists]                                                       # off the clock
         headers = {"content-type": "application/json"}
 
         async def worker():
@@ -248,17 +264,17 @@ def in_process(args) -> list[dict]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    app = create_app(args.run, device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                     max_queue=1024, text_model="off")
+    app = create_app(args.run, label=args.model, device=args.device, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, max_queue=1024, text_model="off")
     hists = histories(args.run)
 
     async def run_all():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             await level("http://in-process", hists, args.warmup, 4, args.k, args.beam, offset=len(hists) // 2,
-                        transport=transport)
+                        transport=transport, mask_seen=args.mask_seen)
             return [await level("http://in-process", hists, args.requests, int(c), args.k, args.beam, offset=0,
-                                transport=transport) for c in args.concurrency.split(",")]
+                                transport=transport, mask_seen=args.mask_seen) for c in args.concurrency.split(",")]
 
     return asyncio.run(run_all())
 
@@ -273,8 +289,8 @@ def model_only(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    served = ServedModel(args.run, device=args.device)
-    reqs = [RecRequest(served.index_of(h)[0], args.k, args.beam) for h in histories(args.run)]
+    served = ServedModel(args.run, label=args.model, device=args.device)
+    reqs = [RecRequest(served.index_of(h)[0], args.k, args.beam, None, args.mask_seen) for h in histories(args.run)]
     sizes = [int(b) for b in args.batches.split(",")]
     load0 = [round(v, 2) for v in os.getloadavg()]
     served.recommend_batch(reqs[:max(sizes)])                      # warm-up
@@ -300,7 +316,10 @@ def model_only(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="run directory with a trained causal SID model")
+    ap.add_argument("run", type=Path, help="run directory with a trained model (default: its causal SID model)")
+    ap.add_argument("--model", default=None, help="model label to serve (e.g. sasrec, popularity; default: the "
+                                                  "server's choice, the best causal SID model)")
+    ap.add_argument("--mask-seen", action="store_true", help="requests with mask_seen: true")
     ap.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--beam", type=int, default=20)
@@ -364,9 +383,11 @@ def main() -> None:
         hists = histories(args.run)
         info = machine()
         run_level = level_raw if args.client == "raw" else level
-        asyncio.run(run_level(url, hists, args.warmup, 4, args.k, args.beam, offset=len(hists) // 2))
+        asyncio.run(run_level(url, hists, args.warmup, 4, args.k, args.beam, offset=len(hists) // 2,
+                              mask_seen=args.mask_seen))
         pid = proc.pid if proc is not None else None
-        rows = [asyncio.run(run_level(url, hists, args.requests, int(c), args.k, args.beam, offset=0, server_pid=pid))
+        rows = [asyncio.run(run_level(url, hists, args.requests, int(c), args.k, args.beam, offset=0, server_pid=pid,
+                                      mask_seen=args.mask_seen))
                 for c in args.concurrency.split(",")]
         info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     finally:
@@ -376,14 +397,17 @@ def main() -> None:
     cmd = "python benchmarks/serve.py " + " ".join(sys.argv[1:])
     doc = {"command": cmd, "machine": info, "server": health, "startup_s": startup,
            "settings": {"k": args.k, "beam": args.beam, "max_batch": args.max_batch,
-                        "max_wait_ms": args.max_wait_ms, "threads": args.threads, "requests": args.requests},
+                        "max_wait_ms": args.max_wait_ms, "threads": args.threads, "requests": args.requests,
+                        "mask_seen": args.mask_seen},
            "levels": rows}
     (RESULTS / f"serve{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [f"# sidkit serve: POST /recommend load test{args.tag}", "",
              f"Command: `{cmd}`", "",
              f"Model {health['model']} ({health['model_type']}, seed {health['seed']}) on {health['device']}, "
-             f"{health['n_items']} items, SIDs of {health['n_levels']} tokens, history: last "
-             f"{health['max_history_used']} items; k {args.k}, beam {args.beam}; batches of <= {args.max_batch} "
+             f"{health['n_items']} items, SIDs of {health.get('n_levels')} tokens, history: last "
+             f"{health['max_history_used']} items; k {args.k}, beam {args.beam}"
+             f"{' (not used: the model scores every item)' if health.get('generative') is False else ''}"
+             f"{', mask_seen' if args.mask_seen else ''}; batches of <= {args.max_batch} "
              f"requests, <= {args.max_wait_ms:g} ms wait; server torch threads "
              f"{args.threads or 'default'}; {args.requests} requests per level (closed loop, "
              f"{'a minimal asyncio HTTP/1.1 keep-alive client' if args.client == 'raw' else 'async httpx client'} "
