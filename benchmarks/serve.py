@@ -29,6 +29,11 @@ concurrency 32.
 A/B comparison with the causal SID model); ``--mask-seen`` sends ``mask_seen: true``.  When
 ``SIDKIT_SERVE_TOKEN`` is set, the started server requires it and the clients send it.
 
+``--shutdown-burst N`` measures the graceful shutdown instead (issue 23): N requests on N
+connections, each still arriving (head sent but for its last line break) when SIGTERM
+comes, the rest 0.1 s after it, plus N/10 requests on new connections; reports how many
+got 200, 503 or no answer (reset, EOF, refused) and when the process exited.
+
 ``--model-only [--batches 1,8,32,64] [--profile]`` times the served model's batched beam
 search in-process instead (no HTTP, no client), to separate the model's cost from the
 HTTP stack's; ``--in-process`` runs the load levels against the app in this process
@@ -279,6 +284,83 @@ def in_process(args) -> list[dict]:
     return asyncio.run(run_all())
 
 
+async def _exchange(port: int, request: bytes, written: list, go: asyncio.Event | None) -> str:
+    """One request on its own connection; its status code, or what went wrong."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as e:
+        return f"refused ({type(e).__name__})"
+    try:
+        cut = request.index(b"\r\n\r\n") if go is not None else len(request)
+        writer.write(request[:cut])
+        await writer.drain()
+        written.append(1)
+        if go is not None:
+            await go.wait()
+            writer.write(request[cut:])
+            await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 60)
+        writer.close()
+        return line.split()[1].decode() if line else "EOF"
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+        return type(e).__name__
+
+
+def shutdown_burst(args) -> None:
+    """``--shutdown-burst N``: SIGTERM while N requests arrive (see the module docstring)."""
+    import signal
+    from collections import Counter
+
+    n = args.shutdown_burst
+    if not 1 <= n <= 1000:
+        raise SystemExit("--shutdown-burst must lie in 1..1000 (a bounded test)")
+    RESULTS.mkdir(exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(args.run, port, args)
+    try:
+        wait_ready(url, proc)
+        hists = histories(args.run)
+        auth = "".join(f"{k}: {v}\r\n" for k, v in auth_headers().items()).encode()
+
+        def request(i: int) -> bytes:
+            body = json.dumps({"history": hists[i % len(hists)], "k": args.k, "beam": args.beam}).encode()
+            return (b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + auth +
+                    b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+        async def scenario():
+            go, written = asyncio.Event(), []
+            tasks = [asyncio.create_task(_exchange(port, request(i), written, go)) for i in range(n)]
+            t0 = time.monotonic()
+            while len(written) < n and time.monotonic() - t0 < 60:
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            t_sig = time.monotonic()
+            await asyncio.sleep(0.1)
+            go.set()
+            late = [asyncio.create_task(_exchange(port, request(i), [], None)) for i in range(max(1, n // 10))]
+            return t_sig, await asyncio.gather(*tasks), await asyncio.gather(*late)
+
+        t_sig, res, late = asyncio.run(scenario())
+        rc = proc.wait(120)
+        t_exit = time.monotonic() - t_sig
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    cmd = "python benchmarks/serve.py " + " ".join(sys.argv[1:])
+    doc = {"command": cmd, "machine": machine(), "arriving": dict(Counter(res)), "late": dict(Counter(late)),
+           "exit_code": rc, "exit_seconds_after_signal": round(t_exit, 2)}
+    (RESULTS / f"serve_shutdown{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = (f"# sidkit serve: SIGTERM during a burst{args.tag}\n\nCommand: `{cmd}`\n\n"
+          f"- {n} requests arriving at the signal: {dict(Counter(res))}\n"
+          f"- {len(late)} requests on new connections 0.1 s after it: {dict(Counter(late))}\n"
+          f"- exit code {rc}, {t_exit:.2f} s after the signal\n")
+    (RESULTS / f"serve_shutdown{args.tag}.md").write_text(md)
+    print(md)
+
+
 def model_only(args) -> None:
     """``--model-only``: the served model's batched beam search in-process, no HTTP
     (``ServedModel.recommend_batch`` on real histories), median of ``--repeat`` calls per
@@ -332,6 +414,8 @@ def main() -> None:
     ap.add_argument("--url", default=None, help="an already running server on this machine (loopback only)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--model-only", action="store_true", help="time the batched beam search in-process, no HTTP")
+    ap.add_argument("--shutdown-burst", type=int, default=0, metavar="N",
+                    help="SIGTERM while N requests arrive: how many are answered (200/503) or lost")
     ap.add_argument("--batches", default="1,8,32,64", help="--model-only: batch sizes")
     ap.add_argument("--repeat", type=int, default=5, help="--model-only: calls per batch size")
     ap.add_argument("--profile", action="store_true", help="--model-only: torch profiler of the largest batch")
@@ -344,6 +428,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.model_only:
         model_only(args)
+        return
+    if args.shutdown_burst:
+        shutdown_burst(args)
         return
     if args.in_process:
         info = machine()
