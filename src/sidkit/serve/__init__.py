@@ -1,8 +1,10 @@
 """Serving a trained run: ``sidkit serve RUN_DIR`` (docs/serving.md).
 
 - :func:`create_app`: the FastAPI app of a run directory (model loaded once),
-- :class:`ServedModel`: the run's generative SID recommender, catalogue, SIDs, tokenizer,
-- :class:`MicroBatcher`: concurrent requests gathered into one batched beam search.
+- :class:`ServedModel`: the run's recommender (a generative SID model by default; SASRec or
+  popularity on request), catalogue, SIDs, tokenizer,
+- :class:`MicroBatcher`: concurrent requests gathered into one batched beam search,
+- :func:`sidkit.serve.server.run`: uvicorn with a drained, bounded shutdown.
 
 Needs the ``serve`` extra (``pip install "sidkit[serve]"``: FastAPI and uvicorn).
 """

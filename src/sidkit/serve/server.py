@@ -16,10 +16,12 @@ On the first SIGTERM (or Ctrl-C) the server **drains**:
 
 Deadline ``shutdown_timeout`` (``--shutdown-timeout``, default 20 s): at
 ``shutdown_timeout - min(1, shutdown_timeout / 2)`` seconds the requests still waiting in
-the queue are answered 503 and the shutdown proper starts whatever is in flight; at
+the queue are answered 503 and the shutdown proper starts; at
 ``shutdown_timeout - min(0.5, shutdown_timeout / 4)`` seconds the requests still in flight
 (their batch still running) are answered 503 too; at ``shutdown_timeout`` seconds a
-watchdog ends the process (exit code 143) even if that batch is still running.  A second signal skips the quiet period; a second Ctrl-C quits at once.
+watchdog ends the process (exit code 128 + the signal) even if that batch is still
+running.  A second signal ends the drain at once (the requests in flight are still
+waited for, within the deadline).
 """
 
 from __future__ import annotations
