@@ -1,0 +1,197 @@
+"""New items without retraining (issue 25): ``sidkit.models.catalogue.add_items``.
+
+A tiny causal SID model is trained on clustered users (user u only ever interacts with
+items of cluster ``u % 5``; SID = (cluster, slot)); items of slot 5 are never seen.
+Added afterwards with their content SID (their cluster), the model recommends them to
+the users of their cluster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sidkit.config import TrainConfig
+from sidkit.data import Interactions, leave_one_out
+from sidkit.errors import ArtifactError, DataError
+from sidkit.eval import SequenceData
+from sidkit.models import CausalSID, Recommender
+from sidkit.models.catalogue import MAX_ADD_ITEMS, add_items, check_new_ids, item_sids
+from sidkit.types import Codes
+
+N_CLUSTERS, WARM_SLOTS = 5, 5
+TINY = {"hidden": 32, "n_layers": 1, "n_heads": 2, "max_len": 6, "dropout": 0.0, "beam": 10}
+TRAIN = TrainConfig(epochs=15, patience=15, lr=1e-2, warmup_steps=0, batch_size=32, eval_every=5)
+
+
+def warm_slots(c):
+    """Slots of cluster c's warm items: 0..5 but c (the new item's slot, so every slot token
+    is trained, never after prefix c)."""
+    return [j for j in range(WARM_SLOTS + 1) if j != c]
+
+
+def warm_id(c, j):
+    return f"w{c}{warm_slots(c)[j]}"
+
+
+def new_id(c):
+    return f"n{c}"
+
+
+def clustered_data(n_users=50, length=10, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        c = u % N_CLUSTERS
+        for t in range(length):
+            rows.append((f"u{u:02d}", warm_id(c, int(rng.integers(WARM_SLOTS))), t))
+    return SequenceData.from_split(leave_one_out(Interactions(pd.DataFrame(
+        rows, columns=["user_id", "item_id", "timestamp"]))))
+
+
+def warm_codes():
+    ids = [warm_id(c, j) for c in range(N_CLUSTERS) for j in range(WARM_SLOTS)]
+    codes = np.array([[c, warm_slots(c)[j]] for c in range(N_CLUSTERS) for j in range(WARM_SLOTS)])
+    return Codes(codes, (N_CLUSTERS, WARM_SLOTS + 1), collision_rule="extra_level", item_ids=np.array(ids))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    data = clustered_data()
+    torch.manual_seed(0)
+    model = CausalSID(**TINY).fit(data, codes=warm_codes(), train=TRAIN, seed=0, device="cpu", progress=False)
+    yield data, model
+    torch.set_num_threads(old)
+
+
+def _new_codes(last=None, rule="extra_level"):
+    ids = [new_id(c) for c in range(N_CLUSTERS)]
+    lasts = list(range(N_CLUSTERS)) if last is None else [last] * N_CLUSTERS
+    return ids, Codes(np.array([[c, t] for c, t in enumerate(lasts)]), (N_CLUSTERS, max(max(lasts) + 1, 6)),
+                      collision_rule=rule, item_ids=np.array(ids))
+
+
+def _cluster_histories(model, c, n=3):
+    ids = [warm_id(c, j) for j in range(n)]
+    pos = np.searchsorted(model.item_ids_, ids)
+    return np.asarray(pos + 1)[None, :]
+
+
+def _top_excluding_cluster(model, c, k=1):
+    """Top-k for a history of cluster c with every warm item of cluster c excluded."""
+    hist = _cluster_histories(model, c)
+    ex = np.zeros((1, model.n_items), bool)
+    ex[0, np.searchsorted(model.item_ids_, [warm_id(c, j) for j in range(WARM_SLOTS)])] = True
+    return [str(model.item_ids_[i]) for i in model.recommend(hist, k, exclude=ex)[0]]
+
+
+def test_added_items_are_recommended_for_matching_content(fitted):
+    data, model = fitted
+    ids, codes = _new_codes()
+    before_ids = model.item_ids_.copy()
+    new = add_items(model, ids, codes)
+    # the input model is untouched
+    assert np.array_equal(model.item_ids_, before_ids) and model.n_items == N_CLUSTERS * WARM_SLOTS
+    assert new.n_items == N_CLUSTERS * (WARM_SLOTS + 1)
+    assert list(new.item_ids_) == sorted(new.item_ids_.tolist())
+    assert new.module_ is model.module_                        # no retraining, shared weights
+    for c in range(N_CLUSTERS):
+        assert _top_excluding_cluster(new, c) == [new_id(c)], c
+    # the warm items keep their SIDs
+    warm = [warm_id(c, j) for c in range(N_CLUSTERS) for j in range(WARM_SLOTS)]
+    assert np.array_equal(item_sids(new, warm), item_sids(model, warm))
+    assert item_sids(new, [new_id(2)]).tolist() == [[2, 2]]
+
+
+def test_catalogue_hash_matches_data_with_the_merged_catalogue(fitted):
+    data, model = fitted
+    ids, codes = _new_codes()
+    new = add_items(model, ids, codes)
+    merged = SequenceData(new.item_ids_.copy(), data.users, data.tokens, data.offsets, data.roles, data.kind)
+    new.check_catalogue(merged)
+    with pytest.raises(ArtifactError):
+        new.check_catalogue(data)
+    with pytest.raises(ArtifactError):
+        model.check_catalogue(merged)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    _, model = fitted
+    ids, codes = _new_codes()
+    new = add_items(model, ids[:4], codes.codes[:4])
+    new.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m")
+    assert back.item_ids_.tolist() == new.item_ids_.tolist()
+    assert back.catalogue_hash_ == new.catalogue_hash_
+    assert np.array_equal(back.tokens_.codes.codes, new.tokens_.codes.codes)
+    hist = np.vstack([_cluster_histories(new, c) for c in range(N_CLUSTERS)])
+    assert np.array_equal(back.recommend(hist, 8), new.recommend(hist, 8))
+    # and it takes more items after loading
+    more = add_items(back, [ids[4]], np.array([[4, 9]]), renumber=True)
+    assert item_sids(more, [ids[4]]).tolist() == [[4, 4]]
+    assert _top_excluding_cluster(more, 4) == [ids[4]]
+
+
+def test_out_of_range_disambiguation_token_is_renumbered(fitted):
+    _, model = fitted
+    ids, codes = _new_codes(last=9)                     # encode_new's count + rank beyond the codebook
+    new = add_items(model, ids, codes)
+    assert item_sids(new, ids).tolist() == [[c, c] for c in range(N_CLUSTERS)]
+    # a second batch in the same cluster: no free last token left
+    with pytest.raises(DataError, match="taken"):
+        add_items(new, ["n0b"], Codes(np.array([[0, 7]]), (N_CLUSTERS, 8), collision_rule="extra_level"))
+    # collision with a warm SID is moved to the free slot
+    new2 = add_items(model, ["x"], Codes(np.array([[1, 0]]), (N_CLUSTERS, 6), collision_rule="extra_level"))
+    assert item_sids(new2, ["x"]).tolist() == [[1, 1]]
+
+
+def test_without_renumbering_collisions_and_range_are_errors(fitted):
+    _, model = fitted
+    with pytest.raises(DataError, match="already holds"):
+        add_items(model, ["x"], np.array([[1, 0]]))
+    with pytest.raises(DataError, match="outside the model's codebook"):
+        add_items(model, ["x"], np.array([[1, 9]]))
+    with pytest.raises(DataError, match="outside the model's codebook"):
+        add_items(model, ["x"], np.array([[7, 0]]), renumber=True)       # only the last level is renumbered
+    with pytest.raises(DataError, match="3 levels but the model.s SIDs have 2"):
+        add_items(model, ["x"], np.array([[1, 0, 0]]))
+    with pytest.raises(DataError, match="2 SIDs for 1"):
+        add_items(model, ["x"], np.array([[1, 5], [2, 5]]))
+
+
+@pytest.mark.parametrize("ids, match", [
+    ([], "empty"),
+    (["a", "a"], "twice"),
+    (["w01"], "already in the model's catalogue"),
+    (["ok", ""], "empty"),
+    (["a\x00b"], "control character U\\+0000"),
+    (["a\nb"], "control character U\\+000A"),
+    ("abc", "single string"),
+])
+def test_bad_ids_are_one_data_error_and_change_nothing(fitted, ids, match):
+    _, model = fitted
+    before = (model.item_ids_.copy(), model.tokens_.codes.codes.copy(), model.catalogue_hash_)
+    n = max(len(ids), 1) if not isinstance(ids, str) else 1
+    with pytest.raises(DataError, match=match):
+        add_items(model, ids, np.tile(np.array([[0, 5]]), (n, 1)))
+    assert np.array_equal(model.item_ids_, before[0]) and np.array_equal(model.tokens_.codes.codes, before[1])
+    assert model.catalogue_hash_ == before[2]
+
+
+def test_batch_size_limit():
+    with pytest.raises(DataError, match=f"at most {MAX_ADD_ITEMS}"):
+        check_new_ids([f"x{i}" for i in range(MAX_ADD_ITEMS + 1)])
+    assert len(check_new_ids([f"x{i}" for i in range(MAX_ADD_ITEMS)])) == MAX_ADD_ITEMS
+
+
+def test_id_models_and_id_only_are_refused(fitted):
+    from sidkit.models.popularity import Popularity
+
+    data, _ = fitted
+    pop = Popularity().fit(data)
+    with pytest.raises(DataError, match="only generative SID models"):
+        add_items(pop, ["x"], np.array([[0, 5]]))
