@@ -24,8 +24,10 @@ from sidkit.experiment import (Grid, ReferenceRow, load_grid, parse_grid, run_ex
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "experiments" / "amazon.toml"
 FIX = ROOT / "tests" / "fixtures" / "data" / "amazon"
-SPEC7 = {  # SPEC 7, as the grid file must carry them
+SPEC7 = {  # TIGER's Table 1 and SPEC 7, as the grid file must carry them (configs/published/amazon_2014.toml)
     "beauty": [("TIGER", {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384}),
+               ("SASRec", {"recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605, "ndcg@10": 0.0318}),
+               ("S3-Rec", {"recall@5": 0.0387, "ndcg@5": 0.0244, "recall@10": 0.0647, "ndcg@10": 0.0327}),
                ("SASRec", {"recall@10": 0.074, "ndcg@10": 0.042}),
                ("T5 on RQ-KMeans 3x256", {"ndcg@10": 0.018})],
     "sports": [("TIGER", {"recall@10": 0.0400, "ndcg@10": 0.0225})],
@@ -121,7 +123,10 @@ def test_bad_reference_tables_are_clear_errors(ref, message):
 
 
 def test_bad_reference_in_a_grid_file_leaves_no_output(tmp_path):
-    text = GRID.read_text().replace('metrics = { "recall@10" = 0.0400', 'metrics = { "hit@10" = 0.0400', 1)
+    text = GRID.read_text().replace(
+        'references = "../published/amazon_2014.toml:sports"',
+        '[[grid.datasets.reference]]\nmodel = "TIGER"\nsource = "paper"\nmetrics = { "hit@10" = 0.0400 }', 1
+    ).replace("../published/", f"{GRID.parent.parent / 'published'}/")     # the copy lives elsewhere
     assert text != GRID.read_text()
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
@@ -187,10 +192,11 @@ def test_amazon_grid_runs_on_the_fixture_with_reference_rows(tmp_path, monkeypat
     md = (out / "results.md").read_text()
     assert "| beauty |  |  | TIGER (published) |  | 0.0454 | 0.0648 | 0.0321 | 0.0384 |" in md
     assert "| beauty |  |  | SASRec (published) |  |  | 0.0740 |  | 0.0420 |" in md
+    assert "| beauty |  |  | S3-Rec (published) |  | 0.0387 | 0.0647 | 0.0244 | 0.0327 |" in md
     assert "4 of 4 run(s) finished (1 data set(s) x 2 embedding(s) x 2 tokenizer(s)), seeds 0, 1; 8 row(s)" in md
-    assert "- beauty, TIGER: Rajput et al. 2023, TIGER (NeurIPS), as quoted in SPEC 7 -- Sentence-T5" in md
+    assert "- beauty, TIGER: Rajput et al. 2023, TIGER (NeurIPS), Table 1 -- Sentence-T5" in md
     doc_json = json.loads((out / "results.json").read_text())
-    assert [r["model"] for r in doc_json["rows"][8:]] == ["TIGER", "SASRec", "T5 on RQ-KMeans 3x256"]
+    assert [r["model"] for r in doc_json["rows"][8:]] == [m for m, _ in SPEC7["beauty"]]
     assert doc_json["references"]["beauty"][0]["metrics"] == SPEC7["beauty"][0][1]
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     # FAMAE had the Amazon fields
@@ -205,3 +211,20 @@ def test_a_known_but_unfetchable_name_says_where_to_get_the_files(tmp_path):
         run_experiment(grid)
     assert "reviews_Beauty_5.json.gz + meta_Beauty.json.gz" in e.value.fix
     assert not (tmp_path / "out").exists()
+
+
+def test_published_rows_are_read_from_one_file():
+    """The grid's reference rows are the published-results file's tables, not a retyped copy."""
+    import tomllib
+
+    published = tomllib.loads((GRID.parent.parent / "published" / "amazon_2014.toml").read_text())
+    grid = load_grid(GRID)
+    for label, tables in (("beauty", ("beauty", "beauty_spec")), ("sports", ("sports",)), ("toys", ("toys",))):
+        rows = [r for t in tables for r in published[t]]
+        assert [(r.model, r.metrics, r.source) for r in grid.references[label]] == \
+            [(r["model"], r["metrics"], r["source"]) for r in rows]
+    assert "0.0384" not in GRID.read_text()                  # no figure retyped in the grid file
+    with pytest.raises(ConfigError, match="has no table \\[\\[nope\\]\\]"):
+        parse_grid({"name": "x", "grid": {"datasets": [{"label": "b", "dataset": "ml-100k",
+                                                        "references": "../published/amazon_2014.toml:nope"}]}},
+                   str(GRID))

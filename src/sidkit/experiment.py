@@ -209,14 +209,17 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
     if g.seeds and ((base.get("train") or {}).get("seeds")):
         raise ConfigError(f"{origin}: seeds are given both in [base] train and in [grid] seeds",
                           "give them once, as [grid] seeds = [0, 1, 2]")
-    datasets = [{k: v for k, v in e.items() if k != "reference"} for e in g.datasets]
+    datasets = [{k: v for k, v in e.items() if k not in ("reference", "references")} for e in g.datasets]
     axes = {a: _labelled(a, datasets if a == "datasets" else getattr(g, a), base, origin)
             or [(_default_label(a, {}, base), {})] for a in ("datasets", "embeddings", "tokenizers")}
     references = {}
     for (label, _), entry in zip(axes["datasets"], g.datasets):
-        if "reference" in entry:
+        rows = _reference_files(entry.get("references"), origin, label) + list(entry.get("reference") or [])
+        if "reference" in entry and not isinstance(entry["reference"], list):
+            rows = entry["reference"]                   # let the model say what is wrong with it
+        if rows or "reference" in entry:
             try:
-                references[label] = _References.model_validate({"reference": entry["reference"]}).reference
+                references[label] = _References.model_validate({"reference": rows}).reference
             except ValidationError as e:
                 raise ConfigError(_format_errors(e, f"{origin} [[grid.datasets]] {label!r}"),
                                   "a reference row has model, source, metrics = { \"ndcg@10\" = 0.0384, ... } "
@@ -245,6 +248,32 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
         raise ConfigError(f"{origin}: two runs of the grid would share the folder {dup[0]!r} "
                           "(labels that contain '__')", "give the axis entries labels without '__'")
     return Grid(gc, origin, root, cells, references)
+
+
+def _reference_files(spec: Any, origin: str, label: str) -> list[dict[str, Any]]:
+    """The rows of ``references = "FILE.toml:TABLE"`` (or a list of them) on a data set
+    entry: published figures kept in one file (``configs/published/``) that several grids
+    read.  ``FILE`` is relative to the grid file's folder."""
+    if spec is None:
+        return []
+    from .config import read_toml
+
+    specs = [spec] if isinstance(spec, str) else spec
+    if not isinstance(specs, list) or not all(isinstance(x, str) and ":" in x for x in specs):
+        raise ConfigError(f"{origin} [[grid.datasets]] {label!r}: references = {spec!r} is not "
+                          "\"FILE.toml:TABLE\" or a list of them",
+                          'write e.g. references = "../published/amazon_2014.toml:beauty"')
+    base = Path(origin).parent if Path(origin).suffix == ".toml" else Path(".")
+    rows: list[dict[str, Any]] = []
+    for x in specs:
+        file, table = x.rsplit(":", 1)
+        path = (base / file) if not Path(file).is_absolute() else Path(file)
+        doc = read_toml(path, "published-results file", "fix the references path (relative to the grid file)")
+        if not isinstance(doc.get(table), list):
+            raise ConfigError(f"{path} has no table [[{table}]] (tables: {sorted(doc)})",
+                              f"name one of them in references = \"{file}:<table>\"")
+        rows += doc[table]
+    return rows
 
 
 def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
