@@ -10,6 +10,14 @@ token ``0`` is padding (``PAD``).  Histories are left-padded int64 arrays of sha
   targets ``w[:, 1:]``, target ``0`` = no loss),
 - :meth:`SequenceData.eval_inputs` gives the inputs of the validation or test
   examples (the protocol of ``docs/evaluation.md``).
+
+Most rows are mostly padding (Amazon Beauty: 12% of the cells of its training windows
+hold an item), so the models never run their transformers over it:
+:func:`real_spans` measures each row's real part (the columns from its first non-pad
+token on) and :func:`length_groups` splits a batch into groups of similar span, each
+trimmed to its longest span (the leading columns that are padding in every row of the
+group are dropped).  Padding is masked out of attention, so the trimmed computation
+equals the padded one up to float rounding (``tests/test_packing.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +57,61 @@ def pad_left(seqs: Sequence[Sequence[int]] | tuple[np.ndarray, np.ndarray], max_
     valid = j[None, :] >= (max_len - keep)[:, None]
     out[valid] = flat[src[valid]]
     return out
+
+
+def real_spans(tokens, pad: int = PAD) -> np.ndarray:
+    """(B,) int64: the width of each row's real part, ``L - (index of its first non-pad
+    token)`` (0 for an all-pad row) of a (B, L) numpy or torch array of left-padded
+    tokens.  A row's span covers every real token, whatever padding lies inside it."""
+    if hasattr(tokens, "detach"):
+        real = (tokens != pad).detach().cpu().numpy()
+    else:
+        real = np.asarray(tokens) != pad
+    if real.ndim != 2:
+        raise DataError(f"tokens must be 2-D (B, L), got shape {real.shape}")
+    L = real.shape[1]
+    return np.where(real.any(1), L - real.argmax(1), 0).astype(np.int64)
+
+
+def length_groups(spans, *, overhead: float = 0.0, quadratic: float = 0.0, min_width: int = 1,
+                  max_width: int | None = None) -> list[tuple[np.ndarray, int]]:
+    """Split rows into groups of similar span, to run each group trimmed to its widest row.
+
+    ``spans``: (B,) each row's real width (:func:`real_spans`).  Returns ``[(rows, width),
+    ...]``: every row exactly once (``rows``: ascending int64 indices), ``width`` the largest
+    span of the group (at least ``min_width``, at most ``max_width``), groups by ascending
+    width.  The grouping minimises the modelled cost ``sum over groups of overhead +
+    len(rows) * (width + quadratic * width**2)`` exactly (a dynamic programme over the
+    distinct spans in sorted order: a group is a run of consecutive spans): ``overhead``
+    is the fixed cost of one more pass over a group, counted in row-columns, ``quadratic``
+    the attention's share per column.  ``overhead = inf`` gives one group (the batch
+    trimmed to its widest row); ``overhead = 0`` one group per distinct span.
+    """
+    s = np.maximum(np.asarray(spans, dtype=np.int64).ravel(), int(min_width))
+    if max_width is not None:
+        s = np.minimum(s, int(max_width))
+    if s.size == 0:
+        return []
+    order = np.argsort(s, kind="stable")
+    vals, starts = np.unique(s[order], return_index=True)
+    ends = np.r_[starts[1:], s.size]
+    if not np.isfinite(overhead):
+        return [(np.arange(s.size, dtype=np.int64), int(vals[-1]))]
+    f = vals + quadratic * vals.astype(np.float64) ** 2
+    D = len(vals)
+    best = np.zeros(D + 1)
+    cut = np.zeros(D + 1, dtype=np.int64)
+    for j in range(D):                        # best[j + 1]: spans 0..j grouped, the last group ending at j
+        c = best[:j + 1] + overhead + (ends[j] - starts[:j + 1]) * f[j]
+        i = int(np.argmin(c))
+        best[j + 1], cut[j + 1] = c[i], i
+    groups = []
+    j = D
+    while j > 0:
+        i = int(cut[j])
+        groups.append((np.sort(order[starts[i]:ends[j - 1]]), int(vals[j - 1])))
+        j = i
+    return groups[::-1]
 
 
 @dataclass(eq=False)

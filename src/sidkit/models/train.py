@@ -82,6 +82,53 @@ class TorchRecommender(Recommender):
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}", "use e.g. 0.2")
 
+    # ------------------------------------------------------------ padding
+    #: Run the transformer on length groups trimmed to their real part (see
+    #: :meth:`length_groups`); ``False`` runs every batch at its full padded width (the
+    #: reference of ``tests/test_packing.py`` and the "before" path of
+    #: ``benchmarks/train.py --data beauty``).
+    trim_padding: bool = True
+    #: The cost model of :meth:`length_groups` on a CPU: the fixed cost of one more group
+    #: pass, in row-columns, and the attention's share per column (fitted on the 2-core
+    #: CPU, one torch thread: a pass costs ~2.5 ms, a SASRec row-column ~20 us forward +
+    #: backward, a causal-SID token ~35 us).  On an accelerator a batch is only trimmed to
+    #: its widest row (one group: kernels are cheap, launches are not).
+    group_overhead: float = 200.0
+    group_quadratic: float = 0.004
+
+    def length_groups(self, tokens, *also, overhead: float | None = None) -> list[tuple[Any, int]]:
+        """How to run a (B, L) batch of left-padded ``tokens`` without its padding:
+        ``[(rows, width), ...]``, every row once: run rows ``rows`` on their last ``width``
+        columns (``rows``: a long tensor on the batch's device for a torch batch, an int64
+        array for a numpy one; ``None``: every row, in order).  A row's real part starts at
+        its first non-pad (non-zero) token of ``tokens`` or of any array of ``also`` (e.g.
+        the targets, or a boolean mask of the loss positions).  The groups come from
+        :func:`sidkit.eval.sequences.length_groups` with this model's cost model
+        (``overhead``: the fixed cost of a group, in place of ``group_overhead``); with
+        ``trim_padding`` off, one group of every row at full width."""
+        import torch
+
+        from ..eval.sequences import length_groups, real_spans
+
+        B, L = tokens.shape
+        if not self.trim_padding or B == 0:
+            return [(None, L)]
+        spans = real_spans(tokens)
+        for a in also:
+            spans = np.maximum(spans, real_spans(a[:, -L:]))
+        is_torch = isinstance(tokens, torch.Tensor)
+        if overhead is None:
+            overhead = self.group_overhead
+        device = tokens.device if is_torch else getattr(self, "device_", None)
+        if device is not None and torch.device(device).type != "cpu":
+            overhead = float("inf")
+        groups = length_groups(spans, overhead=overhead, quadratic=self.group_quadratic, max_width=L)
+        if len(groups) == 1:
+            return [(None, groups[0][1])]
+        if not is_torch:
+            return groups
+        return [(torch.as_tensor(rows, device=tokens.device), w) for rows, w in groups]
+
     def epoch_indices(self, n: int, generator, epoch: int = 0):
         """The sample rows of epoch ``epoch`` (0-based) in training order: by default all
         ``n`` rows, shuffled with ``generator`` (the checkpointed shuffle generator).  A
