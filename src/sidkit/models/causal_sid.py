@@ -18,6 +18,14 @@ beam); each later step feeds the one new token of every beam and appends its K/V
 per-beam cache that ``reorder`` index-selects.  The positions of the decoded tokens are
 those of the next item's slots, exactly as in training.
 
+Padding is never computed: training batches and decoded histories are split into groups
+of similar real length, each trimmed to its longest real history
+(:meth:`~sidkit.models.train.TorchRecommender.length_groups`).  Positions are absolute
+in the padded grid, so a trimmed group is embedded from position ``start`` = the number
+of columns dropped; ``PAD`` is never attended to, so each real token computes what it
+computes in the padded grid, up to float rounding (dropout masks aside: they are drawn
+over the trimmed tensors).
+
 The model needs the SIDs of the catalogue: ``fit(data, codes=...)`` (a
 :class:`~sidkit.types.Codes` or :class:`SIDTokens`), or the constructor's ``codes``
 (a run's ``codes`` stage directory, e.g. ``RUN/codes``, or the stem of a saved ``Codes``).  ``id_only=True`` is the ID-only ablation:
@@ -128,9 +136,11 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
             return ((torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()[None] & real[:, None, :])
                     | eye[None])[:, None]
 
-        def forward(self, tokens, return_kv: bool = False):
-            """(B, L) tokens at positions 0..L-1 -> (B, L, D) states (and per-layer K/V)."""
-            x = self.embed(tokens, 0)
+        def forward(self, tokens, return_kv: bool = False, start: int = 0):
+            """(B, L) tokens at positions ``start .. start + L - 1`` -> (B, L, D) states (and
+            per-layer K/V).  A left-padded grid trimmed of its first ``start`` columns (all
+            ``PAD``) gives the states of the untrimmed grid's last ``L`` columns."""
+            x = self.embed(tokens, start)
             mask = self._mask(tokens)
             kv = []
             for blk in self.blocks:
@@ -138,12 +148,13 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
                 kv.append((k, v))
             return (self.ln(x), kv) if return_kv else self.ln(x)
 
-        def prefill(self, tokens):
-            """Decoding's first pass over (B, L) histories: the state of the last position
-            (B, D) and every layer's K/V.  The last block needs its attention output and
-            feed-forward only at that position (later tokens attend to its K/V alone), so
-            they are computed there only -- equal to ``forward`` at the last position."""
-            x = self.embed(tokens, 0)
+        def prefill(self, tokens, start: int = 0):
+            """Decoding's first pass over (B, L) histories at positions ``start ..``: the
+            state of the last position (B, D) and every layer's K/V.  The last block needs
+            its attention output and feed-forward only at that position (later tokens attend
+            to its K/V alone), so they are computed there only -- equal to ``forward`` at the
+            last position."""
+            x = self.embed(tokens, start)
             mask = self._mask(tokens)
             kv = []
             for blk in self.blocks[:-1]:
@@ -359,11 +370,19 @@ class CausalSID(SIDRecommender):
         return grid[:, :-1], y
 
     def train_loss(self, module, x, y):
+        import torch
         import torch.nn.functional as F
 
-        h = module(x)
-        keep = y >= 0
-        return F.cross_entropy(module.logits(h[keep]), y[keep])
+        L = x.shape[1]
+        hs, ys = [], []
+        for rows, w in self.length_groups(x, y >= 0):   # the real part of each window only
+            xg, yg = (x, y) if rows is None else (x[rows], y[rows])
+            h = module(xg[:, -w:], start=L - w)          # absolute positions as in the full grid
+            keep = yg[:, -w:] >= 0
+            hs.append(h[keep])
+            ys.append(yg[:, -w:][keep])
+        h, t = (hs[0], ys[0]) if len(hs) == 1 else (torch.cat(hs), torch.cat(ys))
+        return F.cross_entropy(module.logits(h), t)
 
     def train_loss_terms(self, x, y):
         return (y >= 0).sum()
@@ -375,29 +394,64 @@ class CausalSID(SIDRecommender):
             h = np.concatenate([np.zeros((h.shape[0], self.max_len - h.shape[1]), np.int64), h], 1)
         return self._grid(h)
 
+    #: a group of histories costs one more beam search (its W steps: a few ms on a CPU),
+    #: counted in prefill tokens (~8 us each); measured best between 300 and 1,500
+    beam_group_overhead: float = 800.0
+
     def decode(self, history: np.ndarray, k: int, *, beam: int | None = None, constrained: bool = True,
                exclude=None):
         """:class:`~sidkit.models.beam.BeamResult` of the (B, H) histories (no checks);
-        ``exclude``: (B, N) items each user must not get (see :func:`beam_search`)."""
+        ``exclude``: (B, N) items each user must not get (see :func:`beam_search`).
+
+        The histories are searched in groups of similar length (:meth:`length_groups`),
+        each with its grid trimmed to its longest real history: the prefill and the
+        decoded tokens' attention never touch padding, and every user's beam is the one
+        of the padded grid (a user's search is independent of the other users')."""
+        import torch
+
+        from .beam import BeamResult
+
+        grid = self._history_grid(history)
+        B, T = grid.shape
+        beam = int(max(beam or self.beam, k))
+        groups = self.length_groups(grid, overhead=self.beam_group_overhead)
+        if len(groups) == 1:
+            return self._beam(grid[:, -groups[0][1]:], T, k, beam, constrained, exclude)
+        parts = []
+        for rows, w in groups:
+            ex = exclude
+            if ex is not None:
+                ex = ex[torch.as_tensor(rows, device=ex.device)] if hasattr(ex, "detach") else ex[rows]
+            parts.append((rows, self._beam(grid[rows][:, -w:], T, k, beam, constrained, ex)))
+        first = parts[0][1]
+        out = BeamResult(np.empty((B,) + first.items.shape[1:], first.items.dtype),
+                         np.empty((B,) + first.scores.shape[1:], first.scores.dtype),
+                         np.empty((B,) + first.sids.shape[1:], first.sids.dtype))
+        for rows, res in parts:
+            out.items[rows], out.scores[rows], out.sids[rows] = res.items, res.scores, res.sids
+        return out
+
+    def _beam(self, grid: np.ndarray, T: int, k: int, beam: int, constrained: bool, exclude):
+        """The beam search of (B, w) history grids, the last ``w`` columns of grids of
+        ``T`` columns (positions ``T - w .. T - 1``; the decoded tokens follow at ``T ..``)."""
         import torch
 
         from .beam import beam_search
 
         module = self.module_
-        grid = torch.as_tensor(self._history_grid(history), device=self.device_)
-        T = grid.shape[1]
-        B = grid.shape[0]
-        beam = int(max(beam or self.beam, k))
+        grid = torch.as_tensor(grid, device=self.device_)
+        B, w = grid.shape
+        start = T - w
 
         def step(tokens, state):
             t = tokens.shape[1]
             if t == 0:
-                x, kv = module.prefill(grid)
+                x, kv = module.prefill(grid, start=start)
                 h = kv[0][0].shape[1]
-                # per (user, head) layouts for bmm: K transposed (B h, dh, T), V (B h, T, dh)
-                state["hist"] = [(k_.transpose(-1, -2).reshape(B * h, -1, T), v_.reshape(B * h, T, -1))
+                # per (user, head) layouts for bmm: K transposed (B h, dh, w), V (B h, w, dh)
+                state["hist"] = [(k_.transpose(-1, -2).reshape(B * h, -1, w), v_.reshape(B * h, w, -1))
                                  for k_, v_ in kv]
-                state["bias"] = torch.zeros((B, T), dtype=x.dtype, device=x.device).masked_fill(
+                state["bias"] = torch.zeros((B, w), dtype=x.dtype, device=x.device).masked_fill(
                     grid == PAD, float("-inf"))[:, None, None, :]
                 state["dec"] = [(kv_[0][:, :, :0], kv_[1][:, :, :0]) for kv_ in kv]
             else:
