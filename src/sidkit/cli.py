@@ -40,6 +40,10 @@ def _mount() -> None:
 
     app.command("encode-ray")(scale_cmd.encode_ray)
 
+    from .commands import catalogue as catalogue_cmd  # issue 25: new items without retraining
+
+    app.command("add-items")(catalogue_cmd.add_items)
+
 
 @app.command()
 def version() -> None:
