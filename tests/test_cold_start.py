@@ -1,0 +1,143 @@
+"""Cold-start evaluation (issue 25): the split keeps cold items out of every training and
+validation input, the tokenizer never sees them, SID models take them through
+``encode_new`` + ``add_items``, ID models score 0 on them by construction, content kNN and
+TIGER's epsilon knob."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sidkit.config import TrainConfig
+from sidkit.data import Interactions, leave_one_out
+from sidkit.errors import DataError
+from sidkit.eval import SequenceData
+from sidkit.eval.cold_start import (ColdShare, WarmOnly, check_no_cold_inputs, choose_cold_items, cold_start_metrics,
+                                    cold_start_split, warm_and_cold_codes)
+from sidkit.models import CausalSID, ContentKNN, Popularity, Recommender
+from sidkit.models.catalogue import add_items
+
+N_CLUSTERS, PER_CLUSTER, DIM = 4, 8, 16
+
+
+def clustered(n_users=80, length=12, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(N_CLUSTERS, DIM)) * 4
+    ids = [f"c{c}i{j}" for c in range(N_CLUSTERS) for j in range(PER_CLUSTER)]
+    X = np.repeat(centers, PER_CLUSTER, 0) + rng.normal(size=(len(ids), DIM)) * 0.3
+    rows = []
+    for u in range(n_users):
+        c = u % N_CLUSTERS
+        for t in range(length):
+            rows.append((f"u{u:02d}", f"c{c}i{int(rng.integers(PER_CLUSTER))}", 100 * t + u))
+    split = leave_one_out(Interactions(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])))
+    return split, np.asarray(ids), X.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    split, ids, X = clustered()
+    cold = choose_cold_items(split, 0.2, seed=0)
+    full, warm = cold_start_split(split, cold)
+    return split, ids, X, cold, full, warm
+
+
+def test_cold_items_never_appear_in_training_or_validation_inputs(setup):
+    split, ids, X, cold, full, warm = setup
+    assert len(cold) >= 1
+    test_items = set(split.df.loc[split.df["role"] == "test", "item_id"])
+    assert set(cold) <= test_items
+    check_no_cold_inputs(full, cold)
+    check_no_cold_inputs(warm, cold)
+    with pytest.raises(AssertionError):                 # the original split has them in its inputs
+        check_no_cold_inputs(split, cold)
+    # every cold row left is a test target; the warm split holds none
+    fdf = full.df[full.df["item_id"].isin(cold)]
+    assert len(fdf) and (fdf["role"] == "test").all()
+    assert not warm.df["item_id"].isin(cold).any()
+    # catalogues: full = warm + cold
+    fd, wd = SequenceData.from_split(full), SequenceData.from_split(warm)
+    assert sorted(set(wd.item_ids) | set(cold)) == fd.item_ids.tolist()
+    # the same draw for the same seed, another for another seed
+    assert np.array_equal(cold, choose_cold_items(split, 0.2, seed=0))
+
+
+def test_latest_rule_takes_the_items_that_first_appear_last():
+    rows = [("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u2", "b", 4), ("u2", "a", 5), ("u2", "d", 9),
+            ("u3", "a", 6), ("u3", "c", 7), ("u3", "b", 8)]
+    split = leave_one_out(Interactions(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])))
+    # test targets: c (u1, first seen at 3), d (u2, first seen at 9), b (u3, first seen at 2)
+    assert choose_cold_items(split, 0.34, rule="latest").tolist() == ["d"]
+    assert choose_cold_items(split, 0.67, rule="latest").tolist() == ["c", "d"]
+    with pytest.raises(DataError, match="rule"):
+        choose_cold_items(split, 0.3, rule="oldest")
+    with pytest.raises(DataError, match="fraction"):
+        choose_cold_items(split, 0.0)
+
+
+def test_sid_model_recommends_cold_items_id_models_score_zero(setup):
+    from sidkit.tokenizers import RQKMeans
+
+    split, ids, X, cold, full, warm = setup
+    tok = RQKMeans(codebook_sizes=[N_CLUSTERS, 4], resolve_collisions=True, random_state=0, device="cpu")
+    warm_codes, cold_codes = warm_and_cold_codes(tok, ids, X, cold, headroom=4)
+    assert set(warm_codes.item_ids) == set(ids) - set(cold)
+    # the tokenizer never saw the cold items: their semantic tokens come from encode, and they are new
+    assert set(map(str, cold_codes.item_ids)) == set(cold)
+    wd, fd = SequenceData.from_split(warm), SequenceData.from_split(full)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        train = TrainConfig(epochs=12, patience=12, lr=1e-2, warmup_steps=0, batch_size=32, eval_every=4)
+        sid = CausalSID(hidden=32, n_layers=1, n_heads=2, max_len=6, dropout=0.0, beam=40).fit(
+            wd, codes=warm_codes, train=train, seed=0, device="cpu", progress=False)
+        ext = add_items(sid, cold_codes.item_ids, cold_codes)
+        ext.check_catalogue(fd)
+        res = cold_start_metrics(ext, fd, cold)
+        assert res["n_cold"] >= 1 and res["n_warm"] >= 1
+        # the SID model finds cold targets by their content SID (0.94 on this toy set)
+        assert res["cold"]["recall@10"] > 0.5
+        for part in ("cold", "warm", "all"):
+            assert 0 <= res[part]["recall@10"] <= 1 and 0 <= res[part]["ndcg@10"] <= res[part]["recall@10"]
+        # epsilon = 0: no cold item in any list, so 0 on cold targets
+        capped = cold_start_metrics(ColdShare(ext, cold, epsilon=0.0, pool=40), fd, cold)
+        assert capped["cold"]["recall@10"] == 0.0
+        hist = fd.eval_inputs("test", 6)["history"]
+        lists = ColdShare(ext, cold, epsilon=0.2, pool=40).recommend(hist, 10)
+        is_cold = np.isin(ext.item_ids_[np.maximum(lists, 0)], cold) & (lists >= 0)
+        assert (is_cold.sum(1) <= 2).all()
+        lists1 = ColdShare(ext, cold, epsilon=1.0, pool=40).recommend(hist, 10)
+        assert np.array_equal(lists1, ext.recommend(hist, 10))       # epsilon = 1: the model's own list
+        # ID models trained on the warm split: exactly 0 on cold targets
+        pop = WarmOnly(Popularity().fit(wd), fd)
+        pres = cold_start_metrics(pop, fd, cold)
+        assert pres["cold"]["recall@10"] == 0.0 and pres["cold"]["ndcg@10"] == 0.0
+        assert pres["warm"]["recall@10"] > 0
+        # content kNN knows every item's content: cold targets are found (clustered content)
+        knn = ContentKNN(max_len=6).fit(fd, embeddings=X[np.searchsorted(ids, fd.item_ids)])
+        kres = cold_start_metrics(knn, fd, cold)
+        assert kres["cold"]["recall@10"] > 0
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_content_knn_scores_and_save_load(setup, tmp_path):
+    split, ids, X, cold, full, warm = setup
+    fd = SequenceData.from_split(full)
+    from sidkit.types import Embeddings
+
+    knn = ContentKNN(max_len=6).fit(fd, embeddings=Embeddings(X, ids))
+    hist = np.array([[0, 0, 1], [0, 0, 0]])
+    s = knn.score(hist)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    i0 = int(np.searchsorted(ids, fd.item_ids[0]))
+    assert np.allclose(s[0], unit[np.searchsorted(ids, fd.item_ids)] @ unit[i0], atol=1e-5)
+    assert (s[1] == 0).all()                              # an empty history scores every item 0
+    knn.save(tmp_path / "knn")
+    back = Recommender.load(tmp_path / "knn")
+    assert np.allclose(back.score(hist), s)
+    with pytest.raises(DataError, match="NaN"):
+        ContentKNN().fit(fd, embeddings=np.full((fd.n_items, 3), np.nan, np.float32))
