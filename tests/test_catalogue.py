@@ -195,3 +195,25 @@ def test_id_models_and_id_only_are_refused(fitted):
     pop = Popularity().fit(data)
     with pytest.raises(DataError, match="only generative SID models"):
         add_items(pop, ["x"], np.array([[0, 5]]))
+
+
+def test_tiger_takes_new_items_and_keeps_its_user_tokens(tmp_path):
+    from sidkit.models import TIGER
+
+    data = clustered_data(n_users=10, length=5)
+    m = TIGER(d_model=16, n_layers=1, n_heads=2, d_kv=8, d_ff=32, dropout=0.0, max_len=4, beam=10)
+    m._set_catalogue(data)
+    m.tokens_ = m._resolve_tokens(data, warm_codes())
+    m.device_ = torch.device("cpu")
+    torch.manual_seed(0)
+    m.module_ = m.build_module(data.n_items).eval()
+    ids, codes = _new_codes()
+    new = add_items(m, ids, codes)
+    assert new.tokens_.user_buckets == m.tokens_.user_buckets and new.tokens_.vocab_size == m.tokens_.vocab_size
+    ex = np.ones((1, new.n_items), bool)
+    j = int(np.searchsorted(new.item_ids_, ids[3]))
+    ex[0, j] = False
+    top = new.recommend(_cluster_histories(new, 3), 1, users=["u03"], exclude=ex)
+    assert top.tolist() == [[j]]
+    new.save(tmp_path / "t")
+    assert Recommender.load(tmp_path / "t").item_ids_.tolist() == new.item_ids_.tolist()
