@@ -221,12 +221,16 @@ def _next_version(root: Path) -> str:
 
 
 def plan_additions(run: str | Path, item_ids: Sequence[str], *, embeddings: Any = None,
-                   texts: Sequence[str] | None = None, device: str = "cpu", max_items: int | None = None):
+                   texts: Sequence[str] | None = None, device: str = "cpu", max_items: int | None = None,
+                   models: dict | None = None):
     """Check and encode new items for ``run`` without writing anything.
 
-    Returns ``(additions_before, new_ids, X, codes, tokenizer, models)``: ``tokenizer`` a copy
-    that has the new items in its catalogue, ``models`` ``{(label, seed): extended model}``.
-    One DataError (nothing written) on bad input.
+    Returns ``(additions_before, new_ids, X, codes, tokenizer, texts, models)``: ``tokenizer`` a
+    copy that has the new items in its catalogue, ``models`` ``{(label, seed): extended
+    model}``.  ``embeddings`` or ``texts`` (embedded with the run's text model; with both,
+    the embeddings are used and the texts recorded).  ``models``: ``{(label, seed): model
+    with the run's current additions}`` to extend instead of loading the run's SID models
+    (the server passes the one it serves).  One DataError (nothing written) on bad input.
     """
     from .models import Recommender
     from .models.catalogue import MAX_ADD_ITEMS, add_items, check_new_ids
@@ -239,35 +243,36 @@ def plan_additions(run: str | Path, item_ids: Sequence[str], *, embeddings: Any 
     have = [] if base is None or base.item_ids is None else np.asarray(base.item_ids).astype(str).tolist()
     have += before.item_ids if before is not None else []
     ids = check_new_ids(item_ids, have, max_items=max_items or MAX_ADD_ITEMS)
-    if (embeddings is None) == (texts is None):
-        raise DataError("give the new items either texts or embeddings (exactly one of them)",
-                        "pass texts=[...] or embeddings=array")
+    if embeddings is None and texts is None:
+        raise DataError("give the new items texts or embeddings", "pass texts=[...] or embeddings=array")
     if texts is not None:
         texts = check_texts(texts, len(ids))
-        X = embed_texts(run, texts, device=device)
+        if embeddings is None:
+            X = embed_texts(run, texts, device=device)
     X = check_embeddings(X if embeddings is None else embeddings, len(ids), embedding_dim(tok))
     tok = copy.deepcopy(tok)
     codes = tok.encode_new(X)
     codes = codes.replace(item_ids=np.asarray(ids)) if hasattr(codes, "replace") else codes
-    models = {}
-    for label, seed, d in sid_models(run):
-        m = apply_additions(Recommender.load(d), before)
-        models[(label, seed)] = add_items(m, ids, codes, max_items=max_items or MAX_ADD_ITEMS)
+    if models is None:
+        models = {(label, seed): apply_additions(Recommender.load(d), before) for label, seed, d in sid_models(run)}
+    models = {key: add_items(m, ids, codes, max_items=max_items or MAX_ADD_ITEMS) for key, m in models.items()}
     return before, ids, X, codes, tok, texts, models
 
 
 def add_items_to_run(run: str | Path, item_ids: Sequence[str], *, embeddings: Any = None,
                      texts: Sequence[str] | None = None, device: str = "cpu",
-                     max_items: int | None = None) -> dict[str, Any]:
+                     max_items: int | None = None, models: dict | None = None, return_state: bool = False):
     """Add new items to a saved run (see the module docstring); returns a summary with the
-    SIDs every SID model gives them.  Bad input: one DataError, nothing written."""
+    SIDs every SID model gives them (with ``return_state``: ``(summary, models, tokenizer,
+    additions)``, the extended models, the updated tokenizer and the new current
+    additions).  Bad input: one DataError, nothing written."""
     from safetensors.numpy import save_file
 
     from .models.catalogue import sids_dict
 
     run = Path(run)
     before, ids, X, codes, tok, texts, models = plan_additions(
-        run, item_ids, embeddings=embeddings, texts=texts, device=device, max_items=max_items)
+        run, item_ids, embeddings=embeddings, texts=texts, device=device, max_items=max_items, models=models)
     root = catalogue_dir(run)
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale(root, before.version if before is not None else None)
@@ -298,10 +303,15 @@ def add_items_to_run(run: str | Path, item_ids: Sequence[str], *, embeddings: An
         raise
     write_text(root / "CURRENT", name + "\n")                  # the commit point (os.replace)
     _clean_stale(root, name)
-    return {"run": str(run), "version": name, "added": len(ids), "total_added": len(all_ids),
+    summary = {"run": str(run), "version": name, "added": len(ids), "total_added": len(all_ids),
             "tokenizer_sids": {i: [int(t) for t in c[:n]] for i, c, n in
                                zip(ids, np.asarray(codes.codes).tolist(), np.asarray(codes.lengths).tolist())},
             "models": {f"{lb}/seed-{s}": sids_dict(m, ids) for (lb, s), m in models.items()}}
+    if return_state:
+        after = Additions(name, root / name, all_ids, all_codes, all_len, np.asarray(all_X, np.float32), all_texts,
+                          codes.collision_rule)
+        return summary, models, tok, after
+    return summary
 
 
 def _fsync_tree(d: Path) -> None:

@@ -29,7 +29,7 @@ from ..errors import ConfigError, SidkitError
 from .batcher import MicroBatcher, QueueFull
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .runtime import RecRequest, ServedModel, format_sid, parse_sid
-from .schemas import (EncodeRequest, EncodeResponse, ErrorResponse, Health, ItemSID, RecommendRequest,
+from .schemas import (AddItemsRequest, AddItemsResponse, EncodeRequest, EncodeResponse, ErrorResponse, Health, ItemSID, RecommendRequest,
                        RecommendResponse, ValidationErrorResponse, control_character)
 from .server import Drain
 
@@ -96,10 +96,11 @@ class _GuardMiddleware:
     """
 
     def __init__(self, app, metrics: ServerMetrics, max_body_bytes: int, drain: Drain,
-                 token: str | None = None) -> None:
+                 token: str | None = None, max_items_body_bytes: int | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.max_items_body = max_items_body_bytes or max_body_bytes
         self.drain = drain
         self.token_digest = hashlib.sha256(token.encode()).digest() if token else None
 
@@ -176,14 +177,17 @@ class _GuardMiddleware:
 
     async def _read_body(self, scope, receive, send) -> bytes | None:
         """The whole request body, or None when a 413 was sent (or the client left)."""
-        too_big = f"request body larger than {self.max_body} bytes; send a shorter history or a smaller embedding"
+        limit = self.max_items_body if scope.get("path") == "/items" else self.max_body
+        too_big = (f"request body larger than {limit} bytes; send fewer items per request" if scope.get("path")
+                   == "/items" else
+                   f"request body larger than {limit} bytes; send a shorter history or a smaller embedding")
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     n = int(value)
                 except ValueError:
                     n = 0
-                if n > self.max_body:
+                if n > limit:
                     await _send_json(send, 413, {"detail": too_big}, [(b"connection", b"close")])
                     return None
         chunks, n = [], 0
@@ -193,7 +197,7 @@ class _GuardMiddleware:
                 return None
             chunk = msg.get("body", b"")
             n += len(chunk)
-            if n > self.max_body:
+            if n > limit:
                 await _send_json(send, 413, {"detail": too_big}, [(b"connection", b"close")])
                 return None
             chunks.append(chunk)
@@ -211,7 +215,8 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
 
 def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | None = None, device: str = "auto",
                max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 256,
-               max_body_bytes: int = 1 << 20, text_model: str = "preload", token: str | None = None,
+               max_body_bytes: int = 1 << 20, max_items_body_bytes: int = 32 << 20,
+               text_model: str = "preload", token: str | None = None,
                docs: bool = False, served: ServedModel | None = None):
     """The serving app of a run directory; the model is loaded here, once.
 
@@ -219,7 +224,8 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     :mod:`sidkit.serve.runtime`; SASRec and popularity are served too); ``device``:
     "auto" (CUDA when present), "cpu", "cuda"; ``max_batch``/``max_wait_ms``/``max_queue``:
     the micro-batcher (:class:`~sidkit.serve.batcher.MicroBatcher`); ``max_body_bytes``: the
-    largest request body accepted; ``text_model``: the run's text model (for text /encode)
+    largest request body accepted (``max_items_body_bytes`` for ``POST /items``: 1,000
+    embeddings as JSON take several MB); ``text_model``: the run's text model (for text /encode)
     is loaded in a background thread at start ("preload"), at the first such request
     ("lazy"), or never ("off": text /encode answers 409, embeddings still work);
     ``token``: a bearer token every request but ``/`` and ``/health`` must send
@@ -279,7 +285,8 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.drain = drain
-    app.add_middleware(_GuardMiddleware, metrics=metrics, max_body_bytes=max_body_bytes, drain=drain, token=token)
+    app.add_middleware(_GuardMiddleware, metrics=metrics, max_body_bytes=max_body_bytes, drain=drain, token=token,
+                       max_items_body_bytes=max_items_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -325,15 +332,17 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
               summary="Top-k items for a history (micro-batched; SID models: trie-constrained beam search)")
     async def recommend(req: RecommendRequest):
         ids = req.item_ids()
-        idx, unknown = served.index_of(ids)
+        view = served.view            # one catalogue snapshot for the lookup, the search and the answer
+        idx, unknown = view.index_of(ids)
         if unknown:
             uniq = list(dict.fromkeys(unknown))
             raise HTTPException(422, f"unknown item id(s): {uniq[:20]}{' ...' if len(uniq) > 20 else ''} "
                                      f"({len(unknown)} of {len(ids)} history items are not in the served "
-                                     f"model's catalogue of {served.n_items} items)")
+                                     f"model's catalogue of {view.n_items} items)")
         mask = served.mask_seen_default if req.mask_seen is None else req.mask_seen
         try:
-            res = await batcher.submit(RecRequest(np.asarray(idx, np.int64), req.k, req.beam, req.user, mask))
+            res = await batcher.submit(RecRequest(np.asarray(idx, np.int64), req.k, req.beam, req.user, mask,
+                                                  view))
         except QueueFull as e:
             metrics.rejected += 1
             headers = {"Retry-After": str(RETRY_AFTER_S)}
@@ -342,10 +351,33 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
             return JSONResponse({"detail": f"{e}; retry after {RETRY_AFTER_S} s"}, status_code=503, headers=headers)
         # a plain dict in a JSONResponse: FastAPI would otherwise validate the answer against
         # RecommendResponse once more (the schema still documents it; the tests check conformance)
-        items = [{"item_id": str(served.item_ids[i]), "score": s, "sid": served.sid_strings[i],
-                  "title": served.title(i)} for i, s in zip(res.items.tolist(), res.scores.tolist())]
+        items = [{"item_id": str(view.item_ids[i]), "score": s, "sid": view.sid_strings[i],
+                  "title": view.title(i)} for i, s in zip(res.items.tolist(), res.scores.tolist())]
         return JSONResponse({"model": served.label, "seed": served.seed, "k": req.k, "beam": req.beam,
                              "mask_seen": mask, "items": items})
+
+    @app.post("/items", response_model=AddItemsResponse, responses=_errors(400, 401, 409, 413, 422),
+              summary="Add new items without retraining: encode_new, insert into the trie, persist atomically")
+    def add_items(req: AddItemsRequest):
+        # a sync endpoint: FastAPI runs it in a worker thread, so the event loop keeps answering;
+        # requests in flight keep the catalogue view they started with (ServedModel.add_items)
+        from ..errors import ConfigError as _ConfigError
+
+        ids = [str(it.item_id) for it in req.items]
+        kw: dict[str, Any] = {}
+        if req.items[0].text is not None:
+            kw["texts"] = [it.text for it in req.items]
+        else:
+            kw["embeddings"] = [it.embedding for it in req.items]
+            dims = {len(e) for e in kw["embeddings"]}
+            if len(dims) > 1:
+                raise HTTPException(422, f"the embeddings have different lengths {sorted(dims)}; this run's "
+                                         f"embeddings have {served.embedding_dim} dimensions")
+        try:
+            out = served.add_items(ids, **kw)
+        except _ConfigError as e:
+            raise HTTPException(409, str(e).replace("\n  fix: ", "; fix: ")) from None
+        return JSONResponse(out)
 
     @app.post("/encode", response_model=EncodeResponse, responses=_errors(400, 401, 409, 413, 422),
               summary="The Semantic ID of an item from its text or embedding (the tokenizer's encode)")

@@ -42,6 +42,7 @@ class RecRequest(NamedTuple):
     beam: int
     user: str | None = None
     mask_seen: bool = False  # leave the history's items out of the answer
+    view: Any = None         # the CatalogueView the history's indices refer to (None: the current one)
 
 
 class RecResult(NamedTuple):
@@ -107,6 +108,61 @@ def parse_sid(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
+class CatalogueView:
+    """An immutable snapshot of what the served catalogue is: the model and everything
+    indexed by its catalogue (ids, SIDs, titles) plus the tokenizer and the run's codes.
+    ``POST /items`` builds a new view and swaps the one reference
+    (:attr:`ServedModel.view`); a request takes the view once and uses only it, so it sees
+    the old or the new catalogue, never a mixture."""
+
+    def __init__(self, model, codes, titles, tokenizer=None, run_codes=None) -> None:
+        self.model = model
+        self.item_ids = np.asarray(model.item_ids_, dtype=str)
+        self._order = np.argsort(self.item_ids, kind="stable")
+        self._sorted = self.item_ids[self._order]
+        self.n_items = len(self.item_ids)
+        self.codes = codes
+        if codes is not None:
+            self.sid_strings = np.array([format_sid(c[:n]) for c, n in zip(codes.codes, codes.lengths)],
+                                        dtype=object)
+        else:
+            self.sid_strings = np.full(self.n_items, None, dtype=object)
+        self.titles = titles
+        self.tokenizer = tokenizer
+        self.run_codes = run_codes
+
+    def index_of(self, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Catalogue indices of ``ids`` and the ids that are not in the catalogue (exact
+        matches: numpy's string arrays drop trailing NULs, so every hit is compared again
+        as a Python string)."""
+        ids = [str(i) for i in ids]
+        q = np.asarray(ids, dtype=str)
+        pos = np.clip(np.searchsorted(self._sorted, q), 0, self.n_items - 1)
+        found = np.array([str(self._sorted[p]) == i for p, i in zip(pos.tolist(), ids)], dtype=bool)
+        return self._order[pos], [i for i, f in zip(ids, found) if not f]
+
+    def title(self, i: int) -> str | None:
+        return None if self.titles is None or self.titles[i] is None else str(self.titles[i])
+
+    def item_of_sid(self, tokens: Sequence[int]) -> int:
+        """Catalogue index of the item holding this SID, or -1."""
+        if self.codes is None:
+            return -1
+        W = self.codes.n_levels
+        if not 1 <= len(tokens) <= W:
+            return -1
+        sizes = self.codes.codebook_sizes
+        if any(t >= sizes[lv] for lv, t in enumerate(tokens)):
+            return -1
+        row = np.full((1, W), -1, np.int64)
+        row[0, :len(tokens)] = tokens
+        return int(self.codes.lookup(row, np.array([len(tokens)]))[0])
+
+
+def _view_property(name: str):
+    return property(lambda self: getattr(self.view, name), doc=f"``view.{name}`` (the current catalogue)")
+
+
 class ServedModel:
     """A run's recommender with its catalogue, SIDs, tokenizer and model card.
 
@@ -132,28 +188,28 @@ class ServedModel:
         self.label, self.record = choose_model(self.metrics, label, seed)
         self.seed = int(self.record.get("seed", 0))
         mdir = run / "recommender" / "models" / self.label / f"seed-{self.seed}"
+        from ..catalogue import apply_additions, current_additions
+
+        self.additions = current_additions(run)            # items added with sidkit add-items / POST /items
         model = Recommender.load(mdir)
         self.generative = isinstance(model, SIDRecommender)     # beam search over SIDs; else scores every item
         self.device = resolve_device(device)
         if hasattr(model, "module_"):                            # torch models (popularity has no module)
             model = model.to(self.device)
             model.module_.eval()
-        self.model = model
-        self.item_ids = np.asarray(model.item_ids_, dtype=str)
-        self._order = np.argsort(self.item_ids, kind="stable")
-        self._sorted = self.item_ids[self._order]
-        self.n_items = len(self.item_ids)
+        self.takes_new_items = (self.generative and not getattr(model, "id_only", False)
+                                and self.record.get("tokenizer") is not None)
+        if self.takes_new_items:
+            model = apply_additions(model, self.additions)
+        self.view = CatalogueView(model, None, None)
         self.max_len = int(getattr(model, "max_len", 0) or 0)          # popularity: none (reads no history)
         self.uses_user_ids = bool(getattr(model, "uses_user_ids", False))
-        self._load_tokenizer()
+        tokenizer, run_codes = self._load_tokenizer()
+        self.view = CatalogueView(model, None, None, tokenizer, run_codes)
         # the SIDs shown per item: a SID model's own (what it decodes), else the run's codes
-        self.codes = model.tokens_.codes if self.generative else self._run_codes_in_model_order()
-        if self.codes is not None:
-            self.sid_strings = np.array([format_sid(c[:n]) for c, n in zip(self.codes.codes, self.codes.lengths)],
-                                        dtype=object)
-        else:
-            self.sid_strings = np.full(self.n_items, None, dtype=object)
-        self.titles = self._titles()
+        codes = model.tokens_.codes if self.generative else self._run_codes_in_model_order()
+        self.view = CatalogueView(model, codes, self._titles(), tokenizer, run_codes)
+        self._update_lock = threading.Lock()
         train_cfg = ((self.metrics.get("models") or {}).get(self.label) or {}).get("train") or {}
         self.mask_seen_default = bool(train_cfg.get("mask_seen", (self.metrics.get("protocol") or {})
                                                     .get("mask_seen", False)))
@@ -161,9 +217,22 @@ class ServedModel:
         self._embed_lock = threading.Lock()
         self.text_model_off = False                      # the server's --text-model off
 
+    model = _view_property("model")
+    item_ids = _view_property("item_ids")
+    n_items = _view_property("n_items")
+    codes = _view_property("codes")
+    sid_strings = _view_property("sid_strings")
+    titles = _view_property("titles")
+    tokenizer = _view_property("tokenizer")
+    run_codes = _view_property("run_codes")
+    _order = _view_property("_order")
+    _sorted = _view_property("_sorted")
+
     # ------------------------------------------------------------------ loading
-    def _titles(self) -> np.ndarray | None:
-        """A display title per catalogue item: the item table's ``title``, else its text."""
+    def _titles(self, item_ids: np.ndarray | None = None) -> np.ndarray | None:
+        """A display title per catalogue item (``item_ids``, default the current view's): the
+        item table's ``title``, else its text; an added item's text."""
+        item_ids = self.item_ids if item_ids is None else item_ids
         run = self.run_dir
         ids = vals = None
         try:
@@ -179,46 +248,66 @@ class ServedModel:
                 ids, vals = np.asarray(t["item_ids"], dtype=str), np.asarray(t["texts"], dtype=str)
         except (ArtifactError, DataError, KeyError, OSError):
             return None
+        add = self.additions
+        if add is not None:
+            t = np.asarray([None if x is None else str(x) for x in add.texts], dtype=object)
+            ids = np.concatenate([ids if ids is not None else np.zeros(0, str), np.asarray(add.item_ids, dtype=str)])
+            vals = np.concatenate([vals.astype(object) if vals is not None else np.zeros(0, object), t])
         if ids is None:
             return None
         order = np.argsort(ids, kind="stable")
-        pos = np.clip(np.searchsorted(ids[order], self.item_ids), 0, len(ids) - 1)
-        found = ids[order][pos] == self.item_ids
+        pos = np.clip(np.searchsorted(ids[order], item_ids), 0, len(ids) - 1)
+        found = ids[order][pos] == item_ids
         return np.where(found, vals[order][pos], None)
 
-    def _load_tokenizer(self) -> None:
-        """The run's codes and tokenizer (for /encode; for a SID model only when it decodes
-        the run's own SIDs)."""
-        from ..tokenizers import Tokenizer
+    def _load_tokenizer(self):
+        """``(tokenizer, run_codes)`` of the run (for /encode; for a SID model only when it
+        decodes the run's own SIDs): the latest tokenizer (with the added items in its
+        catalogue) and the run's codes plus the added items' (None, None when unavailable)."""
+        from ..catalogue import run_tokenizer
         from ..types import Codes
 
-        self.tokenizer = self.run_codes = self.embedding_dim = self.embed_source = None
+        self.embedding_dim = self.embed_source = None
         self.embed_meta: dict[str, Any] = {}
         self.encode_unavailable = None
         codes_dir = self.run_dir / "codes"
         if self.generative and self.record.get("tokenizer") is None:
             self.encode_unavailable = (f"model {self.label!r} was trained on SIDs from outside this run, so the "
                                        "run's tokenizer does not give its SIDs")
-            return
+            return None, None
         if not (codes_dir / "tokenizer").exists():
             self.encode_unavailable = f"the run has no tokenizer ({codes_dir / 'tokenizer'} is missing)"
-            return
+            return None, None
         try:
-            self.tokenizer = Tokenizer.load(codes_dir / "tokenizer")
-            self.run_codes = Codes.load(codes_dir / "codes")
+            tokenizer = run_tokenizer(self.run_dir, self.additions) if self.additions is not None \
+                else run_tokenizer(self.run_dir, None)
+            run_codes = self._with_additions(Codes.load(codes_dir / "codes"), self.additions)
         except (ArtifactError, DataError, OSError) as e:
-            self.tokenizer = self.run_codes = None
             self.encode_unavailable = f"the run's tokenizer could not be loaded from {codes_dir}: {e}"
-            return
+            return None, None
         emb = {}
         if (self.run_dir / "embeddings" / "embeddings.json").is_file():
             emb = read_json(self.run_dir / "embeddings" / "embeddings.json")
-        d = getattr(self.tokenizer, "n_features_in_", None)
-        if d is None and hasattr(self.tokenizer, "_dim"):
-            d = self.tokenizer._dim()
+        d = getattr(tokenizer, "n_features_in_", None)
+        if d is None and hasattr(tokenizer, "_dim"):
+            d = tokenizer._dim()
         self.embedding_dim = int(d) if d is not None else emb.get("dim")
         self.embed_source = emb.get("source")
         self.embed_meta = emb.get("meta") or {}
+        return tokenizer, run_codes
+
+    @staticmethod
+    def _with_additions(codes, additions):
+        """The run's Codes followed by the added items' tokenizer SIDs."""
+        if additions is None or codes.item_ids is None or additions.codes.shape[1] != codes.n_levels:
+            return codes
+        sizes = tuple(max(int(k), int(additions.codes[:, lv].max(initial=0)) + 1)
+                      for lv, k in enumerate(codes.codebook_sizes))
+        return codes.replace(codes=np.vstack([codes.codes, additions.codes]),
+                             lengths=np.concatenate([codes.lengths, additions.lengths]),
+                             codebook_sizes=sizes,
+                             item_ids=np.concatenate([np.asarray(codes.item_ids).astype(str),
+                                                      np.asarray(additions.item_ids, dtype=str)]))
 
     def _run_codes_in_model_order(self):
         """The run's Codes with rows in the served model's catalogue order (None when the run
@@ -257,53 +346,47 @@ class ServedModel:
 
     # ------------------------------------------------------------------ lookups
     def index_of(self, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """Catalogue indices of ``ids`` and the ids that are not in the catalogue (exact
-        matches: numpy's string arrays drop trailing NULs, so every hit is compared again
-        as a Python string)."""
-        ids = [str(i) for i in ids]
-        q = np.asarray(ids, dtype=str)
-        pos = np.clip(np.searchsorted(self._sorted, q), 0, self.n_items - 1)
-        found = np.array([str(self._sorted[p]) == i for p, i in zip(pos.tolist(), ids)], dtype=bool)
-        return self._order[pos], [i for i, f in zip(ids, found) if not f]
+        """Catalogue indices of ``ids`` in the current view (see :meth:`CatalogueView.index_of`)."""
+        return self.view.index_of(ids)
 
     def title(self, i: int) -> str | None:
-        return None if self.titles is None or self.titles[i] is None else str(self.titles[i])
+        return self.view.title(i)
 
     def item_of_sid(self, tokens: Sequence[int]) -> int:
         """Catalogue index of the item holding this SID, or -1."""
-        if self.codes is None:
-            return -1
-        W = self.codes.n_levels
-        if not 1 <= len(tokens) <= W:
-            return -1
-        sizes = self.codes.codebook_sizes
-        if any(t >= sizes[lv] for lv, t in enumerate(tokens)):
-            return -1
-        row = np.full((1, W), -1, np.int64)
-        row[0, :len(tokens)] = tokens
-        return int(self.codes.lookup(row, np.array([len(tokens)]))[0])
+        return self.view.item_of_sid(tokens)
 
     # ---------------------------------------------------------------- inference
     def recommend_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
-        """Answer a batch of requests: SID models with one beam search per (beam width,
-        user-token use, mask_seen), the others with one scoring of every item."""
+        """Answer a batch of requests: SID models with one beam search per (catalogue view,
+        beam width, user-token use, mask_seen), the others with one scoring of every item.
+        Each request is answered with the view its history indices were looked up in."""
         import torch
 
+        out: list[RecResult | None] = [None] * len(reqs)
+        by_view: dict[int, tuple[CatalogueView, list[int]]] = {}
+        current = self.view
+        for i, r in enumerate(reqs):
+            v = r.view if r.view is not None else current
+            by_view.setdefault(id(v), (v, []))[1].append(i)
         with torch.inference_mode():
-            return self._recommend_batch(reqs)
+            for v, rows in by_view.values():
+                for i, res in zip(rows, self._recommend_batch(v, [reqs[i] for i in rows])):
+                    out[i] = res
+        return out
 
-    def _exclude(self, reqs: Sequence[RecRequest]) -> np.ndarray:
+    def _exclude(self, view: CatalogueView, reqs: Sequence[RecRequest]) -> np.ndarray:
         """(B, N) boolean mask: each masked request's history items (all of them)."""
-        ex = np.zeros((len(reqs), self.n_items), bool)
+        ex = np.zeros((len(reqs), view.n_items), bool)
         for j, r in enumerate(reqs):
             if r.mask_seen:
                 ex[j, r.history] = True
         return ex
 
-    def _padded(self, reqs: Sequence[RecRequest]) -> np.ndarray:
+    def _padded(self, view: CatalogueView, reqs: Sequence[RecRequest]) -> np.ndarray:
         """Left-padded (B, H) history tokens (catalogue index + 1; each request's last
         ``max_len`` items)."""
-        n = self.max_len or (1 if self.model.name == "popularity" else 0)     # popularity reads none
+        n = self.max_len or (1 if view.model.name == "popularity" else 0)     # popularity reads none
         hs = [r.history[-n:] if n else r.history for r in reqs]
         H = max(len(h) for h in hs)
         h = np.zeros((len(reqs), H), np.int64)
@@ -311,22 +394,22 @@ class ServedModel:
             h[j, H - len(hist):] = hist + 1
         return h
 
-    def _recommend_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
+    def _recommend_batch(self, view: CatalogueView, reqs: Sequence[RecRequest]) -> list[RecResult]:
         if not self.generative:
-            return self._score_batch(reqs)
+            return self._score_batch(view, reqs)
         out: list[RecResult | None] = [None] * len(reqs)
         groups: dict[tuple[int, bool, bool], list[int]] = {}
         for i, r in enumerate(reqs):
             groups.setdefault((r.beam, self.uses_user_ids and r.user is not None, r.mask_seen), []).append(i)
         for (beam, with_users, masked), rows in groups.items():
             sub = [reqs[i] for i in rows]
-            h = self._padded(sub)
-            k = min(max(r.k for r in sub), self.n_items)
+            h = self._padded(view, sub)
+            k = min(max(r.k for r in sub), view.n_items)
             kw: dict[str, Any] = {"users": np.asarray([r.user for r in sub], dtype=str)} if with_users else {}
-            ex = self._exclude(sub) if masked else None
+            ex = self._exclude(view, sub) if masked else None
             if ex is not None:
                 kw["exclude"] = ex
-            res = self.model.decode(h, k, beam=max(beam, k), **kw)
+            res = view.model.decode(h, k, beam=max(beam, k), **kw)
             for j, (i, r) in enumerate(zip(rows, sub)):
                 items, scores = res.items[j, :r.k], res.scores[j, :r.k]
                 keep = (items >= 0) & np.isfinite(scores)
@@ -335,7 +418,7 @@ class ServedModel:
                 out[i] = RecResult(items[keep], scores[keep])
         return out
 
-    def _score_batch(self, reqs: Sequence[RecRequest]) -> list[RecResult]:
+    def _score_batch(self, view: CatalogueView, reqs: Sequence[RecRequest]) -> list[RecResult]:
         """Models that score every item (SASRec, popularity): one ``scores`` call for the
         batch, the top-k of each row as ``Recommender.recommend`` ranks them (ties: lower
         catalogue index; masked items never returned)."""
@@ -343,9 +426,9 @@ class ServedModel:
 
         from ..eval.metrics import topk_from_scores
 
-        s = self.model.scores(self._padded(reqs))
-        k = min(max(r.k for r in reqs), self.n_items)
-        ex = self._exclude(reqs) if any(r.mask_seen for r in reqs) else None
+        s = view.model.scores(self._padded(view, reqs))
+        k = min(max(r.k for r in reqs), view.n_items)
+        ex = self._exclude(view, reqs) if any(r.mask_seen for r in reqs) else None
         top = topk_from_scores(s, k, exclude=ex)
         vals = torch.gather(s.float(), 1, torch.as_tensor(top, device=s.device)).cpu().numpy()
         out = []
@@ -361,15 +444,65 @@ class ServedModel:
         """SID tokens of one embedding (the tokenizer's ``encode``: a catalogue item gets its
         own SID, a new item a disambiguation number no catalogue item holds) and the id
         of the catalogue item it was recognised as (None for a new item)."""
-        codes = self.tokenizer.encode(np.asarray(vector, np.float32)[None, :])
+        view = self.view                                        # one snapshot: tokenizer and codes together
+        codes = view.tokenizer.encode(np.asarray(vector, np.float32)[None, :])
         n = int(codes.lengths[0])
         tokens = [int(t) for t in codes.codes[0, :n]]
-        cat = self.run_codes
+        cat = view.run_codes
         if cat.n_levels != codes.n_levels or any(t >= k for t, k in zip(tokens, cat.codebook_sizes)):
             return tokens, None                                 # beyond the catalogue's codebooks: new
         row = np.asarray(codes.codes[:1], np.int64)
         hit = int(cat.lookup(row, codes.lengths[:1])[0])
         return tokens, (str(cat.item_ids[hit]) if hit >= 0 and cat.item_ids is not None else None)
+
+    # ------------------------------------------------------------ new items
+    def add_items(self, item_ids: Sequence[str], *, texts: Sequence[str] | None = None,
+                  embeddings: Any = None, max_items: int | None = None) -> dict[str, Any]:
+        """``POST /items``: encode new items with the run's tokenizer (``encode_new``), persist
+        them atomically in ``RUN/catalogue`` (:func:`sidkit.catalogue.add_items_to_run`) and
+        swap in a new :class:`CatalogueView` whose model has them in its trie.  One update at
+        a time; requests keep the view they started with.  A DataError (nothing changed) on
+        bad input; a ConfigError when the served model cannot take new items."""
+        from ..catalogue import add_items_to_run, check_texts
+        from ..models.catalogue import check_new_ids
+
+        if not self.takes_new_items:
+            why = ("it scores a fixed set of learned item embeddings" if not self.generative else
+                   "its SIDs are not the run's tokenizer's" if self.record.get("tokenizer") is None else
+                   "the ID-only ablation names items by index")
+            raise ConfigError(f"model {self.label!r} ({self.view.model.name}) cannot take new items without "
+                              f"retraining: {why}", "serve the run's causal SID or TIGER model (--model)")
+        with self._update_lock:
+            view = self.view
+            ids = check_new_ids(item_ids, view.item_ids, **({"max_items": max_items} if max_items else {}))
+            if embeddings is None and texts is not None:
+                texts = check_texts(texts, len(ids))
+                if not self.text_encoding:
+                    raise DataError("this server cannot embed text (the run's items were not embedded from text, "
+                                    "or the text model is off)",
+                                    f"send 'embedding': each item's vector of {self.embedding_dim} floats")
+                with self._embed_lock:
+                    embeddings = self._text_embedder().embed(list(texts))
+            summary, models, tok, after = add_items_to_run(
+                self.run_dir, ids, embeddings=embeddings, texts=texts, max_items=max_items,
+                models={(self.label, self.seed): view.model}, return_state=True)
+            model = models[(self.label, self.seed)]
+            t = model.tokens_.trie                                   # build the trie (and its tables) now,
+            for d in range(t.width):                                 # not in the first request
+                t.level_table(d, self.device)
+            t.node_items(self.device)
+            self.additions = after
+            run_codes = self._with_additions(self._base_run_codes(), after)
+            titles = self._titles(np.asarray(model.item_ids_, dtype=str))
+            self.view = CatalogueView(model, model.tokens_.codes, titles, tok, run_codes)   # the one swap
+        return {"added": summary["added"], "version": summary["version"], "n_items": self.view.n_items,
+                "items": [{"item_id": i, "sid": format_sid(sid), "tokens": sid}
+                          for i, sid in summary["models"][f"{self.label}/seed-{self.seed}"].items()]}
+
+    def _base_run_codes(self):
+        from ..types import Codes
+
+        return Codes.load(self.run_dir / "codes" / "codes")
 
     def _text_embedder(self):
         from ..embed import TextEmbedder

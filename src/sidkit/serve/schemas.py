@@ -119,6 +119,60 @@ class EncodeRequest(BaseModel):
         return self
 
 
+#: most items one POST /items may add (documented in docs/serving.md)
+MAX_NEW_ITEMS = 1000
+
+
+class NewItem(BaseModel):
+    model_config = _strict({"item_id": "new-1", "text": "Title: Brand New Movie. Year: 2026. Genres: Comedy."})
+
+    item_id: Annotated[Union[StrictStr, StrictInt], AfterValidator(_no_control)] = Field(
+        ..., description="The new item's id (not in the catalogue yet; no control characters).")
+    text: Optional[StrictStr] = Field(
+        None, max_length=MAX_TEXT, description="The item's text (embedded with the run's text model).")
+    embedding: Optional[list[float]] = Field(
+        None, min_length=1, max_length=MAX_DIM, description="The item's embedding, instead of text.")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.text is None) == (self.embedding is None):
+            raise ValueError("give exactly one of 'text' or 'embedding'")
+        return self
+
+
+class AddItemsRequest(BaseModel):
+    model_config = _strict({"items": [{"item_id": "new-1",
+                                       "text": "Title: Brand New Movie. Year: 2026. Genres: Comedy."}]})
+
+    items: list[NewItem] = Field(..., min_length=1, max_length=MAX_NEW_ITEMS,
+                                 description=f"1..{MAX_NEW_ITEMS} new items, all with text or all with embeddings.")
+
+    @model_validator(mode="after")
+    def _same_kind(self):
+        kinds = {it.text is None for it in self.items}
+        if len(kinds) > 1:
+            raise ValueError("give every item a 'text', or every item an 'embedding', not a mixture")
+        return self
+
+
+class AddedItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    sid: str
+    tokens: list[int]
+
+
+class AddItemsResponse(BaseModel):
+    model_config = _strict({"added": 1, "version": "v-000001", "n_items": 1683,
+                            "items": [{"item_id": "new-1", "sid": "3-18-17-1", "tokens": [3, 18, 17, 1]}]})
+
+    added: int
+    version: str = Field(..., description="The run's catalogue version now current (RUN/catalogue/CURRENT).")
+    n_items: int = Field(..., description="The served catalogue's size after the update.")
+    items: list[AddedItem] = Field(..., description="The SID the served model gives each new item.")
+
+
 class EncodeResponse(BaseModel):
     model_config = _strict({"sid": "12-3-7-2", "tokens": [12, 3, 7, 2], "catalogue_item": None,
                             "new_item": True})
