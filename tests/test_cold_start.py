@@ -231,3 +231,24 @@ def test_a_trained_run_recommends_new_items_that_match_the_history_cli_and_http(
             ranking = [it["item_id"] for it in r.json()["items"]]
             assert [i for i in ranking if i in new_ids + more][0] in (f"new{c}a", f"new{c}b"), (c, ranking)
             assert f"new{c}b" in ranking                          # added over HTTP: in the trie
+
+
+def test_run_cold_start_one_seed_end_to_end(setup):
+    from sidkit.eval.cold_start import run_cold_start
+
+    split, ids, X, cold, full, warm = setup
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_cold_start(split, ids, X, seed=1, fraction=0.2, codebook_sizes=(N_CLUSTERS, 4), headroom=4,
+                             model_params={"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 6, "beam": 20},
+                             train=TrainConfig(epochs=2, patience=2, warmup_steps=0, batch_size=32),
+                             epsilons=(0.0, 1.0), pool=20)
+    finally:
+        torch.set_num_threads(old)
+    models = [(r["model"], r["epsilon"]) for r in out["rows"]]
+    assert models == [("causal_sid", 0.0), ("causal_sid", 1.0), ("content_knn", None), ("popularity", None)]
+    by = {m: r for m, r in zip(models, out["rows"])}
+    assert by[("causal_sid", 0.0)]["cold"]["recall@10"] == 0.0
+    assert by[("popularity", None)]["cold"]["recall@10"] == 0.0
+    assert out["n_cold_items"] >= 1

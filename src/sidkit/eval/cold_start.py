@@ -244,3 +244,55 @@ def cold_start_metrics(model, full, cold_items: Iterable[str], *, ks=(10,), mask
     is_cold = np.isin(data.item_ids[targets], np.asarray(list(map(str, cold_items))))
     return {"cold": _metrics(ranks[is_cold], ks), "warm": _metrics(ranks[~is_cold], ks),
             "all": _metrics(ranks, ks), "n_cold": int(is_cold.sum()), "n_warm": int((~is_cold).sum())}
+
+
+def run_cold_start(split, item_ids: Sequence[str], X: np.ndarray, *, seed: int = 0, fraction: float = 0.05,
+                   rule: str = "random", codebook_sizes: Sequence[int] = (256, 256, 256), headroom: int = 8,
+                   model_params: dict | None = None, train=None, device: str = "cpu",
+                   epsilons: Sequence[float] = (0.0, 0.1, 0.2, 0.5, 1.0), pool: int = 50,
+                   baselines: Sequence[str] = ("content_knn", "popularity"), progress: bool = False) -> dict[str, Any]:
+    """The whole protocol for one seed: cold items, split, warm-only RQ-KMeans, a causal SID
+    model trained on the warm split and extended with the cold items, the ε sweep and the
+    baselines.  ``X``: embeddings of ``item_ids`` (every item of the split).  Returns
+    ``{"seed", "n_cold_items", "rows": [{"model", "epsilon", "cold": {...}, "warm": {...},
+    "all": {...}, "n_cold", "n_warm"}]}``."""
+    import torch
+
+    from ..config import TrainConfig
+    from ..models import CausalSID, ContentKNN, Popularity, SASRec
+    from ..models.catalogue import add_items
+    from ..tokenizers import RQKMeans
+    from .sequences import SequenceData
+
+    ids = np.asarray(item_ids).astype(str)
+    cold = choose_cold_items(split, fraction, seed=seed, rule=rule)
+    full, warm = cold_start_split(split, cold)
+    fd, wd = SequenceData.from_split(full), SequenceData.from_split(warm)
+    check_no_cold_inputs(fd, cold)
+    order = np.argsort(ids, kind="stable")
+    pos = order[np.searchsorted(ids[order], fd.item_ids)]
+    if (ids[pos] != fd.item_ids).any():
+        raise DataError("the embeddings miss items of the split", "embed every item of the data set")
+    Xf = np.asarray(X, np.float32)[pos]
+    tok = RQKMeans(codebook_sizes=list(codebook_sizes), resolve_collisions=True, random_state=seed, device=device)
+    warm_codes, cold_codes = warm_and_cold_codes(tok, fd.item_ids, Xf, cold, headroom=headroom)
+    torch.manual_seed(seed)
+    sid = CausalSID(**(model_params or {})).fit(wd, codes=warm_codes, train=train or TrainConfig(), seed=seed,
+                                                device=device, progress=progress)
+    ext = add_items(sid, cold_codes.item_ids, cold_codes)
+    rows = []
+    for eps in epsilons:
+        m = ext if eps >= 1 else ColdShare(ext, cold, epsilon=eps, pool=pool)
+        rows.append({"model": "causal_sid", "epsilon": float(eps), **cold_start_metrics(m, fd, cold)})
+    if "content_knn" in baselines:
+        knn = ContentKNN(max_len=getattr(ext, "max_len", 50)).fit(fd, embeddings=Xf)
+        rows.append({"model": "content_knn", "epsilon": None, **cold_start_metrics(knn, fd, cold)})
+    if "popularity" in baselines:
+        rows.append({"model": "popularity", "epsilon": None,
+                     **cold_start_metrics(WarmOnly(Popularity().fit(wd), fd), fd, cold)})
+    if "sasrec" in baselines:
+        torch.manual_seed(seed)
+        sas = SASRec().fit(wd, train=train or TrainConfig(), seed=seed, device=device, progress=progress)
+        rows.append({"model": "sasrec", "epsilon": None, **cold_start_metrics(WarmOnly(sas, fd), fd, cold)})
+    return {"seed": seed, "n_cold_items": int(len(cold)), "n_items": int(fd.n_items),
+            "sid_best_epoch": int(getattr(sid, "best_epoch_", -1)), "rows": rows}
