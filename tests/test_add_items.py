@@ -197,3 +197,25 @@ def test_cli_add_items_csv_with_text_and_npy(run, tmp_path):
     res = runner.invoke(app, ["add-items", str(run), str(bad)])
     assert res.exit_code == 1 and "empty" in res.output
     assert _snapshot(run) == snap
+
+
+def test_concurrent_writers_lose_no_update(run):
+    """Two writers at once (e.g. two CLI calls): the run's lock serialises them, so the
+    final version holds both batches."""
+    import threading
+
+    errs = []
+
+    def add(tag, seed):
+        try:
+            add_items_to_run(run, [f"{tag}{i}" for i in range(2)], embeddings=_emb(run, 2, seed=seed))
+        except Exception as e:  # noqa: BLE001
+            errs.append(e)
+
+    ts = [threading.Thread(target=add, args=(t, s)) for t, s in (("p", 11), ("q", 12))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errs, errs
+    assert sorted(current_additions(run).item_ids) == ["p0", "p1", "q0", "q1"]

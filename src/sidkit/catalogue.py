@@ -25,6 +25,7 @@ only those trained on the run's own codes) take the added items through
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -211,7 +212,7 @@ def _clean_stale(root: Path, keep: str | None) -> None:
     if not root.is_dir():
         return
     for p in root.iterdir():
-        if p.name.startswith(".v-") and p.name.endswith(".tmp") or (_VERSION.match(p.name) and p.name != keep):
+        if (p.name.startswith(".v-") and p.name.endswith(".tmp")) or (_VERSION.match(p.name) and p.name != keep):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -266,11 +267,33 @@ def add_items_to_run(run: str | Path, item_ids: Sequence[str], *, embeddings: An
     SIDs every SID model gives them (with ``return_state``: ``(summary, models, tokenizer,
     additions)``, the extended models, the updated tokenizer and the new current
     additions).  Bad input: one DataError, nothing written."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ArtifactError(f"run directory {run} does not exist", "pass a directory written by sidkit run")
+    with _locked(run):                                     # one writer at a time (CLI and server alike)
+        return _add_items_locked(run, item_ids, embeddings=embeddings, texts=texts, device=device,
+                                 max_items=max_items, models=models, return_state=return_state)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive advisory lock (``flock``) on the directory itself for the block (no
+    lock file: a refused update leaves the run exactly as it was)."""
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                                       # releases the lock
+
+
+def _add_items_locked(run: Path, item_ids, *, embeddings, texts, device, max_items, models, return_state):
     from safetensors.numpy import save_file
 
     from .models.catalogue import sids_dict
 
-    run = Path(run)
     before, ids, X, codes, tok, texts, models = plan_additions(
         run, item_ids, embeddings=embeddings, texts=texts, device=device, max_items=max_items, models=models)
     root = catalogue_dir(run)
