@@ -4,8 +4,6 @@ SID models, persisted atomically in RUN/catalogue, surviving reloads (issue 25).
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
