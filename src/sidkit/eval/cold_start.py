@@ -231,8 +231,8 @@ def _metrics(ranks: np.ndarray, ks=(10,)) -> dict[str, float]:
 
 def cold_start_metrics(model, full, cold_items: Iterable[str], *, ks=(10,), mask_seen: bool = False,
                        max_len: int | None = None) -> dict[str, Any]:
-    """``{"cold": {...}, "warm": {...}, "all": {...}, "n_cold": int, "n_warm": int,
-    "cold_share@10": share of cold items in the top-10 lists}`` on ``full``'s test examples."""
+    """``{"cold": {...}, "warm": {...}, "all": {...}, "n_cold": int, "n_warm": int}``: Recall@k
+    and NDCG@k on ``full``'s test examples whose target is cold, warm, and on all of them."""
     from .harness import as_sequence_data, evaluate
 
     data = as_sequence_data(full)
