@@ -11,8 +11,9 @@ from sidkit.config import load_config
 from sidkit.experiment import load_grid, validate_grid
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.toml") if "experiments" not in p.parts)
+RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.toml") if not {"experiments", "published"} & set(p.parts))
 GRIDS = sorted((CONFIGS / "experiments").glob("*.toml"))
+PUBLISHED = sorted((CONFIGS / "published").glob("*.toml"))
 
 
 def test_configs_are_found():
@@ -25,6 +26,20 @@ def test_configs_are_found():
 def test_run_config_loads(path):
     cfg = load_config(path)
     assert cfg.recommenders() or cfg.model is not None
+
+
+@pytest.mark.parametrize("path", PUBLISHED, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_published_figures_are_typed_reference_rows(path):
+    """configs/published/*.toml: tables of rows a grid's references = "FILE:TABLE" reads."""
+    import tomllib
+
+    from sidkit.experiment import ReferenceRow
+
+    doc = tomllib.loads(path.read_text())
+    assert doc and all(isinstance(rows, list) and rows for rows in doc.values())
+    for rows in doc.values():
+        for row in rows:
+            ReferenceRow.model_validate(row)          # model, source, metrics in [0, 1], note
 
 
 def test_presets_are_the_recipes():
