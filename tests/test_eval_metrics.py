@@ -180,3 +180,21 @@ def test_popularity_on_sparse_counts_reports_ties_and_the_pessimistic_rule_is_lo
     assert idx["tie_rate"] == pes["tie_rate"] == 1.0
     assert pes["tie_break"] == "pessimistic" and idx["tie_break"] == "index"
     assert pes["recall@1"] == 0.0 and idx["recall@1"] > 0.0          # the index rule flatters item i0
+
+
+@pytest.mark.parametrize("n, k", [(30, 1), (30, 5), (200, 10), (1000, 20), (50, 40)])
+def test_topk_equals_the_first_k_of_a_stable_sort(n, k):
+    """The top-k path (topk + tie fill) returns exactly a stable sort's first k, ties and
+    excluded (-inf) items included."""
+    import torch
+
+    rs = np.random.default_rng(n + k)
+    scores = rs.integers(0, 5, size=(64, n)).astype(np.float32)        # many ties
+    scores[:4] = 0.0                                                     # whole rows tied
+    ex = rs.random((64, n)) < 0.3
+    ex[4, :] = True                                                      # nothing left but excluded items
+    ref = torch.sort(-torch.as_tensor(scores).masked_fill(torch.as_tensor(ex), float("-inf")), dim=1,
+                     stable=True).indices[:, :k].numpy()
+    np.testing.assert_array_equal(topk_from_scores(scores, k, exclude=ex), ref)
+    np.testing.assert_array_equal(topk_from_scores(scores, k),
+                                  torch.sort(-torch.as_tensor(scores), dim=1, stable=True).indices[:, :k].numpy())

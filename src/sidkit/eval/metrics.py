@@ -132,9 +132,26 @@ def topk_from_scores(scores, k: int, exclude=None) -> np.ndarray:
     key = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
     if exclude is not None:
         key = key.masked_fill(torch.as_tensor(exclude, device=s.device).bool(), float("-inf"))
-    # stable sort of the negated scores: equal scores keep ascending index order
-    order = torch.sort(-key, dim=1, stable=True).indices[:, :k]
-    return order.cpu().numpy().astype(np.int64)
+    return _topk_lower_index(key, k).cpu().numpy().astype(np.int64)
+
+
+def _topk_lower_index(key, k: int):
+    """The ``k`` largest of each row, ties to the lower index: the first ``k`` of a stable
+    sort of ``-key``, without sorting whole rows.  ``topk`` finds each row's k-th value;
+    every item above it is in, and of the items equal to it the lowest indices fill the
+    rest; the k chosen (in index order) are then stably sorted by score."""
+    import torch
+
+    if k >= key.shape[1] // 4:                        # most of the row: a sort is as cheap
+        return torch.sort(-key, dim=1, stable=True).indices[:, :k]
+    kth = key.topk(k, dim=1, sorted=True).values[:, -1:]
+    above = key > kth
+    equal = key == kth
+    need = k - above.sum(1, keepdim=True)
+    take = above | (equal & (equal.cumsum(1) <= need))
+    idx = torch.nonzero(take)[:, 1].reshape(key.shape[0], k)          # row-major: ascending index
+    order = torch.sort(-key.gather(1, idx), dim=1, stable=True).indices
+    return idx.gather(1, order)
 
 
 def ranks_from_lists(topk: np.ndarray, targets) -> np.ndarray:
