@@ -57,7 +57,11 @@ def check_finite(scores, what: str = "scores") -> None:
     s = torch.as_tensor(scores)
     if not s.is_floating_point():
         return
+    if bool(torch.isfinite(s.sum())):       # a NaN or inf anywhere makes the sum NaN or inf
+        return
     bad = ~torch.isfinite(s)
+    if not bool(bad.any()):                 # the sum overflowed: every value is finite
+        return
     if bool(bad.any()):
         rows = torch.nonzero(bad.any(1) if s.ndim == 2 else bad).flatten()[:5].tolist()
         n_nan, n_inf = int(torch.isnan(s).sum()), int(torch.isinf(s).sum())
@@ -96,20 +100,16 @@ def ranks_from_scores(scores, targets, exclude=None, *, tie_break: str = "index"
                         "map item ids to catalogue indices first")
     check_finite(s)
     st = s.gather(1, t[:, None])
-    idx = torch.arange(s.shape[1], device=s.device)
-    tied = (s == st) & (idx[None, :] != t[:, None])
-    if exclude is not None:
+    if exclude is not None:      # excluded items drop below every finite score; the target stays
         ex = torch.as_tensor(exclude, device=s.device).bool().clone()
         ex[torch.arange(len(t), device=s.device), t] = False
-        tied &= ~ex
-    else:
-        ex = None
-    if tie_break == "index":
+        s = s.masked_fill(ex, float("-inf"))
+    idx = torch.arange(s.shape[1], device=s.device)
+    tied = (s == st) & (idx[None, :] != t[:, None])   # one boolean pass per term: summing
+    if tie_break == "index":                          # several bool masks costs more
         before = (s > st) | (tied & (idx[None, :] < t[:, None]))
     else:
         before = (s > st) | tied
-    if ex is not None:
-        before &= ~ex
     ranks = before.sum(1).cpu().numpy().astype(np.int64)
     if return_ties:
         return ranks, tied.any(1).cpu().numpy()
@@ -144,6 +144,26 @@ def _topk_lower_index(key, k: int):
 
     if k >= key.shape[1] // 4:                        # most of the row: a sort is as cheap
         return torch.sort(-key, dim=1, stable=True).indices[:, :k]
+    vals, idx = key.topk(k + 1, dim=1, sorted=True)
+    clear = vals[:, k - 1] > vals[:, k]              # the k-th value is not tied with the next one
+    if bool(clear.all()):
+        # the top k are unambiguous: order them by score, ties among them by index
+        top = idx[:, :k].sort(dim=1).values
+        order = torch.sort(-key.gather(1, top), dim=1, stable=True).indices
+        return top.gather(1, order)
+    out = torch.empty((key.shape[0], k), dtype=torch.long, device=key.device)
+    rows = torch.nonzero(clear).flatten()
+    if rows.numel():
+        out[rows] = _topk_lower_index(key[rows], k)
+    rows = torch.nonzero(~clear).flatten()
+    out[rows] = _tied_topk(key[rows], k)
+    return out
+
+
+def _tied_topk(key, k: int):
+    """:func:`_topk_lower_index` for rows whose k-th value has ties beyond the top k."""
+    import torch
+
     kth = key.topk(k, dim=1, sorted=True).values[:, -1:]
     above = key > kth
     equal = key == kth
