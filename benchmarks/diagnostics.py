@@ -1,4 +1,4 @@
-"""Timing of the diagnostics on a synthetic catalogue: ``python -m sidkit.diagnostics.bench``.
+"""Timing of the diagnostics on a synthetic catalogue: ``python benchmarks/diagnostics.py``.
 
 Synthetic clustered embeddings (1000 Gaussian blobs), ``RQKMeans`` with 3 x 256 codes
 fitted on a 100k sample, then: code-only ``diagnose``, full ``diagnose`` (Monte Carlo
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 
-    from ..tokenizers import RQKMeans
-    from . import diagnose, perturbation_overlap
+    from sidkit.diagnostics import diagnose, perturbation_overlap
+    from sidkit.tokenizers import RQKMeans
 
     g = np.random.default_rng(a.seed)
     centers = g.normal(size=(1000, a.d)).astype(np.float32)

@@ -356,17 +356,6 @@ def _threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _group_rank_t(keys):
-    """For each position, its rank among equal ``keys`` in current order (torch)."""
-    import torch
-
-    n = keys.numel()
-    if n == 0:
-        return keys.clone()
-    perm = torch.sort(keys, stable=True).indices
-    return _rank_in_sorted_groups(keys[perm], perm)
-
-
 def _rank_in_sorted_groups(sorted_group, perm):
     """Ranks within runs of equal ``sorted_group`` (= ``group[perm]``), scattered back
     through ``perm`` to the original positions (torch)."""
