@@ -295,3 +295,45 @@ def test_a_repeated_target_is_never_masked_in_either_path():
         r = evaluate(m, data, "test", ks=(1, 2), mrr_k=2, coverage_k=2, mask_seen=True, return_ranks=True)
         # a: y and z masked, x (the target, seen) stays -> x first; b: y x z masked -> v first
         np.testing.assert_array_equal(r["ranks"], [0, 0])
+
+
+def test_a_stop_signal_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch):
+    """SIGTERM arriving while a checkpoint is written is held until the write is done: the
+    handler then runs, and the folder holds the whole new checkpoint and no temporary folder."""
+    import os
+    import signal
+
+    import safetensors.torch
+    import torch
+
+    from sidkit.models.train import save_checkpoint
+
+    class Stopped(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stopped()
+
+    real = safetensors.torch.save_file
+    calls = []
+
+    def save_file(tensors, path):
+        if not calls:
+            os.kill(os.getpid(), signal.SIGTERM)        # arrives mid-write
+        calls.append(path)
+        real(tensors, path)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        module = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW(module.parameters())
+        with pytest.raises(Stopped):
+            save_checkpoint(tmp_path / "seed-0", module=module, best_state=None, opt=opt,
+                            shuffle_gen=torch.Generator(), state={"epoch": 1})
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert len(calls) == 2                                  # weights and optimiser both written
+    assert sorted(p.name for p in (tmp_path / "seed-0").iterdir()) == ["optim.safetensors", "state.json",
+                                                                        "weights.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

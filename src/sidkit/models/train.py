@@ -252,8 +252,45 @@ def save_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state: 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):   # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    with _signals_held():
+        _write_checkpoint(path, module=module, best_state=best_state, opt=opt, shuffle_gen=shuffle_gen,
+                          state=state, rng=rng)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGTERM and SIGINT wait until a checkpoint is written: a stop signal then finds either
+    the old checkpoint or the new one, and no temporary folder.  While the write runs a
+    deferring handler records them; afterwards the previous handlers are back and each
+    recorded signal is raised again (the pipeline's SIGTERM-as-exception, Ctrl-C's
+    KeyboardInterrupt, or the default: the process ends)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGTERM, signal.SIGINT)
+    old = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held}
     try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
+
+
+def _write_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state, rng) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
                   str(tmp / "weights.safetensors"))
         if best_state is not None:
@@ -271,7 +308,8 @@ def save_checkpoint(path: Path, *, module, best_state, opt, shuffle_gen, state: 
                                         "param_groups": groups, **state})
         replace_dir(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
