@@ -232,11 +232,9 @@ def _exclusion_keys(trie, exclude, n_users: int, constrained: bool):
     if not constrained:
         raise DataError("exclude needs constrained decoding (the trie tells which tokens lead to which items)",
                         "pass constrained=True, or drop the excluded items from the output yourself")
-    ex = exclude.detach().cpu().numpy() if hasattr(exclude, "detach") else np.asarray(exclude)
-    if ex.shape != (n_users, trie.n_items):
-        raise DataError(f"exclude must be (n_users, n_items) = ({n_users}, {trie.n_items}), got {ex.shape}",
-                        "pass one boolean row over the catalogue per user")
-    rows, items = np.nonzero(ex.astype(bool, copy=False))
+    from .base import check_exclude
+
+    rows, items = np.nonzero(check_exclude(exclude, n_users, trie.n_items))
     return trie.exhausted_keys(rows, items)
 
 
