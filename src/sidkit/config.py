@@ -274,13 +274,16 @@ class TrainConfig(_Strict):
         "index", description="equal scores: 'index' ranks the lower catalogue index first; 'pessimistic' "
                              "ranks every item tied with the target ahead of it")
     seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
+    max_minutes: float | None = Field(
+        None, gt=0, description="a time budget: stop after the epoch that brings training and validation "
+                                "time past this many minutes (the record says stop = 'budget'); None = no budget")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the training forward pass under bfloat16 autocast (weights, optimiser "
                             "and evaluation stay float32); faster on CPUs with AMX / AVX512-BF16 and on GPUs")
 
     # keys added after the first release, left out of stage and checkpoint fingerprints while
     # they hold their default, so runs made before them stay cached and resumable
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "tie_break": "index"}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "tie_break": "index", "max_minutes": None}
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """``model_dump()`` without the later keys at their default (see ``LATER_DEFAULTS``)."""

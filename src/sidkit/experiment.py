@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import fnmatch
 import io
 import os
 import re
@@ -76,6 +77,10 @@ class _GridAxes(BaseModel):
     tokenizers: list[dict[str, Any]] = Field(default_factory=list)
     models: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list, description="runs left out of the cross product: "
+                               "patterns (* ?) on EMBEDDING__TOKENIZER or the run id")
+    share_id_models: bool = Field(False, description="train the models that read no SIDs (popularity, "
+                                  "SASRec, ID-only) once per data set, in its first run, not once per run")
 
 
 class GridConfig(BaseModel):
@@ -134,6 +139,13 @@ class Cell:
     @property
     def id(self) -> str:
         return f"{self.dataset}__{self.embedding}__{self.tokenizer}"
+
+    def reads_sids(self, label: str) -> bool:
+        """Whether the model ``label`` reads this run's Semantic IDs (its embedding and
+        tokenizer matter to it)."""
+        from .eval.experiment import uses_run_codes
+
+        return any(lb == label and uses_run_codes(m) for lb, m, _ in self.cfg.recommenders())
 
 
 @dataclass
@@ -224,30 +236,66 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
                 raise ConfigError(_format_errors(e, f"{origin} [[grid.datasets]] {label!r}"),
                                   "a reference row has model, source, metrics = { \"ndcg@10\" = 0.0384, ... } "
                                   "and note; see docs/experiments.md") from None
-    models = _labelled("models", g.models, base, origin)
+    models = []
+    for label, m in _labelled("models", g.models, base, origin):
+        m = dict(m)
+        pats = m.pop("runs", None)
+        if pats is not None and (isinstance(pats, str) or not all(isinstance(p, str) for p in pats)):
+            raise ConfigError(f"{origin}: [grid] model {label!r}: runs must be a list of patterns",
+                              "e.g. runs = [\"text__rqkmeans-256x3\"] (EMBEDDING__TOKENIZER, * and ? allowed)")
+        models.append((label, m, pats))
     root = Path(out if out is not None else gc.out or f"runs/experiments/{gc.name}")
-    cells = []
+    from .eval.experiment import uses_run_codes
+
+    cells, matched, seen_datasets = [], set(), set()
     for dl, de in axes["datasets"]:
         for el, ee in axes["embeddings"]:
             for tl, te in axes["tokenizers"]:
+                hit = [p for p in g.exclude if _matches([p], dl, el, tl)]
+                if hit:
+                    matched.update(hit)
+                    continue
                 over: dict[str, Any] = {"data": de, "embed": ee, "codes": te}
                 doc = _merge(base, over)
-                if models:
-                    doc["models"] = [m for _, m in models]
+                here = [m for _, m, pats in models if pats is None or _matches(pats, dl, el, tl)]
+                if here:
+                    doc["models"] = here
                 if g.seeds:
                     doc.setdefault("train", {})["seeds"] = list(g.seeds)
                 cell_id = f"{dl}__{el}__{tl}"
                 doc.setdefault("name", f"{gc.name}/{cell_id}")
                 cfg = config_from_dict(doc, f"{origin} (cell {cell_id}: [grid] datasets {dl!r}, "
                                             f"embeddings {el!r}, tokenizers {tl!r})")
+                if g.share_id_models and dl in seen_datasets and cfg.models:
+                    # the data set's first run trains the models that read no SIDs
+                    cfg = cfg.model_copy(update={"models": [m for m in cfg.models if uses_run_codes(m)]})
+                seen_datasets.add(dl)
                 cells.append(Cell(dl, el, tl, cfg, root / "runs" / cell_id,
                                   [lb for lb, _, _ in cfg.recommenders()]))
+    for label, _, pats in models:
+        for p in pats or []:
+            if not any(_matches([p], c.dataset, c.embedding, c.tokenizer) for c in cells):
+                raise ConfigError(f"{origin}: [grid] model {label!r}: runs pattern {p!r} matches no run",
+                                  "patterns match EMBEDDING__TOKENIZER or DATASET__EMBEDDING__TOKENIZER labels")
+    unused = [p for p in g.exclude if p not in matched]
+    if unused:
+        raise ConfigError(f"{origin}: [grid] exclude pattern {unused[0]!r} matches no run",
+                          "patterns match EMBEDDING__TOKENIZER or DATASET__EMBEDDING__TOKENIZER labels, "
+                          "e.g. \"text__gaoq\" or \"*__gaoq\"")
+    if not cells:
+        raise ConfigError(f"{origin}: [grid] exclude leaves no run", "exclude fewer combinations")
     ids = [c.id for c in cells]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ConfigError(f"{origin}: two runs of the grid would share the folder {dup[0]!r} "
                           "(labels that contain '__')", "give the axis entries labels without '__'")
     return Grid(gc, origin, root, cells, references)
+
+
+def _matches(patterns: list[str], dataset: str, embedding: str, tokenizer: str) -> bool:
+    """Whether a run matches one of ``patterns`` (``*`` ``?``) on EMBEDDING__TOKENIZER or its id."""
+    return any(fnmatch.fnmatchcase(f"{embedding}__{tokenizer}", p)
+               or fnmatch.fnmatchcase(f"{dataset}__{embedding}__{tokenizer}", p) for p in patterns)
 
 
 def _reference_files(spec: Any, origin: str, label: str) -> list[dict[str, Any]]:
@@ -652,13 +700,19 @@ def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
         for label in doc["labels"]:
             recs = [r for r in doc["records"] if r.get("label", r.get("model")) == label]
             summ = summarise(recs)
+            shared = grid.config.grid.share_id_models and not cell.reads_sids(label)
             row: dict[str, Any] = {**key, "model": label,
                                    "seeds": " ".join(str(r["seed"]) for r in recs)}
+            if shared:   # trained once per data set: embedding and tokenizer do not apply
+                row.update(embedding="", tokenizer="")
             for role in ("test", "valid"):
                 for m, v in (summ.get(role) or {}).items():
                     row[f"{role}_{m}_mean"] = v["mean"]
                     row[f"{role}_{m}_std"] = v["std"]
-            row.update(diag)
+            if not shared:
+                row.update(diag)
+            stops = sorted({r["stop"] for r in recs if r.get("stop") in ("cap", "budget")})
+            row["stop"] = "+".join(stops)   # "cap": a lower bound (rerun with more epochs); "budget": time-capped
             ts = summ.get("train_seconds") or {}
             row["train_seconds_mean"] = ts.get("mean")
             row["train_seconds_std"] = ts.get("std")
@@ -666,7 +720,8 @@ def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
             row["best_epoch_mean"] = bests.get("mean")
             row["run"] = run
             row["_records"] = [{"seed": r["seed"], "test": r.get("test"), "valid": r.get("valid"),
-                                "train_seconds": r.get("train_seconds"), "best_epoch": r.get("best_epoch")}
+                                "train_seconds": r.get("train_seconds"), "best_epoch": r.get("best_epoch"),
+                                "epochs_run": r.get("epochs_run"), "stop": r.get("stop")}
                                for r in recs]
             rows.append(row)
     return rows
@@ -697,7 +752,8 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     ent = sorted({c for r in rows for c in r if c.startswith("norm_entropy_l")},
                  key=lambda c: int(c.rsplit("l", 1)[1]))
     rest = ["semantic_collision_rate", "semantic_collision_share", "rel_mse", "rel_mse_prefix_mean", "soft_matching_auc",
-            "tokenize_seconds", "train_seconds_mean", "train_seconds_std", "best_epoch_mean", "run"]
+            "tokenize_seconds", "train_seconds_mean", "train_seconds_std", "best_epoch_mean"]
+    rest += ["stop"] * any(r.get("stop") for r in rows) + ["run"]
     return first + metric_cols + diag + ent + rest
 
 
@@ -764,7 +820,7 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
            ["train s"] * models
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * (3 + 2 * models) + "---:|" * (len(head) - 3 - 2 * models)]
     for r in rows:
-        cells = [r["dataset"], r["embedding"], r["tokenizer"]]
+        cells = [r["dataset"], r["embedding"] or "-", r["tokenizer"] or "-"]
         if r.get("reference"):
             cells = [r["dataset"], "", "", f"{r['model']} (published)", ""]
             cells += [_f(r.get(f"test_{m}_mean"), ".4f") for m in metrics] + [""] * (len(head) - 5 - len(metrics))
@@ -773,7 +829,9 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
         if models:
             is_chosen = chosen.get(r["dataset"]) is r
             valid = _pm(r, "valid_ndcg@10")
-            cells += [(r["model"] or "-") + (" (chosen)" if is_chosen else ""), r.get("seeds") or "-"] + \
+            stop = {"cap": " (at epoch cap)", "budget": " (time budget)"}
+            mark = "".join(stop[x] for x in str(r.get("stop") or "").split("+") if x in stop)
+            cells += [(r["model"] or "-") + mark + (" (chosen)" if is_chosen else ""), r.get("seeds") or "-"] + \
                 [_pm(r, f"test_{m}") for m in metrics] + [f"**{valid}**" if is_chosen and valid else valid]
         cells += [_f(r.get("k_eff"), ".1f"),
                   " / ".join(_f(r.get(c), ".3f") for c in ent if r.get(c) is not None),
@@ -791,6 +849,13 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
     for ds, r in chosen.items():
         lines += ["", f"Chosen on validation NDCG@10 ({ds}): {r['embedding']} / {r['tokenizer']} / {r['model']} "
                       f"(valid {_pm(r, 'valid_ndcg@10')}; its test NDCG@10, reported: {_pm(r, 'test_ndcg@10')})."]
+    if any(r.get("stop") for r in ours):
+        lines += ["", "*(at epoch cap)*: some seed of the row trained to its epoch cap while validation was still "
+                      "improving, so the row is a lower bound (rerun it with more epochs); *(time budget)*: "
+                      "stopped by its `[train] max_minutes` budget."]
+    if grid.config.grid.share_id_models and any(r["model"] and r["embedding"] == "" for r in ours):
+        lines += ["", "Rows with embedding and tokenizer `-` read no Semantic IDs: they are trained once per data "
+                      "set (`[grid] share_id_models`), in its first run."]
     if refs:
         lines += ["", "*(published)*: figures reported elsewhere, not computed here -- different code, tuning "
                   "and possibly protocol, so read them as orientation:"]

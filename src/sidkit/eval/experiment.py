@@ -80,6 +80,9 @@ def fit_one(model_cfg, train_cfg, data, seed: int, device: str = "auto",
     secs = [h["seconds"] for h in hist]
     rec = {"model": model.name, "tokenizer": None, "seed": int(seed),
            "best_epoch": getattr(model, "best_epoch_", None), "epochs_run": len(hist),
+           # why training ended: "patience" (validation stopped improving), "cap" (the epoch cap:
+           # the row is a lower bound) or "budget" ([train] max_minutes); None for fitted-once models
+           "stop": getattr(model, "stop_reason_", None),
            "seconds_per_epoch": float(np.median(secs)) if secs else None,
            "train_seconds": train_seconds(hist) if hist else time.perf_counter() - t0}
     return model, rec

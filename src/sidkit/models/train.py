@@ -219,8 +219,9 @@ class TorchRecommender(Recommender):
 
 # ------------------------------------------------------------------ checkpoints
 def _fingerprint(model: TorchRecommender, data, cfg, seed: int, n_samples: int) -> str:
-    # epochs and patience only decide when to stop: a finished run can be extended
-    train = {k: v for k, v in cfg.fingerprint_dict().items() if k not in ("epochs", "patience", "seeds")}
+    # epochs, patience and the time budget only decide when to stop: a finished run can be extended
+    train = {k: v for k, v in cfg.fingerprint_dict().items()
+             if k not in ("epochs", "patience", "seeds", "max_minutes")}
     return hash_obj({"type": model.name, "params": model.get_params(), "train": train, "seed": int(seed),
                      "catalogue": data.catalogue_hash, "n_samples": int(n_samples),
                      **model._fingerprint_extra()})
@@ -494,6 +495,14 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
         epoch, step, best, best_epoch, bad = (st["epoch"], st["step"], st["best"], st["best_epoch"], st["bad"])
         history = st["history"]
         stopped = bad >= cfg.patience  # the patience given now (a larger one resumes a stopped run)
+    budget = float(cfg.max_minutes) * 60.0 if cfg.max_minutes else None
+
+    def over_budget() -> bool:
+        return budget is not None and sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in history) >= budget
+
+    reason = "patience" if stopped else None
+    if not stopped and over_budget():
+        stopped, reason = True, "budget"
 
     bar = _progress_bar(cfg.epochs, epoch, progress) if rank == 0 else None
     autocast = _autocast(cfg.precision, device)
@@ -548,10 +557,13 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
                 else:
                     bad += 1
                     stopped = bad >= cfg.patience
+                    reason = "patience" if stopped else None
             elif not has_valid:
                 best_epoch = epoch
                 best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             history.append(rec)
+            if not stopped and over_budget():
+                stopped, reason = True, "budget"
             if ckpt is not None:
                 rng = _rng_states(device, rank) if ddp else None
                 if rank == 0:
@@ -578,4 +590,6 @@ def train_loop(model: TorchRecommender, data, cfg, *, seed: int = 0,
     module.eval()
     model.best_epoch_ = best_epoch
     model.best_valid_ = best if best >= 0 else None
+    # why training ended: validation stopped improving, the epoch cap, or the time budget
+    model.stop_reason_ = reason or ("cap" if epoch >= cfg.epochs else "patience")
     return history
