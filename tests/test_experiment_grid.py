@@ -1,5 +1,6 @@
 """`sidkit experiment`: a grid of runs on the toy data set of test_pipeline, one results table."""
 
+import copy
 import csv
 import json
 import re
@@ -466,3 +467,45 @@ def test_only_runs_the_named_cells_and_the_table_keeps_the_complete_ones(toy):
     assert "toy__file-emb__b" in e.value.fix
     r = runner.invoke(app, ["experiment", str(toy / "missing.toml"), "--only", "a"])
     assert r.exit_code == 1
+
+
+def test_exclude_and_model_runs_pick_the_runs_and_bad_patterns_are_named(toy):
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"}, {"method": "hkm"}, {"method": "rqkmeans", "label": "rq2"}),
+               models=({"type": "popularity"}, {**TINY_CAUSAL, "runs": ["*__hkm"]}))
+    doc["grid"]["exclude"] = ["file-emb__rq2"]
+    grid = parse_grid(doc, "test", toy / "exp")
+    assert [c.tokenizer for c in grid.cells] == ["rqkmeans", "hkm"]
+    assert [c.model_labels for c in grid.cells] == [["popularity"], ["popularity", "causal_sid"]]
+    for key, value, message in (("exclude", ["*__nope"], "exclude pattern '*__nope' matches no run"),
+                                ("exclude", ["*"], "exclude leaves no run")):
+        bad = copy.deepcopy(doc)
+        bad["grid"][key] = value
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_grid(bad, "test", toy / "exp")
+    bad = copy.deepcopy(doc)
+    bad["grid"]["models"][1]["runs"] = ["*__nope"]
+    with pytest.raises(ConfigError, match=re.escape("model 'causal_sid': runs pattern '*__nope' matches no run")):
+        parse_grid(bad, "test", toy / "exp")
+    bad["grid"]["models"][1]["runs"] = "*__hkm"
+    with pytest.raises(ConfigError, match="runs must be a list of patterns"):
+        parse_grid(bad, "test", toy / "exp")
+
+
+def test_shared_id_models_train_once_per_data_set_and_show_once(toy):
+    doc = _doc(toy, models=({"type": "popularity"}, TINY_CAUSAL), seeds=(0,))
+    doc["grid"]["share_id_models"] = True
+    grid = parse_grid(doc, "test", toy / "exp")
+    assert [c.model_labels for c in grid.cells] == [["popularity", "causal_sid"], ["causal_sid"]]
+    run_experiment(grid)
+    rows = _rows(toy / "exp" / "results.csv")
+    assert [(r["embedding"], r["tokenizer"], r["model"]) for r in rows] == [
+        ("", "", "popularity"), ("file-emb", "rqkmeans", "causal_sid"), ("file-emb", "hkm", "causal_sid")]
+    pop = rows[0]
+    assert pop["k_eff"] == "" and pop["codebook_sizes"] == ""      # the SIDs' diagnostics do not apply
+    md = (toy / "exp" / "results.md").read_text()
+    assert re.search(r"\| toy \| - \| - \| popularity( \(chosen\))? \| 0 \|", md)
+    assert "trained once per data set" in md
+    # the grid's own models record why they stopped; TINY_TRAIN's cap is reached here
+    doc_json = json.loads((toy / "exp" / "results.json").read_text())
+    stops = {r["model"]: [s["stop"] for s in r["per_seed"]] for r in doc_json["rows"]}
+    assert stops["popularity"] == [None] and set(stops["causal_sid"]) <= {"cap", "patience"}

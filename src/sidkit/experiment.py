@@ -272,6 +272,8 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
                 seen_datasets.add(dl)
                 cells.append(Cell(dl, el, tl, cfg, root / "runs" / cell_id,
                                   [lb for lb, _, _ in cfg.recommenders()]))
+    if not cells:
+        raise ConfigError(f"{origin}: [grid] exclude leaves no run", "exclude fewer combinations")
     for label, _, pats in models:
         for p in pats or []:
             if not any(_matches([p], c.dataset, c.embedding, c.tokenizer) for c in cells):
@@ -282,8 +284,6 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
         raise ConfigError(f"{origin}: [grid] exclude pattern {unused[0]!r} matches no run",
                           "patterns match EMBEDDING__TOKENIZER or DATASET__EMBEDDING__TOKENIZER labels, "
                           "e.g. \"text__gaoq\" or \"*__gaoq\"")
-    if not cells:
-        raise ConfigError(f"{origin}: [grid] exclude leaves no run", "exclude fewer combinations")
     ids = [c.id for c in cells]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
