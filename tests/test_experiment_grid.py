@@ -509,3 +509,41 @@ def test_shared_id_models_train_once_per_data_set_and_show_once(toy):
     doc_json = json.loads((toy / "exp" / "results.json").read_text())
     stops = {r["model"]: [s["stop"] for s in r["per_seed"]] for r in doc_json["rows"]}
     assert stops["popularity"] == [None] and set(stops["causal_sid"]) <= {"cap", "patience"}
+
+
+def test_publish_writes_the_table_between_markers_and_keeps_the_text_around_it(toy):
+    doc = _doc(toy, models=({"type": "popularity"}, TINY_CAUSAL), seeds=(0, 1))
+    doc["grid"]["share_id_models"] = True
+    doc["grid"]["datasets"] = [{"label": "toy", "reference": [
+        {"model": "PaperRec", "source": "a paper", "metrics": {"ndcg@10": 0.99, "recall@10": 0.001}}]}]
+    target = toy / "docs" / "results_toy"
+    doc["publish"] = str(target)
+    md, js = target.with_name("results_toy.md"), target.with_name("results_toy.json")
+
+    # a file sidkit did not write is refused before anything runs
+    md.parent.mkdir()
+    md.write_text("# my notes\n")
+    with pytest.raises(ConfigError, match="holds no table markers of experiment 'toy-grid'"):
+        run_experiment(parse_grid(doc, "test", toy / "exp"))
+    assert not (toy / "exp").exists() and md.read_text() == "# my notes\n" and not js.exists()
+
+    begin = "<!-- sidkit experiment toy-grid: table begin (rewritten by `sidkit experiment`; write outside the markers) -->"
+    end = "<!-- sidkit experiment toy-grid: table end -->"
+    md.write_text(f"# Toy results\n\nBefore.\n\n{begin}\nold table\n{end}\n\nWhy: prose kept.\n")
+    run_experiment(parse_grid(doc, "test", toy / "exp"))
+    text = md.read_text()
+    assert text.startswith("# Toy results\n\nBefore.\n\n" + begin + "\n# Experiment toy-grid")
+    assert text.endswith(end + "\n\nWhy: prose kept.\n") and "old table" not in text
+    assert text.split(begin)[1].split(end)[0].strip() == (toy / "exp" / "results.md").read_text().strip()
+    assert json.loads(js.read_text()) == json.loads((toy / "exp" / "results.json").read_text())
+    # the comparison with the published row: both kinds, below on N@10, above on R@10, by more than the std
+    line = next(ln for ln in text.splitlines() if ln.startswith("- toy, **PaperRec**"))
+    assert "published: N@10 .9900, R@10 .0010" in line
+    assert "best SID model (file-emb/" in line and "best model without SIDs (- popularity)" in line
+    assert re.search(r"N@10 \.\d{4} ± \.\d{4} \(-\.\d{4}\*\)", line) and re.search(r"R@10 \.\d{4} ± \.\d{4} \(\+", line)
+
+    # a JSON file that is not this grid's results is refused as well
+    js.write_text('{"mine": 1}')
+    with pytest.raises(ConfigError, match="is not the results of experiment 'toy-grid'"):
+        run_experiment(parse_grid(doc, "test", toy / "exp"))
+    assert js.read_text() == '{"mine": 1}'

@@ -88,6 +88,8 @@ class GridConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     out: str | None = None
+    publish: str | None = Field(None, description="also write the table to PATH.md (between sidkit's markers, "
+                                "keeping the text around them) and PATH.json, e.g. \"docs/results_beauty\"")
     base: dict[str, Any] = Field(default_factory=dict)
     grid: _GridAxes = Field(default_factory=_GridAxes)
 
@@ -338,6 +340,7 @@ def validate_grid(grid: Grid) -> None:
 
     if grid.out.exists() and not grid.out.is_dir():
         raise ConfigError(f"experiment output {grid.out} exists and is not a folder", "choose another --out")
+    published_files(grid)   # a publish target sidkit did not write is refused before anything runs
     for cell in grid.cells:
         try:
             validate_run(cell.cfg, cell.dir)
@@ -703,6 +706,7 @@ def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
             shared = grid.config.grid.share_id_models and not cell.reads_sids(label)
             row: dict[str, Any] = {**key, "model": label,
                                    "seeds": " ".join(str(r["seed"]) for r in recs)}
+            row["reads_sids"] = cell.reads_sids(label)
             if shared:   # trained once per data set: embedding and tokenizer do not apply
                 row.update(embedding="", tokenizer="")
             for role in ("test", "valid"):
@@ -849,6 +853,7 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
     for ds, r in chosen.items():
         lines += ["", f"Chosen on validation NDCG@10 ({ds}): {r['embedding']} / {r['tokenizer']} / {r['model']} "
                       f"(valid {_pm(r, 'valid_ndcg@10')}; its test NDCG@10, reported: {_pm(r, 'test_ndcg@10')})."]
+    lines += _against_published(grid, ours) if models else []
     if any(r.get("stop") for r in ours):
         lines += ["", "*(at epoch cap)*: some seed of the row trained to its epoch cap while validation was still "
                       "improving, so the row is a lower bound (rerun it with more epochs); *(time budget)*: "
@@ -865,6 +870,47 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
     lines += ["", "Every column (all test and validation metrics, std, per-level entropy): `results.csv`; "
               "per-seed figures: `results.json`; plot: `results.png`.", ""]
     return "\n".join(lines)
+
+
+def _against_published(grid: Grid, ours: list[dict[str, Any]]) -> list[str]:
+    """Lines comparing, per data set with published rows, the best SID model and the best
+    model without SIDs -- each chosen on validation -- with every published row (test)."""
+    from .selection import select_best
+
+    def fig(v: float) -> str:
+        return f"{v:.4f}".replace("0.", ".", 1)
+
+    lines: list[str] = []
+    for ds, refs in grid.references.items():
+        cands = [r for r in ours if r["dataset"] == ds and r.get("valid_ndcg@10_mean") is not None]
+        kinds = [(name, [r for r in cands if bool(r.get("reads_sids")) == sid])
+                 for name, sid in (("best SID model", True), ("best model without SIDs", False))]
+        kinds = [(name, rs[select_best(rs)]) for name, rs in kinds if rs]
+        if not kinds or not refs:
+            continue
+        if not lines:
+            lines += ["", "Against the published rows (test; ours: mean ± std over seeds, each chosen on "
+                          "validation among its kind; the difference in brackets, marked * where it exceeds "
+                          "our seed std):"]
+        for ref in refs:
+            parts = []
+            for name, r in kinds:
+                where = "/".join(x for x in (r["embedding"], r["tokenizer"]) if x) or "-"
+                vals = []
+                for m in ("ndcg@10", "recall@10"):
+                    pub, mean, std = ref.metrics.get(m), r.get(f"test_{m}_mean"), r.get(f"test_{m}_std") or 0.0
+                    if pub is None or mean is None:
+                        continue
+                    d = mean - pub
+                    vals.append(f"{m.replace('ndcg', 'N').replace('recall', 'R')} {fig(mean)} ± {fig(std)} "
+                                f"({'+' if d >= 0 else '-'}{fig(abs(d))}{'*' if abs(d) > std else ''})")
+                if vals:
+                    parts.append(f"{name} ({where} {r['model']}): " + ", ".join(vals))
+            pubs = ", ".join(f"{m.replace('ndcg', 'N').replace('recall', 'R')} {fig(ref.metrics[m])}"
+                             for m in ("ndcg@10", "recall@10") if m in ref.metrics)
+            if parts:
+                lines.append(f"- {ds}, **{ref.model}** (published: {pubs}) -- " + "; ".join(parts))
+    return lines
 
 
 def _plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
@@ -902,19 +948,73 @@ def _plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
     return buf.getvalue()
 
 
+TABLE_BEGIN = "<!-- sidkit experiment {name}: table begin (rewritten by `sidkit experiment`; write outside the markers) -->"
+TABLE_END = "<!-- sidkit experiment {name}: table end -->"
+
+
+def published_files(grid: Grid) -> dict[str, Path]:
+    """The ``publish`` targets of the grid (``PATH.md``, ``PATH.json``), checked: an
+    existing ``.md`` must hold sidkit's table markers and an existing ``.json`` must be
+    this grid's results, else a ConfigError (sidkit does not overwrite files it did not write)."""
+    if not grid.config.publish:
+        return {}
+    base = Path(grid.config.publish)
+    files = {"md": base.with_name(base.name + ".md"), "json": base.with_name(base.name + ".json")}
+    name = grid.config.name
+    md, js = files["md"], files["json"]
+    if md.exists():
+        text = md.read_text(encoding="utf-8", errors="replace") if md.is_file() else ""
+        if TABLE_BEGIN.format(name=name) not in text or TABLE_END.format(name=name) not in text:
+            raise ConfigError(f"publish target {md} exists and holds no table markers of experiment {name!r}: "
+                              "sidkit did not write it and will not overwrite it",
+                              f"choose another publish path, or put the two lines\n  {TABLE_BEGIN.format(name=name)}"
+                              f"\n  {TABLE_END.format(name=name)}\ninto {md} where the table should go")
+    if js.exists():
+        try:
+            doc = read_json(js)
+        except Exception:
+            doc = None
+        if not (isinstance(doc, dict) and doc.get("name") == name and "rows" in doc and "columns" in doc):
+            raise ConfigError(f"publish target {js} exists and is not the results of experiment {name!r}: "
+                              "sidkit did not write it and will not overwrite it", "choose another publish path")
+    return files
+
+
+def _publish(grid: Grid, table_md: str, doc: dict[str, Any]) -> dict[str, Path]:
+    files = published_files(grid)
+    if not files:
+        return {}
+    begin, end = TABLE_BEGIN.format(name=grid.config.name), TABLE_END.format(name=grid.config.name)
+    block = f"{begin}\n{table_md.rstrip()}\n{end}"
+    md = files["md"]
+    if md.exists():
+        text = md.read_text(encoding="utf-8")
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + block + tail
+    else:
+        text = block + "\n"
+    write_text(md, text)
+    write_json(files["json"], doc)
+    return {"published_md": md, "published_json": files["json"]}
+
+
 def write_results(grid: Grid, cells: list[Cell]) -> dict[str, Path]:
-    """Write ``OUT/results.{csv,md,json,png}`` from the finished ``cells``' run directories."""
+    """Write ``OUT/results.{csv,md,json,png}`` from the finished ``cells``' run directories
+    (and the grid's ``publish`` copies)."""
     rows = with_references(grid, collect_rows(grid, cells))
     cols = _columns(rows)
     out = grid.out
     files = {k: out / f"results.{k}" for k in ("csv", "md", "json", "png")}
+    table_md = _markdown(grid, rows, cols)
+    doc = {"name": grid.config.name, "origin": grid.origin, "columns": cols,
+           "cells": [{"id": c.id, "dir": str(c.dir), "models": c.model_labels} for c in cells],
+           "n_cells": len(grid.cells),
+           "references": {ds: [r.model_dump() for r in refs] for ds, refs in grid.references.items()},
+           "rows": [{**{c: r.get(c) for c in cols}, "per_seed": r.get("_records", [])} for r in rows]}
     write_text(files["csv"], _csv_text(rows, cols))
-    write_text(files["md"], _markdown(grid, rows, cols))
-    write_json(files["json"], {
-        "name": grid.config.name, "origin": grid.origin, "columns": cols,
-        "cells": [{"id": c.id, "dir": str(c.dir), "models": c.model_labels} for c in cells],
-        "n_cells": len(grid.cells),
-        "references": {ds: [r.model_dump() for r in refs] for ds, refs in grid.references.items()},
-        "rows": [{**{c: r.get(c) for c in cols}, "per_seed": r.get("_records", [])} for r in rows]})
+    write_text(files["md"], table_md)
+    write_json(files["json"], doc)
     write_bytes(files["png"], _plot_png(rows, f"{grid.config.name}"))
+    files.update(_publish(grid, table_md, doc))
     return files
