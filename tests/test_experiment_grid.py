@@ -547,3 +547,17 @@ def test_publish_writes_the_table_between_markers_and_keeps_the_text_around_it(t
     with pytest.raises(ConfigError, match="is not the results of experiment 'toy-grid'"):
         run_experiment(parse_grid(doc, "test", toy / "exp"))
     assert js.read_text() == '{"mine": 1}'
+
+
+def test_threads_are_checked_and_set_for_a_single_job(toy):
+    import torch
+
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"},), models=(), seeds=())
+    with pytest.raises(ConfigError, match="threads must be a whole number >= 1"):
+        run_experiment(parse_grid(doc, "test", toy / "exp"), threads=0)
+    before = torch.get_num_threads()
+    try:
+        run_experiment(parse_grid(doc, "test", toy / "exp"), threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -62,6 +62,9 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config)."),
     method: Optional[str] = typer.Option(None, "--method", help="Tokenizer (overrides [codes] method)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum training epochs of every model."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="Torch CPU threads (default: torch's, one per core); give "
+                                               "each of several jobs on one machine its share of the cores."),
 ) -> None:
     """Run the pipeline: data -> split -> items -> embeddings -> codes -> recommenders -> diagnostics.
 
@@ -74,6 +77,10 @@ def run(
     from .commands.train import with_overrides
 
     cfg = with_overrides(load_config(config), device, None, epochs, method)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     def on_stage(r) -> None:
         what = "cached" if r.status == "cached" else f"{r.seconds:.1f}s"

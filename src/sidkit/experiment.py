@@ -474,7 +474,7 @@ class ExperimentResult:
 
 
 def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jobs: int = 1,
-                   only: list[str] | None = None,
+                   threads: int | None = None, only: list[str] | None = None,
                    on_cell: Callable[[int, Cell, list[StagePlan]], None] | None = None,
                    on_stage: Callable[[Cell, Any], None] | None = None) -> ExperimentResult:
     """Run every cell of a grid (cached stages are skipped), then write the results table.
@@ -490,6 +490,10 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jo
     core.  With ``jobs > 1``, ``on_cell`` is called when a cell starts and ``on_stage``
     for each of its stages when it has finished (in this process).
 
+    ``threads``: torch threads of each job (default: ``torch.get_num_threads() // jobs``,
+    at least 1), so that jobs x threads does not exceed the cores: oversubscribed cores
+    run several times slower, not a little.
+
     ``only`` names the cells to run (a cell id such as ``ml-100k__text__rqkmeans``, or a
     label of one of its axes such as ``rqkmeans``); the table then also lists every
     other cell whose stages are all computed already (nothing of theirs runs).
@@ -503,9 +507,16 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jo
         grid = load_grid(grid, out)
     validate_grid(grid)
     check_datasets(grid)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a whole number >= 1, got {threads!r}",
+                          "use e.g. threads=1 per job on a CPU with as many cores as jobs")
     cells, finished = _select(grid, only)
     if jobs > 1 and len(cells) > 1:
-        return _run_parallel(grid, cells, finished, jobs, on_cell, on_stage)
+        return _run_parallel(grid, cells, finished, jobs, on_cell, on_stage, threads)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     index = {c.id: i for i, c in enumerate(grid.cells)}
     done: dict[str, list] = {}
     files: dict[str, Path] = {}
@@ -565,7 +576,7 @@ def _run_cell(cfg: ExperimentConfig, directory: Path) -> list:
 
 
 def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int, on_cell,
-                  on_stage) -> ExperimentResult:
+                  on_stage, threads: int | None = None) -> ExperimentResult:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -583,7 +594,7 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
             res = run_pipeline(cell.cfg, cell.dir, stop_before="codes")
             done[cell.id] = list(res.stages)
     # 2. the cells, ``jobs`` at a time, each in its own process
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = threads or max(1, torch.get_num_threads() // jobs)
     index = {c.id: i for i, c in enumerate(grid.cells)}
     files: dict[str, Path] = {}
     error: BaseException | None = None

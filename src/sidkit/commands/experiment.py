@@ -42,6 +42,9 @@ def experiment(
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once, each in its own process with "
                              "an equal share of the torch threads (2 on a 2-core CPU: one single-thread "
                              "training per core)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads of each run "
+                                          "(default: the cores divided by --jobs; more than that "
+                                          "oversubscribes the cores and runs several times slower)."),
 ) -> None:
     """Run a grid (data set x embedding x tokenizer x model x seeds): one sidkit run per
     (data set, embedding, tokenizer) under OUT/runs/, reusing every cached stage, then
@@ -78,6 +81,6 @@ def experiment(
         typer.echo(f"    {who}[{r.name:<11}] {what:>7}", err=True)
 
     names = [n for o in only for n in o.split(",")] if only else None
-    res = run_experiment(grid, jobs=jobs, only=names, on_cell=on_cell, on_stage=on_stage)
+    res = run_experiment(grid, jobs=jobs, threads=threads, only=names, on_cell=on_cell, on_stage=on_stage)
     typer.echo(res.files["md"].read_text(encoding="utf-8"))
     typer.echo("Results: " + ", ".join(str(p) for p in res.files.values()), err=True)
