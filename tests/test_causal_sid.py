@@ -253,3 +253,68 @@ def test_mask_seen_returns_full_lists_of_unseen_items(fitted):
     # through the harness: no invalid slots, and the target (never seen here) is still first
     res = evaluate(model, data, "test", ks=(1, 10), mrr_k=10, mask_seen=True)
     assert res["invalid_rate"] == 0.0 and res["recall@1"] == 1.0 and res["mask_seen"] is True
+
+
+# ------------------------------------------------------------------ the dense hybrid
+@pytest.fixture(scope="module")
+def dense_fitted(one_thread):
+    data = cyclic_data()
+    model = CausalSID(**TINY, dense=1.0, rerank=12).fit(data, codes=toy_codes(), train=TRAIN, seed=0,
+                                                        device="cpu", progress=False)
+    return data, model
+
+
+def test_dense_targets_sit_where_the_next_items_first_token_is_predicted():
+    data = cyclic_data(n_users=3, length=6)
+    m = CausalSID(**{**TINY, "max_len": 3}, dense=0.5)
+    m.tokens_ = m._resolve_tokens(data, toy_codes())
+    x, y, yi = m.train_arrays(data)
+    W = m.tokens_.n_levels
+    table = np.vstack([np.zeros((1, W), np.int64), m.tokens_.item_tokens])
+    for row in range(len(x)):
+        pos = np.flatnonzero(yi[row] >= 0)
+        assert len(pos) and (pos % W == W - 1).all()              # the last slot of the item before
+        for p in pos:                                             # the next token there is the item's first
+            assert y[row, p] == table[yi[row, p] + 1, 0]
+    plain = CausalSID(**{**TINY, "max_len": 3})
+    plain.tokens_ = m.tokens_
+    xp, yp = plain.train_arrays(data)                             # dense off: the two arrays of before
+    np.testing.assert_array_equal(xp, x)
+    np.testing.assert_array_equal(yp, y)
+
+
+def test_the_dense_head_learns_the_next_item_and_rerank_orders_the_beam_by_it(dense_fitted):
+    data, model = dense_fitted
+    inp = data.eval_inputs("test", model.max_len)
+    with torch.no_grad():
+        state, _ = model.module_.prefill(torch.as_tensor(model._history_grid(inp["history"])))
+        dense = model.dense_scores(state).numpy()
+    assert (dense.argmax(1) == inp["targets"]).mean() == 1.0      # the dense head alone is right too
+    # rerank: the beam's 12 candidates, ordered by their dense score, the best k returned
+    top = model.recommend(inp["history"], 5)
+    plain = CausalSID(**TINY, dense=1.0)
+    plain.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
+    cands = plain.recommend(inp["history"], 12)
+    rows = np.arange(len(cands))[:, None]
+    expect = cands[rows, np.argsort(-dense[rows, cands], 1, kind="stable")][:, :5]
+    np.testing.assert_array_equal(top, expect)
+    assert evaluate(model, data, "test", ks=(1, 10))["recall@1"] == 1.0
+
+
+def test_a_dense_model_round_trips_and_bad_settings_are_named(dense_fitted, tmp_path):
+    from sidkit.config import CausalSIDConfig
+    from sidkit.errors import ConfigError
+
+    data, model = dense_fitted
+    model.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m")
+    assert back.dense == 1.0 and back.rerank == 12
+    hist = data.eval_inputs("test", model.max_len)["history"]
+    np.testing.assert_array_equal(back.recommend(hist, 10), model.recommend(hist, 10))
+    with pytest.raises(ConfigError, match="dense=0 does not train"):
+        CausalSID(**TINY, rerank=5).fit(data, codes=toy_codes(), train=TRAIN)
+    with pytest.raises(ConfigError, match="dense must be a weight >= 0"):
+        CausalSID(**TINY, dense=-1.0).fit(data, codes=toy_codes(), train=TRAIN)
+    # the new keys stay out of fingerprints at their defaults (earlier runs stay cached)
+    assert "dense" not in CausalSIDConfig().fingerprint_dict()
+    assert CausalSIDConfig(dense=0.5, rerank=20).fingerprint_dict()["rerank"] == 20

@@ -204,6 +204,15 @@ class _ModelBase(_Strict):
                               description="row name and folder name; default: the model type")
     train: "TrainOverrides | None" = Field(None, description="per-model [train] overrides")
 
+    # keys added after the first release, left out of stage fingerprints while they hold
+    # their default, so runs made before them stay cached (as TrainConfig.LATER_DEFAULTS)
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """The model's parameters (no ``train``, ``label``) without later keys at their default."""
+        return {k: v for k, v in self.model_dump(exclude={"train", "label"}).items()
+                if not (k in self.LATER_DEFAULTS and v == self.LATER_DEFAULTS[k])}
+
 
 class PopularityConfig(_ModelBase):
     type: Literal["popularity"] = "popularity"
@@ -235,6 +244,12 @@ class CausalSIDConfig(_ModelBase):
     codes: str | None = Field(None, description="directory of a saved Codes artifact (e.g. RUN/codes); "
                                 "unset: `sidkit run` / `sidkit train` use the run's own codes stage")
     id_only: bool = Field(False, description="ID-only ablation: one token per item, no codes")
+    dense: float = Field(0.0, ge=0, description="weight of the dense next-item loss (the hybrid: a full softmax "
+                         "over items whose vectors sum their SID-token embeddings); 0 = off")
+    rerank: int = Field(0, ge=0, description="re-rank this many beam candidates by the dense score (needs "
+                        "dense > 0; the beam is widened to it); 0 = the beam's own order")
+
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"dense": 0.0, "rerank": 0}
 
 
 class TigerConfig(_ModelBase):

@@ -440,7 +440,7 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
 
 # --- recommender stage: when the config names recommenders --------------------------
 def _recommender_entries(cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    return [{"label": label, "model": m.model_dump(exclude={"train", "label"}),
+    return [{"label": label, "model": m.fingerprint_dict(),
              "train": t.fingerprint_dict(), "seeds": list(t.seeds) or [cfg.seed]}
             for label, m, t in cfg.recommenders()]
 

@@ -172,6 +172,17 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
     return CausalSIDModule()
 
 
+def _rerank(res, dense: np.ndarray, top: int):
+    """``res`` (a BeamResult of k candidates per user) re-ordered by the (B, k) ``dense``
+    scores (missing candidates -inf: they stay last), keeping the best ``top``; ``scores``
+    become the dense scores."""
+    from .beam import BeamResult
+
+    order = np.argsort(-dense, axis=1, kind="stable")[:, :top]
+    rows = np.arange(len(order))[:, None]
+    return BeamResult(res.items[rows, order], dense[rows, order].astype(res.scores.dtype), res.sids[rows, order])
+
+
 class SIDRecommender(TorchRecommender):
     """Shared plumbing of the generative SID models (:class:`CausalSID`, TIGER): the
     catalogue's SIDs (``tokens_``) from ``fit(codes=...)`` or the ``codes`` parameter,
@@ -303,6 +314,14 @@ class CausalSID(SIDRecommender):
     beam width of :meth:`recommend`; raised to ``k`` when smaller), ``codes`` (path of a
     saved ``Codes`` directory, used when ``fit`` gets no ``codes=``), ``id_only`` (False:
     the ID-only ablation, one token per item).
+
+    The dense hybrid (LIGER-style; both off by default): ``dense`` (0.0) is the weight of a
+    second loss beside the next-token one -- at the last token of each history item the
+    model also predicts the next item as a whole, a full softmax over the catalogue whose
+    item vectors are the sums of the items' SID-token embeddings (no per-item table: a new
+    item has a vector as soon as it has a SID); ``rerank`` (0) re-ranks that many
+    beam-search candidates by this dense score (a fixed candidate budget; the beam is
+    widened to it when narrower), and the list returned is the top ``k`` of them.
     """
 
     name = "causal_sid"
@@ -311,7 +330,7 @@ class CausalSID(SIDRecommender):
     def __init__(self, hidden: int = 128, n_layers: int = 2, n_heads: int = 4, max_len: int = 50,
                  dropout: float = 0.2, ffn: int | None = None, stride: int | None = None,
                  level_emb: bool = True, beam: int = 20, codes: str | None = None, id_only: bool = False,
-                 attn_dropout: float = 0.0) -> None:
+                 attn_dropout: float = 0.0, dense: float = 0.0, rerank: int = 0) -> None:
         self.hidden = hidden
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -324,6 +343,12 @@ class CausalSID(SIDRecommender):
         self.codes = codes
         self.id_only = id_only
         self.attn_dropout = attn_dropout
+        self.dense = dense
+        self.rerank = rerank
+
+    #: parameters added after models were saved: left out of checkpoint fingerprints while
+    #: they hold these defaults, so earlier runs stay resumable
+    later_defaults = {"dense": 0.0, "rerank": 0}
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
@@ -331,6 +356,15 @@ class CausalSID(SIDRecommender):
                                        "hidden=128, n_heads=4")
         if not 0 <= self.attn_dropout < 1:
             raise ConfigError(f"attn_dropout must lie in [0, 1), got {self.attn_dropout}", "use e.g. 0.0")
+        if isinstance(self.dense, bool) or not isinstance(self.dense, (int, float)) or not self.dense >= 0:
+            raise ConfigError(f"dense must be a weight >= 0, got {self.dense!r}",
+                              "use 0 (off) or e.g. 0.5 (the dense next-item loss beside the next-token loss)")
+        if isinstance(self.rerank, bool) or not isinstance(self.rerank, (int, np.integer)) or self.rerank < 0:
+            raise ConfigError(f"rerank must be a whole number >= 0, got {self.rerank!r}",
+                              "use 0 (no re-ranking) or a candidate budget such as 20")
+        if self.rerank and not self.dense:
+            raise ConfigError(f"rerank={self.rerank} re-ranks by the dense score, which dense=0 does not train",
+                              "set dense > 0 (e.g. dense=0.5), or rerank=0")
 
     def _resolve_tokens(self, data, codes) -> SIDTokens:
         from ..types import Codes
@@ -349,10 +383,38 @@ class CausalSID(SIDRecommender):
         return (self.max_len + 1) * self.tokens_.n_levels - 1
 
     def build_module(self, n_items: int):
+        from torch import nn
+
         t = self._checked_tokens(n_items)
-        return _build_module(t.vocab_size, t.n_levels, self.hidden, self.n_layers, self.n_heads,
-                             self.n_positions, self.dropout, self.ffn or 2 * self.hidden, self.level_emb,
-                             self.attn_dropout)
+        module = _build_module(t.vocab_size, t.n_levels, self.hidden, self.n_layers, self.n_heads,
+                               self.n_positions, self.dropout, self.ffn or 2 * self.hidden, self.level_emb,
+                               self.attn_dropout)
+        if self.dense:
+            module.dense_proj = nn.Linear(self.hidden, self.hidden)   # state -> next-item query
+        return module
+
+    def item_vectors(self, module=None):
+        """(N, hidden) dense item vectors: each item's SID-token embeddings summed (the
+        padding token's row is zero, so a shorter SID sums fewer tokens)."""
+        import torch
+
+        module = module if module is not None else self.module_
+        tok = torch.as_tensor(self.tokens_.item_tokens, device=module.tok.weight.device)
+        return module.tok.weight[tok].sum(1)
+
+    def dense_scores(self, state, items=None, module=None):
+        """Dense next-item scores of (B, hidden) states: (B, N) over the catalogue, or
+        (B, C) for (B, C) catalogue indices ``items`` (-1: no item, scored -inf)."""
+        import torch
+
+        module = module if module is not None else self.module_
+        q = module.dense_proj(state)
+        vec = self.item_vectors(module)
+        if items is None:
+            return q @ vec.T
+        idx = torch.as_tensor(items, device=q.device)
+        out = torch.einsum("bd,bcd->bc", q, vec[idx.clamp_min(0)])
+        return out.masked_fill(idx < 0, float("-inf"))
 
     def _grid(self, items: np.ndarray) -> np.ndarray:
         """(B, H) history tokens (item + 1, 0 = pad) -> (B, H * W) SID token grid."""
@@ -367,24 +429,38 @@ class CausalSID(SIDRecommender):
         is_target = np.concatenate([np.zeros((len(w), 1), bool), targets != PAD], 1)   # per item
         y = grid[:, 1:].copy()
         y[~np.repeat(is_target, W, axis=1)[:, 1:] | (y == PAD)] = -100
-        return grid[:, :-1], y
+        if not self.dense:
+            return grid[:, :-1], y
+        # the dense target: at the position that predicts an item's first token, the item
+        yi = np.full(y.shape, -100, np.int64)
+        pos = np.arange(1, w.shape[1]) * W - 1
+        yi[:, pos] = np.where(is_target[:, 1:], w[:, 1:] - 1, -100)
+        return grid[:, :-1], y, yi
 
-    def train_loss(self, module, x, y):
+    def train_loss(self, module, x, y, yi=None):
         import torch
         import torch.nn.functional as F
 
         L = x.shape[1]
-        hs, ys = [], []
+        hs, ys, hd, yd = [], [], [], []
         for rows, w in self.length_groups(x, y >= 0):   # the real part of each window only
             xg, yg = (x, y) if rows is None else (x[rows], y[rows])
             h = module(xg[:, -w:], start=L - w)          # absolute positions as in the full grid
             keep = yg[:, -w:] >= 0
             hs.append(h[keep])
             ys.append(yg[:, -w:][keep])
+            if yi is not None:
+                ig = (yi if rows is None else yi[rows])[:, -w:]
+                hd.append(h[ig >= 0])
+                yd.append(ig[ig >= 0])
         h, t = (hs[0], ys[0]) if len(hs) == 1 else (torch.cat(hs), torch.cat(ys))
-        return F.cross_entropy(module.logits(h), t)
+        loss = F.cross_entropy(module.logits(h), t)
+        if yi is None:
+            return loss
+        hd, yd = (hd[0], yd[0]) if len(hd) == 1 else (torch.cat(hd), torch.cat(yd))
+        return loss + float(self.dense) * F.cross_entropy(self.dense_scores(hd, module=module), yd)
 
-    def train_loss_terms(self, x, y):
+    def train_loss_terms(self, x, y, *_):
         return (y >= 0).sum()
 
     # ------------------------------------------------------------------ decoding
@@ -413,16 +489,19 @@ class CausalSID(SIDRecommender):
 
         grid = self._history_grid(history)
         B, T = grid.shape
+        if self.rerank:
+            k_out, k = k, int(min(max(k, self.rerank), self.n_items))   # the candidate budget
         beam = int(max(beam or self.beam, k))
         groups = self.length_groups(grid, overhead=self.beam_group_overhead)
+        top = k_out if self.rerank else None
         if len(groups) == 1:
-            return self._beam(grid[:, -groups[0][1]:], T, k, beam, constrained, exclude)
+            return self._beam(grid[:, -groups[0][1]:], T, k, beam, constrained, exclude, top)
         parts = []
         for rows, w in groups:
             ex = exclude
             if ex is not None:
                 ex = ex[torch.as_tensor(rows, device=ex.device)] if hasattr(ex, "detach") else ex[rows]
-            parts.append((rows, self._beam(grid[rows][:, -w:], T, k, beam, constrained, ex)))
+            parts.append((rows, self._beam(grid[rows][:, -w:], T, k, beam, constrained, ex, top)))
         first = parts[0][1]
         out = BeamResult(np.empty((B,) + first.items.shape[1:], first.items.dtype),
                          np.empty((B,) + first.scores.shape[1:], first.scores.dtype),
@@ -431,9 +510,11 @@ class CausalSID(SIDRecommender):
             out.items[rows], out.scores[rows], out.sids[rows] = res.items, res.scores, res.sids
         return out
 
-    def _beam(self, grid: np.ndarray, T: int, k: int, beam: int, constrained: bool, exclude):
+    def _beam(self, grid: np.ndarray, T: int, k: int, beam: int, constrained: bool, exclude,
+              top: int | None = None):
         """The beam search of (B, w) history grids, the last ``w`` columns of grids of
-        ``T`` columns (positions ``T - w .. T - 1``; the decoded tokens follow at ``T ..``)."""
+        ``T`` columns (positions ``T - w .. T - 1``; the decoded tokens follow at ``T ..``).
+        ``top``: re-rank the ``k`` candidates by the dense score and keep the best ``top``."""
         import torch
 
         from .beam import beam_search
@@ -442,11 +523,13 @@ class CausalSID(SIDRecommender):
         grid = torch.as_tensor(grid, device=self.device_)
         B, w = grid.shape
         start = T - w
+        last = {}
 
         def step(tokens, state):
             t = tokens.shape[1]
             if t == 0:
                 x, kv = module.prefill(grid, start=start)
+                last["state"] = x                          # the history's state: the dense query
                 h = kv[0][0].shape[1]
                 # per (user, head) layouts for bmm: K transposed (B h, dh, w), V (B h, w, dh)
                 state["hist"] = [(k_.transpose(-1, -2).reshape(B * h, -1, w), v_.reshape(B * h, w, -1))
@@ -472,7 +555,10 @@ class CausalSID(SIDRecommender):
         module.eval()
         try:
             with torch.no_grad():
-                return beam_search(step, {}, self.tokens_, B, beam=beam, k=k, reorder=reorder,
-                                   constrained=constrained, device=self.device_, exclude=exclude)
+                res = beam_search(step, {}, self.tokens_, B, beam=beam, k=k, reorder=reorder,
+                                  constrained=constrained, device=self.device_, exclude=exclude)
+                if top is None:
+                    return res
+                return _rerank(res, self.dense_scores(last["state"], res.items).float().cpu().numpy(), top)
         finally:
             module.train(was)

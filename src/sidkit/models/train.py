@@ -222,7 +222,9 @@ def _fingerprint(model: TorchRecommender, data, cfg, seed: int, n_samples: int) 
     # epochs, patience and the time budget only decide when to stop: a finished run can be extended
     train = {k: v for k, v in cfg.fingerprint_dict().items()
              if k not in ("epochs", "patience", "seeds", "max_minutes")}
-    return hash_obj({"type": model.name, "params": model.get_params(), "train": train, "seed": int(seed),
+    later = getattr(model, "later_defaults", {})   # parameters added later, at their default: left out
+    params = {k: v for k, v in model.get_params().items() if not (k in later and v == later[k])}
+    return hash_obj({"type": model.name, "params": params, "train": train, "seed": int(seed),
                      "catalogue": data.catalogue_hash, "n_samples": int(n_samples),
                      **model._fingerprint_extra()})
 
