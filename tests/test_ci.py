@@ -38,9 +38,35 @@ def test_ci_requires_the_real_data_and_chromium_tests_to_run():
 
 def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
-    command = 'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest -q'
+    command = ('python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ".[test]" '
+               '&& .venv/bin/python -m pytest -q')
     assert command in readme
-    assert command.replace("pip install -e", "pip install -q -e") in CI.read_text()
+    assert command.replace("pip install -c", "pip install -q -c") in CI.read_text()
+
+
+def test_the_library_declares_ranges_and_ci_pins_every_dependency_exactly():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in ("serve", "test") for r in project["optional-dependencies"][extra]
+             if not r.startswith("sidkit")]
+    exact = [str(r) for r in reqs if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert not exact, f"a library declares ranges, not exact pins: {exact}"
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    for r in reqs:
+        name = r.name.lower().replace("_", "-")
+        assert name in pins, f"{r.name} has no exact version in constraints.txt"
+        assert r.specifier.contains(pins[name], prereleases=True), f"constraints.txt pins {r.name}=={pins[name]}, outside {r}"
+    assert pins["torch"] == "2.13.0"
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count("pip install -c constraints.txt") >= 2   # both set-up commands
 
 
 @pytest.mark.parametrize("value, fails", [("1", True), ("0", False), ("", False)])
