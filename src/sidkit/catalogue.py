@@ -1,4 +1,4 @@
-"""Items added to a trained run without retraining (``sidkit add-items``, issue 25).
+"""Items added to a trained run without retraining (``sidkit add-items``; docs/cold_start.md).
 
 The pipeline's stage directories (``RUN/codes``, ``RUN/recommender``, ...) are never
 touched: their ``meta.json`` hashes stay valid and ``sidkit run`` keeps its cache.  The

@@ -25,22 +25,22 @@ def _mount() -> None:
     app.add_typer(data_cmd.app, name="data", help="Fetch and inspect data sets.")
     app.command("diagnose")(diag_cmd.diagnose)
     app.command("compare")(diag_cmd.compare)
-    from .commands import train as train_cmd  # issue 9: recommenders
+    from .commands import train as train_cmd
 
     app.command("train")(train_cmd.train)
     app.command("evaluate")(train_cmd.evaluate)
-    from .commands import experiment as experiment_cmd  # issue 11: grids of runs
+    from .commands import experiment as experiment_cmd
 
     app.command("experiment")(experiment_cmd.experiment)
-    from .commands import serve as serve_cmd  # issue 12: the recommendation API
+    from .commands import serve as serve_cmd
 
     app.command("serve")(serve_cmd.serve)
 
-    from .commands import scale as scale_cmd  # issue 12: Ray Data encoding
+    from .commands import scale as scale_cmd
 
     app.command("encode-ray")(scale_cmd.encode_ray)
 
-    from .commands import catalogue as catalogue_cmd  # issue 25: new items without retraining
+    from .commands import catalogue as catalogue_cmd
 
     app.command("add-items")(catalogue_cmd.add_items)
 

@@ -28,7 +28,7 @@ Example (every key optional; these are the defaults, except ``items``, ``columns
     n_levels = 3               # or len(codebook_sizes) when those are given
     codebook_sizes = []        # empty: chosen from the catalogue size
     resolve_collisions = true
-    hourglass_remedy = "none"  # or "drop_level" / "topk" (seed 002), on hourglass_level
+    hourglass_remedy = "none"  # or "drop_level" / "topk" (docs/diagnostics.md, hourglass), on hourglass_level
     params = {}                # any other tokenizer parameter
 
     [model]                    # optional: no table = no recommender stage in `sidkit run`
@@ -106,7 +106,7 @@ class DataConfig(_Strict):
 
 
 class FamaeConfig(_Strict):
-    """``[embed.famae]``: the FAMAE item embeddings (SPEC 3; see docs/famae.md)."""
+    """``[embed.famae]``: the FAMAE item embeddings (ReSID; docs/famae.md)."""
     fields: list[str] | None = Field(None, description="item fields; None = the data set's defaults "
                                      "(MovieLens: item_id, genres, year; Amazon and product tables such "
                                      "as items.jsonl: item_id, brand, cat1-3, the category path's levels); "
@@ -161,7 +161,7 @@ class CodesConfig(_Strict):
     codebook_sizes: list[int] = Field(default_factory=list)
     resolve_collisions: bool = True
     hourglass_remedy: Literal["none", "drop_level", "topk"] = Field(
-        "none", description="seed 002 remedies for a concentrated middle level")
+        "none", description="hourglass remedies for a concentrated middle level (docs/diagnostics.md)")
     hourglass_level: int = Field(1, ge=0, description="0-based level the remedy acts on")
     hourglass_k: int | None = Field(None, ge=0, description="top-K; None = chosen from counts")
     params: dict[str, Any] = Field(default_factory=dict)

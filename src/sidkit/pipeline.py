@@ -371,8 +371,8 @@ def _codes_stage(cfg: ExperimentConfig) -> Stage:
 
     params = {"codes": cfg.codes.model_dump(), "seed": cfg.seed}
     if _uses_sizing_rule(cfg):
-        # sizing rule 2 (study 2: 256 per level from 1,024 items up; was (4 N)^(1/L)):
-        # codes sized by the old rule are stale, codes with explicit sizes are not
+        # the sizing rule's version (docs/studies/codebooks.md: 256 per level from 1,024 items
+        # up) is in the key: codes sized by an earlier rule are stale, codes with explicit sizes not
         params["sizing_rule"] = 2
     if cfg.codes.method == "gaoq" or cfg.codes.params.get("balanced") is True:
         # balanced k-means 2: warm start + change tolerance (src/sidkit/tokenizers/kmeans.py);
@@ -400,14 +400,14 @@ def _diagnostics_stage(cfg: ExperimentConfig) -> Stage:
         res = diagnose(codes, emb.vectors, tok, pairs, scales=cfg.diagnostics.perturbation_scales,
                        random_state=cfg.seed)
         if cfg.diagnostics.report:
-            rec = read_json(inp["recommender"] / "metrics.json") if "recommender" in inp else None  # issue 9
+            rec = read_json(inp["recommender"] / "metrics.json") if "recommender" in inp else None
             write_report({cfg.codes.method: res}, out, title=f"sidkit diagnostics: {cfg.name}",
                          recommender=rec)
         else:
             write_json(out / "report.json", res)
         return headline(res)
 
-    rec_input = ("recommender",) if cfg.recommenders() else ()  # issue 9: metrics in the report
+    rec_input = ("recommender",) if cfg.recommenders() else ()  # metrics in the report
     return Stage("diagnostics", fn, cfg.diagnostics.model_dump(),
                  inputs=("embeddings", "split", "codes") + rec_input,
                  version=6)  # 3: semantic collisions; 4, 5: member-distribution overlap (5: trees);
@@ -428,7 +428,7 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
     if ov.get("sid"):
         out["overlap_scales"] = ov["scales"]
         out["sid_k_eff"] = ov["sid"]["K_eff"]
-        if (ov.get("member") or {}).get("sid"):   # issue 11: member-distribution model
+        if (ov.get("member") or {}).get("sid"):   # member-distribution model
             out["sid_k_eff_member"] = ov["member"]["sid"]["K_eff"]
     mc = res.get("monte_carlo") or {}
     runs = [r for r in mc.get("runs", []) if isinstance(r.get("scale"), (int, float))]

@@ -1,4 +1,4 @@
-"""Semantic-ID diagnostics (SPEC 5; seeds 000 and 002).
+"""Semantic-ID diagnostics (the DRQ and hourglass papers; docs/diagnostics.md).
 
 ``diagnose(codes, X=None, tokenizer=None, pairs=None, ...)`` computes every metric as
 plain JSON numbers; ``write_report(results, out_dir)`` renders one self-contained

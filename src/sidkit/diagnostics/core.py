@@ -100,7 +100,7 @@ def diagnose(codes: Codes, X: np.ndarray | None = None, tokenizer: Any = None,
              hourglass_delta: float = DELTA,
              include_counts: bool = True,
              random_state: int = 0) -> dict[str, Any]:
-    """All diagnostics of ``codes`` (SPEC 5) as a JSON-serialisable dict.
+    """All diagnostics of ``codes`` (docs/diagnostics.md) as a JSON-serialisable dict.
 
     Code-only metrics (usage, prefix structure, collisions, hourglass) always run.
     A TIGER disambiguation level (``collision_rule="extra_level"``) counts in usage,

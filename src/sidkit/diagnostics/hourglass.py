@@ -1,4 +1,4 @@
-"""Hourglass detection (seed 002): a middle level whose tokens concentrate.
+"""Hourglass detection (the hourglass paper): a middle level whose tokens concentrate.
 
 Rule: a level ``l`` with two neighbours (not the first or last level) is flagged
 when its normalised entropy ``h_l = H_l / log2 K_l`` lies at least ``delta``
@@ -70,7 +70,7 @@ def _verdict(rows: list[dict[str, Any]], flagged: list[int], concentrated: list[
             )
         return " ".join(parts) + (
             " Tokens of this level carry little information and make paths sparse; consider "
-            "dropping the level or adaptive top-K removal (SPEC 4.9)."
+            "dropping the level or adaptive top-K removal (docs/diagnostics.md)."
         )
     msg = (f"No hourglass: no middle level's normalised entropy is {delta:.2f} or more below "
            f"both neighbours (per level: {ent}).")

@@ -1,4 +1,4 @@
-"""Expected codeword overlap and effective capacity (seed 000, SPEC 5).
+"""Expected codeword overlap and effective capacity (the DRQ paper).
 
 Analytic model: a code ``j`` of a level is a Gaussian ``N(e_j, sigma^2 I)`` around
 its codeword; two codes overlap by their Bhattacharyya coefficient

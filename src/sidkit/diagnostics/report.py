@@ -445,7 +445,7 @@ def _timing_tables(res: dict[str, dict]) -> list[_Table]:
     return [_Table("Computation time (s)", ["tokenizer"] + keys, rows)]
 
 
-# --- recommender metrics (issue 9) -------------------------------------------------
+# --- recommender metrics -----------------------------------------------------------
 def _recommender_tables(doc: Mapping[str, Any]) -> tuple[str, list[_Table]]:
     """Mean (± std over seeds) test and validation metrics of a ``metrics.json`` document,
     a row per model."""
@@ -519,7 +519,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, title: str = "
         ("collisions", "Collisions", "", _collision_tables(res), []),
         ("timing", "Timing", "", _timing_tables(res), []),
     ]
-    if recommender is not None:  # issue 9
+    if recommender is not None:
         sections.insert(1, ("recommendation", "Recommendation metrics",
                             *_recommender_tables(recommender), []))
     body, md = [], [f"# {title}\n", f"Tokenizers: {', '.join(res)}\n"]

@@ -1,4 +1,4 @@
-"""FAMAE: field-aware masked auto-encoding item embeddings (ReSID, seed 001; SPEC 3).
+"""FAMAE: field-aware masked auto-encoding item embeddings (ReSID; docs/famae.md).
 
 Every item has J fields (MovieLens: item id, genres, release-year bucket; Amazon, and
 product tables such as the Beauty ``items.jsonl``: item id, brand/store, category levels

@@ -1,4 +1,4 @@
-"""Cold-start evaluation (docs/cold_start.md, issue 25): items no model saw in training.
+"""Cold-start evaluation (docs/cold_start.md): items no model saw in training.
 
 Protocol:
 

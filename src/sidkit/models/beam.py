@@ -15,7 +15,7 @@ encoded once per user, not once per beam), and after each step ``reorder`` maps 
 ``parents[r] // (R // B) == r // beam`` always: a parent is always of the same user).
 A model should keep what depends only on the user's history (its encoded K/V) with
 ``B`` rows and reach it with :func:`beam_users` (``rows // beam``) instead of copying
-it per beam -- copying made evaluation 10x slower (SPEC 6).
+it per beam -- copying it made evaluation 10x slower.
 
 Per step the candidates are the trie children of each beam's node (a padded per-level
 child table, :meth:`~sidkit.models.trie.SIDTrie.level_table`): only ``beam x C`` log-probs

@@ -114,7 +114,7 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
             self.ln = nn.LayerNorm(hidden, eps=1e-8)
             # small embeddings (std 0.02), unscaled on input: with the tied head an input
             # scaled by sqrt(hidden) dominates the residual and the untrained model predicts
-            # its own input token with a loss far above ln V (issue 10)
+            # its own input token with a loss far above ln V
             for emb in (self.tok, self.pos) + ((self.lvl,) if level_emb else ()):
                 nn.init.normal_(emb.weight, std=0.02)
             with torch.no_grad():

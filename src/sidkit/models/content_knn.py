@@ -1,6 +1,6 @@
 """Content kNN: the cosine of each item's embedding to the mean of the history's embeddings.
 
-The fair competitor of a Semantic-ID model on cold-start items (issue 25): it knows
+The fair competitor of a Semantic-ID model on cold-start items (docs/cold_start.md): it knows
 every item's content, including items nobody interacted with, and no interaction
 signal at all.  Full ranking (``scores_all_items = True``) over the whole catalogue;
 an empty history scores every item 0.  ``fit(data, embeddings=X)`` with ``X`` (N, d)

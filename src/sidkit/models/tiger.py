@@ -5,7 +5,7 @@ The network is ``transformers``' :class:`T5ForConditionalGeneration` built from 
 downloaded): ``n_layers`` encoder and ``n_layers`` decoder blocks, ``d_model`` 128,
 ``n_heads`` 6 heads of ``d_kv`` 64 (T5 allows ``n_heads * d_kv != d_model``), a ReLU
 feed-forward of ``d_ff`` 1024, dropout 0.1, relative position buckets, the tied
-vocabulary of :class:`SIDTokens` (TIGER recipe, seed 003).
+vocabulary of :class:`SIDTokens` (the TIGER recipe).
 
 - **Encoder input**: the user's hashed bucket token (``user_tokens=True``: 2,000
   buckets of a stable hash of the user id, :func:`user_bucket`) followed by the SID

@@ -1,4 +1,4 @@
-"""DRQ (seed 000): decoupled residual quantization.
+"""DRQ (the DRQ paper): decoupled residual quantization.
 
 Stage 1 learns the continuous geometry: an MLP auto-encoder on the item embeddings
 trained with a reconstruction loss and, optionally, a behavioural InfoNCE loss on

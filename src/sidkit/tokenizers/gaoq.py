@@ -1,6 +1,6 @@
-"""GAOQ (ReSID, seed 001): globally aligned orthogonal quantization.
+"""GAOQ (ReSID): globally aligned orthogonal quantization.
 
-Algorithm (SPEC 4.8)
+Algorithm
 --------------------
 * Level 1: balanced k-means of all items into ``b_1`` groups
   (:func:`sidkit.tokenizers.kmeans.kmeans`, faiss-style sampling).

@@ -1,4 +1,4 @@
-"""Hourglass remedies for residual-quantised SIDs (SPEC 4.9, seed 002).
+"""Hourglass remedies for residual-quantised SIDs (the hourglass paper; docs/diagnostics.md).
 
 Residual quantisation tends to concentrate the middle level on a few hub tokens
 ("hourglass"/"sandglass": wide first and last levels, a narrow waist), which makes
@@ -97,7 +97,7 @@ def choose_topk(tokens: np.ndarray, n_codes: int | None = None) -> int:
 
 
 def topk_removal(codes: Codes, level: int = 1, k: int | None = None) -> tuple[Codes, int]:
-    """Adaptive top-K removal (seed 002): omit the ``level`` token of items whose
+    """Adaptive top-K removal (the hourglass paper): omit the ``level`` token of items whose
     token there is among the ``k`` most frequent; returns ``(codes, k)``.
 
     ``k=None`` chooses K with :func:`choose_topk`.  Ties in frequency are broken by

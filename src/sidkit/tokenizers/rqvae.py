@@ -1,6 +1,6 @@
 """RQ-VAE (TIGER): an MLP auto-encoder whose latent is residually quantized.
 
-Recipe (SPEC 4.6, Rajput et al. 2023): encoder ``d -> 512 -> 256 -> 128 -> 32``
+Recipe (TIGER, Rajput et al. 2023): encoder ``d -> 512 -> 256 -> 128 -> 32``
 (hidden sizes configurable), a symmetric decoder, ``L`` codebooks initialised by
 k-means on the first batch's latents/residuals, the straight-through estimator, and
 

@@ -1,4 +1,4 @@
-"""Codebook sizes chosen from the catalogue size (SPEC 4.10; the evidence is study 2,
+"""Codebook sizes chosen from the catalogue size (the evidence: the codebook-size study,
 ``docs/studies/codebooks.md``).
 
     K = N / ITEMS_PER_CODEWORD                 ITEMS_PER_CODEWORD = 4
