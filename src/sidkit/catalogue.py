@@ -306,7 +306,8 @@ def _add_items_locked(run: Path, item_ids, *, embeddings, texts, device, max_ite
     try:
         W = codes.codes.shape[1]
         if before is not None and before.codes.shape[1] != W:
-            raise ArtifactError(f"the run's earlier additions have {before.codes.shape[1]} levels, the new {W}")
+            raise ArtifactError(f"the run's earlier additions have {before.codes.shape[1]} levels, the new {W}",
+                                "add items with the run's own tokenizer, whose SIDs have the levels of the earlier additions")
         all_ids = (before.item_ids if before else []) + ids
         all_codes = np.vstack(([before.codes] if before else []) + [np.asarray(codes.codes, np.int64)])
         all_len = np.concatenate(([before.lengths] if before else []) + [np.asarray(codes.lengths, np.int64)])

@@ -53,7 +53,8 @@ class Codes:
                 "reshape a single-level code vector with codes[:, None]",
             )
         if not np.issubdtype(codes.dtype, np.integer):
-            raise DataError(f"Codes.codes must be integers, got dtype {codes.dtype}")
+            raise DataError(f"Codes.codes must be integers, got dtype {codes.dtype}",
+                            "cast the codes to an integer array (one column per level)")
         codes = codes.astype(np.int64, copy=False)
         n, L = codes.shape
         sizes = tuple(int(k) for k in self.codebook_sizes)
@@ -67,9 +68,11 @@ class Codes:
         else:
             lengths = np.asarray(self.lengths, dtype=np.int64)
             if lengths.shape != (n,):
-                raise DataError(f"lengths must have shape ({n},), got {lengths.shape}")
+                raise DataError(f"lengths must have shape ({n},), got {lengths.shape}",
+                                "give one length per item (row of codes)")
         if n and (lengths.min() < 1 or lengths.max() > L):
-            raise DataError(f"lengths must lie in 1..{L}")
+            raise DataError(f"lengths must lie in 1..{L}",
+                            "give each SID's number of tokens, between 1 and the number of levels")
         valid = np.arange(L)[None, :] < lengths[:, None]
         if n and valid.any():
             ks = np.broadcast_to(np.asarray(sizes, dtype=np.int64), codes.shape)
@@ -90,7 +93,8 @@ class Codes:
         if item_ids is not None:
             item_ids = np.asarray(item_ids)
             if item_ids.shape != (n,):
-                raise DataError(f"item_ids must have shape ({n},), got {item_ids.shape}")
+                raise DataError(f"item_ids must have shape ({n},), got {item_ids.shape}",
+                                "give one id per item (row of codes)")
         object.__setattr__(self, "codes", codes)
         object.__setattr__(self, "lengths", lengths)
         object.__setattr__(self, "codebook_sizes", sizes)
@@ -177,7 +181,8 @@ class Codes:
         """
         sids = np.atleast_2d(np.asarray(sids, dtype=np.int64))
         if sids.shape[1] != self.n_levels:
-            raise DataError(f"SIDs must have {self.n_levels} columns, got {sids.shape[1]}")
+            raise DataError(f"SIDs must have {self.n_levels} columns, got {sids.shape[1]}",
+                            "pass one column per level of these codes")
         if lengths is not None:
             mask = np.arange(self.n_levels)[None, :] < np.asarray(lengths)[:, None]
             sids = np.where(mask, sids, PAD)
@@ -321,7 +326,8 @@ class Embeddings:
                 "give exactly one embedding row per item, in item-id order",
             )
         if not np.issubdtype(v.dtype, np.number):
-            raise DataError(f"embeddings must be numeric, got dtype {v.dtype}")
+            raise DataError(f"embeddings must be numeric, got dtype {v.dtype}",
+                            "pass a float array of shape (items, dim)")
         v = np.ascontiguousarray(v, dtype=np.float32)
         bad = ~np.isfinite(v).all(axis=1)
         if bad.any():

@@ -195,7 +195,8 @@ def analytic_overlap(codes: Codes, codewords: Sequence[np.ndarray], rms: float,
     ``conditional`` whether tokens are children of their prefix, as in trees).
     """
     if len(codewords) != codes.n_levels:
-        raise DataError(f"need codewords for {codes.n_levels} levels, got {len(codewords)}")
+        raise DataError(f"need codewords for {codes.n_levels} levels, got {len(codewords)}",
+                        "pass one codebook per level (the tokenizer's codebooks())")
     sigmas = [float(s) * rms for s in scales]
     levels = []
     for l, E in enumerate(codewords):

@@ -112,7 +112,7 @@ def auc_ties_half(pos: np.ndarray, neg: np.ndarray) -> float:
 def random_pairs(n_items: int, m: int, random_state: Any = 0) -> np.ndarray:
     """``m`` uniform pairs of distinct items, (m, 2) int64."""
     if n_items < 2:
-        raise DataError("random pairs need at least 2 items")
+        raise DataError("random pairs need at least 2 items", "diagnose codes of two or more items")
     g = rng(random_state)
     a = g.integers(0, n_items, size=m)
     b = (a + g.integers(1, n_items, size=m)) % n_items  # uniform over b != a
@@ -128,7 +128,8 @@ def soft_matching(codes: Codes, pairs: np.ndarray, negatives: np.ndarray | None 
     """
     pairs = np.asarray(pairs, dtype=np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise DataError(f"pairs must be an (M, 2) array of item rows, got shape {pairs.shape}")
+        raise DataError(f"pairs must be an (M, 2) array of item rows, got shape {pairs.shape}",
+                        "pass pairs of item row indices, one pair per row")
     if pairs.size and (pairs.min() < 0 or pairs.max() >= codes.n_items):
         raise DataError(f"pairs contain item rows outside 0..{codes.n_items - 1}",
                         "map item ids to Codes rows first")

@@ -122,7 +122,7 @@ def _normalise(results: Mapping[str, Any], diagnose_kwargs: dict[str, Any]) -> d
             raise DataError(f"report entry {name!r} is neither a diagnose() result nor inputs",
                             "pass diagnose(...) output, a Codes object or a dict with 'codes'")
     if not out:
-        raise DataError("write_report needs at least one result")
+        raise DataError("write_report needs at least one result", "pass the result of diagnose() for one or more codes")
     return out
 
 

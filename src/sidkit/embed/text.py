@@ -124,7 +124,8 @@ class TextEmbedder:
             raise DataError("no texts to embed", "check the item table and the text template")
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
-            raise DataError(f"text {bad[0]} is not a string ({type(texts[bad[0]]).__name__})")
+            raise DataError(f"text {bad[0]} is not a string ({type(texts[bad[0]]).__name__})",
+                            'pass one string per item (empty fields become "" in the item table\'s template)')
         path = self.cache_path(texts) if self.cache else None
         if path is not None and path.exists():
             arr = load_npy(path)

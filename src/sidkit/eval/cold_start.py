@@ -134,7 +134,8 @@ class WarmOnly(Recommender):
             inner = np.asarray(model.item_ids_, dtype=str)
             pos = np.searchsorted(self.item_ids_, inner)
             if (self.item_ids_[np.minimum(pos, len(self.item_ids_) - 1)] != inner).any():
-                raise DataError("the model's catalogue is not part of the full catalogue")
+                raise DataError("the model's catalogue is not part of the full catalogue",
+                                "evaluate the model on the data set (and cold items) it was trained for")
             self.inner_pos_ = pos
             # full token -> inner token (0 = unseen / pad)
             self.map_ = np.zeros(len(self.item_ids_) + 1, np.int64)

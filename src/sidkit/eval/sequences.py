@@ -68,7 +68,7 @@ def real_spans(tokens, pad: int = PAD) -> np.ndarray:
     else:
         real = np.asarray(tokens) != pad
     if real.ndim != 2:
-        raise DataError(f"tokens must be 2-D (B, L), got shape {real.shape}")
+        raise DataError(f"tokens must be 2-D (B, L), got shape {real.shape}", "pass one row of tokens per sequence")
     L = real.shape[1]
     return np.where(real.any(1), L - real.argmax(1), 0).astype(np.int64)
 

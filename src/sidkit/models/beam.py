@@ -65,7 +65,8 @@ def beam_users(n_rows: int, n_users: int, device=None):
     import torch
 
     if n_users <= 0 or n_rows % n_users:
-        raise DataError(f"{n_rows} rows cannot be split evenly over {n_users} users")
+        raise DataError(f"{n_rows} rows cannot be split evenly over {n_users} users",
+                        "pass the beam search's own rows (users x beam), not a subset")
     return torch.arange(n_rows, device=device) // (n_rows // n_users)
 
 
@@ -83,7 +84,7 @@ def _check_args(beam, k, n_users, n_items, constrained):
         raise DataError(f"k={k} is more than the beam width {beam}: beam search returns at most beam items",
                         f"use beam >= {k}")
     if n_users < 0:
-        raise DataError(f"n_users must be >= 0, got {n_users}")
+        raise DataError(f"n_users must be >= 0, got {n_users}", "pass the number of histories being decoded")
     return int(beam), int(k)
 
 

@@ -125,7 +125,8 @@ def _as_arrays(codes: Any, ids: list[str], W: int) -> tuple[np.ndarray, np.ndarr
         try:
             arr = np.asarray(codes)
         except (TypeError, ValueError) as e:
-            raise DataError(f"codes must be a Codes artifact or an (items, levels) integer array ({e})") from None
+            raise DataError(f"codes must be a Codes artifact or an (items, levels) integer array ({e})",
+                            "pass Codes from the run's tokenizer (tokenizer.encode_new) or an integer array") from None
         if arr.ndim == 1 and W == 1:
             arr = arr[:, None]
         if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
@@ -176,10 +177,12 @@ def add_items(model, item_ids: Sequence[str], codes: Any, *, renumber: bool | No
         renumber = rule in RENUMBER_RULES
     n = len(ids)
     if (lengths < 1).any() or (lengths > W).any():
-        raise DataError(f"SID lengths must lie in 1..{W}")
+        raise DataError(f"SID lengths must lie in 1..{W}",
+                        "give each new SID's number of tokens, between 1 and the model's number of levels")
     live = np.arange(W)[None, :] < lengths[:, None]
     if not tok.variable_length and not live.all():
-        raise DataError("the model's SIDs all have the same length; the new SIDs must too")
+        raise DataError("the model's SIDs all have the same length; the new SIDs must too",
+                        "encode the new items with the run's own tokenizer (sidkit add-items), which gives full-length SIDs")
     # every level but the last: within the model's codebooks
     bad = live & ((arr < 0) | (arr >= sizes[None, :]))
     last = lengths - 1
@@ -237,7 +240,8 @@ def add_items(model, item_ids: Sequence[str], codes: Any, *, renumber: bool | No
     new_codes = Codes(all_codes[order], tuple(int(k) for k in sizes), lengths=all_len[order], item_ids=merged)
     new_tokens = SIDTokens(new_codes, user_buckets=tok.user_buckets)      # checks collisions again
     if new_tokens.vocab_size != tok.vocab_size:                           # pragma: no cover - sizes unchanged
-        raise DataError("the extended SIDs would change the model's vocabulary")
+        raise DataError("the extended SIDs would change the model's vocabulary",
+                        "encode the new items with the tokenizer the model was trained on")
     from ..io import hash_obj
 
     new = copy.copy(model)
@@ -253,7 +257,8 @@ def item_sids(model, item_ids: Sequence[str]) -> np.ndarray:
     cat = np.asarray(model.item_ids_, dtype=str)
     pos = np.clip(np.searchsorted(cat, ids), 0, len(cat) - 1)
     if (cat[pos] != ids).any():
-        raise DataError(f"item(s) {ids[cat[pos] != ids][:3].tolist()} are not in the model's catalogue")
+        raise DataError(f"item(s) {ids[cat[pos] != ids][:3].tolist()} are not in the model's catalogue",
+                        "use ids of the model's catalogue (model.item_ids_), or add the items first")
     c = model.tokens_.codes
     arr = np.asarray(c.codes, np.int64)[pos].copy()
     ln = np.asarray(c.lengths, np.int64)[pos]

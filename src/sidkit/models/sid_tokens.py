@@ -196,7 +196,8 @@ class SIDTokens:
         if users is not None:
             ut = self.user_tokens(users)
             if ut.shape != (B,):
-                raise DataError(f"users must have one id per history row ({B}), got {ut.shape[0]}")
+                raise DataError(f"users must have one id per history row ({B}), got {ut.shape[0]}",
+                                "pass the user id of each history")
             tok = np.hstack([ut[:, None], tok])
             mask = np.hstack([np.ones((B, 1), bool), mask])
         if max_len is None:
@@ -214,12 +215,14 @@ class SIDTokens:
 
         t = np.asarray(tokens, dtype=np.int64)
         if t.ndim != 2:
-            raise DataError(f"token streams must be 2-D (B, T), got shape {t.shape}")
+            raise DataError(f"token streams must be 2-D (B, T), got shape {t.shape}",
+                            "pass one row of tokens per history")
         B, T = t.shape
         lvl = self.level_of(t)
         keep = (lvl >= 0) | (t == END) if self.variable_length else lvl >= 0
         if (t >= self.vocab_size).any() or (t < 0).any():
-            raise DataError(f"token streams hold tokens outside 0..{self.vocab_size - 1}")
+            raise DataError(f"token streams hold tokens outside 0..{self.vocab_size - 1}",
+                            "decode tokens made by this SIDTokens (the model's own vocabulary)")
         end = keep & ((t == END) | (lvl == self.n_levels - 1)) if self.variable_length \
             else keep & (lvl == self.n_levels - 1)
         # a SID starts right after the previous end (or at the row's first kept token)
@@ -237,7 +240,8 @@ class SIDTokens:
         slot = np.arange(kt.size) - start[sid_no]
         n_sids = int(ke.sum())
         if (slot >= self.n_levels).any():
-            raise DataError("a SID in the token stream is longer than the number of levels")
+            raise DataError("a SID in the token stream is longer than the number of levels",
+                            "decode tokens made by this SIDTokens: each SID ends after its last level or at END")
         rows = np.full((n_sids, self.n_levels), PAD, np.int64)
         rows[sid_no, slot] = kt
         items = self.items_of(rows)

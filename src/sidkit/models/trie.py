@@ -35,15 +35,18 @@ class SIDTrie:
         tok = np.asarray(item_tokens, dtype=np.int64)
         ntok = np.asarray(n_tokens, dtype=np.int64)
         if tok.ndim != 2 or ntok.shape != (tok.shape[0],):
-            raise DataError(f"item_tokens must be (N, W) and n_tokens (N,), got {tok.shape} and {ntok.shape}")
+            raise DataError(f"item_tokens must be (N, W) and n_tokens (N,), got {tok.shape} and {ntok.shape}",
+                            "build the trie from SIDTokens (SIDTokens.trie), which lays the tokens out")
         N, W = tok.shape
         if N == 0:
             raise DataError("the trie needs at least one SID", "build it from non-empty codes")
         if ntok.min() < 1 or ntok.max() > W:
-            raise DataError(f"n_tokens must lie in 1..{W}")
+            raise DataError(f"n_tokens must lie in 1..{W}",
+                            "give each item's number of SID tokens, between 1 and the number of levels")
         live = np.arange(W)[None, :] < ntok[:, None]
         if ((tok < 0) | (tok >= vocab_size))[live].any() or (tok[live] == PAD).any():
-            raise DataError(f"SID tokens must lie in 1..{vocab_size - 1} (0 is padding)")
+            raise DataError(f"SID tokens must lie in 1..{vocab_size - 1} (0 is padding)",
+                            "build the trie from SIDTokens, which offsets each level's codes into the vocabulary")
         V = int(vocab_size)
         node = np.zeros(N, np.int64)
         starts = [0, 1]

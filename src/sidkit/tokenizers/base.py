@@ -218,14 +218,15 @@ def check_embeddings(X: Any, *, min_items: int = 1, name: str = "X") -> np.ndarr
     try:
         arr = np.asarray(X)
     except Exception as e:  # pragma: no cover - exotic inputs
-        raise DataError(f"{name} cannot be converted to an array: {e}") from e
+        raise DataError(f"{name} cannot be converted to an array: {e}",
+                        "pass a numpy array (or list of equal-length rows) of numbers") from e
     if arr.ndim != 2:
         raise DataError(
             f"{name} must be a 2-D (items, dim) array, got {arr.ndim}-D shape {arr.shape}",
             "pass one row per item; reshape a single item with x[None, :]",
         )
     if not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+        raise DataError(f"{name} must be numeric, got dtype {arr.dtype}", "pass a float array of shape (items, dim)")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{name} is empty (shape {arr.shape})", "pass at least one item")
     if arr.dtype.itemsize > 4 and np.issubdtype(arr.dtype, np.floating):

@@ -77,7 +77,8 @@ def drop_level(codes: Codes, level: int) -> Codes:
     base = strip_extra_level(codes)
     level = _check_level(base, level)
     if base.n_levels < 2:
-        raise DataError("cannot drop the only level of single-level codes")
+        raise DataError("cannot drop the only level of single-level codes",
+                        'use hourglass_remedy = "none" or "topk" for single-level codes')
     out = _remove_token(base, level, np.ones(base.n_items, dtype=bool))
     out = out.replace(params={**base.params, "hourglass": {"remedy": "drop_level", "level": level}})
     return resolve_collisions(out)

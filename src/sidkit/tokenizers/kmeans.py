@@ -101,9 +101,11 @@ def as_matrix(X: Any, *, name: str = "X", min_items: int = 1, check_finite: bool
         try:
             arr = np.asarray(X)
         except Exception as e:  # pragma: no cover - exotic inputs
-            raise DataError(f"{name} cannot be converted to an array: {e}") from e
+            raise DataError(f"{name} cannot be converted to an array: {e}",
+                            "pass a numpy array (or list of equal-length rows) of numbers") from e
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+            raise DataError(f"{name} must be numeric, got dtype {arr.dtype}",
+                            "pass a float array of shape (items, dim)")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.flags.writeable:
             t = torch.from_numpy(arr)
@@ -1000,7 +1002,7 @@ def kmeans(
     if k < 1:
         raise DataError(f"n_clusters must be >= 1, got {n_clusters}", "pass a positive cluster count")
     if n_iter < 0 or n_init < 1:
-        raise DataError(f"need n_iter >= 0 and n_init >= 1, got {n_iter} and {n_init}")
+        raise DataError(f"need n_iter >= 0 and n_init >= 1, got {n_iter} and {n_init}", "use e.g. n_iter=20, n_init=1")
     if balanced and not (0.0 <= balance_tolerance < 1.0):
         raise DataError(f"balance_tolerance must be in [0, 1), got {balance_tolerance}",
                         "use e.g. 0.1 for sizes within 10% of N/K")

@@ -136,7 +136,8 @@ def _check_positive(name: str, value: Any, *, integer: bool = True, allow_zero: 
         if value > 0 or (allow_zero and value == 0):
             return
     raise DataError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} "
-                    f"{'integer' if integer else 'number'}, got {value!r}")
+                    f"{'integer' if integer else 'number'}, got {value!r}",
+                    f"set {name} to e.g. {'0' if allow_zero else '1'} or more")
 
 
 #: constraints of the auto-encoder and training parameters RQ-VAE and DRQ share
