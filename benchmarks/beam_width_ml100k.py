@@ -91,7 +91,7 @@ def main() -> None:
     from sidkit.config import config_from_dict
     from sidkit.data import load_dataset, make_split, preprocess
     from sidkit.eval import SequenceData, evaluate
-    from sidkit.eval.experiment import fit_one
+    from sidkit.recommender_stage import fit_one
 
     data = SequenceData.from_split(make_split(preprocess(load_dataset("ml-100k").interactions, user_k=5),
                                               "leave_one_out"))

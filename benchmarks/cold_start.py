@@ -5,7 +5,7 @@ Usage::
     python benchmarks/cold_start.py ml-100k --seeds 0,1,2 --epochs 20 [--sasrec] [--tag _x]
     python benchmarks/cold_start.py ../shared/data/amazon-beauty --seeds 0,1,2
 
-Per seed (:func:`sidkit.eval.cold_start.run_cold_start`): 5% of the test items cold
+Per seed (:func:`sidkit.cold_start.run_cold_start`): 5% of the test items cold
 (``--fraction``, ``--rule random|latest``), removed from every training and validation
 input; RQ-KMeans (``--sizes``, + disambiguation level with ``--headroom`` spare tokens)
 fit on the warm items' text embeddings; a causal SID model (``--hidden``, ``--max-len``)
@@ -51,7 +51,7 @@ def main() -> None:
     from sidkit.config import TrainConfig
     from sidkit.data import item_texts, load_dataset, make_split, preprocess
     from sidkit.embed import TextEmbedder
-    from sidkit.eval.cold_start import run_cold_start
+    from sidkit.cold_start import run_cold_start
 
     load0 = os.getloadavg()
     ds = load_dataset(args.dataset)

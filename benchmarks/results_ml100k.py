@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load_records(path: Path) -> list[dict]:
     """The records of ``path``; ``train_seconds`` re-read from each record's history
-    (:func:`sidkit.eval.experiment.train_seconds`: every epoch, including those before a
+    (:func:`sidkit.recommender_stage.train_seconds`: every epoch, including those before a
     resume, which the process-wall figure of older records missed)."""
-    from sidkit.eval.experiment import train_seconds
+    from sidkit.recommender_stage import train_seconds
 
     if not path.is_file():
         return []
@@ -55,7 +55,7 @@ def _load_records(path: Path) -> list[dict]:
 
 
 def write_docs(records: list[dict], docs: Path, command: str, note: str = "") -> None:
-    from sidkit.eval.experiment import metrics_markdown, summarise
+    from sidkit.recommender_stage import metrics_markdown, summarise
     from sidkit.io import write_json, write_text
 
     if not records:
@@ -193,7 +193,7 @@ def main() -> None:
     from sidkit.config import config_from_dict
     from sidkit.data import load_dataset, make_split, preprocess
     from sidkit.eval import SequenceData
-    from sidkit.eval.experiment import fit_one, protocol, score_record
+    from sidkit.recommender_stage import fit_one, protocol, score_record
 
     ds = load_dataset("ml-100k")
     data = SequenceData.from_split(make_split(preprocess(ds.interactions, user_k=5), "leave_one_out"))

@@ -109,7 +109,7 @@ def main() -> None:
     from sidkit.config import config_from_dict
     from sidkit.data import load_dataset, make_split, preprocess
     from sidkit.eval import SequenceData, evaluate
-    from sidkit.eval.experiment import make_model
+    from sidkit.recommender_stage import make_model
 
     ds = load_dataset("ml-100k")
     data = SequenceData.from_split(make_split(preprocess(ds.interactions, user_k=5), "leave_one_out"))

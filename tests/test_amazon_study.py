@@ -18,7 +18,7 @@ from sidkit.cli import app
 from sidkit.config import read_toml
 from sidkit.data import load_dataset
 from sidkit.errors import ConfigError, DataError
-from sidkit.experiment import (Grid, ReferenceRow, load_grid, parse_grid, run_experiment, validate_grid,
+from sidkit.grid import (Grid, ReferenceRow, load_grid, parse_grid, run_experiment, validate_grid,
                                with_references)
 
 ROOT = Path(__file__).resolve().parents[1]

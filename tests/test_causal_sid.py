@@ -163,7 +163,7 @@ def test_config_builds_the_model():
     from pathlib import Path
 
     from sidkit.config import load_config
-    from sidkit.eval.experiment import make_model
+    from sidkit.recommender_stage import make_model
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "causal.toml")
     m = make_model(cfg.model)

@@ -14,7 +14,7 @@ from sidkit.config import TrainConfig
 from sidkit.data import Interactions, leave_one_out
 from sidkit.errors import DataError
 from sidkit.eval import SequenceData
-from sidkit.eval.cold_start import (ColdShare, WarmOnly, check_no_cold_inputs, choose_cold_items, cold_start_metrics,
+from sidkit.cold_start import (ColdShare, WarmOnly, check_no_cold_inputs, choose_cold_items, cold_start_metrics,
                                     cold_start_split, warm_and_cold_codes)
 from sidkit.models import CausalSID, ContentKNN, Popularity, Recommender
 from sidkit.models.catalogue import add_items
@@ -234,7 +234,7 @@ def test_a_trained_run_recommends_new_items_that_match_the_history_cli_and_http(
 
 
 def test_run_cold_start_one_seed_end_to_end(setup):
-    from sidkit.eval.cold_start import run_cold_start
+    from sidkit.cold_start import run_cold_start
 
     split, ids, X, cold, full, warm = setup
     old = torch.get_num_threads()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidkit.config import load_config
-from sidkit.experiment import load_grid, validate_grid
+from sidkit.grid import load_grid, validate_grid
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.toml") if not {"experiments", "published"} & set(p.parts))
@@ -33,7 +33,7 @@ def test_published_figures_are_typed_reference_rows(path):
     """configs/published/*.toml: tables of rows a grid's references = "FILE:TABLE" reads."""
     import tomllib
 
-    from sidkit.experiment import ReferenceRow
+    from sidkit.grid import ReferenceRow
 
     doc = tomllib.loads(path.read_text())
     assert doc and all(isinstance(rows, list) and rows for rows in doc.values())

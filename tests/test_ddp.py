@@ -27,7 +27,7 @@ import torch
 
 from _training import write_tiny_interactions
 from sidkit.config import config_from_dict
-from sidkit.eval.experiment import train_and_evaluate
+from sidkit.recommender_stage import train_and_evaluate
 from sidkit.models import CausalSID, Recommender
 from test_causal_sid import cyclic_data, toy_codes
 

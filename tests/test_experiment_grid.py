@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from sidkit.cli import app
 from sidkit.errors import ConfigError, DataError
-from sidkit.experiment import load_grid, parse_grid, run_experiment
+from sidkit.grid import load_grid, parse_grid, run_experiment
 
 runner = CliRunner()
 TIMES = ("tokenize_seconds", "train_seconds_mean", "train_seconds_std")

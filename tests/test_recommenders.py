@@ -118,7 +118,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_train_seconds_of_a_resumed_run_count_the_epochs_before_the_resume(tmp_path):
     from sidkit.config import SASRecConfig, TrainConfig
-    from sidkit.eval.experiment import fit_one, train_seconds
+    from sidkit.recommender_stage import fit_one, train_seconds
 
     data = cyclic_data(n_users=24)
 
@@ -341,7 +341,7 @@ def test_a_stop_signal_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypa
 
 def test_the_record_says_why_training_stopped_and_a_time_budget_stops_it(tmp_path):
     from sidkit.config import SASRecConfig, TrainConfig
-    from sidkit.eval.experiment import fit_one
+    from sidkit.recommender_stage import fit_one
 
     data = cyclic_data(n_users=24)
     cap = SASRec(**TINY).fit(data, train=_train_cfg(2), seed=0, device="cpu")

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from sidkit.errors import ConfigError, DataError
-from sidkit.experiment import _markdown, chosen_rows
+from sidkit.grid import _markdown, chosen_rows
 from sidkit.selection import select_best, validation_score
 
 ROOT = Path(__file__).resolve().parents[1]

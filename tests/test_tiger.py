@@ -249,7 +249,7 @@ def test_needs_codes_and_config_builds_the_model():
     from pathlib import Path
 
     from sidkit.config import load_config
-    from sidkit.eval.experiment import make_model, uses_run_codes
+    from sidkit.recommender_stage import make_model, uses_run_codes
 
     with pytest.raises(DataError, match="the TIGER model needs the Semantic IDs"):
         TIGER(**TINY).fit(cyclic_data(n_users=4), device="cpu", progress=False)

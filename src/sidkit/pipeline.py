@@ -446,8 +446,8 @@ def _recommender_entries(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 
 
 def _recommender_stage(cfg: ExperimentConfig) -> Stage:
-    """RUN/recommender/: models/<label>/seed-<s>/, metrics.json, metrics.md (see sidkit.eval.experiment)."""
-    from .eval.experiment import recommender_inputs, recommender_stage_fn
+    """RUN/recommender/: models/<label>/seed-<s>/, metrics.json, metrics.md (see sidkit.recommender_stage)."""
+    from .recommender_stage import recommender_inputs, recommender_stage_fn
 
     # version 2: several models (models/<label>/seed-<s>)
     return Stage("recommender", recommender_stage_fn(cfg), {"models": _recommender_entries(cfg)},
@@ -474,7 +474,7 @@ def recommender_stage(cfg: ExperimentConfig, root: str | Path, *, force: bool = 
     was damaged) cannot be carried over: an error, or with ``force`` dropped and
     announced.
     """
-    from .eval.experiment import recommender_inputs, recommender_stage_fn, uses_run_codes
+    from .recommender_stage import recommender_inputs, recommender_stage_fn, uses_run_codes
     from .stages import is_stage_meta, read_meta, verify_outputs
 
     root = Path(root)
@@ -612,7 +612,7 @@ def validate_models(cfg: ExperimentConfig) -> None:
     """Every recommender's parameters (e.g. ``hidden`` divisible by ``n_heads``), checked
     before the first stage runs rather than when its training starts; the error names
     the model's label."""
-    from .eval.experiment import make_model
+    from .recommender_stage import make_model
 
     for label, m, _ in cfg.recommenders():
         model = make_model(m)

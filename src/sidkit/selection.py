@@ -13,7 +13,7 @@ A *candidate* is any of the shapes sidkit writes:
   (``docs/results.json``, ``recommender/metrics.json``);
 * a list of run records, one per seed: the mean of their validation figures;
 * a grid row of ``sidkit experiment``: ``{"valid_ndcg@10_mean": 0.07, ...}``;
-* a summary of :func:`sidkit.eval.experiment.summarise`:
+* a summary of :func:`sidkit.recommender_stage.summarise`:
   ``{"valid": {"ndcg@10": {"mean": 0.07, "std": ...}}}``.
 """
 

@@ -49,7 +49,7 @@ def experiment(
     """Run a grid (data set x embedding x tokenizer x model x seeds): one sidkit run per
     (data set, embedding, tokenizer) under OUT/runs/, reusing every cached stage, then
     OUT/results.{csv,md,json,png}. An interrupted grid resumes when started again."""
-    from ..experiment import check_datasets, load_grid, plan_cell, run_experiment, validate_grid
+    from ..grid import check_datasets, load_grid, plan_cell, run_experiment, validate_grid
 
     grid = load_grid(file, out)
     n_models = len(grid.cells[0].model_labels) if grid.cells else 0

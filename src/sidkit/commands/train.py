@@ -117,7 +117,7 @@ def train(
 def _input_stages(cfg, out: Path) -> list:
     """The stages before the recommender stage: data and split, and items, embeddings and
     codes for a SID model on the run's own codes (checked by validate_run first)."""
-    from ..eval.experiment import uses_run_codes
+    from ..recommender_stage import uses_run_codes
     from ..pipeline import _codes_stage, _data_stage, _embeddings_stage, _items_stage, _split_stage, validate_run
 
     stages = [_data_stage(cfg), _split_stage(cfg)]
@@ -220,7 +220,7 @@ def evaluate(
     """Evaluate trained recommenders on their split (full ranking; see docs/evaluation.md)."""
     from ..data import Split
     from ..eval import SequenceData, evaluate as run_eval, format_metrics_table, metric_names
-    from ..eval.experiment import summarise
+    from ..recommender_stage import summarise
     from ..io import to_json
     from ..models import Recommender
 

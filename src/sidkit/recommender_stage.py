@@ -25,11 +25,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import distributed
-from ..errors import ConfigError, DataError
-from ..io import write_json, write_text
-from .harness import evaluate
-from .metrics import DEFAULT_KS, metric_names
+from . import distributed
+from .errors import ConfigError, DataError
+from .io import write_json, write_text
+from .eval.harness import evaluate
+from .eval.metrics import DEFAULT_KS, metric_names
 
 TIE_BREAK = "equal scores: lower catalogue index (item ids sorted as strings) first"
 TIE_BREAKS = {"index": TIE_BREAK,
@@ -49,7 +49,7 @@ def protocol(data, cfg_train, max_len: int | None, dataset: str = "") -> dict[st
 
 def make_model(model_cfg):
     """A recommender instance from a ``[model]`` config table."""
-    from ..models import get_recommender_class
+    from .models import get_recommender_class
 
     if model_cfg is None:
         raise ConfigError("the config has no [model] table", 'add e.g. [model] type = "sasrec"')
@@ -67,7 +67,7 @@ def train_seconds(history: list[dict[str, Any]]) -> float:
 def fit_one(model_cfg, train_cfg, data, seed: int, device: str = "auto",
             checkpoint_dir: Path | None = None, progress: bool | None = None):
     """Fit one model for one seed; returns ``(model, record_without_metrics)``."""
-    from ..models import TorchRecommender
+    from .models import TorchRecommender
 
     model = make_model(model_cfg)
     t0 = time.perf_counter()
@@ -211,7 +211,7 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     if not main:
         return None
     if carry:
-        from ..io import read_json
+        from .io import read_json
 
         old = read_json(Path(carry_from) / "metrics.json")
         for label in carry:
@@ -262,8 +262,8 @@ def recommender_stage_fn(cfg, *, carry_from: Path | None = None, carry: Iterable
     directory) so an interrupted stage resumes where it stopped.
     """
     def fn(out: Path, inp: dict[str, Path]) -> dict[str, Any]:
-        from ..data import Split
-        from .sequences import SequenceData
+        from .data import Split
+        from .eval.sequences import SequenceData
 
         data = SequenceData.from_split(Split.load(inp["split"]))
         root = inp["split"].parent / "checkpoints" / "recommender"

@@ -33,8 +33,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataError
-from ..models.base import Recommender
+from .errors import DataError
+from .models.base import Recommender
 
 #: the score :class:`WarmOnly` gives items the wrapped model never saw (finite: evaluate refuses inf)
 UNSEEN_SCORE = -1e30
@@ -63,7 +63,7 @@ def choose_cold_items(split, fraction: float = 0.05, seed: int = 0, rule: str = 
 
 def cold_start_split(split, cold_items: Iterable[str]):
     """``(full, warm)`` splits: see the module docstring."""
-    from ..data.containers import Split
+    from .data.containers import Split
 
     cold = np.asarray(sorted(set(map(str, cold_items))), dtype=str)
     df = split.df
@@ -84,7 +84,7 @@ def cold_start_split(split, cold_items: Iterable[str]):
 def check_no_cold_inputs(data, cold_items: Iterable[str], max_len: int = 10_000) -> None:
     """Raise an AssertionError if a cold item appears in a training sequence or in the
     input of a validation or test example of ``data`` (a Split or SequenceData)."""
-    from .harness import as_sequence_data
+    from .eval.harness import as_sequence_data
 
     data = as_sequence_data(data)
     cold = set(map(str, cold_items))
@@ -148,7 +148,7 @@ class WarmOnly(Recommender):
         h = self._check_history(history)
         inner = self.map_[h]
         # keep the left padding contiguous: unseen items drop out of the history
-        from ..eval.sequences import pad_left
+        from .eval.sequences import pad_left
 
         lengths = (inner > 0).sum(1)
         inner = pad_left((inner[inner > 0], lengths), h.shape[1])
@@ -234,7 +234,7 @@ def cold_start_metrics(model, full, cold_items: Iterable[str], *, ks=(10,), mask
                        max_len: int | None = None) -> dict[str, Any]:
     """``{"cold": {...}, "warm": {...}, "all": {...}, "n_cold": int, "n_warm": int}``: Recall@k
     and NDCG@k on ``full``'s test examples whose target is cold, warm, and on all of them."""
-    from .harness import as_sequence_data, evaluate
+    from .eval.harness import as_sequence_data, evaluate
 
     data = as_sequence_data(full)
     res = evaluate(model, data, "test", ks=tuple(sorted(set(ks) | {10})), mask_seen=mask_seen,
@@ -259,11 +259,11 @@ def run_cold_start(split, item_ids: Sequence[str], X: np.ndarray, *, seed: int =
     "all": {...}, "n_cold", "n_warm"}]}``."""
     import torch
 
-    from ..config import TrainConfig
-    from ..models import CausalSID, ContentKNN, Popularity, SASRec
-    from ..models.catalogue import add_items
-    from ..tokenizers import RQKMeans
-    from .sequences import SequenceData
+    from .config import TrainConfig
+    from .models import CausalSID, ContentKNN, Popularity, SASRec
+    from .models.catalogue import add_items
+    from .tokenizers import RQKMeans
+    from .eval.sequences import SequenceData
 
     ids = np.asarray(item_ids).astype(str)
     cold = choose_cold_items(split, fraction, seed=seed, rule=rule)

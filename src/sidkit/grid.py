@@ -145,7 +145,7 @@ class Cell:
     def reads_sids(self, label: str) -> bool:
         """Whether the model ``label`` reads this run's Semantic IDs (its embedding and
         tokenizer matter to it)."""
-        from .eval.experiment import uses_run_codes
+        from .recommender_stage import uses_run_codes
 
         return any(lb == label and uses_run_codes(m) for lb, m, _ in self.cfg.recommenders())
 
@@ -247,7 +247,7 @@ def parse_grid(data: dict[str, Any], origin: str = "<dict>", out: str | Path | N
                               "e.g. runs = [\"text__rqkmeans-256x3\"] (EMBEDDING__TOKENIZER, * and ? allowed)")
         models.append((label, m, pats))
     root = Path(out if out is not None else gc.out or f"runs/experiments/{gc.name}")
-    from .eval.experiment import uses_run_codes
+    from .recommender_stage import uses_run_codes
 
     cells, matched, seen_datasets = [], set(), set()
     for dl, de in axes["datasets"]:
@@ -699,7 +699,7 @@ def cell_diagnostics(cell: Cell) -> dict[str, Any]:
 
 def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
     """One row per (cell, model label) -- one per cell without models."""
-    from .eval.experiment import summarise
+    from .recommender_stage import summarise
 
     rows = []
     for cell in cells:
@@ -714,7 +714,7 @@ def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
         for label in doc["labels"]:
             recs = [r for r in doc["records"] if r.get("label", r.get("model")) == label]
             summ = summarise(recs)
-            shared = grid.config.grid.share_id_models and not cell.reads_sids(label)
+            shared = getattr(getattr(grid.config, "grid", None), "share_id_models", False) and not cell.reads_sids(label)
             row: dict[str, Any] = {**key, "model": label,
                                    "seeds": " ".join(str(r["seed"]) for r in recs)}
             row["reads_sids"] = cell.reads_sids(label)
@@ -866,10 +866,10 @@ def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
                       f"(valid {_pm(r, 'valid_ndcg@10')}; its test NDCG@10, reported: {_pm(r, 'test_ndcg@10')})."]
     lines += _against_published(grid, ours) if models else []
     if any(r.get("stop") for r in ours):
-        lines += ["", "*(at epoch cap)*: some seed of the row trained to its epoch cap while validation was still "
-                      "improving, so the row is a lower bound (rerun it with more epochs); *(time budget)*: "
+        lines += ["", "*(at epoch cap)*: some seed of the row trained to its epoch cap before validation stopped "
+                      "improving for `patience` evaluations, so the row may be a lower bound (rerun it with more epochs); *(time budget)*: "
                       "stopped by its `[train] max_minutes` budget."]
-    if grid.config.grid.share_id_models and any(r["model"] and r["embedding"] == "" for r in ours):
+    if any(r["model"] and r["embedding"] == "" and not r.get("reads_sids") for r in ours):
         lines += ["", "Rows with embedding and tokenizer `-` read no Semantic IDs: they are trained once per data "
                       "set (`[grid] share_id_models`), in its first run."]
     if refs:
