@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from sidkit.cli import app
 from sidkit.config import config_from_dict
 from sidkit.errors import DataError
-from sidkit.pipeline import STAGES, item_index, run_pipeline
+from sidkit.pipeline import STAGES, run_pipeline
+from sidkit.utils import index_of
 from sidkit.types import Codes
 
 runner = CliRunner()
@@ -151,7 +152,9 @@ def test_codebook_sizes_are_never_silently_dropped(toy):
 
 def test_item_index():
     ids = np.array(["b", "a", "c"])
-    np.testing.assert_array_equal(item_index(ids, ["c", "a", "z"]), [2, 1, -1])
+    np.testing.assert_array_equal(index_of(["c", "a", "z"], ids), [2, 1, -1])
+    np.testing.assert_array_equal(index_of(["a\0", "b"], ids), [-1, 0])   # exact strings, not numpy's
+    np.testing.assert_array_equal(index_of(np.array(["c", "q"]), np.sort(ids), presorted=True), [2, -1])
 
 
 def test_changed_input_file_is_a_cache_miss(toy):

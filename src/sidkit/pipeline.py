@@ -37,6 +37,7 @@ from .io import hash_file, load_npy, read_json, write_json
 from .stages import (Stage, StageResult, check_replaceable, clean_stale_tmp, run_stage,
                      sigterm_as_exit)
 from .types import Codes, Embeddings
+from .utils import index_of
 
 STAGES = ("data", "split", "items", "embeddings", "codes", "diagnostics")
 
@@ -55,24 +56,13 @@ def _source_fingerprint(dataset: str, source: str | None) -> Any:
     return dataset
 
 
-def item_index(item_ids: np.ndarray, ids: Any) -> np.ndarray:
-    """Row index of each id in ``item_ids`` (-1 when absent); vectorised."""
-    item_ids = np.asarray(item_ids).astype(str)
-    ids = np.asarray(ids).astype(str)
-    order = np.argsort(item_ids, kind="stable")
-    pos = np.searchsorted(item_ids[order], ids)
-    pos_c = np.minimum(pos, len(order) - 1)
-    found = item_ids[order][pos_c] == ids
-    return np.where(found, order[pos_c], -1)
-
-
 def training_pairs(split_dir: Path, item_ids: np.ndarray, window: int = 1) -> np.ndarray:
     """Co-engaged item pairs (row indices) from the training sequences of a split."""
     from .data import Split
     from .tokenizers import cooccurrence_pairs
 
     df = Split.load(split_dir).train.sort_values(["user_id", "position"], kind="stable")
-    idx = item_index(item_ids, df["item_id"].to_numpy())
+    idx = index_of(df["item_id"].to_numpy(), item_ids)
     lengths = df.groupby("user_id", sort=False).size().to_numpy()
     return cooccurrence_pairs(idx, window=window, lengths=lengths)
 

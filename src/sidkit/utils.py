@@ -13,6 +13,30 @@ from .errors import SidkitError
 T = TypeVar("T")
 
 
+def index_of(ids, catalogue, *, presorted: bool = False) -> np.ndarray:
+    """Row of each of ``ids`` in ``catalogue`` (-1 where absent), vectorised: one argsort
+    and one binary search (``presorted``: ``catalogue`` is sorted already).
+
+    Ids compare as exact strings: numpy's string arrays drop trailing NUL characters, so
+    an id given as a Python string that ends in one (``"a\\0"``) is never taken for ``"a"``.
+    """
+    raw = ids if isinstance(ids, np.ndarray) else list(ids)
+    shape = np.shape(raw)
+    q = np.asarray(raw).astype(str).reshape(-1)
+    cat = np.asarray(catalogue).astype(str).reshape(-1)
+    out = np.full(q.shape, -1, np.int64)
+    if q.size == 0 or cat.size == 0:
+        return out.reshape(shape)
+    order = np.arange(len(cat)) if presorted else np.argsort(cat, kind="stable")
+    srt = cat if presorted else cat[order]
+    pos = np.minimum(np.searchsorted(srt, q), len(cat) - 1)
+    found = srt[pos] == q
+    if not isinstance(raw, np.ndarray) and len(shape) == 1:
+        found &= np.fromiter((not str(i).endswith("\0") for i in raw), bool, len(raw))
+    out[found] = order[pos[found]]
+    return out.reshape(shape)
+
+
 def resolve_device(device: str | None = "auto"):
     """Return a ``torch.device``; ``"auto"`` picks CUDA when present, else CPU."""
     import torch

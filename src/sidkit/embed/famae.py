@@ -402,7 +402,7 @@ class FAMAE:
     # ------------------------------------------------------------------ data
     def _sequences(self, train, item_ids: np.ndarray):
         """Flat catalogue rows (+1) of the training sequences and each user's start."""
-        from ..pipeline import item_index
+        from ..utils import index_of
 
         df = getattr(train, "train", train)
         if not isinstance(df, pd.DataFrame) or not {"user_id", "item_id"} <= set(df.columns):
@@ -410,7 +410,7 @@ class FAMAE:
                             "pass split (its training role is used) or split.train")
         order = [c for c in ("position", "timestamp") if c in df.columns][:1]
         df = df.sort_values(["user_id", *order], kind="stable")
-        idx = item_index(item_ids, df["item_id"].astype(str).to_numpy())
+        idx = index_of(df["item_id"].astype(str).to_numpy(), item_ids)
         keep = idx >= 0
         users = df["user_id"].astype(str).to_numpy()[keep]
         seq = idx[keep] + 1

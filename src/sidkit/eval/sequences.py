@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import hash_obj
+from ..utils import index_of
 
 PAD = 0
 
@@ -257,13 +258,12 @@ def encode_items(item_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids).astype(str)
     if ids.size == 0:
         return np.zeros(0, np.int64)
-    pos = np.searchsorted(item_ids, ids)
-    pos_c = np.minimum(pos, len(item_ids) - 1)
-    bad = item_ids[pos_c] != ids
+    pos_c = index_of(ids, item_ids, presorted=True)
+    bad = pos_c < 0
     if bad.any():
         unknown = np.unique(ids[bad])
         raise DataError(
             f"{unknown.size} item id(s) are not in the model's catalogue of {len(item_ids)} items, "
             f"e.g. {unknown[:3].tolist()}",
             "drop unknown items from the histories, or retrain the model on a split that has them")
-    return pos.astype(np.int64) + 1
+    return pos_c + 1

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..utils import index_of
 
 #: most items one call may add (HTTP ``POST /items`` and ``sidkit add-items`` use it too)
 MAX_ADD_ITEMS = 10_000
@@ -87,19 +88,12 @@ def check_new_ids(item_ids: Any, catalogue: Sequence[str] | np.ndarray | None = 
                             "add each new item once")
         seen[i] = n
     if catalogue is not None:
-        cat = np.asarray(catalogue, dtype=str)
-        q = np.asarray(ids, dtype=str)
-        order = np.argsort(cat, kind="stable")
-        pos = np.clip(np.searchsorted(cat[order], q), 0, max(len(cat) - 1, 0))
-        if len(cat):
-            hit = [n for n, (p, i) in enumerate(zip(pos.tolist(), ids)) if str(cat[order][p]) == i]
-            if hit:
-                shown = [ids[n] for n in hit[:5]]
-                raise DataError(f"{len(hit)} new item id(s) are already in the model's catalogue of {len(cat)} "
-                                f"items, e.g. {shown}",
-                                "drop items the model already has (an item keeps its SID; to change it, retrain)")
-        # numpy's str arrays drop trailing NULs: control characters are refused above, so
-        # ids compare exactly here
+        hit = np.flatnonzero(index_of(ids, catalogue) >= 0).tolist()
+        if hit:
+            shown = [ids[n] for n in hit[:5]]
+            raise DataError(f"{len(hit)} new item id(s) are already in the model's catalogue of "
+                            f"{len(catalogue)} items, e.g. {shown}",
+                            "drop items the model already has (an item keeps its SID; to change it, retrain)")
     return ids
 
 
@@ -253,11 +247,10 @@ def add_items(model, item_ids: Sequence[str], codes: Any, *, renumber: bool | No
 
 def item_sids(model, item_ids: Sequence[str]) -> np.ndarray:
     """(n, W) SIDs (level tokens, -1 beyond an item's length) the model holds for ``item_ids``."""
-    ids = np.asarray(list(item_ids), dtype=str)
-    cat = np.asarray(model.item_ids_, dtype=str)
-    pos = np.clip(np.searchsorted(cat, ids), 0, len(cat) - 1)
-    if (cat[pos] != ids).any():
-        raise DataError(f"item(s) {ids[cat[pos] != ids][:3].tolist()} are not in the model's catalogue",
+    ids = list(item_ids)
+    pos = index_of(ids, model.item_ids_, presorted=True)     # the catalogue is sorted
+    if (pos < 0).any():
+        raise DataError(f"item(s) {[i for i, p in zip(ids, pos) if p < 0][:3]} are not in the model's catalogue",
                         "use ids of the model's catalogue (model.item_ids_), or add the items first")
     c = model.tokens_.codes
     arr = np.asarray(c.codes, np.int64)[pos].copy()

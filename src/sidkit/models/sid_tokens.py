@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ArtifactError, DataError
 from ..io import SCHEMA_VERSION, atomic_path, read_json, write_json
+from ..utils import index_of
 
 PAD, BOS, EOS, END = 0, 1, 2, 3
 TIGER_USER_BUCKETS = 2000
@@ -106,16 +107,12 @@ class SIDTokens:
                     raise DataError(f"the codes have {codes.n_items} rows and no item ids, the catalogue "
                                     f"{len(item_ids)} items", "pass codes written with their item ids")
             else:
-                have = np.asarray(codes.item_ids).astype(str)
-                order = np.argsort(have, kind="stable")
-                pos = np.searchsorted(have[order], item_ids)
-                pos_c = np.minimum(pos, len(have) - 1)
-                missing = have[order][pos_c] != item_ids
+                rows = index_of(item_ids, codes.item_ids)
+                missing = rows < 0
                 if missing.any():
                     raise DataError(f"{int(missing.sum())} catalogue item(s) have no SID in the codes, e.g. "
                                     f"{item_ids[missing][:3].tolist()}",
                                     "tokenize the catalogue of this split (sidkit run) before training")
-                rows = order[pos_c]
                 codes = codes.replace(codes=codes.codes[rows], lengths=codes.lengths[rows], item_ids=item_ids)
         return cls(codes, user_buckets=user_buckets)
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError, DataError
 from ..io import read_json
+from ..utils import index_of
 
 SID_MODEL_TYPES = ("causal_sid", "tiger")
 
@@ -136,10 +137,8 @@ class CatalogueView:
         matches: numpy's string arrays drop trailing NULs, so every hit is compared again
         as a Python string)."""
         ids = [str(i) for i in ids]
-        q = np.asarray(ids, dtype=str)
-        pos = np.clip(np.searchsorted(self._sorted, q), 0, self.n_items - 1)
-        found = np.array([str(self._sorted[p]) == i for p, i in zip(pos.tolist(), ids)], dtype=bool)
-        return self._order[pos], [i for i, f in zip(ids, found) if not f]
+        pos = index_of(ids, self._sorted, presorted=True)
+        return self._order[np.maximum(pos, 0)], [i for i, p in zip(ids, pos.tolist()) if p < 0]
 
     def title(self, i: int) -> str | None:
         return None if self.titles is None or self.titles[i] is None else str(self.titles[i])
@@ -255,10 +254,8 @@ class ServedModel:
             vals = np.concatenate([vals.astype(object) if vals is not None else np.zeros(0, object), t])
         if ids is None:
             return None
-        order = np.argsort(ids, kind="stable")
-        pos = np.clip(np.searchsorted(ids[order], item_ids), 0, len(ids) - 1)
-        found = ids[order][pos] == item_ids
-        return np.where(found, vals[order][pos], None)
+        rows = index_of(item_ids, ids)
+        return np.where(rows >= 0, vals[np.maximum(rows, 0)], None)
 
     def _load_tokenizer(self):
         """``(tokenizer, run_codes)`` of the run (for /encode; for a SID model only when it
@@ -315,12 +312,9 @@ class ServedModel:
         cat = self.run_codes
         if cat is None or cat.item_ids is None:
             return None
-        have = np.asarray(cat.item_ids).astype(str)
-        order = np.argsort(have, kind="stable")
-        pos = np.minimum(np.searchsorted(have[order], self.item_ids), len(have) - 1)
-        if (have[order][pos] != self.item_ids).any():
+        rows = index_of(self.item_ids, cat.item_ids)
+        if (rows < 0).any():
             return None
-        rows = order[pos]
         return cat.replace(codes=cat.codes[rows], lengths=cat.lengths[rows], item_ids=self.item_ids)
 
     @property
