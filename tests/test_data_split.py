@@ -9,7 +9,8 @@ import re
 import pytest
 
 from sidkit.data import (Interactions, dedup, kcore, leave_one_out, make_split, preprocess,
-                         sort_chronologically, temporal_split, truncate_history)
+                         sort_chronologically, temporal_split)
+from sidkit.data import truncate_history
 from sidkit.errors import DataError
 
 

@@ -24,8 +24,8 @@ from .movielens import (MOVIELENS_TEMPLATE, load_grouplens_100k, load_grouplens_
                         load_movielens_csv, load_recbole, load_recbole_items)
 from .sequences import (PRODUCT_TEMPLATE, is_sequence_file, load_item_jsonl, load_sequences,
                         match_items, product_template, read_sequences)
-from .split import (dedup, kcore, leave_one_out, make_split, preprocess, sort_chronologically,
-                    temporal_split, truncate_history)
+from .history import truncate_history
+from .split import dedup, kcore, leave_one_out, make_split, preprocess, sort_chronologically, temporal_split
 from .tabular import load_item_table, load_table
 from .text import default_template, item_texts
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..errors import ArtifactError, DataError
 from ..io import REWRITE_FIX, SCHEMA_VERSION, atomic_path, read_json, write_json
+from .history import check_max_len, history_spans
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 REQUIRED_INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -409,8 +410,6 @@ class Split(_UserItemFrame):
         for a test target; for the temporal split also earlier targets of the same
         window).  Targets without any history are dropped.
         """
-        from .split import truncate_history
-
         if role not in ("valid", "test"):
             raise DataError(f"examples are built for 'valid' or 'test', not {role!r}",
                             "use split.sequences(('train',)) for training sequences")
@@ -418,20 +417,14 @@ class Split(_UserItemFrame):
             allowed = ("train",) if role == "valid" else ("train", "valid")
         else:
             allowed = ("train", "valid") if role == "valid" else ROLES
-        truncate_history([], max_len)  # validates max_len
+        check_max_len(max_len)
         df = self.df.sort_values(["user_id", "position"], kind="stable")
         user = df["user_id"].to_numpy()
         ok = df["role"].isin(allowed).to_numpy()
-        # exclusive count of history rows before each row, per user (vectorised):
-        # ``done`` counts them over the whole frame, ``base`` at the user's first row
         new_user = np.r_[True, user[1:] != user[:-1]] if len(user) else np.zeros(0, bool)
-        group = np.cumsum(new_user) - 1
-        done = np.cumsum(ok) - ok
-        base = done[new_user][group]
-        count = done - base
-        is_target = (df["role"].to_numpy() == role) & (count > 0)
-        end = done[is_target]                       # history rows are hist_items[start:end]
-        start = end - (np.minimum(count[is_target], max_len) if max_len else count[is_target])
+        is_target, start, end = history_spans(new_user, ok, df["role"].to_numpy() == role)
+        if max_len:
+            start = np.maximum(start, end - max_len)
         hist_items = df["item_id"].to_numpy()[ok]
         rows = pd.DataFrame({
             "user_id": user[is_target],

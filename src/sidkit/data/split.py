@@ -6,7 +6,6 @@ order (a stable tie-break, so equal timestamps keep the order of the source file
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -14,20 +13,6 @@ import pandas as pd
 from ..errors import DataError
 from .containers import Interactions, Split
 
-T = TypeVar("T")
-
-
-def truncate_history(seq: Sequence[T], max_len: int | None) -> list[T]:
-    """The last ``max_len`` items of ``seq`` (all of them when ``max_len`` is None).
-
-    TIGER uses 20, ReSID 50.
-    """
-    if max_len is None:
-        return list(seq)
-    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
-        raise DataError(f"max_len must be a positive integer or None, got {max_len!r}",
-                        "use e.g. max_len=20 (TIGER) or 50 (ReSID)")
-    return list(seq[-int(max_len):])
 
 
 def sort_chronologically(inter: Interactions) -> Interactions:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..data.history import history_spans
 from ..io import hash_obj
 from ..utils import index_of
 
@@ -235,13 +236,9 @@ class SequenceData:
         user_of = np.repeat(np.arange(len(self.users)), np.diff(self.offsets))
         ok = np.isin(self.roles, allowed)
         new_user = np.r_[True, user_of[1:] != user_of[:-1]]
-        done = np.cumsum(ok) - ok                          # history rows before each row
-        base = done[new_user][user_of]
-        count = done - base
-        is_target = (self.roles == code) & (count > 0)
+        is_target, start, end = history_spans(new_user, ok, self.roles == code)
         hist_flat = self.tokens[ok]
-        end = done[is_target]
-        cnt = count[is_target]
+        cnt = end - start
         idx = np.repeat(end - cnt, cnt) + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
         seen_flat = hist_flat[idx]
         return {
