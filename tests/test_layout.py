@@ -38,3 +38,102 @@ def test_comments_do_not_cite_the_tracker_or_the_spec():
     hits = [f"{p.relative_to(SRC.parent)}:{i}" for p in sorted(SRC.rglob("*.py"))
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert not hits, f"comments citing issues / SPEC / seed files: {hits}"
+
+
+# The layers, bottom first: a module may import from its own layer's packages and from
+# the layers below, never from above (README, "Architecture").
+LAYERS = [
+    ("base", ["__init__", "errors", "utils", "io", "types"]),
+    ("data and plumbing", ["data", "stages", "distributed", "selection"]),
+    ("evaluation, tokenizers, embeddings, configs", ["eval", "tokenizers", "embed", "config"]),
+    ("models and diagnostics", ["models", "diagnostics"]),
+    ("run stages and workflows", ["recommender_stage", "cold_start", "catalogue", "scale", "pipeline"]),
+    ("grids and serving", ["grid", "serve"]),
+    ("command line", ["commands", "cli", "__main__", "train"]),
+]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the sidkit modules it imports, function-local imports included (a cycle
+    hidden in a function is still a cycle)."""
+    mods = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                targets = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            graph[name].update(t for t in targets if t in mods and t != name)
+    return graph
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    graph = _import_graph()
+    layer = {pkg: i for i, (_, pkgs) in enumerate(LAYERS) for pkg in pkgs}
+    unplaced = sorted({_top(m) for m in graph} - set(layer))
+    assert not unplaced, f"give these a layer in LAYERS (and the README's architecture table): {unplaced}"
+    upward = sorted(f"{a} -> {b} ({LAYERS[layer[_top(a)]][0]} -> {LAYERS[layer[_top(b)]][0]})"
+                    for a, targets in graph.items() for b in targets
+                    if layer[_top(b)] > layer[_top(a)])
+    assert not upward, f"imports from a layer above: {upward}"
+
+
+def test_there_is_no_import_cycle():
+    graph = _import_graph()
+    cycles, index, low, stack, on = [], {}, {}, [], set()
+
+    def visit(v):                                   # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_checks_see_a_cycle_and_an_upward_import(monkeypatch):
+    """The walk itself: a hand-made graph with a cycle and an upward edge is caught."""
+    fake = {"sidkit.data.a": {"sidkit.data.b"}, "sidkit.data.b": {"sidkit.data.a", "sidkit.grid"},
+            "sidkit.grid": set()}
+    monkeypatch.setattr(__import__(__name__), "_import_graph", lambda: fake)
+    import pytest
+
+    with pytest.raises(AssertionError, match=r"sidkit.data.b -> sidkit.grid"):
+        test_no_module_imports_from_a_layer_above_it()
+    with pytest.raises(AssertionError, match=r"\['sidkit.data.a', 'sidkit.data.b'\]"):
+        test_there_is_no_import_cycle()

@@ -207,7 +207,7 @@ def _load_items(path: Path, id_column: str | None):
     JSON Lines (``.jsonl`` / ``.json``, plain or ``.gz``) or CSV/TSV/Parquet."""
     from .data import load_item_table
     from .data._readers import first_record
-    from .data.sequences import ITEM_JSONL_SUFFIXES
+    from .data._readers import ITEM_JSONL_SUFFIXES
     from .data.tabular import read_table
 
     if not path.is_file():

@@ -22,8 +22,8 @@ from .info import dataset_info, format_info, repeated_pairs
 from .load import FORMAT_NAMES, detect_format, known_datasets, load_dataset
 from .movielens import (MOVIELENS_TEMPLATE, load_grouplens_100k, load_grouplens_dat,
                         load_movielens_csv, load_recbole, load_recbole_items)
-from .sequences import (PRODUCT_TEMPLATE, is_sequence_file, load_item_jsonl, load_sequences,
-                        match_items, product_template, read_sequences)
+from .jsonl import PRODUCT_TEMPLATE, load_item_jsonl, product_template
+from .sequences import is_sequence_file, load_sequences, match_items, read_sequences
 from .history import truncate_history
 from .split import dedup, kcore, leave_one_out, make_split, preprocess, sort_chronologically, temporal_split
 from .tabular import load_item_table, load_table

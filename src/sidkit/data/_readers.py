@@ -154,3 +154,24 @@ def first_record(path: Path) -> dict | None:
     for rec in iter_records(path):
         return rec
     return None
+
+
+SEQUENCE_SUFFIXES = (".txt", ".txt.gz")
+ITEM_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+_GENERIC_STEMS = {"user_sequence", "user_sequences", "sequence", "sequences", "items", "item"}
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suf in sorted(SEQUENCE_SUFFIXES + ITEM_JSONL_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name.split(".")[0]
+
+
+def dataset_name(path: Path) -> str:
+    """``Beauty.txt`` -> Beauty; ``amazon-beauty/user_sequence.txt.gz`` -> amazon-beauty."""
+    stem = _stem(path)
+    if stem.lower() in _GENERIC_STEMS and path.parent.name:
+        return path.parent.resolve().name
+    return stem

@@ -15,6 +15,8 @@ import pandas as pd
 
 from ..errors import DataError
 from .containers import INTERACTION_COLUMNS, Interactions, ItemTable
+from ._readers import ITEM_JSONL_SUFFIXES
+from .jsonl import load_item_jsonl
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".csv.gz", ".tsv.gz")
 
@@ -119,8 +121,6 @@ def load_item_table(path: str | Path, *, item_id: str = "item_id", text_fields: 
     A JSON Lines file (``.jsonl`` / ``.json``, plain or ``.gz``) is read by
     :func:`sidkit.data.load_item_jsonl` (its lists are lists already)."""
     path = Path(path)
-    from .sequences import ITEM_JSONL_SUFFIXES, load_item_jsonl
-
     if path.name.lower().endswith(ITEM_JSONL_SUFFIXES):
         given = [k for k, v in (("list_sep", list_sep), ("list_fields", list_fields), ("sep", sep))
                  if v is not None]
