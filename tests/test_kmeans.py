@@ -151,14 +151,14 @@ def test_errors_name_problem():
 
 @pytest.mark.parametrize("chunk", [1, 7, 100, 4096])
 def test_encode_residual_matches_chained_assign(chunk):
-    from sidkit.tokenizers.kmeans import _assign_t, _encode_residual_t
+    from sidkit.tokenizers.kmeans import _assign_t, encode_residual_t
 
     X, _ = blobs(n_per=200, k=6, d=8)
     Xt = torch.from_numpy(X)
     rng = np.random.default_rng(0)
     Cs = [torch.from_numpy(rng.normal(size=(k, 8)).astype(np.float32) * s)
           for k, s in ((16, 10.0), (5, 1.0), (9, 0.3))]
-    codes, finite = _encode_residual_t(Xt, Cs, chunk=chunk)
+    codes, finite = encode_residual_t(Xt, Cs, chunk=chunk)
     assert finite
     r = Xt
     for l, C in enumerate(Cs):  # level by level over all rows, as the fit does
@@ -167,7 +167,7 @@ def test_encode_residual_matches_chained_assign(chunk):
         r = r - C[lab]
     Y = Xt.clone()
     Y[5, 2] = float("nan")
-    assert not _encode_residual_t(Y, Cs, chunk=chunk)[1]
+    assert not encode_residual_t(Y, Cs, chunk=chunk)[1]
 
 
 def test_empty_cluster_repair_splits_the_donor():

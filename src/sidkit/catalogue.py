@@ -134,7 +134,7 @@ def apply_additions(model, additions: Additions | None):
     """``model`` with the run's added items (a new object), or ``model`` itself when there
     are none or it is no SID model."""
     from .models.catalogue import add_items
-    from .models.causal_sid import SIDRecommender
+    from .models.generative import SIDRecommender
 
     if additions is None or not isinstance(model, SIDRecommender) or getattr(model, "id_only", False):
         return model

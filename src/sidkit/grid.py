@@ -439,7 +439,8 @@ def plan_cell(cell: Cell, others: list[Path],
 
 def _copy_stage(src: Path, target: Path) -> None:
     """Copy a finished stage folder (hard links where possible), atomically."""
-    from .stages import check_replaceable, read_meta, replace_dir, verify_outputs
+    from .io import replace_dir
+    from .stages import check_replaceable, read_meta, verify_outputs
 
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)

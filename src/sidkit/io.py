@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -216,3 +217,19 @@ def hash_array(arr: np.ndarray) -> str:
 def hash_obj(obj: Any) -> str:
     """Stable hash of a JSON-serialisable object (parameters, configs)."""
     return hash_bytes(json.dumps(obj, sort_keys=True, default=_json_default).encode())
+
+
+def replace_dir(tmp: Path, target: Path, *, prefix: str | None = None) -> None:
+    """Move the finished directory ``tmp`` onto ``target`` (same parent), replacing it.
+
+    The old folder is first renamed aside into ``<prefix>*.old`` (default
+    ``.<target name>.``) and only then removed, so a crash never leaves ``target`` half-written.
+    """
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}.", suffix=".old",
+                                      dir=target.parent))
+        target.rename(trash / "old")
+        tmp.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(target)

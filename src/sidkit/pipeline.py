@@ -557,6 +557,13 @@ def _what_differs(old: dict[str, Any], new: dict[str, Any]) -> str:
     return " and ".join(parts) or "another config"
 
 
+def input_stages(cfg: ExperimentConfig, *, codes: bool = True) -> list[Stage]:
+    """The stages a recommender stage reads: data and split, and with ``codes`` items,
+    embeddings and codes (a SID model on the run's own codes)."""
+    stages = [_data_stage(cfg), _split_stage(cfg)]
+    return stages + [_items_stage(cfg), _embeddings_stage(cfg), _codes_stage(cfg)] if codes else stages
+
+
 def build_stages(cfg: ExperimentConfig) -> list[Stage]:
     stages = [_data_stage(cfg), _split_stage(cfg), _items_stage(cfg), _embeddings_stage(cfg),
               _codes_stage(cfg), _diagnostics_stage(cfg)]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ArtifactError
-from .io import SCHEMA_VERSION, hash_file, hash_obj, read_json, write_json
+from .io import SCHEMA_VERSION, hash_file, hash_obj, read_json, replace_dir, write_json
 
 StageFn = Callable[[Path, dict[str, Path]], dict[str, Any]]
 
@@ -241,22 +241,6 @@ def sigterm_as_exit() -> Iterator[None]:
 def stage_key(stage: Stage, input_hashes: dict[str, str]) -> str:
     return hash_obj({"schema_version": SCHEMA_VERSION, "stage": stage.name,
                      "version": stage.version, "params": stage.params, "inputs": input_hashes})
-
-
-def replace_dir(tmp: Path, target: Path, *, prefix: str | None = None) -> None:
-    """Move the finished directory ``tmp`` onto ``target`` (same parent), replacing it.
-
-    The old folder is first renamed aside into ``<prefix>*.old`` (default
-    ``.<target name>.``) and only then removed, so a crash never leaves ``target`` half-written.
-    """
-    if target.exists():
-        trash = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}.", suffix=".old",
-                                      dir=target.parent))
-        target.rename(trash / "old")
-        tmp.rename(target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        tmp.rename(target)
 
 
 def run_stage(stage: Stage, root: Path, *, force: bool = False) -> StageResult:

@@ -118,13 +118,12 @@ def _input_stages(cfg, out: Path) -> list:
     """The stages before the recommender stage: data and split, and items, embeddings and
     codes for a SID model on the run's own codes (checked by validate_run first)."""
     from ..recommender_stage import uses_run_codes
-    from ..pipeline import _codes_stage, _data_stage, _embeddings_stage, _items_stage, _split_stage, validate_run
+    from ..pipeline import input_stages, validate_run
 
-    stages = [_data_stage(cfg), _split_stage(cfg)]
-    if any(uses_run_codes(m) for _, m, _ in cfg.recommenders()):  # SID model on this run's own codes
+    own_codes = any(uses_run_codes(m) for _, m, _ in cfg.recommenders())   # SID model on this run's codes
+    if own_codes:
         validate_run(cfg, out)  # tokenizer parameters, paths inside the run: before any stage
-        stages += [_items_stage(cfg), _embeddings_stage(cfg), _codes_stage(cfg)]
-    return stages
+    return input_stages(cfg, codes=own_codes)
 
 
 def _announce(msg: str) -> None:

@@ -147,7 +147,7 @@ def add_items(model, item_ids: Sequence[str], codes: Any, *, renumber: bool | No
     codes whose last level disambiguates, False otherwise).  The input model is not
     changed; see the module docstring for the errors.
     """
-    from .causal_sid import SIDRecommender
+    from .generative import SIDRecommender
     from .sid_tokens import SIDTokens
     from ..types import Codes
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .base import register
-from .causal_sid import SIDRecommender
+from .generative import SIDRecommender
 from .sid_tokens import BOS, EOS, PAD, TIGER_USER_BUCKETS
 
 # the tied T5 embedding appears under these names as well as ``t5.shared.weight``

@@ -42,7 +42,7 @@ import numpy as np
 from .. import distributed
 from ..errors import ArtifactError, ConfigError, DataError
 from ..io import SCHEMA_VERSION, hash_obj, read_json, write_json
-from ..stages import replace_dir
+from ..io import replace_dir
 from .base import Recommender
 
 CKPT_FORMAT = "sidkit-train-checkpoint"

@@ -172,7 +172,7 @@ class ServedModel:
     def __init__(self, run_dir: str | Path, label: str | None = None, seed: int | None = None,
                  device: str = "auto") -> None:
         from ..models import Recommender
-        from ..models.causal_sid import SIDRecommender
+        from ..models.generative import SIDRecommender
         from ..utils import resolve_device
 
         self.run_dir = run = Path(run_dir)

@@ -10,7 +10,7 @@ Algorithm
   :func:`batched_balanced_kmeans` (padded ``(parents, items, d)`` tensors, one GEMM per
   Lloyd step for every parent, the same size-constrained assignment rule as
   :mod:`~sidkit.tokenizers.kmeans`), in blocks that bound memory; each Lloyd phase
-  stops once at most ``_CHANGE_TOL`` (0.3%) of the labels change.
+  stops once at most ``CHANGE_TOL`` (0.3%) of the labels change.
 * Alignment: the child centroids are centred on their parent centroid (the catalogue
   mean for level 1) and matched one-to-one to ``g_l >= b_l`` anchor directions shared
   by every parent, maximising the total cosine with the Hungarian algorithm
@@ -62,7 +62,7 @@ from ..types import PAD, Codes
 from ..utils import progress, resolve_device, rng
 from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_embeddings, register
 from .collisions import CATALOGUE_ATTRS, CatalogueIndex, catalogue_codes, run_ranks
-from .kmeans import _CHANGE_TOL, _rank_in_sorted_groups, _threads
+from .kmeans import CHANGE_TOL, rank_in_sorted_groups, torch_threads
 from .rqvae import codes_array
 
 __all__ = ["GAOQ", "auto_branching", "make_anchors", "batched_balanced_kmeans"]
@@ -107,7 +107,7 @@ def make_anchors(dim: int, n_anchors: int, random_state: Any = 0) -> np.ndarray:
         g = min(left, int(dim))
         # torch's QR on one thread: numpy's multi-threaded OpenBLAS QR of this small
         # matrix took ~0.2 s instead of ~1 ms on a busy 2-core machine
-        with _threads(1):
+        with torch_threads(1):
             q, r = (t.numpy() for t in torch.linalg.qr(torch.from_numpy(gen.standard_normal((int(dim), g)))))
         q = q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))[None, :]  # unique QR
         blocks.append(q.T)
@@ -128,7 +128,7 @@ def _one_thread(device):
     machine: ~7x slower updates on 2 shared cores); the GEMMs stay parallel.  No-op
     on GPU.
     """
-    return _threads(1 if getattr(device, "type", str(device)) == "cpu" else None)
+    return torch_threads(1 if getattr(device, "type", str(device)) == "cpu" else None)
 
 
 def _rank_by_cost(group, cost):
@@ -146,7 +146,7 @@ def _rank_by_cost(group, cost):
     bits = (cost + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: -0.0 -> +0.0
     bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
     sk, perm = torch.sort((group << 32) | bits, stable=True)
-    return _rank_in_sorted_groups(sk >> 32, perm)
+    return rank_in_sorted_groups(sk >> 32, perm)
 
 
 def _batched_balanced_assign(dist, valid, lo, hi, xn=None):
@@ -267,7 +267,7 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
     k-means++ seeding in final inertia, at a constant number of tensor ops instead of
     ``O(k)``), then Lloyd iterations: unconstrained ones (at most ``n_iter // 2``)
     warm-start the centroids, then iterations with the size-constrained assignment
-    of :func:`_batched_balanced_assign`; each phase stops once at most ``_CHANGE_TOL``
+    of :func:`_batched_balanced_assign`; each phase stops once at most ``CHANGE_TOL``
     of the labels change.  Final sizes lie within ``tol`` of ``n_p / k``.
     Returns centroids (P, k, d) and labels (P, m) (-1 on padding).
     """
@@ -308,7 +308,7 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
                     labels, _ = _batched_balanced_assign(dist, valid, lo, hi, xn)
                 else:
                     labels = dist.argmin(-1).masked_fill_(~valid, -1)
-                if prev is not None and int((labels != prev).sum()) <= _CHANGE_TOL * n_valid:
+                if prev is not None and int((labels != prev).sum()) <= CHANGE_TOL * n_valid:
                     return C, labels, it + 1  # converged: labels match C
                 prev = labels
                 key = (gkey_base + labels.clamp_min(0))[valid]
@@ -344,7 +344,7 @@ class GAOQ(Tokenizer):
     balance_tolerance : cluster sizes within this fraction of the mean (balanced k-means).
     n_iter : Lloyd iterations per k-means (at most).  Every level runs unconstrained
         iterations first (at most ``n_iter // 2``), then balanced ones; each phase stops
-        once at most 0.3% of the labels change (``_CHANGE_TOL = 3e-3``; was 0.1%: about
+        once at most 0.3% of the labels change (``CHANGE_TOL = 3e-3``; was 0.1%: about
         one iteration fewer per phase, level-2 inertia within +0.3% on clustered data,
         balance bounds unchanged).
     max_points_per_centroid : training-sample cap of the level-1 k-means (faiss-style);
@@ -482,7 +482,7 @@ class GAOQ(Tokenizer):
                 pc = root if p < 0 else node_cent_all[p]
                 D = C - pc[None, :]
                 Dn = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
-                with _threads(1):  # torch, one thread: numpy's threaded OpenBLAS took
+                with torch_threads(1):  # torch, one thread: numpy's threaded OpenBLAS took
                     # up to ~20 ms per small product on a busy 2-core machine
                     S = (torch.from_numpy(np.ascontiguousarray(Dn, np.float32)) @ At_T).numpy()  # (k, g) cosines
                 rows, cols = linear_sum_assignment(S, maximize=True)

@@ -38,7 +38,7 @@ when the tolerance is smaller than one item).  Centroids are the means of their
 
 Lloyd in balanced mode: unconstrained iterations first (at most ``n_iter // 2``, a
 cheap argmin) warm-start the centroids, then size-constrained ones; each phase stops
-once at most ``_CHANGE_TOL`` (0.3%) of the labels change between iterations -- the
+once at most ``CHANGE_TOL`` (0.3%) of the labels change between iterations -- the
 greedy assignment rarely reproduces its labels exactly, so waiting for equal labels
 ran every one of the ``n_iter`` balanced assignments.
 
@@ -237,11 +237,11 @@ def _assign_t(X, C, *, cnorm=None, rows=None, chunk: int | None = None, with_dis
     return labels, dist
 
 
-#: rows per chunk of :func:`_encode_residual_t`
+#: rows per chunk of :func:`encode_residual_t`
 _ENC_CHUNK = 4096
 
 
-def _encode_residual_t(X, Cs, *, cnorms=None, chunk: int | None = None, out=None):
+def encode_residual_t(X, Cs, *, cnorms=None, chunk: int | None = None, out=None):
     """Residual-quantisation encode: codes ``(N, L)`` int64 of the rows of ``X``
     against the codebooks ``Cs`` (level ``l`` quantises ``x - sum_{j<l} C_j[c_j]``).
 
@@ -339,7 +339,7 @@ _SMALL_WORK = 1 << 24
 
 
 @contextlib.contextmanager
-def _threads(n: int | None):
+def torch_threads(n: int | None):
     """Temporarily run torch CPU ops on ``n`` threads (None = leave as is).
 
     Only a performance knob for loops of small ops (k-means++, tiny problems);
@@ -358,7 +358,7 @@ def _threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _rank_in_sorted_groups(sorted_group, perm):
+def rank_in_sorted_groups(sorted_group, perm):
     """Ranks within runs of equal ``sorted_group`` (= ``group[perm]``), scattered back
     through ``perm`` to the original positions (torch)."""
     import torch
@@ -472,7 +472,7 @@ def _repair_empty(C, X, labels, dist, counts) -> int:
 def _kmeanspp(X, k: int, gen: np.random.Generator, n_local_trials: int | None = None):
     """Greedy k-means++ (as scikit-learn): at each step sample ``2 + log K`` candidates
     proportionally to D^2 and keep the one that lowers the potential most."""
-    with _threads(1 if X.device.type == "cpu" else None):  # k small sequential steps
+    with torch_threads(1 if X.device.type == "cpu" else None):  # k small sequential steps
         return _kmeanspp_impl(X, k, gen, n_local_trials)
 
 
@@ -532,7 +532,7 @@ def _bisecting(X, k: int, gen: np.random.Generator, *, power_iters: int = 2,
     # O(N d) elementwise ops: on small inputs a thread-pool round trip per op costs
     # more than the op (10x slower with 2 threads on a busy 2-core machine)
     small = X.device.type == "cpu" and X.shape[0] * X.shape[1] < _SMALL_INIT
-    with _threads(1 if small else None):
+    with torch_threads(1 if small else None):
         return _bisecting_impl(X, k, gen, power_iters, two_means_iters)
 
 
@@ -699,7 +699,7 @@ def _full_dist_t(X, C, *, chunk: int | None = None, xnorm=None):
 #: between iterations (3e-3 rather than 1e-3: about one fewer iteration per phase;
 #: GAOQ level-2 inertia +0.26% on average over 6 seeds of clustered 100k x 128 data,
 #: within seed spread)
-_CHANGE_TOL = 3e-3
+CHANGE_TOL = 3e-3
 
 #: balanced assignment keeps the whole (N, K) distance matrix up to this many entries
 _FULL_D = 1 << 25
@@ -728,11 +728,11 @@ def _balanced_assign_t(X, C, lo: int, hi: int, chunk: int | None = None, xnorm=N
     # with room, each centroid accepts its closest proposers
     pending = torch.arange(n, device=dev)
     if D is not None:
-        with _threads(one):
+        with torch_threads(one):
             _rounds_full(D, pending, labels, dist, remaining)
     else:
         _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xnorm, one)
-    with _threads(one if D is not None else None):
+    with torch_threads(one if D is not None else None):
         _lift(X, C, D, labels, dist, lo, chunk, xnorm)
     return labels, dist
 
@@ -770,7 +770,7 @@ def _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xno
     cand_d, cand_i = _topk_t(X, C, m, cnorm=cnorm, chunk=chunk, xnorm=xnorm)
     ptr = torch.zeros(n, dtype=torch.int64, device=dev)
     while pending.numel():
-        with _threads(one):
+        with torch_threads(one):
             while True:  # skip candidates that are full (at most m vectorised steps)
                 live = pending[ptr[pending] < m]
                 if live.numel() == 0:
@@ -786,7 +786,7 @@ def _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xno
             cd, ci = _topk_t(X, C, m, cnorm=cn, rows=dead.to(X.device), chunk=chunk, xnorm=xr)
             cand_d[dead], cand_i[dead], ptr[dead] = cd, ci, 0
             continue
-        with _threads(one):
+        with torch_threads(one):
             lab = cand_i[pending, ptr[pending]]
             d = cand_d[pending, ptr[pending]]
             acc = _accept_closest(lab, d, remaining)
@@ -833,7 +833,7 @@ def _lift(X, C, D, labels, dist, lo, chunk, xnorm):
 
 
 # ----------------------------------------------------------------- k-means
-def _kmeans_t(Xt, k: int, *, n_iter: int, n_init: int, init: Any,
+def kmeans_t(Xt, k: int, *, n_iter: int, n_init: int, init: Any,
               max_points_per_centroid: int | None, balanced: bool, balance_tolerance: float,
               gen: np.random.Generator, dev, chunk_size: int | None = None,
               verbose: bool = False):
@@ -846,7 +846,7 @@ def _kmeans_t(Xt, k: int, *, n_iter: int, n_init: int, init: Any,
 
     n, d = Xt.shape
     small = dev.type == "cpu" and n * k * d < _SMALL_WORK
-    with torch.no_grad(), _threads(1 if small else None):
+    with torch.no_grad(), torch_threads(1 if small else None):
         return _kmeans_impl(Xt, k, n_iter=n_iter, n_init=n_init, init=init,
                             max_points_per_centroid=max_points_per_centroid, balanced=balanced,
                             balance_tolerance=balance_tolerance, gen=gen, dev=dev,
@@ -901,7 +901,7 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
                                     "pass one initial centroid per cluster")
             # ---- Lloyd.  Balanced: unconstrained iterations first (a cheap argmin; at
             # most n_iter // 2) warm-start the centroids, then size-constrained ones;
-            # each phase stops once at most _CHANGE_TOL of the labels change (balanced
+            # each phase stops once at most CHANGE_TOL of the labels change (balanced
             # labels rarely repeat exactly).  Unbalanced: until the labels repeat.
             def lloyd(C, constrained: bool, max_iter: int, tol: float):
                 prev, done = None, 0
@@ -924,8 +924,8 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
                 return C, done
 
             if balanced:
-                C, it = lloyd(C, False, n_iter // 2, _CHANGE_TOL)
-                C, more = lloyd(C, True, max(n_iter - it, 1), _CHANGE_TOL)
+                C, it = lloyd(C, False, n_iter // 2, CHANGE_TOL)
+                C, more = lloyd(C, True, max(n_iter - it, 1), CHANGE_TOL)
                 it += more
             else:
                 C, it = lloyd(C, False, n_iter, 0.0)
@@ -1009,7 +1009,7 @@ def kmeans(
     dev = resolve_device(device)
     Xt = as_matrix(X, min_items=k)
     with torch.no_grad():
-        C, labels, dist, n_done = _kmeans_t(
+        C, labels, dist, n_done = kmeans_t(
             Xt, k, n_iter=n_iter, n_init=n_init, init=init,
             max_points_per_centroid=max_points_per_centroid, balanced=balanced,
             balance_tolerance=balance_tolerance, gen=make_rng(random_state), dev=dev,

@@ -31,7 +31,7 @@ from ..types import PAD, Codes
 from ..utils import resolve_device, rng as make_rng
 from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_scale, register
 from .collisions import CATALOGUE_ATTRS, CatalogueIndex, CollisionIndex, catalogue_codes, collision_stats
-from .kmeans import _encode_residual_t, _kmeans_t, as_matrix, check_finite_rows, check_min_items
+from .kmeans import encode_residual_t, kmeans_t, as_matrix, check_finite_rows, check_min_items
 from .sizing import default_codebook_sizes
 
 __all__ = ["VQ", "RQKMeans", "HierarchicalKMeans", "perplexity"]
@@ -273,7 +273,7 @@ class _KMeansTokenizer(Tokenizer):
 class _ResidualKMeans(_KMeansTokenizer):
     _encode_checks_finite = True
     # unbalanced: the final k-means assignment of every level is the nearest codeword
-    # with encode's arithmetic (kmeans._encode_residual_t), so fit codes are the routes
+    # with encode's arithmetic (kmeans.encode_residual_t), so fit codes are the routes
     # (tests/test_catalogue_sids.py checks it item by item)
     _fit_codes_are_routes = True
     _state_attrs = ("codebooks_", "codebook_sizes_", "level_mse_", *CATALOGUE_ATTRS)
@@ -291,7 +291,7 @@ class _ResidualKMeans(_KMeansTokenizer):
         level_mse, n_iters = [], []
         for l, k in enumerate(sizes):
             view = _ResidualView(Xt, Cs, codes)
-            C, labels, dist, it = _kmeans_t(
+            C, labels, dist, it = kmeans_t(
                 view, int(k), n_iter=self.n_iter, n_init=getattr(self, "n_init", 1),
                 init="bisecting", max_points_per_centroid=self.max_points_per_centroid,
                 balanced=self.balanced, balance_tolerance=getattr(self, "balance_tolerance", 0.1),
@@ -320,7 +320,7 @@ class _ResidualKMeans(_KMeansTokenizer):
 
         Cs = [torch.from_numpy(self.codebooks_[l, : int(k)]).to(dev)
               for l, k in enumerate(self.codebook_sizes_)]
-        codes, finite = _encode_residual_t(Xt, Cs)
+        codes, finite = encode_residual_t(Xt, Cs)
         if not finite:  # some row holds NaN/inf (or overflows): the exact check
             check_finite_rows(Xt)
         return codes.cpu().numpy()
@@ -486,7 +486,7 @@ class HierarchicalKMeans(_KMeansTokenizer):
                     C, lab = Xp.clone(), torch.arange(kk, device=dev)
                     dist = torch.zeros(kk, device=dev)
                 else:
-                    C, lab, dist, _ = _kmeans_t(
+                    C, lab, dist, _ = kmeans_t(
                         Xp, kk, n_iter=self.n_iter, n_init=1, init="k-means++",
                         max_points_per_centroid=self.max_points_per_centroid,
                         balanced=self.balanced, balance_tolerance=self.balance_tolerance,
