@@ -62,7 +62,7 @@ def ml100k_embeddings() -> np.ndarray:
 
 def level_metrics(codes: np.ndarray, k: int) -> dict:
     from sidkit.tokenizers.collisions import collision_stats
-    from sidkit.tokenizers.rq import perplexity
+    from sidkit.tokenizers.base import perplexity
 
     n, L = codes.shape
     cs = collision_stats(codes)

@@ -37,6 +37,25 @@ def index_of(ids, catalogue, *, presorted: bool = False) -> np.ndarray:
     return out.reshape(shape)
 
 
+#: SplitMix64's increment (the golden ratio in 64 bits)
+GOLDEN64 = 0x9E3779B97F4A7C15
+
+
+def mix64(x) -> np.ndarray:
+    """The SplitMix64 finaliser of uint64 values (Steele, Lea and Flood 2014; Vigna's
+    ``splitmix64.c``): a stateless, vectorised hash, the same on every machine and run::
+
+        z = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+        return z ^ (z >> 31)                      (all mod 2**64)
+    """
+    x = np.asarray(x, np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def resolve_device(device: str | None = "auto"):
     """Return a ``torch.device``; ``"auto"`` picks CUDA when present, else CPU."""
     import torch

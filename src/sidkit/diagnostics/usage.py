@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..tokenizers.base import counts_perplexity
 from ..types import Codes
 
 
@@ -82,7 +83,7 @@ def usage_stats(counts: np.ndarray) -> dict[str, Any]:
         "used_frac": used / k if k else 0.0,
         "entropy_bits": h,
         "norm_entropy": h / math.log2(k) if k > 1 else (1.0 if used else 0.0),
-        "perplexity": float(2.0 ** h),
+        "perplexity": counts_perplexity(c),
         "gini": gini(c),
         "std_counts": float(c.std()) if k else 0.0,
         "top1pct_share": top_share(c, 0.01),

@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..utils import mix64
 from .base import register
 from .generative import SIDRecommender
 from .sid_tokens import BOS, EOS, PAD, TIGER_USER_BUCKETS
@@ -166,15 +167,6 @@ class _Decoder:
         return state
 
 
-def _mix64(x):
-    """splitmix64 finaliser of uint64 arrays (a stateless, vectorised hash)."""
-    x = np.asarray(x, np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 @register
 class TIGER(SIDRecommender):
     """TIGER generative recommender: T5 encoder-decoder over Semantic IDs (module doc).
@@ -290,7 +282,7 @@ class TIGER(SIDRecommender):
         P = -(-counts // k)
         pas = (epoch // P)[user].astype(np.uint64)
         seed = np.uint64(int(getattr(self, "seed_", 0) or 0) & 0xFFFFFFFF)
-        key = _mix64(_mix64(np.arange(n, dtype=np.uint64) ^ (seed << np.uint64(32))) ^ _mix64(pas + np.uint64(1)))
+        key = mix64(mix64(np.arange(n, dtype=np.uint64) ^ (seed << np.uint64(32))) ^ mix64(pas + np.uint64(1)))
         order = np.lexsort((key, user))                            # user-major, random within a user
         start = np.r_[0, np.cumsum(counts)[:-1]]
         take = np.minimum(counts, k)

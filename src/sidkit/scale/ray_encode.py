@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError, DataError, SidkitError
+from ..utils import GOLDEN64, mix64
 
 SID_PREFIX = "sid_"
 _NEW = "_sidkit_new"  # pass-1 column: the row is a new item (not in the fitted catalogue)
@@ -622,24 +623,15 @@ def _row_group_chunks(dataset, rows: int) -> list[list[tuple[str, list[int]]]]:
 
 def prefix_bucket(sem: np.ndarray, n_buckets: int) -> np.ndarray:
     """A bucket in ``[0, n_buckets)`` per row of semantic tokens ``sem`` (n, L-1), the
-    same on every machine and run (no Python ``hash()``): SplitMix64 (Steele, Lea and
-    Flood 2014; Vigna's ``splitmix64.c``) chained over the prefix,
-
-        h = 0;  for each token t:  h = splitmix64(h ^ t)
-        splitmix64(x):  z = x + 0x9E3779B97F4A7C15
-                        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-                        z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-                        return z ^ (z >> 31)            (all mod 2**64)
-
-    and the bucket is ``h % n_buckets``; vectorised over rows (a loop over levels)."""
+    same on every machine and run (no Python ``hash()``): SplitMix64 chained over the
+    prefix, ``h = 0``, then for each token ``t``: ``h = mix64((h ^ t) + GOLDEN64)``
+    (:func:`sidkit.utils.mix64`, all mod 2**64), and the bucket is ``h % n_buckets``;
+    vectorised over rows (a loop over levels)."""
     sem = np.asarray(sem)
     h = np.zeros(len(sem), np.uint64)
     with np.errstate(over="ignore"):
         for l in range(sem.shape[1]):
-            z = (h ^ sem[:, l].astype(np.uint64)) + np.uint64(0x9E3779B97F4A7C15)
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h = z ^ (z >> np.uint64(31))
+            h = mix64((h ^ sem[:, l].astype(np.uint64)) + np.uint64(GOLDEN64))
     return (h % np.uint64(n_buckets)).astype(np.int64)
 
 

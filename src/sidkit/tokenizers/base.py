@@ -476,3 +476,21 @@ def _probe(obj: "Tokenizer", path: Path, fix: str) -> None:
         raise ArtifactError(
             f"the tokenizer in {path} is inconsistent: state.safetensors does not fit "
             f"tokenizer.json ({type(e).__name__}: {e})", fix) from None
+
+
+def counts_perplexity(counts) -> float:
+    """``exp(entropy)`` of a code-usage count vector: the number of codewords that, used
+    equally, would have the same entropy (``K`` when all ``K`` are used equally)."""
+    c = np.asarray(counts, np.float64)
+    total = c.sum()
+    if total <= 0:
+        return 0.0
+    p = c[c > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def perplexity(tokens: np.ndarray, k: int) -> float:
+    """:func:`counts_perplexity` of the tokens of one level (``-1`` = no token)."""
+    tokens = np.asarray(tokens)
+    tokens = tokens[tokens >= 0]
+    return counts_perplexity(np.bincount(tokens, minlength=k)) if tokens.size else 0.0

@@ -29,23 +29,12 @@ import numpy as np
 from ..errors import DataError
 from ..types import PAD, Codes
 from ..utils import resolve_device, rng as make_rng
-from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_scale, register
+from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_scale, perplexity, register
 from .collisions import CATALOGUE_ATTRS, CatalogueIndex, CollisionIndex, catalogue_codes, collision_stats
 from .kmeans import encode_residual_t, kmeans_t, as_matrix, check_finite_rows, check_min_items
 from .sizing import default_codebook_sizes
 
 __all__ = ["VQ", "RQKMeans", "HierarchicalKMeans", "perplexity"]
-
-
-def perplexity(tokens: np.ndarray, k: int) -> float:
-    """``exp(entropy)`` of the token usage (``k`` = all codewords used equally)."""
-    tokens = np.asarray(tokens)
-    tokens = tokens[tokens >= 0]
-    if tokens.size == 0:
-        return 0.0
-    p = np.bincount(tokens, minlength=k).astype(np.float64) / tokens.size
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 class _ResidualView:
