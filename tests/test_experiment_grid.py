@@ -561,3 +561,34 @@ def test_threads_are_checked_and_set_for_a_single_job(toy):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_status_reads_where_a_grid_stands_from_its_folders(toy):
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"},), models=(TINY_CAUSAL,), seeds=(0, 1))
+    doc["base"]["train"]["epochs"] = 2
+    grid = parse_grid(doc, "test", toy / "exp")
+    from sidkit.grid import progress, progress_markdown
+
+    assert [(r["model"], r["seed"], r["status"]) for r in progress(grid)] == [
+        ("causal_sid", 0, "waiting"), ("causal_sid", 1, "waiting")]
+    ck = grid.cells[0].dir / "checkpoints" / "recommender" / "causal_sid" / "seed-0"
+    ck.mkdir(parents=True)
+    state = {"history": [{"epoch": 1, "seconds": 3.0, "valid_seconds": 1.5}], "best": 0.25, "best_epoch": 1,
+             "stopped": False}
+    (ck / "state.json").write_text(json.dumps(state))
+    rows = progress(grid)
+    assert rows[0] == {"run": "toy__file-emb__rqkmeans", "model": "causal_sid", "seed": 0, "status": "training",
+                       "epochs": 1, "best_epoch": 1, "valid_ndcg10": 0.25, "seconds_per_epoch": 3.0,
+                       "seconds_per_validation": 1.5}
+    assert "| toy__file-emb__rqkmeans | causal_sid | 0 | training | 1 | 1 | 0.2500 |  | 3.0 | 1.5 |" \
+        in progress_markdown(rows)
+    (ck / "state.json").write_text(json.dumps({**state, "stopped": True}))   # patience ran out: awaits test
+    assert progress(grid)[0]["status"] == "trained"
+    import shutil
+
+    shutil.rmtree(grid.cells[0].dir / "checkpoints")
+    run_experiment(grid)
+    rows = progress(grid)
+    doc_m = json.loads((grid.cells[0].dir / "recommender" / "metrics.json").read_text())
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert [r["test_ndcg10"] for r in rows] == [r["test"]["ndcg@10"] for r in doc_m["records"]]

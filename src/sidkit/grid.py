@@ -662,6 +662,65 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
     return ExperimentResult(grid, rows, done, files)
 
 
+# ----------------------------------------------------------------- progress
+def progress(grid: Grid) -> list[dict[str, Any]]:
+    """Where a (possibly running) grid stands, one row per run, model and seed, read from
+    the runs' folders only: ``status`` is ``done`` (the run's recommender stage finished:
+    its validation and test NDCG@10 are given), ``training`` / ``trained`` (an epoch
+    checkpoint: epochs so far, best validation NDCG@10 and its epoch, median seconds per
+    epoch and per validation; ``trained`` once patience, the epoch cap or the time budget
+    ended it and the seed waits for its test evaluation) or ``waiting``."""
+    import numpy as np
+
+    rows: list[dict[str, Any]] = []
+    for cell in grid.cells:
+        metrics = cell.dir / "recommender" / "metrics.json"
+        doc = read_json(metrics) if metrics.is_file() else None
+        for label, _, train in cell.cfg.recommenders():
+            for seed in list(train.seeds) or [cell.cfg.seed]:
+                row: dict[str, Any] = {"run": cell.id, "model": label, "seed": seed, "status": "waiting"}
+                rec = next((r for r in (doc or {}).get("records", [])
+                            if r.get("label", r.get("model")) == label and r.get("seed") == seed), None)
+                state_path = cell.dir / "checkpoints" / "recommender" / label / f"seed-{seed}" / "state.json"
+                if rec is not None:
+                    row.update(status="done", epochs=rec.get("epochs_run"), best_epoch=rec.get("best_epoch"),
+                               valid_ndcg10=(rec.get("valid") or {}).get("ndcg@10"),
+                               test_ndcg10=(rec.get("test") or {}).get("ndcg@10"), stop=rec.get("stop"))
+                elif state_path.is_file():
+                    try:
+                        st = read_json(state_path)
+                    except Exception:   # being rewritten right now: report it as waiting
+                        rows.append(row)
+                        continue
+                    hist = st.get("history") or []
+                    secs = [h["seconds"] for h in hist if "seconds" in h]
+                    vsecs = [h["valid_seconds"] for h in hist if h.get("valid_seconds")]
+                    done = bool(st.get("stopped")) or len(hist) >= train.epochs
+                    row.update(status="trained" if done else "training", epochs=len(hist),
+                               best_epoch=st.get("best_epoch") or None,
+                               valid_ndcg10=st.get("best") if (st.get("best") or -1) >= 0 else None,
+                               seconds_per_epoch=float(np.median(secs)) if secs else None,
+                               seconds_per_validation=float(np.median(vsecs)) if vsecs else None)
+                rows.append(row)
+    return rows
+
+
+def progress_markdown(rows: list[dict[str, Any]]) -> str:
+    """:func:`progress` as a table."""
+    def f(v: Any, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    lines = ["| run | model | seed | status | epochs | best epoch | valid ndcg@10 | test ndcg@10 | s/epoch | s/validation |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['model']} | {r['seed']} | {r['status']}"
+                     f"{' (' + r['stop'] + ')' if r.get('stop') in ('cap', 'budget') else ''} | "
+                     f"{f(r.get('epochs'), 'd')} | {f(r.get('best_epoch'), 'd')} | {f(r.get('valid_ndcg10'), '.4f')} | "
+                     f"{f(r.get('test_ndcg10'), '.4f')} | {f(r.get('seconds_per_epoch'), '.1f')} | "
+                     f"{f(r.get('seconds_per_validation'), '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------- results
 def _stage_meta(run: Path, name: str) -> dict[str, Any]:
     p = run / name / "meta.json"

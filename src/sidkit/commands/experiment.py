@@ -1,4 +1,4 @@
-"""`sidkit experiment FILE [--out DIR] [--dry-run]`: run a grid of runs, write one results table."""
+"""`sidkit experiment FILE [--out DIR] [--dry-run] [--status]`: run a grid of runs, write one results table."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def experiment(
                                        "else runs/experiments/<name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their folders and their cached "
                                  "stages; run nothing."),
+    status: bool = typer.Option(False, "--status", help="Where the grid stands (it may be running in another "
+                                "process): per run, model and seed, done / training / waiting, epochs, best "
+                                "validation NDCG@10; runs nothing."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these runs (ids or "
                                              "data set / embedding / tokenizer labels; repeat or "
                                              "separate with commas); the table also lists the runs "
@@ -56,6 +59,11 @@ def experiment(
     seeds = grid.config.grid.seeds
     typer.echo(f"experiment {grid.config.name}: {len(grid.cells)} run(s), {n_models} model(s), "
                f"seeds {list(seeds) or 'of the config'} -> {grid.out}", err=True)
+    if status:
+        from ..grid import progress, progress_markdown
+
+        typer.echo(progress_markdown(progress(grid)))
+        return
     if dry_run:
         validate_grid(grid)
         check_datasets(grid)
