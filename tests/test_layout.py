@@ -137,3 +137,25 @@ def test_the_checks_see_a_cycle_and_an_upward_import(monkeypatch):
         test_no_module_imports_from_a_layer_above_it()
     with pytest.raises(AssertionError, match=r"\['sidkit.data.a', 'sidkit.data.b'\]"):
         test_there_is_no_import_cycle()
+
+
+def test_model_defaults_are_the_same_in_the_config_tables_and_the_estimators():
+    """A model's parameters appear twice: the typed config table (validation, docs) and the
+    estimator's constructor (the Python API). They must agree, key by key and default by
+    default, so that `sidkit run` and `CausalSID()` build the same model."""
+    import inspect
+
+    from sidkit.config import CausalSIDConfig, PopularityConfig, SASRecConfig, TigerConfig
+    from sidkit.models import TIGER, CausalSID, Popularity, SASRec
+
+    problems = []
+    for table, model in ((PopularityConfig, Popularity), (SASRecConfig, SASRec),
+                         (CausalSIDConfig, CausalSID), (TigerConfig, TIGER)):
+        sig = {k: p.default for k, p in inspect.signature(model.__init__).parameters.items() if k != "self"}
+        fields = {k: f.default for k, f in table.model_fields.items() if k not in ("type", "label", "train")}
+        if set(sig) != set(fields):
+            problems.append(f"{model.__name__}: only in the config {sorted(set(fields) - set(sig))}, "
+                            f"only in the constructor {sorted(set(sig) - set(fields))}")
+        problems += [f"{model.__name__}.{k}: config {fields[k]!r}, constructor {sig[k]!r}"
+                     for k in sorted(set(sig) & set(fields)) if sig[k] != fields[k]]
+    assert not problems, problems
