@@ -207,7 +207,7 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
         for r in records:
             r["protocol"] = protos[label]
         groups[label] = records
-        models[label] = {"model": model_cfg.model_dump(exclude={"train", "label"}), "train": train_cfg.model_dump()}
+        models[label] = {"model": model_cfg.fingerprint_dict(), "train": train_cfg.model_dump()}
     if not main:
         return None
     if carry:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..tokenizers.base import counts_perplexity
+from ..tokenizers.base import counts_perplexity, entropy_bits
 from ..types import Codes
 
 
@@ -26,16 +26,6 @@ def level_tokens(codes: Codes, level: int) -> np.ndarray:
 def level_counts(codes: Codes, level: int) -> np.ndarray:
     """(K_l,) int64 item count of every code of 0-based ``level`` (unused codes = 0)."""
     return np.bincount(level_tokens(codes, level), minlength=codes.codebook_sizes[level]).astype(np.int64)
-
-
-def entropy_bits(counts: np.ndarray) -> float:
-    """Shannon entropy in bits of the distribution ``counts / counts.sum()``."""
-    c = np.asarray(counts, dtype=np.float64)
-    total = c.sum()
-    if total <= 0:
-        return 0.0
-    p = c[c > 0] / total
-    return float(max(0.0, -(p * np.log2(p)).sum()))
 
 
 def gini(counts: np.ndarray) -> float:

@@ -478,15 +478,20 @@ def _probe(obj: "Tokenizer", path: Path, fix: str) -> None:
             f"tokenizer.json ({type(e).__name__}: {e})", fix) from None
 
 
-def counts_perplexity(counts) -> float:
-    """``exp(entropy)`` of a code-usage count vector: the number of codewords that, used
-    equally, would have the same entropy (``K`` when all ``K`` are used equally)."""
-    c = np.asarray(counts, np.float64)
+def entropy_bits(counts: np.ndarray) -> float:
+    """Shannon entropy in bits of the distribution ``counts / counts.sum()``."""
+    c = np.asarray(counts, dtype=np.float64)
     total = c.sum()
     if total <= 0:
         return 0.0
     p = c[c > 0] / total
-    return float(np.exp(-(p * np.log(p)).sum()))
+    return float(max(0.0, -(p * np.log2(p)).sum()))
+
+
+def counts_perplexity(counts) -> float:
+    """``2 ** entropy`` of a code-usage count vector: the number of codewords that, used
+    equally, would have the same entropy (``K`` when all ``K`` are used equally)."""
+    return float(2.0 ** entropy_bits(counts))
 
 
 def perplexity(tokens: np.ndarray, k: int) -> float:
