@@ -437,7 +437,7 @@ def test_weights_of_another_model_are_an_artifact_error(tmp_path):
 
 @pytest.mark.parametrize("damage", [truncate, garbage, empty], ids=lambda f: f.__name__)
 def test_damaged_checkpoint_names_the_file_and_the_fix(tmp_path, damage):
-    from sidkit.models.train import load_checkpoint
+    from sidkit.training import load_checkpoint
     from sidkit.io import read_json as rj
 
     _trained_models(tmp_path)

@@ -76,7 +76,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
 
     from sidkit.commands.train import _train_rank
     from sidkit.config import load_config
-    from sidkit.models import train as train_mod
+    from sidkit.training import loop as train_mod
 
     torch.set_num_threads(1)
     tmp = Path(tmp)
@@ -121,7 +121,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     same = all(torch.equal(a, b) for a, b in zip(full.module_.state_dict().values(),
                                                  resumed.module_.state_dict().values()))
 
-    # `torchrun -m sidkit.train` in each rank: rank 0 runs the data stages while rank 1
+    # `torchrun -m sidkit train` in each rank: rank 0 runs the data stages while rank 1
     # waits, both train, rank 0 writes; the second time the stage is cached and rank 0
     # tells rank 1, so neither trains
     run_cfg = load_config(tmp / "sasrec.toml")
@@ -134,7 +134,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         "resumed": [h["loss"] for h in resumed.history_], "same_weights": same,
         "valid": [h.get("valid") for h in full.history_],
         "run_loops": [trained, len(loops) - n_loops - trained]}))
-    from sidkit import distributed
+    from sidkit.training import distributed
     distributed.shutdown()   # a barrier first: a rank that leaves early can abort its peer at exit
     # Leave without the interpreter's finalisation: gloo's worker threads, still referenced
     # by the DDP models, were destroyed there and aborted a rank now and then ("terminate
@@ -273,7 +273,7 @@ def test_init_picks_nccl_and_the_local_gpu_on_cuda_gloo_on_cpu(monkeypatch, devi
     process-group start are replaced; LOCAL_RANK 1 must become the current CUDA device."""
     import torch.distributed as dist
 
-    from sidkit import distributed
+    from sidkit.training import distributed
 
     calls = {}
     monkeypatch.setenv("RANK", "1")

@@ -265,7 +265,7 @@ def test_the_study_1_config_names_two_embeddings_five_tokenizers_and_the_default
 
 
 def test_a_grid_killed_during_training_resumes_from_the_epoch_checkpoint(toy, monkeypatch):
-    from sidkit.models import train as train_mod
+    from sidkit.training import loop as train_mod
 
     doc = _doc(toy, tokenizers=({"method": "rqkmeans"},), seeds=(0,))
     doc["base"]["train"]["epochs"] = 2

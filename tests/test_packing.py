@@ -33,7 +33,7 @@ def small_groups(monkeypatch):
     """Tiny batches: a low fixed cost per group, so that the batches really split into
     several trimmed groups (the default cost model keeps batches this small in one group,
     trimmed to its widest row)."""
-    from sidkit.models.train import TorchRecommender
+    from sidkit.models.torch_base import TorchRecommender
 
     monkeypatch.setattr(TorchRecommender, "group_overhead", 2.0)
     monkeypatch.setattr(CausalSID, "beam_group_overhead", 2.0)

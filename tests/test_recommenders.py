@@ -306,7 +306,7 @@ def test_a_stop_signal_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypa
     import safetensors.torch
     import torch
 
-    from sidkit.models.train import save_checkpoint
+    from sidkit.training import save_checkpoint
 
     class Stopped(Exception):
         pass

@@ -93,7 +93,7 @@ def test_cli_bad_inputs(tiny):
 
 
 def test_interrupted_cli_run_resumes_and_refuses_a_changed_config(tiny, monkeypatch):
-    from sidkit.models import train as train_mod
+    from sidkit.training import loop as train_mod
 
     out = tiny / "run"
     cfg = _toml(tiny, "sasrec", "seeds = [0]\n")

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import distributed
+from .training import distributed
 from .errors import ConfigError, DataError
 from .io import write_json, write_text
 from .eval.harness import evaluate
@@ -169,7 +169,7 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     unchanged, not retrained (:func:`sidkit.pipeline.recommender_stage` decides which);
     ``order``: the labels' order in the tables.
 
-    In data-parallel training (:mod:`sidkit.distributed`) every rank trains, but only rank
+    In data-parallel training (:mod:`sidkit.training.distributed`) every rank trains, but only rank
     0 evaluates and writes anything; the other ranks return None (and may pass ``out=None``).
     """
     main = distributed.is_main()

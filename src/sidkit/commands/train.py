@@ -64,9 +64,9 @@ def train(
     run resumes from its last epoch checkpoint when started again.  The run's other models are
     kept: a label the config does not name stays as it is, and a label trained with another
     config is replaced only with --force.  With --nproc N (or under
-    `torchrun -m sidkit.train`) the torch models train data-parallel (docs/distributed.md).
+    `torchrun -m sidkit train`) the torch models train data-parallel (docs/distributed.md).
     """
-    from .. import distributed
+    from ..training import distributed
     from ..config import load_config
     from ..pipeline import recommender_stage, validate_models
     from ..stages import run_stage
@@ -156,7 +156,7 @@ def _train_rank(cfg, out: Path, force: bool) -> None:
     stage runs at all (it may be cached)."""
     import dataclasses
 
-    from .. import distributed
+    from ..training import distributed
     from ..pipeline import recommender_stage
     from ..stages import run_stage
 

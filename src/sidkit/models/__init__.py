@@ -19,7 +19,8 @@ from .popularity import Popularity
 from .sasrec import SASRec
 from .sid_tokens import SIDTokens, user_bucket
 from .tiger import TIGER
-from .train import TorchRecommender, train_loop
+from ..training import train_loop
+from .torch_base import TorchRecommender
 from .trie import SIDTrie
 
 load_recommender = Recommender.load

@@ -20,7 +20,7 @@ those of the next item's slots, exactly as in training.
 
 Padding is never computed: training batches and decoded histories are split into groups
 of similar real length, each trimmed to its longest real history
-(:meth:`~sidkit.models.train.TorchRecommender.length_groups`).  Positions are absolute
+(:meth:`~sidkit.models.torch_base.TorchRecommender.length_groups`).  Positions are absolute
 in the padded grid, so a trimmed group is embedded from position ``start`` = the number
 of columns dropped; ``PAD`` is never attended to, so each real token computes what it
 computes in the padded grid, up to float rounding (dropout masks aside: they are drawn

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import ArtifactError, DataError
 from .base import check_exclude
 from .sid_tokens import SIDTokens
-from .train import TorchRecommender
+from .torch_base import TorchRecommender
 
 
 class SIDRecommender(TorchRecommender):

@@ -8,7 +8,7 @@ items of context, as at inference.
 
 Padding is never computed: a batch (training windows, or histories to score) is split
 into groups of similar real length, each trimmed to its longest real history
-(:meth:`~sidkit.models.train.TorchRecommender.length_groups`).  Positions are indexed
+(:meth:`~sidkit.models.torch_base.TorchRecommender.length_groups`).  Positions are indexed
 from the right (the last column is position ``max_len - 1``), padding is masked out of
 attention and zeroed, so each real position computes what it computes in the padded
 batch, up to float rounding; the training batches are the same ones.  Dropout masks are
@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from ..errors import ArtifactError
-from .train import TorchRecommender
+from .torch_base import TorchRecommender
 from .base import register
 
 
