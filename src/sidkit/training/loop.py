@@ -39,6 +39,61 @@ def _progress_bar(total: int, initial: int, enabled: bool | None):
                 leave=False, dynamic_ncols=True)
 
 
+def _train_epoch(model, module, net, opt, params, arrays, perm, cfg, step: int, autocast, rank: int, world: int):
+    """One pass over the shuffled samples ``perm`` in batches: warm-up learning rate,
+    forward and backward (this rank's share under DDP), clipping, an optimizer step.
+    Returns the summed batch losses (weighted by batch size), the sample count, the step
+    counter and the last learning rate."""
+    import torch
+
+    warm = max(int(cfg.warmup_steps), 0)
+    total, count, lr = torch.zeros((), device=perm.device), 0, cfg.lr
+    for lo in range(0, len(perm), cfg.batch_size):
+        idx = perm[lo:lo + cfg.batch_size]
+        if net is not None and len(idx) < world:
+            break   # a last batch too small to give every rank a sample: dropped on every rank
+        lr = cfg.lr * min(1.0, (step + 1) / warm) if warm else cfg.lr
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if net is None:
+            with autocast():
+                loss = model.train_loss(module, *(a[idx] for a in arrays))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = _shard_backward(model, net, arrays, idx, rank, world, autocast)
+        if cfg.clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        opt.step()
+        step += 1
+        total += loss.detach() * len(idx)
+        count += len(idx)
+    return total, count, step, lr
+
+
+def _resume(st: dict[str, Any], module, opt, shuffle_gen, device, ddp: bool, rank: int) -> None:
+    """Put a checkpoint's weights, optimizer moments and RNG streams back in place."""
+    import torch
+
+    module.load_state_dict({k: v.to(device) for k, v in st["weights"].items()})
+    tensors = st["tensors"]
+    _restore_optim(opt, {k: v for k, v in tensors.items() if k.startswith("state.")}, st["param_groups"])
+    shuffle_gen.set_state(tensors["rng.shuffle"])
+    if ddp:   # this rank's own streams (from a checkpoint of fewer ranks: rank 0's, or a fresh one)
+        own = f"rng.rank{rank}.torch"
+        if own in tensors or rank == 0:
+            torch.set_rng_state(tensors.get(own, tensors["rng.torch"]))
+        if device.type == "cuda" and f"rng.rank{rank}.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.rank{rank}.cuda"], device)
+    else:
+        torch.set_rng_state(tensors["rng.torch"])
+    if not ddp and torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def train_loop(model, data, cfg, *, seed: int = 0,
                checkpoint_dir: str | Path | None = None, callbacks: Iterable[Callable] = (),
                progress: bool | None = None) -> list[dict[str, Any]]:
@@ -81,25 +136,9 @@ def train_loop(model, data, cfg, *, seed: int = 0,
     epoch, step, best, best_epoch, bad, history, best_state = 0, 0, -1.0, 0, 0, [], None
     stopped = False
     if ckpt is not None and (st := load_checkpoint(ckpt, fp)) is not None:
-        module.load_state_dict({k: v.to(device) for k, v in st["weights"].items()})
-        best_state = st["best_weights"]
-        tensors = st["tensors"]
-        _restore_optim(opt, {k: v for k, v in tensors.items() if k.startswith("state.")}, st["param_groups"])
-        shuffle_gen.set_state(tensors["rng.shuffle"])
-        if ddp:   # this rank's own streams (from a checkpoint of fewer ranks: rank 0's, or a fresh one)
-            own = f"rng.rank{rank}.torch"
-            if own in tensors or rank == 0:
-                torch.set_rng_state(tensors.get(own, tensors["rng.torch"]))
-            if device.type == "cuda" and f"rng.rank{rank}.cuda" in tensors:
-                torch.cuda.set_rng_state(tensors[f"rng.rank{rank}.cuda"], device)
-        else:
-            torch.set_rng_state(tensors["rng.torch"])
-        if not ddp and torch.cuda.is_available():
-            cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-            if len(cuda) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda)
+        _resume(st, module, opt, shuffle_gen, device, ddp, rank)
         epoch, step, best, best_epoch, bad = (st["epoch"], st["step"], st["best"], st["best_epoch"], st["bad"])
-        history = st["history"]
+        best_state, history = st["best_weights"], st["history"]
         stopped = bad >= cfg.patience  # the patience given now (a larger one resumes a stopped run)
     budget = float(cfg.max_minutes) * 60.0 if cfg.max_minutes else None
 
@@ -112,7 +151,6 @@ def train_loop(model, data, cfg, *, seed: int = 0,
 
     bar = _progress_bar(cfg.epochs, epoch, progress) if rank == 0 else None
     autocast = _autocast(cfg.precision, device)
-    warm = max(int(cfg.warmup_steps), 0)
     params = [p for p in module.parameters() if p.requires_grad]
     net = _wrap_ddp(model, module, device) if ddp else None   # also syncs rank 0's weights to all ranks
     try:
@@ -120,28 +158,8 @@ def train_loop(model, data, cfg, *, seed: int = 0,
             (module if net is None else net).train()
             t0 = time.perf_counter()
             perm = model.epoch_indices(n, shuffle_gen, epoch).to(device)
-            total, count = torch.zeros((), device=device), 0
-            for lo in range(0, len(perm), cfg.batch_size):
-                idx = perm[lo:lo + cfg.batch_size]
-                if net is not None and len(idx) < world:
-                    break   # a last batch too small to give every rank a sample: dropped on every rank
-                lr = cfg.lr * min(1.0, (step + 1) / warm) if warm else cfg.lr
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                if net is None:
-                    with autocast():
-                        loss = model.train_loss(module, *(a[idx] for a in arrays))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                else:
-                    opt.zero_grad(set_to_none=True)
-                    loss = _shard_backward(model, net, arrays, idx, rank, world, autocast)
-                if cfg.clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                opt.step()
-                step += 1
-                total += loss.detach() * len(idx)
-                count += len(idx)
+            total, count, step, lr = _train_epoch(model, module, net, opt, params, arrays, perm, cfg, step,
+                                                  autocast, rank, world)
             if net is not None:
                 torch.distributed.all_reduce(total)   # the shares' parts -> the global batches' mean losses
             epoch += 1
