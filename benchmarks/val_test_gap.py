@@ -15,6 +15,13 @@ users (``--splits`` of them, averaged):
 
 Popularity (no training, no selection) gives the shift of the data alone.
 
+At the chosen checkpoint (the model ends training with the best-validation weights) it
+also measures what could make test harder than validation for one model and not another:
+the share of top-10 lists that repeat an item of the input history (in MovieLens nobody
+rates a film twice, so a repeat is a wasted slot; a test history ends with the validation
+item) and the metrics with the seen items masked (``mask_seen``: the shift that remains
+when repeats cannot cost anything).
+
 Usage (the run behind docs/studies/val_test_gap.md)::
 
     python benchmarks/val_test_gap.py --models popularity,sasrec,causal_sid@rqkmeans-256x3 --seeds 0,1,2 \\
@@ -71,6 +78,28 @@ def decompose(valid: np.ndarray, test: np.ndarray, n_splits: int = 200, seed: in
             "valid_curve_noise": float(np.std(np.diff(curve))) if len(curve) > 2 else 0.0}
 
 
+def at_checkpoint(model, data) -> dict[str, float]:
+    """At the model's current weights: per role, the share of top-10 lists holding an item of
+    the input history (``repeat_share``, and ``last_share`` for the history's most recent
+    item), and NDCG@10 with the seen items masked."""
+    from sidkit.eval import evaluate
+
+    out = {}
+    for role in ("valid", "test"):
+        inp = data.eval_inputs(role, getattr(model, "max_len", 50) or 50)
+        top = model.recommend(inp["history"], 10)
+        off, flat = inp["seen_offsets"], inp["seen_flat"] - 1
+        seen_any = np.zeros(len(top), bool)
+        for u in range(len(top)):   # analysis, not a hot path: one set per user
+            seen_any[u] = bool(set(top[u].tolist()) & set(flat[off[u]:off[u + 1]].tolist()))
+        last = flat[off[1:] - 1]
+        out[f"{role}_repeat_share"] = float(seen_any.mean())
+        out[f"{role}_last_share"] = float((top == last[:, None]).any(1).mean())
+        out[f"{role}_masked_ndcg10"] = float(evaluate(model, data, role, mask_seen=True)["ndcg@10"])
+    out["masked_gap"] = out["valid_masked_ndcg10"] - out["test_masked_ndcg10"]
+    return out
+
+
 def markdown(rows: list[dict], command: str) -> str:
     def ms(model: str, key: str) -> str:
         v = [r[key] for r in rows if r["model"] == model]
@@ -85,6 +114,14 @@ def markdown(rows: list[dict], command: str) -> str:
         lines.append(f"| {m} | {n} | {ms(m, 'valid_at_best')} | {ms(m, 'test_at_best')} | {ms(m, 'gap')} | "
                      f"{ms(m, 'selection')} | {ms(m, 'shift')} | {ms(m, 'test_best_any_epoch')} | "
                      f"{ms(m, 'valid_curve_noise')} |")
+    lines += ["", "At the chosen checkpoint:", "",
+              "| model | top-10 lists repeating a history item (valid / test) | ... holding the most recent "
+              "history item (valid / test) | valid N@10, seen masked | test N@10, seen masked | masked gap |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for m in models:
+        lines.append(f"| {m} | {ms(m, 'valid_repeat_share')} / {ms(m, 'test_repeat_share')} | "
+                     f"{ms(m, 'valid_last_share')} / {ms(m, 'test_last_share')} | {ms(m, 'valid_masked_ndcg10')} | "
+                     f"{ms(m, 'test_masked_ndcg10')} | {ms(m, 'masked_gap')} |")
     lines += ["", f"`{command}`", "",
               "Mean ± sample std over seeds. Selection and shift are averages over 200 random halves of the "
               "users (they add up to the gap only on average: the gap is measured on all users at the epoch "
@@ -97,11 +134,12 @@ def main() -> None:
     ap.add_argument("--models", default="popularity,sasrec,causal_sid@rqkmeans-256x3")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-every", type=int, default=2, help="validate every N epochs (the default run's 2)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "val_test_gap")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "val_test_gap")
     args = ap.parse_args()
     command = (f"python benchmarks/val_test_gap.py --models {args.models} --seeds {args.seeds} "
-               f"--threads {args.threads}")
+               f"--threads {args.threads} --eval-every {args.eval_every}")
 
     import torch
 
@@ -125,11 +163,14 @@ def main() -> None:
                 table, train, _ = _model_table(name, args.work)
                 epochs = EPOCHS[name.split("@")[0]]
                 cfg = config_from_dict({"seed": seed, "model": table,
-                                        "train": {**train, "epochs": epochs, "patience": epochs, "eval_every": 1}})
+                                        "train": {**train, "epochs": epochs, "patience": epochs,
+                                                  "eval_every": args.eval_every}})
                 model = make_model(cfg.model)
                 per_epoch: list[tuple[np.ndarray, np.ndarray]] = []
 
                 def both(rec, model=model, per_epoch=per_epoch):
+                    if "valid" not in rec:
+                        return
                     per_epoch.append(tuple(user_ndcg10(evaluate(model, data, role, return_ranks=True)["ranks"])
                                            for role in ("valid", "test")))
                     model.module_.train()
@@ -137,7 +178,8 @@ def main() -> None:
                 model.fit(data, train=cfg.train, seed=seed, device="cpu", callbacks=[both], progress=False)
                 valid = np.stack([v for v, _ in per_epoch])
                 test = np.stack([t for _, t in per_epoch])
-            row = {"model": name, "seed": seed, **decompose(valid, test, seed=seed),
+            extra = at_checkpoint(model, data)
+            row = {"model": name, "seed": seed, **decompose(valid, test, seed=seed), **extra,
                    "valid_curve": valid.mean(1).round(5).tolist(), "test_curve": test.mean(1).round(5).tolist()}
             rows.append(row)
             print(f"{name} seed {seed}: valid {row['valid_at_best']:.4f} test {row['test_at_best']:.4f} "
