@@ -83,7 +83,7 @@ def main() -> None:
         for part in ("cold", "warm", "all"):
             for met in ("recall@10", "ndcg@10"):
                 v = np.array([sd["rows"][k][part][met] for sd in out["seeds"]])
-                cells.append(f"{v.mean():.4f} ± {v.std():.4f}")
+                cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}")
         lines.append(f"| {model} | {'' if eps is None else eps} | " + " | ".join(cells) + " |")
     sd0 = out["seeds"][0]
     md = (f"Cold start on {args.dataset}: {sd0['n_cold_items']} cold items of {sd0['n_items']}, "

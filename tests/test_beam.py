@@ -207,3 +207,27 @@ def test_low_precision_log_probs_are_summed_in_float32():
     assert (np.sort(res.items, 1) == [0, 1, 2]).all()
     with pytest.raises(DataError, match="cannot be split evenly"):
         beam_users(7, 2)
+
+
+def test_uniform_last_scores_every_child_of_a_node_alike_and_stays_exact():
+    """Brute force with the last level's log-prob replaced by -log(children of the node)."""
+    rs = np.random.default_rng(5)
+    sid = SIDTokens(_random_codes(rs, (3, 4, 3), 24, False))
+    model = TinyModel(sid.vocab_size, n_users=3, seed=7)
+    res = beam_search(model.step, model.start(), sid, 3, beam=sid.n_items, reorder=model.reorder,
+                      uniform_last=True)
+    prefixes = [tuple(r) for r in sid.item_tokens[:, :-1]]
+    n_child = np.array([prefixes.count(p) for p in prefixes])
+    ref = np.zeros((3, sid.n_items))
+    for u in range(3):
+        for i in range(sid.n_items):
+            acc, tok, total = torch.zeros(model.E.shape[1], dtype=torch.float64), None, 0.0
+            for pos in range(sid.n_levels - 1):
+                logp, acc = model._next(acc, u, tok)
+                tok = int(sid.item_tokens[i, pos])
+                total += float(logp[tok])
+            ref[u, i] = total - np.log(n_child[i])
+    np.testing.assert_allclose(np.sort(res.scores, 1)[:, ::-1], -np.sort(-ref, 1), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res.scores, np.take_along_axis(ref, res.items, 1), rtol=0, atol=1e-12)
+    with pytest.raises(DataError, match="needs the trie"):
+        beam_search(model.step, model.start(), sid, 3, beam=4, constrained=False, uniform_last=True)

@@ -217,3 +217,34 @@ def test_tiger_takes_new_items_and_keeps_its_user_tokens(tmp_path):
     assert top.tolist() == [[j]]
     new.save(tmp_path / "t")
     assert Recommender.load(tmp_path / "t").item_ids_.tolist() == new.item_ids_.tolist()
+
+
+def test_uniform_last_removes_the_new_items_handicap_of_an_untrained_last_token(fitted):
+    """An added item's disambiguation token was never a target after its prefix: the model
+    ranks it below every warm item of its cluster. Decoded with ``uniform_last`` it scores
+    exactly like them (one in six of the cluster's probability)."""
+    from sidkit.config import CausalSIDConfig
+    from sidkit.errors import ConfigError
+
+    _, model = fitted
+    ids, codes = _new_codes()
+    new = add_items(model, ids, codes)
+    plain = {c: new.decode(_cluster_histories(new, c), 6) for c in range(N_CLUSTERS)}
+    new.uniform_last = True
+    try:
+        for c in range(N_CLUSTERS):
+            res = new.decode(_cluster_histories(new, c), 6)
+            top = [str(new.item_ids_[i]) for i in res.items[0]]
+            assert new_id(c) in top and all(t.startswith(("w" + str(c), "n" + str(c))) for t in top), (c, top)
+            np.testing.assert_allclose(res.scores[0], res.scores[0, 0], rtol=0, atol=1e-5)   # all alike
+            p = plain[c]
+            was = float(p.scores[0][list(p.items[0]).index(list(new.item_ids_).index(new_id(c)))])
+            assert was < float(p.scores[0].max()) - 1.0 and float(res.scores[0, 0]) > was
+    finally:
+        new.uniform_last = False
+    with pytest.raises(ConfigError, match="ID-only model's one level is its last"):
+        CausalSID(**TINY, id_only=True, uniform_last=True).fit(clustered_data(), train=TRAIN)
+    semantic = Codes(warm_codes().codes, warm_codes().codebook_sizes, item_ids=warm_codes().item_ids)
+    with pytest.raises(ConfigError, match="last level is semantic"):
+        CausalSID(**TINY, uniform_last=True).fit(clustered_data(), codes=semantic, train=TRAIN)
+    assert "uniform_last" not in CausalSIDConfig().fingerprint_dict()

@@ -247,8 +247,10 @@ def test_run_cold_start_one_seed_end_to_end(setup):
     finally:
         torch.set_num_threads(old)
     models = [(r["model"], r["epsilon"]) for r in out["rows"]]
-    assert models == [("causal_sid", 0.0), ("causal_sid", 1.0), ("content_knn", None), ("popularity", None)]
+    assert models == [("causal_sid", 0.0), ("causal_sid", 1.0), ("causal_sid_uniform_last", 0.0),
+                      ("causal_sid_uniform_last", 1.0), ("content_knn", None), ("popularity", None)]
     by = {m: r for m, r in zip(models, out["rows"])}
     assert by[("causal_sid", 0.0)]["cold"]["recall@10"] == 0.0
+    assert by[("causal_sid_uniform_last", 0.0)]["cold"]["recall@10"] == 0.0
     assert by[("popularity", None)]["cold"]["recall@10"] == 0.0
     assert out["n_cold_items"] >= 1

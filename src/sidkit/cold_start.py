@@ -28,6 +28,7 @@ item it never saw, so its cold-target metrics are 0 by construction).  TIGER's k
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Iterable, Sequence
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from .errors import DataError
 from .models.base import Recommender
+from .utils import index_of
 
 #: the score :class:`WarmOnly` gives items the wrapped model never saw (finite: evaluate refuses inf)
 UNSEEN_SCORE = -1e30
@@ -270,9 +272,8 @@ def run_cold_start(split, item_ids: Sequence[str], X: np.ndarray, *, seed: int =
     full, warm = cold_start_split(split, cold)
     fd, wd = SequenceData.from_split(full), SequenceData.from_split(warm)
     check_no_cold_inputs(fd, cold)
-    order = np.argsort(ids, kind="stable")
-    pos = order[np.searchsorted(ids[order], fd.item_ids)]
-    if (ids[pos] != fd.item_ids).any():
+    pos = index_of(fd.item_ids, ids)
+    if (pos < 0).any():
         raise DataError("the embeddings miss items of the split", "embed every item of the data set")
     Xf = np.asarray(X, np.float32)[pos]
     tok = RQKMeans(codebook_sizes=list(codebook_sizes), resolve_collisions=True, random_state=seed, device=device)
@@ -281,10 +282,13 @@ def run_cold_start(split, item_ids: Sequence[str], X: np.ndarray, *, seed: int =
     sid = CausalSID(**(model_params or {})).fit(wd, codes=warm_codes, train=train or TrainConfig(), seed=seed,
                                                 device=device, progress=progress)
     ext = add_items(sid, cold_codes.item_ids, cold_codes)
+    uniform = copy.copy(ext)                  # the same weights, the last level decoded as uniform
+    uniform.uniform_last = True
     rows = []
-    for eps in epsilons:
-        m = ext if eps >= 1 else ColdShare(ext, cold, epsilon=eps, pool=pool)
-        rows.append({"model": "causal_sid", "epsilon": float(eps), **cold_start_metrics(m, fd, cold)})
+    for name, model in (("causal_sid", ext), ("causal_sid_uniform_last", uniform)):
+        for eps in epsilons:
+            m = model if eps >= 1 else ColdShare(model, cold, epsilon=eps, pool=pool)
+            rows.append({"model": name, "epsilon": float(eps), **cold_start_metrics(m, fd, cold)})
     if "content_knn" in baselines:
         knn = ContentKNN(max_len=getattr(ext, "max_len", 50)).fit(fd, embeddings=Xf)
         rows.append({"model": "content_knn", "epsilon": None, **cold_start_metrics(knn, fd, cold)})

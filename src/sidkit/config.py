@@ -249,7 +249,10 @@ class CausalSIDConfig(_ModelBase):
     rerank: int = Field(0, ge=0, description="re-rank this many beam candidates by the dense score (needs "
                         "dense > 0; the beam is widened to it); 0 = the beam's own order")
 
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"dense": 0.0, "rerank": 0}
+    uniform_last: bool = Field(False, description="decode the last (disambiguation) level as uniform over the "
+                               "node's children: new items are not handicapped by an untrained last token")
+
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"dense": 0.0, "rerank": 0, "uniform_last": False}
 
 
 class TigerConfig(_ModelBase):

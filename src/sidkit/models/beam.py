@@ -90,7 +90,7 @@ def _check_args(beam, k, n_users, n_items, constrained):
 
 def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int = 20, k: int | None = None,
                 reorder: Callable[[Any, Any], Any] | None = None, constrained: bool = True,
-                device=None, exclude=None) -> BeamResult:
+                device=None, exclude=None, uniform_last: bool = False) -> BeamResult:
     """Top-``k`` items of ``n_users`` users by beam search of width ``beam``.
 
     ``sid_tokens``: the :class:`~sidkit.models.sid_tokens.SIDTokens` the model was trained
@@ -109,9 +109,18 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
     remaining items and the user gets ``k`` of them whenever at least ``k`` remain
     below the prefixes the beam keeps (``-1`` only when fewer remain).  Needs
     ``constrained=True``.
+
+    ``uniform_last``: at the last level every valid child of a beam's node gets the same
+    log-probability, ``-log(number of children)``, instead of the model's: for a last level
+    that only disambiguates items sharing their semantic tokens, so that an item added
+    after training (whose disambiguation token the model never saw as a target) competes
+    on its semantic tokens alone. Needs ``constrained=True``.
     """
     import torch
 
+    if uniform_last and not constrained:
+        raise DataError("uniform_last scores the trie's children of a node, so it needs the trie",
+                        "use constrained=True")
     beam, k = _check_args(beam, k, n_users, sid_tokens.n_items, constrained)
     W, V = sid_tokens.n_levels, sid_tokens.vocab_size
     B = int(n_users)
@@ -150,6 +159,9 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
             local = (flat_nodes - lo).clamp(0, n_d - 1)
             cand_tok, cand_node = tab_tok[local], tab_node[local]             # (R, C)
             cand_lp = logp.gather(1, cand_tok.clamp(min=0)).masked_fill(cand_tok < 0, ninf)
+            if uniform_last and t == W - 1:               # every child of the node equally likely
+                n_child = (cand_tok >= 0).sum(1, keepdim=True).clamp(min=1).to(logp.dtype)
+                cand_lp = torch.where(cand_tok >= 0, -torch.log(n_child), ninf)
             if ex_keys_np is not None and ex_keys_np.size:
                 if ex_keys is None:
                     ex_keys = torch.as_tensor(ex_keys_np, device=device)

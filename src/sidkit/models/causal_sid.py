@@ -201,6 +201,12 @@ class CausalSID(SIDRecommender):
     item has a vector as soon as it has a SID); ``rerank`` (0) re-ranks that many
     beam-search candidates by this dense score (a fixed candidate budget; the beam is
     widened to it when narrower), and the list returned is the top ``k`` of them.
+
+    ``uniform_last`` (False): decode the last level -- with a tokenizer's disambiguation
+    level, the token that only tells apart items sharing their semantic tokens -- as
+    uniform over the node's children (:func:`beam_search`), so that items added after
+    training (:func:`sidkit.models.catalogue.add_items`), whose disambiguation token was
+    never a training target, are not handicapped by it.
     """
 
     name = "causal_sid"
@@ -209,7 +215,8 @@ class CausalSID(SIDRecommender):
     def __init__(self, hidden: int = 128, n_layers: int = 2, n_heads: int = 4, max_len: int = 50,
                  dropout: float = 0.2, ffn: int | None = None, stride: int | None = None,
                  level_emb: bool = True, beam: int = 20, codes: str | None = None, id_only: bool = False,
-                 attn_dropout: float = 0.0, dense: float = 0.0, rerank: int = 0) -> None:
+                 attn_dropout: float = 0.0, dense: float = 0.0, rerank: int = 0,
+                 uniform_last: bool = False) -> None:
         self.hidden = hidden
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -224,10 +231,11 @@ class CausalSID(SIDRecommender):
         self.attn_dropout = attn_dropout
         self.dense = dense
         self.rerank = rerank
+        self.uniform_last = uniform_last
 
     #: parameters added after models were saved: left out of checkpoint fingerprints while
     #: they hold these defaults, so earlier runs stay resumable
-    later_defaults = {"dense": 0.0, "rerank": 0}
+    later_defaults = {"dense": 0.0, "rerank": 0, "uniform_last": False}
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
@@ -241,6 +249,9 @@ class CausalSID(SIDRecommender):
         if isinstance(self.rerank, bool) or not isinstance(self.rerank, (int, np.integer)) or self.rerank < 0:
             raise ConfigError(f"rerank must be a whole number >= 0, got {self.rerank!r}",
                               "use 0 (no re-ranking) or a candidate budget such as 20")
+        if self.uniform_last and self.id_only:
+            raise ConfigError("uniform_last=True would make every item equally likely: the ID-only model's "
+                              "one level is its last", "set uniform_last=False for id_only=True")
         if self.rerank and not self.dense:
             raise ConfigError(f"rerank={self.rerank} re-ranks by the dense score, which dense=0 does not train",
                               "set dense > 0 (e.g. dense=0.5), or rerank=0")
@@ -255,7 +266,13 @@ class CausalSID(SIDRecommender):
             n = data.n_items
             return SIDTokens(Codes(np.arange(n, dtype=np.int64)[:, None], (max(n, 2),),
                                    item_ids=np.asarray(data.item_ids)))
-        return self._sid_tokens(data, codes)
+        tokens = self._sid_tokens(data, codes)
+        if self.uniform_last and tokens.codes.collision_rule == "none":
+            raise ConfigError("uniform_last=True ignores the model's last level, but these codes' last level is "
+                              "semantic (collision_rule 'none')",
+                              "use codes with a disambiguation level (collision_rule 'extra_level' or "
+                              "'by_construction'), or uniform_last=False")
+        return tokens
 
     @property
     def n_positions(self) -> int:
@@ -435,7 +452,8 @@ class CausalSID(SIDRecommender):
         try:
             with torch.no_grad():
                 res = beam_search(step, {}, self.tokens_, B, beam=beam, k=k, reorder=reorder,
-                                  constrained=constrained, device=self.device_, exclude=exclude)
+                                  constrained=constrained, device=self.device_, exclude=exclude,
+                                  uniform_last=bool(self.uniform_last))
                 if top is None:
                     return res
                 return _rerank(res, self.dense_scores(last["state"], res.items).float().cpu().numpy(), top)
