@@ -707,9 +707,7 @@ def progress(grid: Grid) -> list[dict[str, Any]]:
 
 def progress_markdown(rows: list[dict[str, Any]]) -> str:
     """:func:`progress` as a table."""
-    def f(v: Any, fmt: str) -> str:
-        return "" if v is None else format(v, fmt)
-
+    f = _f
     lines = ["| run | model | seed | status | epochs | best epoch | valid ndcg@10 | test ndcg@10 | s/epoch | s/validation |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

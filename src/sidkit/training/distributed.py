@@ -170,22 +170,6 @@ def _rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _autocast(precision: str, device):
-    """A context-manager factory for the training forward pass: bfloat16 autocast for
-    ``precision == "bf16"`` (the loss is still reduced in float32 by autocast's rules and
-    ``backward`` runs outside it, as torch recommends), a no-op for ``"fp32"``."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision != "bf16":
-        raise ConfigError(f"[train] precision must be 'fp32' or 'bf16', got {precision!r}", 'use precision = "bf16"')
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"[train] precision = 'bf16' but the GPU {torch.cuda.get_device_name(device)} has no "
-                          "bfloat16 support", 'use precision = "fp32" on this GPU')
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def _shard_backward(model, net, arrays, idx, rank: int, world: int, autocast=None):
     """Forward and backward of this rank's share of the global batch ``idx``; returns the
     share's part of the global batch's mean loss (their sum over the ranks is that mean).
@@ -195,7 +179,7 @@ def _shard_backward(model, net, arrays, idx, rank: int, world: int, autocast=Non
     back-propagates its loss times ``world * n_r / n`` (``n``: the global batch's terms,
     known to every rank): DistributedDataParallel averages the gradients over the ranks,
     which then equal those of the global batch's mean loss.  ``autocast``: the context
-    factory of :func:`_autocast` for the forward pass."""
+    factory of :func:`sidkit.training.loop._autocast` for the forward pass."""
     import torch
 
     parts = torch.tensor_split(idx, world)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -10,12 +11,28 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from . import distributed
 from .checkpoint import _fingerprint, _restore_optim, load_checkpoint, save_checkpoint
-from .distributed import _autocast, _rank_seed, _rng_states, _shard_backward, _wrap_ddp
+from .distributed import _rank_seed, _rng_states, _shard_backward, _wrap_ddp
 
 SELECTION_METRIC = "ndcg@10"
+
+
+def _autocast(precision: str, device):
+    """A context-manager factory for the training forward pass: bfloat16 autocast for
+    ``precision == "bf16"`` (the loss is still reduced in float32 by autocast's rules and
+    ``backward`` runs outside it, as torch recommends), a no-op for ``"fp32"``."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision != "bf16":
+        raise ConfigError(f"[train] precision must be 'fp32' or 'bf16', got {precision!r}", 'use precision = "bf16"')
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"[train] precision = 'bf16' but the GPU {torch.cuda.get_device_name(device)} has no "
+                          "bfloat16 support", 'use precision = "fp32" on this GPU')
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def train_cfg(cfg):
