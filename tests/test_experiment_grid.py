@@ -355,6 +355,35 @@ def test_jobs_2_runs_cells_in_parallel_and_gives_the_table_of_jobs_1(toy):
     assert {s for v in statuses.values() for _, s in v} == {"cached"}
 
 
+def test_jobs_2_trains_the_models_and_seeds_of_one_run_as_parallel_jobs(toy):
+    """A run with several trainings (a grid's first run trains most rows) keeps both workers
+    busy: its stages before the recommender run first, then each model and seed as a job of
+    its own, then the run, which only evaluates: the same weights and table as one job."""
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"},), models=(TINY_CAUSAL, {"type": "popularity"}),
+               seeds=(0, 1))
+    seq, par = toy / "seq", toy / "par"
+    run_experiment(parse_grid(doc, "test", seq))
+    events, statuses = [], []
+    run_experiment(parse_grid(doc, "test", par), jobs=2,
+                   on_training=lambda cell, label, seed, rec: events.append(
+                       ("end" if rec else "start", label, seed, rec and rec["epochs_run"])),
+                   on_stage=lambda cell, r: statuses.append((r.name, r.status)))
+    # one job per training (popularity fits in the run's own job), both started before either ended
+    assert sorted(events[:2]) == [("start", "causal_sid", 0, None), ("start", "causal_sid", 1, None)]
+    assert sorted(events[2:]) == [("end", "causal_sid", 0, 1), ("end", "causal_sid", 1, 1)]
+    assert [n for n, _ in statuses[-3:]] == ["codes", "recommender", "diagnostics"]
+    assert len(statuses) == len({n for n, _ in statuses}) + 4     # the shared stages: ran, then cached
+    run = "runs/toy__file-emb__rqkmeans"
+    for seed in (0, 1):
+        w = f"{run}/recommender/models/causal_sid/seed-{seed}/weights.safetensors"
+        assert (seq / w).read_bytes() == (par / w).read_bytes(), seed
+    assert not (par / run / "checkpoints" / "recommender").exists()     # removed once the stage finished
+    assert _strip_times(_rows(par / "results.csv")) == _strip_times(_rows(seq / "results.csv"))
+    m = json.loads((par / run / "recommender" / "metrics.json").read_text())
+    assert [(r["label"], r["seed"], r["epochs_run"]) for r in m["records"]] == \
+        [("causal_sid", 0, 1), ("causal_sid", 1, 1), ("popularity", 0, 0), ("popularity", 1, 0)]
+
+
 def test_a_cell_that_fails_in_a_worker_raises_its_error_and_keeps_the_other_rows(toy):
     doc = _doc(toy, models=({"type": "popularity"},), seeds=(0,))
     doc["grid"]["tokenizers"][1]["codebook_sizes"] = [100, 4]     # 60 items: fails when fitting

@@ -477,7 +477,9 @@ class ExperimentResult:
 def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jobs: int = 1,
                    threads: int | None = None, only: list[str] | None = None,
                    on_cell: Callable[[int, Cell, list[StagePlan]], None] | None = None,
-                   on_stage: Callable[[Cell, Any], None] | None = None) -> ExperimentResult:
+                   on_stage: Callable[[Cell, Any], None] | None = None,
+                   on_training: Callable[[Cell, str, int, dict[str, Any] | None], None] | None = None
+                   ) -> ExperimentResult:
     """Run every cell of a grid (cached stages are skipped), then write the results table.
 
     Every cell's config is validated first; the table (``OUT/results.*``) is rewritten
@@ -489,7 +491,11 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jo
     in this process, then copied to every cell that shares them.  Small models train
     faster as one single-threaded process per core than as one process using every
     core.  With ``jobs > 1``, ``on_cell`` is called when a cell starts and ``on_stage``
-    for each of its stages when it has finished (in this process).
+    for each of its stages when it has finished (in this process).  A cell's trainings
+    (each torch model and seed) are jobs of their own then, so that a run with many rows
+    keeps every worker busy; ``on_training(cell, label, seed, record)`` is called when one
+    starts (``record`` None) and when it ends (the record of
+    :func:`sidkit.recommender_stage.fit_one`: epochs, best epoch, why it stopped).
 
     ``threads``: torch threads of each job (default: ``torch.get_num_threads() // jobs``,
     at least 1), so that jobs x threads does not exceed the cores: oversubscribed cores
@@ -512,8 +518,8 @@ def run_experiment(grid: Grid | str | Path, out: str | Path | None = None, *, jo
         raise ConfigError(f"threads must be a whole number >= 1, got {threads!r}",
                           "use e.g. threads=1 per job on a CPU with as many cores as jobs")
     cells, finished = _select(grid, only)
-    if jobs > 1 and len(cells) > 1:
-        return _run_parallel(grid, cells, finished, jobs, on_cell, on_stage, threads)
+    if jobs > 1 and (len(cells) > 1 or (cells and len(_training_units(cells[0])) > 1)):
+        return _run_parallel(grid, cells, finished, jobs, on_cell, on_stage, threads, on_training)
     if threads is not None:
         import torch
 
@@ -576,8 +582,49 @@ def _run_cell(cfg: ExperimentConfig, directory: Path) -> list:
     return run_pipeline(cfg, directory).stages
 
 
+def _prep_cell(cfg: ExperimentConfig, directory: Path) -> list:
+    from .pipeline import run_pipeline
+
+    return run_pipeline(cfg, directory, stop_before="recommender").stages
+
+
+def _fit_unit(cfg: ExperimentConfig, directory: Path, label: str, seed: int) -> dict[str, Any]:
+    from .recommender_stage import pretrain
+
+    return pretrain(cfg, directory, label, seed)
+
+
+@dataclass
+class _Task:
+    """One job of a parallel grid: a whole cell (``cell``), a cell's stages before its
+    recommender (``prep``), one model and seed of its recommender stage (``fit``), or the
+    cell once its trainings are done (``finish``: evaluates, writes, runs what follows)."""
+    kind: str
+    cell: Cell
+    label: str | None = None
+    seed: int | None = None
+
+
+def _training_units(cell: Cell) -> list[tuple[str, int]]:
+    """The trainings of ``cell`` to run as jobs of their own: every torch model and seed of
+    its recommender stage, unless the cell has a recommender stage already (the stage then
+    decides what it keeps and retrains, as one job)."""
+    from .recommender_stage import trainable
+
+    if not cell.cfg.recommenders() or (cell.dir / "recommender").exists():
+        return []
+    return trainable(cell.cfg)
+
+
 def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int, on_cell,
-                  on_stage, threads: int | None = None) -> ExperimentResult:
+                  on_stage, threads: int | None = None, on_training=None) -> ExperimentResult:
+    """Run ``cells`` with ``jobs`` worker processes.  The unit of work is one model and seed
+    where a cell trains several (a grid's first run trains most of its rows): a cell's
+    stages before the recommender run as one job, then each of its trainings as a job of
+    its own (into the epoch checkpoint the recommender stage resumes from), then the cell
+    again, which finds every training done, evaluates and writes.  A cell without torch
+    models runs as one job.  Jobs are taken in this order: finishing a cell, starting the
+    next cell, then the trainings by seed (every row's seed 0 first), run and model."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -594,60 +641,99 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
         if shared and any(p.status == "runs" and p.name in shared for p in plan):
             res = run_pipeline(cell.cfg, cell.dir, stop_before="codes")
             done[cell.id] = list(res.stages)
-    # 2. the cells, ``jobs`` at a time, each in its own process
+    # 2. the jobs, ``jobs`` at a time, each in its own process
     threads = threads or max(1, torch.get_num_threads() // jobs)
     index = {c.id: i for i, c in enumerate(grid.cells)}
     files: dict[str, Path] = {}
     error: BaseException | None = None
     ctx = multiprocessing.get_context("spawn")    # torch's thread pools do not survive fork
-    workers = min(jobs, len(cells))
+    workers = min(jobs, max(len(cells), sum(len(_training_units(c)) for c in cells)))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                initializer=_init_worker, initargs=(threads,))
+    to_start = list(cells)
+    finishing: list[_Task] = []
+    fits: list[tuple[tuple[int, int, int], _Task]] = []
+    left: dict[str, int] = {}                     # cell id -> trainings not done yet
+    prepped: dict[str, list] = {}                 # cell id -> its prep job's stage results
     running: dict = {}
+
+    def next_task() -> _Task | None:
+        if finishing:
+            return finishing.pop(0)
+        if to_start:
+            cell = to_start.pop(0)
+            plan = _prepare_cell(grid, cell)
+            if on_cell is not None:
+                on_cell(index[cell.id], cell, plan)
+            units = _training_units(cell)
+            return _Task("prep", cell) if units else _Task("cell", cell)
+        if fits:
+            fits.sort(key=lambda kv: kv[0])
+            return fits.pop(0)[1]
+        return None
+
+    def submit(task: _Task):
+        c = task.cell
+        if task.kind == "fit":
+            if on_training is not None:
+                on_training(c, task.label, task.seed, None)
+            return pool.submit(_fit_unit, c.cfg, c.dir, task.label, task.seed)
+        return pool.submit(_prep_cell if task.kind == "prep" else _run_cell, c.cfg, c.dir)
+
+    def cell_done(cell: Cell, stages: list) -> None:
+        nonlocal files
+        done[cell.id] = done.get(cell.id, []) + stages
+        if on_stage is not None:
+            for r in done[cell.id]:
+                on_stage(cell, r)
+        finished.append(cell)
+        finished.sort(key=lambda c: index[c.id])
+        files = write_results(grid, finished)
+
     try:
         with sigterm_as_exit():     # SIGTERM, like Ctrl-C, stops the workers too
-            for cell in cells:
-                plan = _prepare_cell(grid, cell)
-                running[pool.submit(_run_cell, cell.cfg, cell.dir)] = (cell, plan)
-            order = list(running)
-            n_started = n_ended = 0
-            pending = set(running)
-            while pending:
-                # the workers take cells in submission order, one each: cell i has started
-                # once i - workers cells have ended (the pool queues one more than it runs)
-                while n_started < min(len(order), n_ended + workers) and error is None:
-                    cell, plan = running[order[n_started]]
-                    n_started += 1
-                    if on_cell is not None:
-                        on_cell(index[cell.id], cell, plan)
-                finished_now, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                n_ended += len(finished_now)
-                for fut in finished_now:
-                    cell, _ = running[fut]
-                    if fut.cancelled():
-                        continue
+            while True:
+                while error is None and len(running) < workers and (task := next_task()) is not None:
+                    running[submit(task)] = task
+                if not running:
+                    break
+                ended, _ = wait(set(running), timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in ended:
+                    task = running.pop(fut)
+                    cell = task.cell
                     exc = fut.exception()
                     if exc is not None:
-                        if error is None:
+                        if error is None:   # no new job starts; the running ones end, then it raises
                             error = exc
                             if isinstance(exc, SidkitError):     # say which of the parallel cells failed
                                 error = type(exc)(f"cell {cell.id}: {exc.problem}", exc.fix)
                                 error.__cause__ = exc
-                            for other in pending:        # cells not started yet stay for a rerun
-                                other.cancel()
                         continue
-                    stages = done.get(cell.id, []) + fut.result()
-                    done[cell.id] = stages
-                    if on_stage is not None:
-                        for r in stages:
-                            on_stage(cell, r)
-                    finished.append(cell)
-                    finished.sort(key=lambda c: index[c.id])
-                    files = write_results(grid, finished)
+                    if task.kind == "prep":
+                        prepped[cell.id] = fut.result()
+                        units = _training_units(cell)
+                        order = {lb: i for i, lb in enumerate(cell.model_labels)}
+                        left[cell.id] = len(units)
+                        fits.extend(((s, index[cell.id], order.get(lb, 0)), _Task("fit", cell, lb, s))
+                                    for lb, s in units)
+                        if not units:
+                            finishing.append(_Task("finish", cell))
+                    elif task.kind == "fit":
+                        if on_training is not None:
+                            on_training(cell, task.label, task.seed, fut.result())
+                        left[cell.id] -= 1
+                        if left[cell.id] == 0:
+                            finishing.append(_Task("finish", cell))
+                    elif task.kind == "finish":
+                        before = prepped.pop(cell.id, [])
+                        names = {r.name for r in before}
+                        cell_done(cell, before + [r for r in fut.result() if r.name not in names])
+                    else:
+                        cell_done(cell, fut.result())
     except BaseException:
-        # interrupted (Ctrl-C, SIGTERM, a failing callback): stop the running cells now
-        # rather than wait for them (each resumes from its last checkpoint); SIGTERM lets
-        # a worker remove the temporary folder of the stage it was writing
+        # interrupted (Ctrl-C, SIGTERM, a failing callback): stop the running jobs now
+        # rather than wait for them (each training resumes from its last checkpoint); SIGTERM
+        # lets a worker remove the temporary folder of the stage it was writing
         for fut in running:
             fut.cancel()
         for proc in list((getattr(pool, "_processes", None) or {}).values()):

@@ -232,6 +232,47 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     return doc
 
 
+def checkpoint_root(run: str | Path) -> Path:
+    """Where a run's recommender stage keeps its epoch checkpoints: ``RUN/checkpoints/recommender``,
+    outside the stage's temporary folder, so that an interrupted stage resumes."""
+    return Path(run) / "checkpoints" / "recommender"
+
+
+def trainable(cfg) -> list[tuple[str, int]]:
+    """``(label, seed)`` of every training of ``cfg``'s recommender stage that keeps epoch
+    checkpoints (the torch models), in the stage's order; models fitted in one pass
+    (popularity, content kNN) are left out."""
+    from .models import TorchRecommender, get_recommender_class
+
+    return [(label, int(seed)) for label, model_cfg, train_cfg in cfg.recommenders()
+            if issubclass(get_recommender_class(model_cfg.type), TorchRecommender)
+            for seed in (list(train_cfg.seeds) or [cfg.seed])]
+
+
+def pretrain(cfg, run: str | Path, label: str, seed: int) -> dict[str, Any]:
+    """Train model ``label`` of ``cfg`` for ``seed`` on the run's split (and codes), to the end,
+    into the epoch checkpoint its recommender stage resumes from: the stage then finds the
+    training finished and only evaluates.  ``RUN/split`` (and ``RUN/codes`` for a SID model
+    on the run's codes) must be computed.  The grid runs a run's trainings as parallel jobs
+    this way (:func:`sidkit.grid.run_experiment`); a training resumes from its checkpoint.
+    Returns the record :func:`fit_one` gives (no metrics)."""
+    from .data import Split
+    from .eval.sequences import SequenceData
+
+    run = Path(run)
+    found = [(m, t) for lb, m, t in cfg.recommenders() if lb == label]
+    if not found:
+        raise ConfigError(f"the config has no model labelled {label!r}",
+                          "name one of: " + ", ".join(lb for lb, _, _ in cfg.recommenders()))
+    model_cfg, train_cfg = found[0]
+    if uses_run_codes(model_cfg):
+        model_cfg = with_run_codes(model_cfg, run / "codes")
+    data = SequenceData.from_split(Split.load(run / "split"))
+    _, rec = fit_one(model_cfg, train_cfg, data, seed, cfg.device,
+                     checkpoint_root(run) / label / f"seed-{seed}", progress=False)
+    return rec
+
+
 def uses_run_codes(model_cfg) -> bool:
     """True when the model needs SIDs and names no ``codes`` path: it takes the run's own codes stage."""
     return (getattr(model_cfg, "type", None) in ("causal_sid", "tiger")
@@ -266,7 +307,7 @@ def recommender_stage_fn(cfg, *, carry_from: Path | None = None, carry: Iterable
         from .eval.sequences import SequenceData
 
         data = SequenceData.from_split(Split.load(inp["split"]))
-        root = inp["split"].parent / "checkpoints" / "recommender"
+        root = checkpoint_root(inp["split"].parent)
         doc = train_and_evaluate(cfg, data, out, checkpoint_root=root, codes_dir=inp.get("codes"),
                                  carry_from=carry_from, carry=carry, order=order)
         if doc is None:   # a data-parallel rank other than 0: it trained, rank 0 wrote

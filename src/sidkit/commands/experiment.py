@@ -88,7 +88,16 @@ def experiment(
             typer.echo(f"    {who}[{r.name:<11}] {r.reason}; rerunning", err=True)
         typer.echo(f"    {who}[{r.name:<11}] {what:>7}", err=True)
 
+    def on_training(cell, label, seed, rec) -> None:   # with --jobs: each training is a job
+        if rec is None:
+            typer.echo(f"    {cell.id} {label} seed {seed}: training", err=True)
+            return
+        stop = {"cap": ", AT ITS EPOCH CAP", "budget": ", time budget spent"}.get(rec.get("stop"), "")
+        typer.echo(f"    {cell.id} {label} seed {seed}: trained, {rec['epochs_run']} epochs, best epoch "
+                   f"{rec['best_epoch']}{stop} ({rec['train_seconds']:.0f}s)", err=True)
+
     names = [n for o in only for n in o.split(",")] if only else None
-    res = run_experiment(grid, jobs=jobs, threads=threads, only=names, on_cell=on_cell, on_stage=on_stage)
+    res = run_experiment(grid, jobs=jobs, threads=threads, only=names, on_cell=on_cell, on_stage=on_stage,
+                         on_training=on_training)
     typer.echo(res.files["md"].read_text(encoding="utf-8"))
     typer.echo("Results: " + ", ".join(str(p) for p in res.files.values()), err=True)
