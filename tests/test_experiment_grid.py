@@ -431,16 +431,21 @@ def test_with_jobs_a_cell_is_reported_started_only_when_a_worker_is_free(toy):
     assert sorted(events) == sorted([(e, t) for t in "abc" for e in ("start", "end")])
 
 
-def test_sigterm_stops_a_parallel_grid_and_its_workers_at_once_and_it_resumes(toy):
+@pytest.mark.parametrize("to,sig", [("main", "SIGTERM"), ("group", "SIGTERM"), ("group", "SIGINT")])
+def test_a_signal_stops_a_parallel_grid_and_its_workers_at_once_and_it_resumes(toy, to, sig):
     """SIGTERM to `sidkit experiment --jobs 2` stops the workers too (not after their
-    cells finish), leaves no temporary folder, and the next invocation resumes."""
+    cells finish), leaves no temporary folder, and the next invocation resumes.  So does a
+    signal to the whole process group (Ctrl-C in a terminal, ``kill -- -PGID``): every
+    worker gets it too, and none goes on to take another job while the main process waits."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    doc_toml = _toml(toy, toy / "exp").replace("epochs = 1,", "epochs = 400, patience = 400,")
+    third = '[[grid.tokenizers]]\nmethod = "rqkmeans"\nlabel = "third"\ncodebook_sizes = [4, 3]\n'
+    # three runs on two workers: a third job waits (a worker must not take it once signalled)
+    doc_toml = _toml(toy, toy / "exp", extra_tokenizer=third).replace("epochs = 1,", "epochs = 400, patience = 400,")
     doc_toml = doc_toml.replace('type = "popularity"', 'type = "causal_sid"\nhidden = 16\nn_layers = 1\n'
                                 'n_heads = 1\nmax_len = 4\nbeam = 5')
     f = toy / "grid.toml"
@@ -453,8 +458,11 @@ def test_sigterm_stops_a_parallel_grid_and_its_workers_at_once_and_it_resumes(to
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert ckpt.exists(), proc.communicate()[0].decode()
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=600)[0].decode()   # a hang guard only
+    if to == "main":
+        proc.send_signal(getattr(signal, sig))
+    else:
+        os.killpg(proc.pid, getattr(signal, sig))
+    out = proc.communicate(timeout=120)[0].decode()   # a hang guard only
     assert proc.returncode != 0, out
     # stopped at once, not after the cells finished: no cell wrote its results, and every
     # checkpoint of the 400-epoch models stands well short of the last epoch

@@ -48,6 +48,7 @@ from __future__ import annotations
 import copy
 import csv
 import fnmatch
+import functools
 import io
 import os
 import re
@@ -576,18 +577,39 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _stop_when_signalled(job: Callable) -> Callable:
+    """A worker's job: when the worker itself is signalled (Ctrl-C reaches the whole process
+    group, ``kill -- -PGID`` too), the job's stage cleans its temporary folder and the worker
+    process exits, rather than report the interruption as the job's result and take the
+    next job from the pool's queue."""
+    @functools.wraps(job)
+    def run(*args):
+        from .stages import Terminated
+
+        try:
+            return job(*args)
+        except Terminated as e:
+            os._exit(e.code if isinstance(e.code, int) else 143)
+        except KeyboardInterrupt:
+            os._exit(130)
+    return run
+
+
+@_stop_when_signalled
 def _run_cell(cfg: ExperimentConfig, directory: Path) -> list:
     from .pipeline import run_pipeline
 
     return run_pipeline(cfg, directory).stages
 
 
+@_stop_when_signalled
 def _prep_cell(cfg: ExperimentConfig, directory: Path) -> list:
     from .pipeline import run_pipeline
 
     return run_pipeline(cfg, directory, stop_before="recommender").stages
 
 
+@_stop_when_signalled
 def _fit_unit(cfg: ExperimentConfig, directory: Path, label: str, seed: int) -> dict[str, Any]:
     from .recommender_stage import pretrain
 
@@ -616,6 +638,23 @@ def _training_units(cell: Cell) -> list[tuple[str, int]]:
     return trainable(cell.cfg)
 
 
+def _stop_workers(pool, grace: float = 30.0) -> None:
+    """SIGTERM to the pool's live workers (each removes its stage's temporary folder and
+    exits), SIGKILL to any still alive after ``grace`` seconds, so that the pool's shutdown
+    never waits on a worker that kept working."""
+    import time
+
+    procs = [p for p in list((getattr(pool, "_processes", None) or {}).values()) if p.is_alive()]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5.0)
+
+
 def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int, on_cell,
                   on_stage, threads: int | None = None, on_training=None) -> ExperimentResult:
     """Run ``cells`` with ``jobs`` worker processes.  The unit of work is one model and seed
@@ -627,6 +666,7 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
     next cell, then the trainings by seed (every row's seed 0 first), run and model."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     import torch
 
@@ -708,6 +748,12 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
                             if isinstance(exc, SidkitError):     # say which of the parallel cells failed
                                 error = type(exc)(f"cell {cell.id}: {exc.problem}", exc.fix)
                                 error.__cause__ = exc
+                            elif isinstance(exc, BrokenProcessPool):
+                                error = SidkitError(
+                                    f"cell {cell.id}: a worker process ended before its job did (it was "
+                                    "signalled or killed, e.g. out of memory)",
+                                    "run the same command again: it resumes from the last epoch checkpoints")
+                                error.__cause__ = exc
                         continue
                     if task.kind == "prep":
                         prepped[cell.id] = fut.result()
@@ -736,9 +782,7 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
         # lets a worker remove the temporary folder of the stage it was writing
         for fut in running:
             fut.cancel()
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            if proc.is_alive():
-                proc.terminate()
+        _stop_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
