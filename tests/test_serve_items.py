@@ -154,3 +154,65 @@ def test_requests_during_an_update_see_the_old_or_the_new_catalogue(run):
             assert all(new[it["item_id"]] == it["sid"] for it in a)
             kinds.add(len(ids))
         assert kinds == {len(old), len(new)}                       # answers from both sides of the swap
+
+
+def test_a_running_server_takes_in_items_that_sidkit_add_items_wrote(run, tmp_path):
+    """`sidkit add-items` in another process while the server runs: the server's catalogue
+    watcher takes the new version in (no restart), and the server's own next update builds
+    on it (versions are cumulative: nothing either wrote is lost)."""
+    import json
+    import time
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from sidkit.cli import app
+
+    np.save(tmp_path / "x.npy", _emb(run, 2))
+    (tmp_path / "new.jsonl").write_text(json.dumps({"item_id": "cli1"}) + "\n" + json.dumps({"item_id": "cli2"}) + "\n")
+
+    def wait_for(c, n, seconds=30.0):
+        t0 = time.time()
+        while time.time() - t0 < seconds:
+            h = c.get("/health").json()
+            if h["n_items"] == n:
+                return h
+            time.sleep(0.05)
+        return c.get("/health").json()
+
+    with _client(run, watch_catalogue=0.05) as c, _client(run, watch_catalogue=0) as still:
+        h0 = c.get("/health").json()
+        assert h0["catalogue_version"] is None
+        res = CliRunner().invoke(app, ["add-items", str(run), str(tmp_path / "new.jsonl"),
+                                       "--embeddings", str(tmp_path / "x.npy")])
+        assert res.exit_code == 0, res.output
+        h = wait_for(c, h0["n_items"] + 2)
+        assert h["n_items"] == h0["n_items"] + 2 and h["catalogue_version"] == "v-000001"
+        assert {"cli1", "cli2"} <= {it["item_id"] for it in _all_items(c)}     # in the trie
+        assert c.get("/items/cli1/sid").status_code == 200
+        assert still.get("/health").json()["n_items"] == h0["n_items"]        # watching off: unchanged
+        # the server's own update keeps the CLI's items (and a restart sees all three)
+        r = c.post("/items", json={"items": [{"item_id": "srv1", "text": "Title: A new horror film. Year: 2031. "
+                                                                         "Genres: Horror."}]})
+        assert r.status_code == 200 and r.json()["version"] == "v-000002", r.text
+        assert r.json()["n_items"] == h0["n_items"] + 3
+    with _client(run) as c:
+        assert c.get("/health").json()["n_items"] == h0["n_items"] + 3
+
+
+def test_a_damaged_catalogue_version_keeps_the_served_catalogue(run, caplog):
+    """A catalogue the watcher cannot read is logged and the server keeps answering with
+    the catalogue it has."""
+    import time
+
+    with _client(run, watch_catalogue=0.05) as c:
+        n0 = c.get("/health").json()["n_items"]
+        (run / "catalogue").mkdir()
+        (run / "catalogue" / "CURRENT").write_text("v-000009")       # names a version that is not there
+        with caplog.at_level("WARNING", logger="sidkit.serve"):
+            t0 = time.time()
+            while time.time() - t0 < 10 and "could not take in" not in caplog.text:
+                time.sleep(0.05)
+        assert "could not take in the run's added items" in caplog.text
+        assert c.get("/health").json()["n_items"] == n0
+        assert len(_all_items(c)) > 0

@@ -222,7 +222,7 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
                max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 256,
                max_body_bytes: int = 1 << 20, max_items_body_bytes: int = 32 << 20,
                text_model: str = "preload", token: str | None = None,
-               docs: bool = False, served: ServedModel | None = None):
+               docs: bool = False, served: ServedModel | None = None, watch_catalogue: float = 1.0):
     """The serving app of a run directory; the model is loaded here, once.
 
     ``label``/``seed``: which model (default: the best causal SID model, see
@@ -237,6 +237,9 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     (``Authorization: Bearer <token>``; None: no authentication); ``docs``: also serve
     FastAPI's ``/docs`` and ``/redoc`` (their pages load Swagger UI / ReDoc from a CDN,
     so they are off by default).  ``served``: an already loaded :class:`ServedModel` (tests).
+    ``watch_catalogue``: every that many seconds a background thread takes in the items
+    another process added to the run (``sidkit add-items``; :meth:`ServedModel.refresh`),
+    so they are recommendable without a restart (0: never).
     """
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
@@ -245,6 +248,9 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
 
     from .page import render_page
 
+    if not (isinstance(watch_catalogue, (int, float)) and watch_catalogue >= 0):
+        raise ConfigError(f"watch_catalogue must be a number of seconds >= 0, got {watch_catalogue!r}",
+                          "use e.g. --watch-catalogue 1 (0: never take in items added by other processes)")
     if text_model not in ("preload", "lazy", "off"):
         raise ConfigError(f"text_model must be 'preload', 'lazy' or 'off', got {text_model!r}",
                           "use --text-model preload (the default)")
@@ -269,9 +275,14 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
         batcher.start()
         if text_model == "preload" and served.text_encoding:
             threading.Thread(target=served.load_text_model, name="sidkit-text-model", daemon=True).start()
+        stop = threading.Event()
+        if watch_catalogue and served.takes_new_items:
+            threading.Thread(target=_watch_catalogue, args=(served, watch_catalogue, stop),
+                             name="sidkit-catalogue-watch", daemon=True).start()
         try:
             yield
         finally:
+            stop.set()
             await batcher.close()                  # finishes every queued request
 
     what = (f"generative recommendation over Semantic IDs: model `{served.label}`" if served.generative
@@ -487,7 +498,7 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
                       max_history_used=served.max_len, queue_depth=batcher.depth,
                       text_encoding=served.text_encoding, text_model_loaded=served.text_model_loaded,
                       text_template=served.text_template(),
-                      embedding_dim=served.embedding_dim)
+                      embedding_dim=served.embedding_dim, catalogue_version=served.catalogue_version)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format 0.0.4)",
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(401)})
@@ -503,6 +514,26 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
                                      "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
 
     return app
+
+
+def _watch_catalogue(served: ServedModel, every: float, stop: threading.Event) -> None:
+    """Until ``stop``: every ``every`` seconds, take in items other processes added to the
+    run.  A catalogue that cannot be read is logged once (per distinct error) and the
+    served catalogue stays as it was."""
+    import logging
+
+    log = logging.getLogger("sidkit.serve")
+    last = None
+    while not stop.wait(every):
+        try:
+            if served.refresh():
+                log.warning("took in the run's catalogue version %s: %d items", served.catalogue_version,
+                            served.n_items)
+            last = None
+        except Exception as e:  # noqa: BLE001 - a watcher must not die; the error is logged
+            if str(e) != last:
+                log.warning("could not take in the run's added items (still serving the previous catalogue): %s", e)
+                last = str(e)
 
 
 def content_security_policy(nonce: str) -> str:

@@ -198,6 +198,7 @@ class ServedModel:
             model.module_.eval()
         self.takes_new_items = (self.generative and not getattr(model, "id_only", False)
                                 and self.record.get("tokenizer") is not None)
+        self._base_model = model                                  # without the added items (refresh)
         if self.takes_new_items:
             model = apply_additions(model, self.additions)
         self.view = CatalogueView(model, None, None)
@@ -481,10 +482,7 @@ class ServedModel:
                 self.run_dir, ids, embeddings=embeddings, texts=texts, max_items=max_items,
                 models={(self.label, self.seed): view.model}, return_state=True)
             model = models[(self.label, self.seed)]
-            t = model.tokens_.trie                                   # build the trie (and its tables) now,
-            for d in range(t.width):                                 # not in the first request
-                t.level_table(d, self.device)
-            t.node_items(self.device)
+            self._prebuild(model)
             self.additions = after
             run_codes = self._with_additions(self._base_run_codes(), after)
             titles = self._titles(np.asarray(model.item_ids_, dtype=str))
@@ -492,6 +490,47 @@ class ServedModel:
         return {"added": summary["added"], "version": summary["version"], "n_items": self.view.n_items,
                 "items": [{"item_id": i, "sid": format_sid(sid), "tokens": sid}
                           for i, sid in summary["models"][f"{self.label}/seed-{self.seed}"].items()]}
+
+    @property
+    def catalogue_version(self) -> str | None:
+        """The ``RUN/catalogue`` version the served catalogue holds (None: no items added)."""
+        return self.additions.version if self.additions is not None else None
+
+    def refresh(self) -> bool:
+        """Take in the items another process added to the run (``sidkit add-items``, another
+        server) since this catalogue's version: when ``RUN/catalogue/CURRENT`` names another
+        version, rebuild the model from the saved one with that version's items (cumulative)
+        and swap in the new view, as :meth:`add_items` does.  True when the catalogue changed.
+        Cheap when nothing changed (one small file read); the server calls it every second."""
+        from ..catalogue import apply_additions, catalogue_dir, current_additions
+
+        if not self.takes_new_items:
+            return False
+        ptr = catalogue_dir(self.run_dir) / "CURRENT"
+        try:
+            name = ptr.read_text(encoding="utf-8").strip() if ptr.is_file() else None
+        except OSError:
+            return False
+        if name == self.catalogue_version:
+            return False
+        with self._update_lock:
+            after = current_additions(self.run_dir)             # read once: an immutable version
+            if (after.version if after is not None else None) == self.catalogue_version:
+                return False
+            model = apply_additions(self._base_model, after)
+            self._prebuild(model)
+            self.additions = after
+            tok, run_codes = self._load_tokenizer()
+            titles = self._titles(np.asarray(model.item_ids_, dtype=str))
+            self.view = CatalogueView(model, model.tokens_.codes, titles, tok, run_codes)   # the one swap
+        return True
+
+    def _prebuild(self, model) -> None:
+        """Build the trie (and its tables) of ``model`` now, not in the first request."""
+        t = model.tokens_.trie
+        for d in range(t.width):
+            t.level_table(d, self.device)
+        t.node_items(self.device)
 
     def _base_run_codes(self):
         from ..types import Codes

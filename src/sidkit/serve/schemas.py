@@ -216,6 +216,8 @@ class Health(BaseModel):
                                                      "at start; a text /encode before waits for it).")
     text_template: Optional[str] = None
     embedding_dim: Optional[int] = None
+    catalogue_version: Optional[str] = Field(None, description="The run's catalogue version served (RUN/catalogue, "
+                                                              "items added without retraining); null: none added.")
 
 
 class ErrorResponse(BaseModel):
