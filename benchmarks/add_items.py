@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 
-def build_run(root: Path, n_items: int, dim: int, seed: int = 0) -> tuple[Path, np.ndarray]:
+def build_run(root: Path, n_items: int, dim: int, seed: int = 0, spare: int = 64) -> tuple[Path, np.ndarray]:
     import torch
 
     from sidkit.eval import SequenceData
@@ -52,7 +52,7 @@ def build_run(root: Path, n_items: int, dim: int, seed: int = 0) -> tuple[Path, 
     tok = RQKMeans(codebook_sizes=[16, 16], resolve_collisions=True, random_state=0, device="cpu")
     codes = tok.fit_encode(X).replace(item_ids=ids)
     sizes = list(codes.codebook_sizes)
-    sizes[-1] += 64                                        # room for new items in the last level
+    sizes[-1] += spare                                     # room for new items in the last level
     codes = codes.replace(codebook_sizes=tuple(sizes))
     run = root / "run"
     (run / "codes").mkdir(parents=True)

@@ -34,6 +34,18 @@ connections, each still arriving (head sent but for its last line break) when SI
 comes, the rest 0.1 s after it, plus N/10 requests on new connections; reports how many
 got 200, 503 or no answer (reset, EOF, refused) and when the process exited.
 
+``--add-items N [--updates U] [--items M]`` measures live catalogue updates instead (issue
+25): on a synthetic run of ``M`` clustered items (RUN ``synthetic``: an untrained causal SID
+model of the default size, built by ``benchmarks/add_items.py``; or a run of yours whose
+served model takes new items and whose embeddings are ``RUN/embeddings/embeddings.npy``),
+the raw client keeps ``--concurrency`` (its first value) requests in flight for
+``--seconds`` ("idle"), then ``U`` times sends one ``POST /items`` of ``N`` new items (a
+prepared JSON body of their embeddings, near catalogue items) from another connection,
+1 s apart.  Reported: each update's wall time (sent to answered; goal <= 1 s for 1,000
+items), and the p50 / p99 / max latency of the recommendations whose request overlapped an
+update ("update") beside the idle ones (goal: p99 within 2x); the server runs in its own
+process, as in production, so the client's JSON encoding is not the server's GIL time.
+
 ``--model-only [--batches 1,8,32,64] [--profile]`` times the served model's batched beam
 search in-process instead (no HTTP, no client), to separate the model's cost from the
 HTTP stack's; ``--in-process`` runs the load levels against the app in this process
@@ -361,6 +373,151 @@ def shutdown_burst(args) -> None:
     print(md)
 
 
+def _synthetic_run(root: Path, n_items: int) -> tuple[Path, np.ndarray]:
+    from add_items import build_run
+
+    return build_run(root, n_items, 384, spare=512)       # room for several updates of 1,000 items
+
+
+def _run_embeddings(run: Path) -> np.ndarray:
+    f = run / "embeddings" / "embeddings.npy"
+    if not f.is_file():
+        raise SystemExit(f"--add-items needs the run's item embeddings ({f}); or pass RUN 'synthetic'")
+    return np.load(f)
+
+
+def _cli_update(url: str, run: Path, body: bytes) -> None:
+    """The update of ``body`` made by ``sidkit add-items`` in its own process; returns once the
+    server's /health shows the new items (its catalogue watcher took them in)."""
+    import httpx
+
+    items = json.loads(body)["items"]
+    d = Path(tempfile.mkdtemp(prefix="sidkit-cli-add-"))
+    (d / "new.jsonl").write_text("".join(json.dumps({"item_id": it["item_id"]}) + "\n" for it in items))
+    np.save(d / "x.npy", np.asarray([it["embedding"] for it in items], np.float32))
+    n0 = httpx.get(url + "/health", headers=auth_headers()).json()["n_items"]
+    subprocess.run([sys.executable, "-c", "from sidkit.cli import main; main()", "add-items", str(run),
+                    str(d / "new.jsonl"), "--embeddings", str(d / "x.npy")], check=True, capture_output=True)
+    while httpx.get(url + "/health", headers=auth_headers()).json()["n_items"] < n0 + len(items):
+        time.sleep(0.01)
+
+
+async def _update_latency(url: str, hists: list[list[str]], conc: int, k: int, beam: int, seconds: float,
+                          bodies: list[bytes], run: Path | None = None) -> dict:
+    """Recommendations from ``conc`` raw connections for ``seconds`` with no update, then while
+    the ``bodies`` are posted to /items one after another (1 s apart): each request's
+    latency, tagged by whether it overlapped an update."""
+    reqs = [json.dumps({"history": h, "k": k, "beam": beam}).encode() for h in hists]   # off the clock
+    spans: list[tuple[float, float]] = []          # each update: sent, answered
+    lat: list[tuple[float, float]] = []            # each recommendation: sent, answered
+    errors: list[str] = []
+    state = {"i": 0, "stop": False}
+
+    async def worker():
+        client = RawClient(url)
+        while not state["stop"]:
+            i = state["i"]
+            state["i"] += 1
+            t = time.perf_counter()
+            status, body = await client.post("/recommend", reqs[i % len(reqs)])
+            if status != 200:
+                errors.append(f"{status}: {body[:200]!r}")
+            lat.append((t, time.perf_counter()))
+        await client.close()
+
+    async def updater():
+        await asyncio.sleep(seconds)
+        client = RawClient(url)
+        for body in bodies:
+            t = time.perf_counter()
+            if run is not None:                          # --via cli: sidkit add-items, the watcher takes it in
+                await asyncio.to_thread(_cli_update, url, run, body)
+                status, out = 200, b""
+            else:
+                status, out = await client.post("/items", body)
+            spans.append((t, time.perf_counter()))
+            if status != 200:
+                errors.append(f"POST /items {status}: {out[:300]!r}")
+            await asyncio.sleep(1.0)
+        await client.close()
+        state["stop"] = True
+
+    await asyncio.gather(updater(), *(worker() for _ in range(conc)))
+    t_first = spans[0][0] if spans else float("inf")
+    idle = [b - a for a, b in lat if b < t_first]
+    during = [b - a for a, b in lat if any(a < e and b > s for s, e in spans)]
+    ms = lambda v, q: float(np.percentile(np.asarray(v) * 1e3, q)) if v else float("nan")  # noqa: E731
+    return {"update_s": [e - s for s, e in spans], "errors": errors,
+            "recommend_ms": {name: {"n": len(v), "p50": ms(v, 50), "p99": ms(v, 99), "max": ms(v, 100)}
+                             for name, v in (("idle", idle), ("update", during))}}
+
+
+def add_items_case(args) -> None:
+    """``--add-items``: live catalogue updates against a served model in its own process."""
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="sidkit-serve-add-"))
+    proc = None
+    try:
+        if str(args.run) == "synthetic":
+            run, X = _synthetic_run(tmp, args.items)
+            ids = [f"i{i:05d}" for i in range(args.items)]
+            rng = np.random.default_rng(0)
+            hists = [[ids[j] for j in rng.integers(len(ids), size=12)] for _ in range(256)]
+        else:
+            run = tmp / "run"                    # a copy: the run itself never gets the synthetic items
+            shutil.copytree(args.run, run)
+            X = _run_embeddings(run)
+            hists = histories(run, n=256)
+        rng = np.random.default_rng(1)
+        bodies = []
+        for u in range(args.updates):
+            rows = rng.integers(len(X), size=args.add_items)
+            E = X[rows] + 0.05 * rng.normal(size=(args.add_items, X.shape[1])).astype(np.float32)
+            bodies.append(json.dumps({"items": [{"item_id": f"new{u}-{i}", "embedding": e.tolist()}
+                                                for i, e in enumerate(E)]}).encode())
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_server(run, port, args)
+        health = wait_ready(url, proc)
+        info = machine()
+        conc = int(args.concurrency.split(",")[0])
+        asyncio.run(level_raw(url, hists, args.warmup, conc, args.k, args.beam, offset=0))
+        res = asyncio.run(_update_latency(url, hists, conc, args.k, args.beam, args.seconds, bodies,
+                                          run if args.via == "cli" else None))
+        info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
+    cmd = "python benchmarks/serve.py " + " ".join(sys.argv[1:])
+    r = res["recommend_ms"]
+    ratio = r["update"]["p99"] / r["idle"]["p99"]
+    up = np.asarray(res["update_s"])
+    doc = {"command": cmd, "machine": info, "server": health, "items": health["n_items"], "new": args.add_items,
+           "updates": args.updates, "body_mb": len(bodies[0]) / 1e6, "concurrency": conc, **res,
+           "p99_ratio": ratio}
+    (RESULTS / f"serve_add_items{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [f"# sidkit serve: POST /items during POST /recommend load{args.tag}", "", f"Command: `{cmd}`", "",
+             f"{health['n_items']} items at start, {args.updates} updates of {args.add_items} items "
+             f"({doc['body_mb']:.1f} MB of JSON each), {conc} recommendation requests in flight (k {args.k}, beam "
+             f"{args.beam}); server torch threads {args.threads or 'default'}. Machine: {info['cpu']}, "
+             f"{info['cores']} cores; load average at start {info.get('load_avg_at_start')}, at end "
+             f"{info.get('load_avg_at_end')}.", "",
+             "| recommendations | n | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {v['n']} | {v['p50']:.1f} | {v['p99']:.1f} | {v['max']:.1f} |" for name, v in r.items()]
+    lines += ["", f"Update wall time (sent to answered): median {np.median(up):.3f} s, worst {up.max():.3f} s "
+              f"(goal <= 1 s for 1,000 items: {'met' if up.max() <= 1 else 'not met'}).",
+              f"p99 during updates / idle p99: {ratio:.2f}x (goal <= 2x: {'met' if ratio <= 2 else 'not met'}).",
+              f"Errors: {len(res['errors'])}."]
+    md = "\n".join(lines) + "\n"
+    (RESULTS / f"serve_add_items{args.tag}.md").write_text(md)
+    print(md)
+    if res["errors"]:
+        raise SystemExit(f"{len(res['errors'])} errors, e.g. {res['errors'][:3]}")
+
+
 def model_only(args) -> None:
     """``--model-only``: the served model's batched beam search in-process, no HTTP
     (``ServedModel.recommend_batch`` on real histories), median of ``--repeat`` calls per
@@ -425,7 +582,19 @@ def main() -> None:
     ap.add_argument("--in-process", action="store_true",
                     help="the load levels against the app in this process (httpx ASGI transport): no sockets, "
                          "no HTTP parsing, no second process")
+    ap.add_argument("--add-items", type=int, default=0, metavar="N",
+                    help="measure live updates: POST /items of N items while recommendations run")
+    ap.add_argument("--updates", type=int, default=5, help="--add-items: how many updates")
+    ap.add_argument("--via", choices=["http", "cli"], default="http",
+                    help="--add-items: POST /items, or sidkit add-items in another process (the server's "
+                         "catalogue watcher takes the items in; the update ends when /health shows them)")
+    ap.add_argument("--items", type=int, default=1682, help="--add-items on RUN 'synthetic': catalogue size")
+    ap.add_argument("--seconds", type=float, default=5.0, help="--add-items: idle seconds before the updates")
     args = ap.parse_args()
+    if args.add_items:
+        RESULTS.mkdir(exist_ok=True)
+        add_items_case(args)
+        return
     if args.model_only:
         model_only(args)
         return

@@ -38,8 +38,11 @@ def _all_items(c, history=("i1", "i4"), k=100):
     return r.json()["items"]
 
 
-def test_post_items_makes_them_recommendable_and_survives_a_restart(run):
-    with _client(run) as c:
+@pytest.mark.parametrize("items_process", ["preload", "off"])
+def test_post_items_makes_them_recommendable_and_survives_a_restart(run, items_process):
+    """In the helper process (the default) and in a thread of the server: the same answers,
+    and the SIDs the running server gives are the ones a restart rebuilds."""
+    with _client(run, items_process=items_process) as c:
         n0 = c.get("/health").json()["n_items"]
         X = _emb(run, 2)
         r = c.post("/items", json={"items": [{"item_id": "new1", "embedding": X[0].tolist()},
@@ -135,8 +138,9 @@ def test_requests_during_an_update_see_the_old_or_the_new_catalogue(run):
         while len(answers) < 4:                       # the burst is running before the update
             threading.Event().wait(0.005)
         r = c.post("/items", json={"items": [{"item_id": i, "embedding": x.tolist()} for i, x in zip(new_ids, X)]})
-        for _ in range(200):                          # keep the burst going a little after the swap
-            if len(answers) > 40:
+        n_at_swap = len(answers)
+        for _ in range(500):                          # keep the burst going a little after the swap
+            if len(answers) > n_at_swap + 20:
                 break
             threading.Event().wait(0.01)
         stop.set()

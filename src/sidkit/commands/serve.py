@@ -51,6 +51,10 @@ def serve(
                                            help="Seconds from SIGTERM to exit at most: requests in flight are "
                                                 "answered, new ones get 503."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning: no access log)."),
+    items_process: str = typer.Option("preload", "--items-process",
+                                      help="Where POST /items does its work: a helper process started with "
+                                           "the server (preload), at the first update (lazy), or a thread of "
+                                           "the server (off: an update then slows the recommendations more)."),
     watch_catalogue: float = typer.Option(1.0, "--watch-catalogue", min=0,
                                           help="Seconds between checks for items other processes added to the "
                                                "run (sidkit add-items): they become recommendable without a "
@@ -77,7 +81,7 @@ def serve(
         torch.set_num_threads(threads)
     app = create_app(run_dir, label=model, seed=seed, device=device, max_batch=max_batch,
                      max_wait_ms=max_wait_ms, max_queue=max_queue, text_model=text_model, token=token, docs=docs,
-                     watch_catalogue=watch_catalogue)
+                     watch_catalogue=watch_catalogue, items_process=items_process)
     s = app.state.served
     typer.echo(f"serving {s.label} (seed {s.seed}, {s.model.name}, {s.n_items} items) from {run_dir} on "
                f"http://{host}:{port} (device {s.device}; batches of <= {max_batch} requests, "

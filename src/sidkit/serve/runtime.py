@@ -35,6 +35,14 @@ from ..utils import index_of
 SID_MODEL_TYPES = ("causal_sid", "tiger")
 
 
+def _tail(add, n: int):
+    """The items of catalogue version ``add`` after its first ``n``."""
+    import dataclasses
+
+    return dataclasses.replace(add, item_ids=add.item_ids[n:], codes=add.codes[n:], lengths=add.lengths[n:],
+                               embeddings=add.embeddings[n:], texts=add.texts[n:])
+
+
 class RecRequest(NamedTuple):
     """One /recommend request as the batched function sees it."""
 
@@ -100,6 +108,13 @@ def format_sid(tokens: Sequence[int]) -> str:
     return "-".join(str(int(t)) for t in tokens)
 
 
+def format_sids(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """:func:`format_sid` of every row (its first ``lengths`` tokens): an object array of str."""
+    out = np.empty(len(lengths), dtype=object)
+    out[:] = ["-".join(map(str, row[:n])) for row, n in zip(np.asarray(codes).tolist(), np.asarray(lengths).tolist())]
+    return out
+
+
 def parse_sid(text: str) -> list[int]:
     """``"12-3-7-0"`` -> ``[12, 3, 7, 0]``; a DataError naming the text otherwise."""
     parts = text.split("-")
@@ -116,7 +131,7 @@ class CatalogueView:
     (:attr:`ServedModel.view`); a request takes the view once and uses only it, so it sees
     the old or the new catalogue, never a mixture."""
 
-    def __init__(self, model, codes, titles, tokenizer=None, run_codes=None) -> None:
+    def __init__(self, model, codes, titles, tokenizer=None, run_codes=None, previous=None) -> None:
         self.model = model
         self.item_ids = np.asarray(model.item_ids_, dtype=str)
         self._order = np.argsort(self.item_ids, kind="stable")
@@ -124,13 +139,24 @@ class CatalogueView:
         self.n_items = len(self.item_ids)
         self.codes = codes
         if codes is not None:
-            self.sid_strings = np.array([format_sid(c[:n]) for c, n in zip(codes.codes, codes.lengths)],
-                                        dtype=object)
+            self.sid_strings = self._sid_strings(codes, previous)
         else:
             self.sid_strings = np.full(self.n_items, None, dtype=object)
         self.titles = titles
         self.tokenizer = tokenizer
         self.run_codes = run_codes
+
+    def _sid_strings(self, codes, previous) -> np.ndarray:
+        """Every item's SID as text; after an update (``previous``: the view it replaces) only
+        the added items' are formatted, when the earlier items kept their rows and SIDs."""
+        n = previous.n_items if previous is not None and previous.codes is not None else 0
+        if not (n and n <= self.n_items and np.array_equal(previous.item_ids, self.item_ids[:n])
+                and previous.codes.codes.shape[1] == codes.codes.shape[1]
+                and np.array_equal(previous.codes.codes, codes.codes[:n])
+                and np.array_equal(previous.codes.lengths, codes.lengths[:n])):
+            n = 0
+        tail = format_sids(codes.codes[n:], codes.lengths[n:])
+        return np.concatenate([previous.sid_strings[:n], tail]) if n else tail
 
     def index_of(self, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Catalogue indices of ``ids`` and the ids that are not in the catalogue (exact
@@ -486,7 +512,8 @@ class ServedModel:
             self.additions = after
             run_codes = self._with_additions(self._base_run_codes(), after)
             titles = self._titles(np.asarray(model.item_ids_, dtype=str))
-            self.view = CatalogueView(model, model.tokens_.codes, titles, tok, run_codes)   # the one swap
+            self.view = CatalogueView(model, model.tokens_.codes, titles, tok, run_codes,
+                                      previous=view)                                     # the one swap
         return {"added": summary["added"], "version": summary["version"], "n_items": self.view.n_items,
                 "items": [{"item_id": i, "sid": format_sid(sid), "tokens": sid}
                           for i, sid in summary["models"][f"{self.label}/seed-{self.seed}"].items()]}
@@ -517,12 +544,21 @@ class ServedModel:
             after = current_additions(self.run_dir)             # read once: an immutable version
             if (after.version if after is not None else None) == self.catalogue_version:
                 return False
-            model = apply_additions(self._base_model, after)
+            before = self.additions
+            n = before.n_items if before is not None else 0
+            if after is not None and n and after.item_ids[:n] == before.item_ids:
+                # versions are cumulative: insert only the items added since (the same SIDs as a
+                # rebuild from the saved model, which a restart does)
+                tail = _tail(after, n)
+                model = apply_additions(self.view.model, tail) if tail.n_items else self.view.model
+            else:
+                model = apply_additions(self._base_model, after)
             self._prebuild(model)
             self.additions = after
             tok, run_codes = self._load_tokenizer()
             titles = self._titles(np.asarray(model.item_ids_, dtype=str))
-            self.view = CatalogueView(model, model.tokens_.codes, titles, tok, run_codes)   # the one swap
+            self.view = CatalogueView(model, model.tokens_.codes, titles, tok, run_codes,
+                                      previous=self.view)                                # the one swap
         return True
 
     def _prebuild(self, model) -> None:
@@ -547,6 +583,11 @@ class ServedModel:
             emb._load_model()
             self._embedder = emb
         return self._embedder
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """The run's text embeddings of ``texts`` (one (n, d) float32 array)."""
+        with self._embed_lock:
+            return np.asarray(self._text_embedder().embed(list(texts)), np.float32)
 
     def embed_text(self, text: str) -> np.ndarray:
         """The run's text embedding of ``text`` (the model is loaded once, on first use or
