@@ -220,3 +220,23 @@ def test_bisecting_init_runs_on_16_points_per_centroid(monkeypatch):
     assert seen[-1] == 4096  # at least 4096 rows when there are that many
     kmeans(X[:1000], 8, init="bisecting", n_iter=1, max_points_per_centroid=None)
     assert seen[-1] == 1000  # never more than the training sample
+
+
+def test_balanced_assignment_breaks_equal_distances_by_row_and_is_one_rule_for_kmeans_and_gaoq():
+    """Three points at exactly the same distance from a centroid that takes two: the lower
+    rows win, the third goes to the other centroid -- in k-means' assignment and in the
+    batched one GAOQ runs over blocks of parents (the same function, P problems at once)."""
+    import torch
+
+    from sidkit.tokenizers.kmeans import _balanced_assign_t, _full_dist_t, batched_balanced_assign
+
+    X = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [11.0, 0.0]])
+    C = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    labels, dist = _balanced_assign_t(X, C, 2, 2)
+    assert labels.tolist() == [0, 0, 1, 1]
+    assert dist.tolist() == pytest.approx([1.0, 1.0, 101.0, 1.0])
+    D = _full_dist_t(X, C)
+    valid = torch.tensor([[True] * 4, [True, True, True, False]])
+    lab, d = batched_balanced_assign(torch.stack([D, D]), valid, torch.tensor([2, 1]), torch.tensor([2, 2]))
+    assert lab[0].tolist() == [0, 0, 1, 1]
+    assert lab[1].tolist() == [0, 0, 1, -1]          # padding row: -1; sizes 2 and 1 (lo 1)

@@ -62,7 +62,7 @@ from ..types import PAD, Codes
 from ..utils import progress, resolve_device, rng
 from .base import Bool, Device, Int, Ints, Real, Tokenizer, check_embeddings, register
 from .collisions import CATALOGUE_ATTRS, CatalogueIndex, catalogue_codes, run_ranks
-from .kmeans import CHANGE_TOL, rank_in_sorted_groups, torch_threads
+from .kmeans import CHANGE_TOL, batched_balanced_assign, torch_threads
 from .rqvae import codes_array
 
 __all__ = ["GAOQ", "auto_branching", "make_anchors", "batched_balanced_kmeans"]
@@ -131,132 +131,6 @@ def _one_thread(device):
     return torch_threads(1 if getattr(device, "type", str(device)) == "cpu" else None)
 
 
-def _rank_by_cost(group, cost):
-    """Rank of each position within its ``group`` when ordered by ``cost`` (float32),
-    ties by position: one stable sort on the composite int64 key ``(group, cost)``.
-
-    The float bits are mapped to an order-preserving unsigned 32-bit key (negative
-    costs included), so this equals ranking in ``argsort(cost, stable=True)`` order.
-    """
-    import torch
-
-    n = group.numel()
-    if n == 0:
-        return group.clone()
-    bits = (cost + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: -0.0 -> +0.0
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
-    sk, perm = torch.sort((group << 32) | bits, stable=True)
-    return rank_in_sorted_groups(sk >> 32, perm)
-
-
-def _batched_balanced_assign(dist, valid, lo, hi, xn=None):
-    """Size-constrained assignment of P independent problems at once.
-
-    ``dist`` (P, m, k) squared distances, ``valid`` (P, m) real rows, ``lo``/``hi`` (P,)
-    size bounds.  Same rule as :mod:`sidkit.tokenizers.kmeans`' balanced mode: greedy
-    proposals in distance order under capacity ``hi``, then clusters below ``lo``
-    take their cheapest moves from clusters above ``lo``.  Returns labels (P, m)
-    (-1 on padding) and the squared distance to the assigned centroid.  Rows are
-    handled through flat indices (``index_select``), the distance matrix is
-    computed once by the caller.
-
-    ``xn`` (P, m): when given, ``dist`` lacks the row constant ``|x|^2`` (it is
-    ``|c|^2 - 2 x.c``, which saves two passes over the matrix); only the ranking of
-    different rows proposing to one cluster needs it, so it is added there, and to
-    the returned distances.
-    """
-    import torch
-
-    P, m, k = dist.shape
-    dev = dist.device
-    D = dist.reshape(P * m, k)
-    labels = torch.full((P * m,), -1, dtype=torch.int64, device=dev)
-    dd = torch.zeros(P * m, dtype=dist.dtype, device=dev)
-    remaining = hi[:, None].expand(P, k).reshape(-1).clone()
-    f = torch.nonzero(valid.reshape(-1)).flatten()  # pending rows (flat)
-    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dev)
-    xnf = None if xn is None else xn.reshape(-1)
-    first = True
-    while f.numel():  # phase 1: at least one point is placed per round
-        pp = torch.div(f, m, rounding_mode="floor")
-        if first:  # nothing is full yet: row minima of D, no copy
-            dmin, lab = D.min(1)
-            if f.numel() < P * m:
-                dmin, lab = dmin.index_select(0, f), lab.index_select(0, f)
-        else:
-            Df = D.index_select(0, f)  # a copy: masking in place is safe
-            Df.masked_fill_((remaining.view(P, k) <= 0).index_select(0, pp), float("inf"))
-            dmin, lab = Df.min(1)
-        first = False
-        key = pp * k + lab
-        cost = dmin if xn is None else dmin + xnf.index_select(0, f)
-        acc = _rank_by_cost(key, cost) < remaining[key]  # closest first per cluster
-        fa = f[acc]
-        labels[fa] = lab[acc]
-        dd[fa] = dmin[acc]
-        remaining -= torch.bincount(key[acc], minlength=P * k)
-        f = f[~acc]
-    vflat = valid.reshape(-1)
-    row_p = torch.div(torch.arange(P * m, device=dev), m, rounding_mode="floor")
-    gkey = row_p * k + labels.clamp_min(0)
-    sizes = torch.bincount(gkey[vflat], minlength=P * k)
-    lo_k = lo[:, None].expand(P, k).reshape(-1)
-    # phase 2: lift under-filled clusters.  Every movable row (in a cluster above lo,
-    # in a group with an under-filled cluster) proposes its cheapest under-filled
-    # cluster; targets accept their cheapest proposers up to the deficit, donors give
-    # at most their surplus.  Proposals are kept between rounds: only rows whose
-    # target filled up are re-targeted, rows whose donor reached lo drop out.
-    if bool((sizes < lo_k).any()):
-        under_any = (sizes < lo_k).view(P, k).any(1)
-        f = torch.nonzero(vflat & ((sizes - lo_k)[gkey] > 0) & under_any.index_select(0, row_p)).flatten()
-
-        ar_k = torch.arange(k, device=dev)
-
-        def target(rows):
-            # only the under-filled columns of each group: U (P, u) lists them in
-            # column order (k = none), so ties resolve as an argmin over all columns
-            under = (sizes < lo_k).view(P, k)
-            u = max(int(under.sum(1).max()), 1)
-            U = torch.sort(torch.where(under, ar_k, k), dim=1).values[:, :u]
-            Ur = U.index_select(0, row_p[rows])
-            pad = Ur == k
-            Ur = Ur.masked_fill(pad, 0)
-            c = D.reshape(-1)[rows[:, None] * k + Ur]
-            c.sub_(dd[rows][:, None]).masked_fill_(pad, inf)
-            cmin, j = c.min(1)
-            return cmin, Ur.gather(1, j[:, None]).squeeze(1)
-
-        cmin, tgt = target(f)
-        while f.numel():
-            surplus = (sizes - lo_k).clamp_min(0)
-            deficit = (lo_k - sizes).clamp_min(0)
-            keep = torch.isfinite(cmin) & (surplus[gkey[f]] > 0)
-            f, cmin, tgt = f[keep], cmin[keep], tgt[keep]
-            if f.numel() == 0:
-                break
-            tkey = row_p[f] * k + tgt
-            cand = torch.nonzero(_rank_by_cost(tkey, cmin) < deficit[tkey]).flatten()
-            donor = gkey[f[cand]]
-            take = cand[_rank_by_cost(donor, cmin[cand]) < surplus[donor]]
-            if take.numel() == 0:  # pragma: no cover - cannot happen, see above
-                break
-            ft, nk = f[take], tkey[take]
-            sizes -= torch.bincount(gkey[ft], minlength=P * k)
-            sizes += torch.bincount(nk, minlength=P * k)
-            labels[ft] = tgt[take]
-            gkey[ft] = nk
-            dd[ft] = D[ft, tgt[take]]
-            rest = torch.ones(f.numel(), dtype=torch.bool, device=dev)
-            rest[take] = False
-            f, cmin, tgt, tkey = f[rest], cmin[rest], tgt[rest], tkey[rest]
-            stale = ~(sizes[tkey] < lo_k[tkey])  # target filled: propose again
-            if bool(stale.any()):
-                cmin[stale], tgt[stale] = target(f[stale])
-    if xn is not None:
-        dd += xnf
-    return labels.view(P, m), dd.view(P, m)
-
-
 def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float = 0.1,
                             random_state: int = 0):
     """Balanced k-means of P groups at once (one group per parent node).
@@ -267,7 +141,7 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
     k-means++ seeding in final inertia, at a constant number of tensor ops instead of
     ``O(k)``), then Lloyd iterations: unconstrained ones (at most ``n_iter // 2``)
     warm-start the centroids, then iterations with the size-constrained assignment
-    of :func:`_batched_balanced_assign`; each phase stops once at most ``CHANGE_TOL``
+    of :func:`~sidkit.tokenizers.kmeans.batched_balanced_assign`; each phase stops once at most ``CHANGE_TOL``
     of the labels change.  Final sizes lie within ``tol`` of ``n_p / k``.
     Returns centroids (P, k, d) and labels (P, m) (-1 on padding).
     """
@@ -305,7 +179,7 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
             dist = sqdist(C)  # the GEMM runs on all threads, the rest on one
             with _one_thread(dev):
                 if balanced:
-                    labels, _ = _batched_balanced_assign(dist, valid, lo, hi, xn)
+                    labels, _ = batched_balanced_assign(dist, valid, lo, hi, xn)
                 else:
                     labels = dist.argmin(-1).masked_fill_(~valid, -1)
                 if prev is not None and int((labels != prev).sum()) <= CHANGE_TOL * n_valid:
@@ -324,7 +198,7 @@ def batched_balanced_kmeans(Xp, valid, k: int, *, n_iter: int = 20, tol: float =
     if labels is None:  # not converged: the balanced assignment for the final centroids
         dist = sqdist(C)
         with _one_thread(dev):
-            labels, _ = _batched_balanced_assign(dist, valid, lo, hi, xn)
+            labels, _ = batched_balanced_assign(dist, valid, lo, hi, xn)
     return C, labels
 
 

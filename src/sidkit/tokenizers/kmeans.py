@@ -623,32 +623,9 @@ def _balanced_bounds(n: int, k: int, tol: float) -> tuple[int, int]:
 
 
 def _accept_closest(lab, cost, capacity):
-    """Per group ``lab``, accept the lowest-``cost`` members up to ``capacity[lab]``.
-
-    Groups with no more members than capacity accept all without sorting; the rest
-    are ranked with ONE sort on the composite int64 key ``(group, cost bits)`` (the
-    bit pattern of a float32 >= 0 is monotone in its value).
-    """
-    import torch
-
-    k = capacity.numel()
-    counts = torch.bincount(lab, minlength=k)
-    acc = ~(counts > capacity)[lab]
-    sel = torch.nonzero(~acc).flatten()
-    if sel.numel():
-        ls = lab[sel]
-        c = cost[sel]
-        c = (c - c.min()).clamp_(min=0.0).contiguous()
-        key = (ls << 32) | c.view(torch.int32).to(torch.int64)
-        sk, order = torch.sort(key)
-        g = sk >> 32
-        pos = torch.arange(sel.numel(), device=lab.device)
-        start = torch.ones(sel.numel(), dtype=torch.bool, device=lab.device)
-        start[1:] = g[1:] != g[:-1]
-        first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
-        ok = (pos - first) < capacity[g]
-        acc[sel[order[ok]]] = True
-    return acc
+    """Per group ``lab``, accept the lowest-``cost`` members up to ``capacity[lab]`` (equal
+    costs: the lower position first; the rank of :func:`rank_by_cost`)."""
+    return rank_by_cost(lab, cost.float()) < capacity[lab]
 
 
 def _topk_t(X, C, m: int, *, cnorm=None, rows=None, chunk: int | None = None, xnorm=None):
@@ -701,6 +678,135 @@ def _full_dist_t(X, C, *, chunk: int | None = None, xnorm=None):
 #: within seed spread)
 CHANGE_TOL = 3e-3
 
+def rank_by_cost(group, cost):
+    """Rank of each position within its ``group`` when ordered by ``cost`` (float32),
+    ties by position: one stable sort on the composite int64 key ``(group, cost)``.
+
+    The float bits are mapped to an order-preserving unsigned 32-bit key (negative
+    costs included), so this equals ranking in ``argsort(cost, stable=True)`` order.
+    """
+    import torch
+
+    n = group.numel()
+    if n == 0:
+        return group.clone()
+    bits = (cost + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: -0.0 -> +0.0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)
+    sk, perm = torch.sort((group << 32) | bits, stable=True)
+    return rank_in_sorted_groups(sk >> 32, perm)
+
+
+def batched_balanced_assign(dist, valid, lo, hi, xn=None):
+    """Size-constrained assignment of P independent problems at once.
+
+    ``dist`` (P, m, k) squared distances, ``valid`` (P, m) real rows, ``lo``/``hi`` (P,)
+    size bounds.  The rule of the balanced mode (module docstring): greedy proposals in
+    distance order under capacity ``hi`` (each cluster accepts its closest proposers;
+    equal costs: the lower row first), then clusters below ``lo`` take their cheapest
+    moves from clusters above ``lo``.  :func:`kmeans`' balanced assignment is this with
+    ``P = 1`` whenever its (N, K) distance matrix fits in memory; GAOQ runs one call for
+    a block of parents.  Returns labels (P, m)
+    (-1 on padding) and the squared distance to the assigned centroid.  Rows are
+    handled through flat indices (``index_select``), the distance matrix is
+    computed once by the caller.
+
+    ``xn`` (P, m): when given, ``dist`` lacks the row constant ``|x|^2`` (it is
+    ``|c|^2 - 2 x.c``, which saves two passes over the matrix); only the ranking of
+    different rows proposing to one cluster needs it, so it is added there, and to
+    the returned distances.
+    """
+    import torch
+
+    P, m, k = dist.shape
+    dev = dist.device
+    D = dist.reshape(P * m, k)
+    labels = torch.full((P * m,), -1, dtype=torch.int64, device=dev)
+    dd = torch.zeros(P * m, dtype=dist.dtype, device=dev)
+    remaining = hi[:, None].expand(P, k).reshape(-1).clone()
+    f = torch.nonzero(valid.reshape(-1)).flatten()  # pending rows (flat)
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dev)
+    xnf = None if xn is None else xn.reshape(-1)
+    first = True
+    while f.numel():  # phase 1: at least one point is placed per round
+        pp = torch.div(f, m, rounding_mode="floor")
+        if first:  # nothing is full yet: row minima of D, no copy
+            dmin, lab = D.min(1)
+            if f.numel() < P * m:
+                dmin, lab = dmin.index_select(0, f), lab.index_select(0, f)
+        else:
+            Df = D.index_select(0, f)  # a copy: masking in place is safe
+            Df.masked_fill_((remaining.view(P, k) <= 0).index_select(0, pp), float("inf"))
+            dmin, lab = Df.min(1)
+        first = False
+        key = pp * k + lab
+        cost = dmin if xn is None else dmin + xnf.index_select(0, f)
+        acc = rank_by_cost(key, cost) < remaining[key]  # closest first per cluster
+        fa = f[acc]
+        labels[fa] = lab[acc]
+        dd[fa] = dmin[acc]
+        remaining -= torch.bincount(key[acc], minlength=P * k)
+        f = f[~acc]
+    vflat = valid.reshape(-1)
+    row_p = torch.div(torch.arange(P * m, device=dev), m, rounding_mode="floor")
+    gkey = row_p * k + labels.clamp_min(0)
+    sizes = torch.bincount(gkey[vflat], minlength=P * k)
+    lo_k = lo[:, None].expand(P, k).reshape(-1)
+    # phase 2: lift under-filled clusters.  Every movable row (in a cluster above lo,
+    # in a group with an under-filled cluster) proposes its cheapest under-filled
+    # cluster; targets accept their cheapest proposers up to the deficit, donors give
+    # at most their surplus.  Proposals are kept between rounds: only rows whose
+    # target filled up are re-targeted, rows whose donor reached lo drop out.
+    if bool((sizes < lo_k).any()):
+        under_any = (sizes < lo_k).view(P, k).any(1)
+        f = torch.nonzero(vflat & ((sizes - lo_k)[gkey] > 0) & under_any.index_select(0, row_p)).flatten()
+
+        ar_k = torch.arange(k, device=dev)
+
+        def target(rows):
+            # only the under-filled columns of each group: U (P, u) lists them in
+            # column order (k = none), so ties resolve as an argmin over all columns
+            under = (sizes < lo_k).view(P, k)
+            u = max(int(under.sum(1).max()), 1)
+            U = torch.sort(torch.where(under, ar_k, k), dim=1).values[:, :u]
+            Ur = U.index_select(0, row_p[rows])
+            pad = Ur == k
+            Ur = Ur.masked_fill(pad, 0)
+            c = D.reshape(-1)[rows[:, None] * k + Ur]
+            c.sub_(dd[rows][:, None]).masked_fill_(pad, inf)
+            cmin, j = c.min(1)
+            return cmin, Ur.gather(1, j[:, None]).squeeze(1)
+
+        cmin, tgt = target(f)
+        while f.numel():
+            surplus = (sizes - lo_k).clamp_min(0)
+            deficit = (lo_k - sizes).clamp_min(0)
+            keep = torch.isfinite(cmin) & (surplus[gkey[f]] > 0)
+            f, cmin, tgt = f[keep], cmin[keep], tgt[keep]
+            if f.numel() == 0:
+                break
+            tkey = row_p[f] * k + tgt
+            cand = torch.nonzero(rank_by_cost(tkey, cmin) < deficit[tkey]).flatten()
+            donor = gkey[f[cand]]
+            take = cand[rank_by_cost(donor, cmin[cand]) < surplus[donor]]
+            if take.numel() == 0:  # pragma: no cover - cannot happen, see above
+                break
+            ft, nk = f[take], tkey[take]
+            sizes -= torch.bincount(gkey[ft], minlength=P * k)
+            sizes += torch.bincount(nk, minlength=P * k)
+            labels[ft] = tgt[take]
+            gkey[ft] = nk
+            dd[ft] = D[ft, tgt[take]]
+            rest = torch.ones(f.numel(), dtype=torch.bool, device=dev)
+            rest[take] = False
+            f, cmin, tgt, tkey = f[rest], cmin[rest], tgt[rest], tkey[rest]
+            stale = ~(sizes[tkey] < lo_k[tkey])  # target filled: propose again
+            if bool(stale.any()):
+                cmin[stale], tgt[stale] = target(f[stale])
+    if xn is not None:
+        dd += xnf
+    return labels.view(P, m), dd.view(P, m)
+
+
 #: balanced assignment keeps the whole (N, K) distance matrix up to this many entries
 _FULL_D = 1 << 25
 
@@ -708,55 +814,33 @@ _FULL_D = 1 << 25
 def _balanced_assign_t(X, C, lo: int, hi: int, chunk: int | None = None, xnorm=None):
     """Capacity-constrained assignment with every size in [lo, hi] (see module doc).
 
-    Small problems (N K <= 32M) keep the distance matrix and run every round on it;
-    larger ones keep each point's 16 nearest centroids and refresh (by GEMM) only the
-    lists of points whose candidates are all full.
+    Small problems (N K <= 32M) compute the distance matrix once and run
+    :func:`batched_balanced_assign` on it; larger ones keep each point's 16 nearest
+    centroids and refresh (by GEMM) only the lists of points whose candidates are all
+    full, with the same rule.
     """
     import torch
 
     dev = C.device
     n, k = X.shape[0], C.shape[0]
+    # the rounds are many small, memory-light ops: on a CPU run them on one thread
+    # (a thread-pool round trip per op costs more than the op); GEMMs stay parallel
+    one = 1 if dev.type == "cpu" else None
+    if n * k <= _FULL_D:
+        D = _full_dist_t(X, C, chunk=chunk, xnorm=xnorm)
+        with torch_threads(one):
+            lab, d = batched_balanced_assign(D[None], torch.ones((1, n), dtype=torch.bool, device=dev),
+                                             torch.tensor([lo], device=dev), torch.tensor([hi], device=dev))
+        return lab[0], d[0]
     labels = torch.full((n,), -1, dtype=torch.int64, device=dev)
     dist = torch.zeros(n, dtype=torch.float32, device=dev)
     remaining = torch.full((k,), hi, dtype=torch.int64, device=dev)
     cnorm = torch.linalg.vector_norm(C, dim=1).square_()
-    D = _full_dist_t(X, C, chunk=chunk, xnorm=xnorm) if n * k <= _FULL_D else None
-    # the rounds are many small, memory-light ops: on a CPU run them on one thread
-    # (a thread-pool round trip per op costs more than the op); GEMMs stay parallel
-    one = 1 if dev.type == "cpu" else None
     # ---- phase 1: capacity hi; every pending point proposes to its nearest centroid
     # with room, each centroid accepts its closest proposers
-    pending = torch.arange(n, device=dev)
-    if D is not None:
-        with torch_threads(one):
-            _rounds_full(D, pending, labels, dist, remaining)
-    else:
-        _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xnorm, one)
-    with torch_threads(one if D is not None else None):
-        _lift(X, C, D, labels, dist, lo, chunk, xnorm)
+    _rounds_candidates(X, C, cnorm, torch.arange(n, device=dev), labels, dist, remaining, chunk, xnorm, one)
+    _lift(X, C, labels, dist, lo, chunk, xnorm)
     return labels, dist
-
-
-def _rounds_full(D, pending, labels, dist, remaining):
-    """Phase 1 rounds on a precomputed (N, K) distance matrix."""
-    import torch
-
-    k = D.shape[1]
-    while pending.numel():
-        full = remaining <= 0
-        any_full = bool(full.any())
-        if pending.numel() == D.shape[0] and not any_full:
-            d, lab = torch.min(D, dim=1)  # first round: no (N, K) copy
-        else:
-            Dp = D[pending]
-            if any_full:
-                Dp.masked_fill_(full[None, :], float("inf"))
-            d, lab = torch.min(Dp, dim=1)
-        acc = _accept_closest(lab, d, remaining)
-        labels[pending[acc]] = lab[acc]
-        dist[pending[acc]] = d[acc]
-        remaining -= torch.bincount(lab[acc], minlength=k)
-        pending = pending[~acc]
 
 
 def _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xnorm, one):
@@ -798,7 +882,7 @@ def _rounds_candidates(X, C, cnorm, pending, labels, dist, remaining, chunk, xno
             pending = rej
 
 
-def _lift(X, C, D, labels, dist, lo, chunk, xnorm):
+def _lift(X, C, labels, dist, lo, chunk, xnorm):
     """Phase 2: lift clusters below ``lo`` with the cheapest moves from donors."""
     import torch
 
@@ -813,11 +897,8 @@ def _lift(X, C, D, labels, dist, lo, chunk, xnorm):
         movable = torch.nonzero(sizes[labels] > lo).flatten()
         if movable.numel() == 0:  # pragma: no cover - impossible when K*lo <= N
             break
-        if D is not None:  # the few under-filled columns first: no (N, K) row copy
-            d_u, sub = torch.min(D.index_select(1, under)[movable], dim=1)
-        else:
-            xr = None if xnorm is None else xnorm[movable.to(xnorm.device)]
-            sub, d_u = _assign_t(X, C[under], rows=movable.to(X.device), chunk=chunk, xnorm=xr)
+        xr = None if xnorm is None else xnorm[movable.to(xnorm.device)]
+        sub, d_u = _assign_t(X, C[under], rows=movable.to(X.device), chunk=chunk, xnorm=xr)
         target = under[sub]
         cost = d_u - dist[movable]
         ok = _accept_closest(target, cost, deficit)  # each under-filled cluster: its deficit
