@@ -247,12 +247,7 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     so that an update does not stall the recommendations, started at the first update ("lazy"),
     or at start ("preload", what ``sidkit serve`` does); "off": in a thread of this process.
     """
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from .page import render_page
+    from fastapi import FastAPI
 
     if not (isinstance(watch_catalogue, (int, float)) and watch_catalogue >= 0):
         raise ConfigError(f"watch_catalogue must be a number of seconds >= 0, got {watch_catalogue!r}",
@@ -323,6 +318,22 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     app.add_middleware(_GuardMiddleware, metrics=metrics, max_body_bytes=max_body_bytes, drain=drain, token=token,
                        max_items_body_bytes=max_items_body_bytes)
 
+    _error_handlers(app)
+    _recommend_route(app, served, batcher, metrics, drain)
+    _items_route(app, served, writer)
+    _lookup_routes(app, served)
+    _ops_routes(app, served, batcher, metrics, token, example)
+    return app
+
+
+def _error_handlers(app) -> None:
+    """Every error as one JSON answer: 400 for a malformed body, 422 naming the field and the
+    problem, the status of an HTTPException, 422 for a SidkitError (with its fix)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errs = list(exc.errors())
@@ -358,11 +369,13 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
     async def _sidkit(request: Request, exc: SidkitError):
         return JSONResponse({"detail": str(exc).replace("\n  fix: ", "; fix: ")}, status_code=422)
 
-    def _no_sids():
-        return HTTPException(409, f"model {served.label!r} ({served.model.name}) has no SIDs and the run holds no "
-                                  "codes of its catalogue, so items have no Semantic ID here")
 
-    # ------------------------------------------------------------------ endpoints
+def _recommend_route(app, served: ServedModel, batcher: MicroBatcher, metrics: ServerMetrics,
+                     drain: Drain) -> None:
+    """``POST /recommend``: through the micro-batcher."""
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
+
     @app.post("/recommend", response_model=RecommendResponse, responses=_errors(400, 401, 413, 422, 503),
               summary="Top-k items for a history (micro-batched; SID models: trie-constrained beam search)")
     async def recommend(req: RecommendRequest):
@@ -390,6 +403,14 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
                   "title": view.title(i)} for i, s in zip(res.items.tolist(), res.scores.tolist())]
         return JSONResponse({"model": served.label, "seed": served.seed, "k": req.k, "beam": req.beam,
                              "mask_seen": mask, "items": items})
+
+
+def _items_route(app, served: ServedModel, writer: ItemWriter | None) -> None:
+    """``POST /items``: new items without retraining (in the helper process ``writer``, or
+    in a thread of this process when it is None)."""
+    from fastapi import HTTPException
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.post("/items", response_model=AddItemsResponse, responses=_errors(400, 401, 409, 413, 422),
               summary="Add new items without retraining: encode_new, insert into the trie, persist atomically",
@@ -483,6 +504,17 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
 
     app.openapi = openapi_with_items
 
+
+def _lookup_routes(app, served: ServedModel) -> None:
+    """``POST /encode``, ``GET /items/{id}/sid`` and ``GET /sids/{sid}/item``."""
+    from fastapi import HTTPException
+
+    def _no_sids():
+        return HTTPException(409, f"model {served.label!r} ({served.model.name}) has no SIDs and the run holds no "
+                                  "codes of its catalogue, so items have no Semantic ID here")
+
+    # ------------------------------------------------------------------ endpoints
+
     @app.post("/encode", response_model=EncodeResponse, responses=_errors(400, 401, 409, 413, 422),
               summary="The Semantic ID of an item from its text or embedding (the tokenizer's encode)")
     def encode(req: EncodeRequest):
@@ -541,6 +573,14 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
                                      f"tokens, level sizes {list(served.codes.codebook_sizes)})")
         return ItemSID(item_id=served.item_ids[i], sid=served.sid_strings[i], tokens=tokens, title=served.title(i))
 
+
+def _ops_routes(app, served: ServedModel, batcher: MicroBatcher, metrics: ServerMetrics, token: str | None,
+                example: list[str]) -> None:
+    """``GET /health``, ``GET /metrics`` and the model card page ``GET /``."""
+    from fastapi.responses import HTMLResponse, PlainTextResponse
+
+    from .page import render_page
+
     @app.get("/health", response_model=Health, summary="Liveness and what is served")
     async def health():
         return Health(status="ok", model=served.label, seed=served.seed, model_type=served.model.name,
@@ -564,8 +604,6 @@ def create_app(run_dir: str | Path, *, label: str | None = None, seed: int | Non
                                         auth=token is not None),
                             headers={"Content-Security-Policy": content_security_policy(nonce),
                                      "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
-
-    return app
 
 
 def _watch_catalogue(served: ServedModel, every: float, stop: threading.Event) -> None:
