@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/cold_start.py ml-100k --seeds 0,1,2 --epochs 20 [--sasrec] [--tag _x]
-    python benchmarks/cold_start.py ../shared/data/amazon-beauty --seeds 0,1,2
+    python benchmarks/cold_start.py ../shared/data/amazon-beauty --seeds 0,1,2 --epochs 100 --patience 3 \
+        --eval-every 2 --lr 3e-3 --batch-size 128    # the Beauty grid's recipe (configs/experiments/beauty.toml)
 
 Per seed (:func:`sidkit.cold_start.run_cold_start`): 5% of the test items cold
 (``--fraction``, ``--rule random|latest``), removed from every training and validation
@@ -32,6 +33,10 @@ def main() -> None:
     ap.add_argument("dataset")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--patience", type=int, default=None, help="default: max(3, epochs // 4)")
+    ap.add_argument("--eval-every", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=None, help="default: [train]'s")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: [train]'s")
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--rule", default="random")
     ap.add_argument("--sizes", default="256,256,256")
@@ -58,7 +63,9 @@ def main() -> None:
     split = make_split(preprocess(ds.interactions, user_k=args.user_core))
     X = TextEmbedder("default", show_progress=False).embed(item_texts(ds.items))
     ids = ds.items.items.astype(str).to_numpy()
-    train = TrainConfig(epochs=args.epochs, patience=max(3, args.epochs // 4))
+    train = TrainConfig(epochs=args.epochs, patience=args.patience or max(3, args.epochs // 4),
+                        eval_every=args.eval_every,
+                        **{k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None})
     out = {"dataset": args.dataset, "args": vars(args), "seeds": []}
     for s in [int(x) for x in args.seeds.split(",")]:
         t0 = time.time()
