@@ -655,6 +655,76 @@ def _stop_workers(pool, grace: float = 30.0) -> None:
             proc.join(5.0)
 
 
+class _Jobs:
+    """The job queue of a parallel grid (see :func:`_run_parallel`): which job comes next,
+    and what a job's end makes ready."""
+
+    def __init__(self, grid: Grid, cells: list[Cell], on_cell) -> None:
+        self.grid, self.on_cell = grid, on_cell
+        self.index = {c.id: i for i, c in enumerate(grid.cells)}
+        self.to_start = list(cells)
+        self.finishing: list[_Task] = []
+        self.fits: list[tuple[tuple[int, int, int], _Task]] = []
+        self.left: dict[str, int] = {}            # cell id -> trainings not done yet
+        self.prepped: dict[str, list] = {}        # cell id -> its prep job's stage results
+
+    def next(self) -> _Task | None:
+        """Finishing a cell first, then starting the next cell, then the trainings by seed
+        (every row's seed 0 first), run and model."""
+        if self.finishing:
+            return self.finishing.pop(0)
+        if self.to_start:
+            cell = self.to_start.pop(0)
+            plan = _prepare_cell(self.grid, cell)
+            if self.on_cell is not None:
+                self.on_cell(self.index[cell.id], cell, plan)
+            return _Task("prep", cell) if _training_units(cell) else _Task("cell", cell)
+        if self.fits:
+            self.fits.sort(key=lambda kv: kv[0])
+            return self.fits.pop(0)[1]
+        return None
+
+    def ended(self, task: _Task, result: Any) -> list | None:
+        """Record a job's end; the cell's stage results when the cell is complete."""
+        cell = task.cell
+        if task.kind == "prep":
+            self.prepped[cell.id] = result
+            units = _training_units(cell)
+            order = {lb: i for i, lb in enumerate(cell.model_labels)}
+            self.left[cell.id] = len(units)
+            self.fits.extend(((s, self.index[cell.id], order.get(lb, 0)), _Task("fit", cell, lb, s))
+                             for lb, s in units)
+            if not units:
+                self.finishing.append(_Task("finish", cell))
+        elif task.kind == "fit":
+            self.left[cell.id] -= 1
+            if self.left[cell.id] == 0:
+                self.finishing.append(_Task("finish", cell))
+        elif task.kind == "finish":       # the prep job ran the stages before the recommender
+            before = self.prepped.pop(cell.id, [])
+            names = {r.name for r in before}
+            return before + [r for r in result if r.name not in names]
+        else:
+            return result
+        return None
+
+
+def _job_error(cell: Cell, exc: BaseException) -> BaseException:
+    """A worker's error, naming the cell it failed in."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if isinstance(exc, SidkitError):
+        error = type(exc)(f"cell {cell.id}: {exc.problem}", exc.fix)
+    elif isinstance(exc, BrokenProcessPool):
+        error = SidkitError(f"cell {cell.id}: a worker process ended before its job did (it was signalled or "
+                            "killed, e.g. out of memory)",
+                            "run the same command again: it resumes from the last epoch checkpoints")
+    else:
+        return exc
+    error.__cause__ = exc
+    return error
+
+
 def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int, on_cell,
                   on_stage, threads: int | None = None, on_training=None) -> ExperimentResult:
     """Run ``cells`` with ``jobs`` worker processes.  The unit of work is one model and seed
@@ -662,11 +732,9 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
     stages before the recommender run as one job, then each of its trainings as a job of
     its own (into the epoch checkpoint the recommender stage resumes from), then the cell
     again, which finds every training done, evaluates and writes.  A cell without torch
-    models runs as one job.  Jobs are taken in this order: finishing a cell, starting the
-    next cell, then the trainings by seed (every row's seed 0 first), run and model."""
+    models runs as one job.  The order of the jobs: :meth:`_Jobs.next`."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
 
     import torch
 
@@ -683,34 +751,13 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
             done[cell.id] = list(res.stages)
     # 2. the jobs, ``jobs`` at a time, each in its own process
     threads = threads or max(1, torch.get_num_threads() // jobs)
-    index = {c.id: i for i, c in enumerate(grid.cells)}
+    queue = _Jobs(grid, cells, on_cell)
     files: dict[str, Path] = {}
     error: BaseException | None = None
-    ctx = multiprocessing.get_context("spawn")    # torch's thread pools do not survive fork
     workers = min(jobs, max(len(cells), sum(len(_training_units(c)) for c in cells)))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                               initializer=_init_worker, initargs=(threads,))
-    to_start = list(cells)
-    finishing: list[_Task] = []
-    fits: list[tuple[tuple[int, int, int], _Task]] = []
-    left: dict[str, int] = {}                     # cell id -> trainings not done yet
-    prepped: dict[str, list] = {}                 # cell id -> its prep job's stage results
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(threads,))   # torch's pools do not survive fork
     running: dict = {}
-
-    def next_task() -> _Task | None:
-        if finishing:
-            return finishing.pop(0)
-        if to_start:
-            cell = to_start.pop(0)
-            plan = _prepare_cell(grid, cell)
-            if on_cell is not None:
-                on_cell(index[cell.id], cell, plan)
-            units = _training_units(cell)
-            return _Task("prep", cell) if units else _Task("cell", cell)
-        if fits:
-            fits.sort(key=lambda kv: kv[0])
-            return fits.pop(0)[1]
-        return None
 
     def submit(task: _Task):
         c = task.cell
@@ -720,62 +767,32 @@ def _run_parallel(grid: Grid, cells: list[Cell], finished: list[Cell], jobs: int
             return pool.submit(_fit_unit, c.cfg, c.dir, task.label, task.seed)
         return pool.submit(_prep_cell if task.kind == "prep" else _run_cell, c.cfg, c.dir)
 
-    def cell_done(cell: Cell, stages: list) -> None:
-        nonlocal files
-        done[cell.id] = done.get(cell.id, []) + stages
-        if on_stage is not None:
-            for r in done[cell.id]:
-                on_stage(cell, r)
-        finished.append(cell)
-        finished.sort(key=lambda c: index[c.id])
-        files = write_results(grid, finished)
-
     try:
         with sigterm_as_exit():     # SIGTERM, like Ctrl-C, stops the workers too
             while True:
-                while error is None and len(running) < workers and (task := next_task()) is not None:
+                while error is None and len(running) < workers and (task := queue.next()) is not None:
                     running[submit(task)] = task
                 if not running:
                     break
                 ended, _ = wait(set(running), timeout=1.0, return_when=FIRST_COMPLETED)
                 for fut in ended:
                     task = running.pop(fut)
-                    cell = task.cell
-                    exc = fut.exception()
-                    if exc is not None:
-                        if error is None:   # no new job starts; the running ones end, then it raises
-                            error = exc
-                            if isinstance(exc, SidkitError):     # say which of the parallel cells failed
-                                error = type(exc)(f"cell {cell.id}: {exc.problem}", exc.fix)
-                                error.__cause__ = exc
-                            elif isinstance(exc, BrokenProcessPool):
-                                error = SidkitError(
-                                    f"cell {cell.id}: a worker process ended before its job did (it was "
-                                    "signalled or killed, e.g. out of memory)",
-                                    "run the same command again: it resumes from the last epoch checkpoints")
-                                error.__cause__ = exc
+                    if fut.exception() is not None:
+                        # no new job starts; the running ones end, then the first error is raised
+                        error = error or _job_error(task.cell, fut.exception())
                         continue
-                    if task.kind == "prep":
-                        prepped[cell.id] = fut.result()
-                        units = _training_units(cell)
-                        order = {lb: i for i, lb in enumerate(cell.model_labels)}
-                        left[cell.id] = len(units)
-                        fits.extend(((s, index[cell.id], order.get(lb, 0)), _Task("fit", cell, lb, s))
-                                    for lb, s in units)
-                        if not units:
-                            finishing.append(_Task("finish", cell))
-                    elif task.kind == "fit":
-                        if on_training is not None:
-                            on_training(cell, task.label, task.seed, fut.result())
-                        left[cell.id] -= 1
-                        if left[cell.id] == 0:
-                            finishing.append(_Task("finish", cell))
-                    elif task.kind == "finish":
-                        before = prepped.pop(cell.id, [])
-                        names = {r.name for r in before}
-                        cell_done(cell, before + [r for r in fut.result() if r.name not in names])
-                    else:
-                        cell_done(cell, fut.result())
+                    if task.kind == "fit" and on_training is not None:
+                        on_training(task.cell, task.label, task.seed, fut.result())
+                    stages = queue.ended(task, fut.result())
+                    if stages is None:
+                        continue
+                    cell = task.cell
+                    done[cell.id] = done.get(cell.id, []) + stages
+                    for r in done[cell.id] if on_stage is not None else ():
+                        on_stage(cell, r)
+                    finished.append(cell)
+                    finished.sort(key=lambda c: queue.index[c.id])
+                    files = write_results(grid, finished)
     except BaseException:
         # interrupted (Ctrl-C, SIGTERM, a failing callback): stop the running jobs now
         # rather than wait for them (each training resumes from its last checkpoint); SIGTERM
