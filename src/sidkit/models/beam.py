@@ -127,7 +127,6 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
     if B == 0:
         return BeamResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), np.zeros((0, k, W), np.int64))
     trie = sid_tokens.trie
-    depth_start = trie.depth_start
     ex_keys_np = _exclusion_keys(trie, exclude, B, constrained)
     ex_keys = None
     cur = 1                                               # beams per user so far
@@ -151,46 +150,21 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
             nodes = torch.zeros((B, 1), dtype=torch.long, device=device)
             done = torch.zeros((B, 1), dtype=torch.bool, device=device)
             toks = torch.zeros((B, 1, 0), dtype=torch.long, device=device)
-        ninf = torch.tensor(float("-inf"), dtype=logp.dtype, device=device)
         flat_nodes, flat_done = nodes.reshape(R), done.reshape(R)
         if constrained:
-            tab_tok, tab_node = trie.level_table(t, device)
-            lo, n_d = int(depth_start[t]), int(depth_start[t + 1] - depth_start[t])
-            local = (flat_nodes - lo).clamp(0, n_d - 1)
-            cand_tok, cand_node = tab_tok[local], tab_node[local]             # (R, C)
-            cand_lp = logp.gather(1, cand_tok.clamp(min=0)).masked_fill(cand_tok < 0, ninf)
-            if uniform_last and t == W - 1:               # every child of the node equally likely
-                n_child = (cand_tok >= 0).sum(1, keepdim=True).clamp(min=1).to(logp.dtype)
-                cand_lp = torch.where(cand_tok >= 0, -torch.log(n_child), ninf)
-            if ex_keys_np is not None and ex_keys_np.size:
-                if ex_keys is None:
-                    ex_keys = torch.as_tensor(ex_keys_np, device=device)
-                user = torch.arange(R, device=device) // cur
-                key = user[:, None] * trie.n_nodes + cand_node.clamp(min=0)
-                pos = torch.searchsorted(ex_keys, key).clamp(max=ex_keys.numel() - 1)
-                cand_lp = cand_lp.masked_fill((ex_keys[pos] == key) & (cand_node >= 0), ninf)
+            if ex_keys is None and ex_keys_np is not None and ex_keys_np.size:
+                ex_keys = torch.as_tensor(ex_keys_np, device=device)
+            cand_tok, cand_node, cand_lp = _trie_candidates(trie, t, logp, flat_nodes, cur, ex_keys,
+                                                            uniform_last and t == W - 1)
         else:
             cand_tok = cand_node = None
             cand_lp = logp
         C = cand_lp.shape[1]
         if bool(flat_done.any()):                        # finished SIDs: one PAD candidate at log-prob 0
-            first = torch.zeros(C, dtype=torch.bool, device=device)
-            first[0] = True
-            fin_lp = torch.where(first, torch.zeros((), dtype=logp.dtype, device=device), ninf)
-            cand_lp = torch.where(flat_done[:, None], fin_lp[None, :], cand_lp)
-            if constrained:
-                cand_tok = torch.where(flat_done[:, None], torch.where(first, PAD, -1)[None, :], cand_tok)
-                cand_node = torch.where(flat_done[:, None], flat_nodes[:, None], cand_node)
-        total = scores.reshape(R, 1) + cand_lp
+            cand_tok, cand_node, cand_lp = _finished_candidates(flat_done, flat_nodes, cand_tok, cand_node, cand_lp)
         kk = min(beam, C)
         n_new = min(beam, cur * kk)
-        if C > beam:                                       # each row's best beam first, then the user's
-            row_val, row_idx = total.topk(kk, dim=1)
-            val, idx = row_val.reshape(B, cur * kk).topk(n_new, dim=1)        # (B, n_new), sorted
-            col = row_idx.reshape(B, cur * kk).gather(1, idx)
-        else:
-            val, idx = total.reshape(B, cur * C).topk(n_new, dim=1)
-            col = idx % C
+        val, idx, col = _top_beams(scores.reshape(R, 1) + cand_lp, B, cur, beam)
         j = idx // kk                                      # parent beam within the user
         parent = j + (torch.arange(B, device=device) * cur)[:, None]          # global row
         if constrained:
@@ -211,12 +185,7 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
         new_node = new_node.masked_fill(dead, 0)
         new_done = new_done | dead
         if n_new < beam:                                   # pad with -inf beams
-            pad = beam - n_new
-            val = torch.cat([val, ninf.expand(B, pad)], 1)
-            parent = torch.cat([parent, parent[:, :1].expand(B, pad)], 1)
-            new_tok = torch.cat([new_tok, torch.full((B, pad), PAD, dtype=torch.long, device=device)], 1)
-            new_node = torch.cat([new_node, torch.zeros((B, pad), dtype=torch.long, device=device)], 1)
-            new_done = torch.cat([new_done, torch.ones((B, pad), dtype=torch.bool, device=device)], 1)
+            val, parent, new_tok, new_node, new_done = _pad_beams(beam, val, parent, new_tok, new_node, new_done)
         toks = torch.cat([toks.reshape(R, t).index_select(0, parent.reshape(-1)).reshape(B, beam, t),
                           new_tok[:, :, None]], 2)
         scores, nodes, done, cur = val, new_node, new_done, beam
@@ -224,14 +193,92 @@ def beam_search(step: StepFn, state: Any, sid_tokens, n_users: int, *, beam: int
             break
         if reorder is not None:
             state = reorder(state, parent.reshape(-1))
-    t_out = toks.shape[2]
+    return _result(sid_tokens, toks, scores, nodes, k, constrained)
+
+
+def _trie_candidates(trie, t: int, logp, nodes, cur: int, ex_keys, uniform: bool):
+    """Each row's candidates at level ``t``: the trie children of its node, as (R, C) tokens,
+    child nodes (-1: none) and log-probs (-inf where there is no child, or the child's
+    items are all excluded for the row's user: ``ex_keys``); ``uniform``: every child of a
+    node gets ``-log(children)``."""
+    import torch
+
+    ninf = torch.tensor(float("-inf"), dtype=logp.dtype, device=logp.device)
+    tab_tok, tab_node = trie.level_table(t, logp.device)
+    lo, n_d = int(trie.depth_start[t]), int(trie.depth_start[t + 1] - trie.depth_start[t])
+    local = (nodes - lo).clamp(0, n_d - 1)
+    cand_tok, cand_node = tab_tok[local], tab_node[local]
+    cand_lp = logp.gather(1, cand_tok.clamp(min=0)).masked_fill(cand_tok < 0, ninf)
+    if uniform:
+        n_child = (cand_tok >= 0).sum(1, keepdim=True).clamp(min=1).to(logp.dtype)
+        cand_lp = torch.where(cand_tok >= 0, -torch.log(n_child), ninf)
+    if ex_keys is not None:
+        user = torch.arange(nodes.shape[0], device=logp.device) // cur
+        key = user[:, None] * trie.n_nodes + cand_node.clamp(min=0)
+        pos = torch.searchsorted(ex_keys, key).clamp(max=ex_keys.numel() - 1)
+        cand_lp = cand_lp.masked_fill((ex_keys[pos] == key) & (cand_node >= 0), ninf)
+    return cand_tok, cand_node, cand_lp
+
+
+def _finished_candidates(done, nodes, cand_tok, cand_node, cand_lp):
+    """Rows whose SID is complete (``done``) get one candidate, PAD at log-prob 0 (their
+    node kept), so they stay in the beam with their score; ``cand_tok`` None: unconstrained."""
+    import torch
+
+    C = cand_lp.shape[1]
+    first = torch.zeros(C, dtype=torch.bool, device=cand_lp.device)
+    first[0] = True
+    fin_lp = torch.where(first, torch.zeros((), dtype=cand_lp.dtype, device=cand_lp.device),
+                         torch.tensor(float("-inf"), dtype=cand_lp.dtype, device=cand_lp.device))
+    cand_lp = torch.where(done[:, None], fin_lp[None, :], cand_lp)
+    if cand_tok is not None:
+        cand_tok = torch.where(done[:, None], torch.where(first, PAD, -1)[None, :], cand_tok)
+        cand_node = torch.where(done[:, None], nodes[:, None], cand_node)
+    return cand_tok, cand_node, cand_lp
+
+
+def _top_beams(total, B: int, cur: int, beam: int):
+    """The best ``min(beam, cur * C)`` of each user's ``cur`` rows x ``C`` candidates (sorted):
+    their scores, their index in the user's (row, candidate-within-the-row's-top) grid, and
+    their candidate column.  With more candidates than the beam, each row's top ``beam``
+    first (the user's best cannot lie outside them), then the user's."""
+    C = total.shape[1]
+    kk = min(beam, C)
+    n_new = min(beam, cur * kk)
+    if C > beam:
+        row_val, row_idx = total.topk(kk, dim=1)
+        val, idx = row_val.reshape(B, cur * kk).topk(n_new, dim=1)        # (B, n_new), sorted
+        return val, idx, row_idx.reshape(B, cur * kk).gather(1, idx)
+    val, idx = total.reshape(B, cur * C).topk(n_new, dim=1)
+    return val, idx, idx % C
+
+
+def _pad_beams(beam: int, val, parent, tok, node, done):
+    """Fill each user's beams up to ``beam`` with finished -inf beams."""
+    import torch
+
+    B, pad = val.shape[0], beam - val.shape[1]
+    dev = val.device
+    return (torch.cat([val, torch.full((B, pad), float("-inf"), dtype=val.dtype, device=dev)], 1),
+            torch.cat([parent, parent[:, :1].expand(B, pad)], 1),
+            torch.cat([tok, torch.full((B, pad), PAD, dtype=torch.long, device=dev)], 1),
+            torch.cat([node, torch.zeros((B, pad), dtype=torch.long, device=dev)], 1),
+            torch.cat([done, torch.ones((B, pad), dtype=torch.bool, device=dev)], 1))
+
+
+def _result(sid_tokens, toks, scores, nodes, k: int, constrained: bool) -> BeamResult:
+    """The top ``k`` beams as items (-1 where a beam died), scores and SIDs (PAD-filled)."""
+    import torch
+
+    B, beam, t_out = toks.shape
+    W = sid_tokens.n_levels
     if t_out < W:
-        toks = torch.cat([toks, torch.full((B, beam, W - t_out), PAD, dtype=torch.long, device=device)], 2)
+        toks = torch.cat([toks, torch.full((B, beam, W - t_out), PAD, dtype=torch.long, device=toks.device)], 2)
     sc = scores[:, :k]
     alive = torch.isfinite(sc)
     sids = toks[:, :k].cpu().numpy()
     if constrained:
-        items = torch.where(alive, trie.node_items(device)[nodes[:, :k]], -1).cpu().numpy()
+        items = torch.where(alive, sid_tokens.trie.node_items(toks.device)[nodes[:, :k]], -1).cpu().numpy()
     else:
         items = sid_tokens.items_of(sids.reshape(-1, W)).reshape(B, k)
         items = np.where(alive.cpu().numpy(), items, -1)
