@@ -117,6 +117,35 @@ def make_anchors(dim: int, n_anchors: int, random_state: Any = 0) -> np.ndarray:
     return A.astype(np.float32)
 
 
+def _anchor_tokens(C: np.ndarray, parent_centroid: np.ndarray, At_T):
+    """The tokens of a parent's ``k`` children: the anchors (columns of ``At_T``, (d, g))
+    matched one-to-one to the children's directions from the parent's centroid, maximising
+    the summed cosine (Hungarian).  Returns ``(tokens, cosines (k, g), rows, cols)``."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    D = C - parent_centroid[None, :]
+    Dn = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
+    with torch_threads(1):  # torch, one thread: numpy's threaded OpenBLAS took
+        # up to ~20 ms per small product on a busy 2-core machine
+        S = (torch.from_numpy(np.ascontiguousarray(Dn, np.float32)) @ At_T).numpy()
+    rows, cols = linear_sum_assignment(S, maximize=True)
+    tok = np.empty(C.shape[0], np.int64)
+    tok[rows] = cols
+    return tok, S, rows, cols
+
+
+def _leaf_ranks(X: np.ndarray, leaf: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The last level: each item's rank within its leaf, nearest the leaf's centroid first
+    (ties by item order)."""
+    dist = ((X - centroids[leaf]) ** 2).sum(1)
+    o = np.lexsort((dist, leaf))
+    sl = leaf[o]
+    out = np.empty(len(leaf), np.int64)
+    out[o] = run_ranks(np.r_[True, sl[1:] != sl[:-1]])
+    return out
+
+
 # ------------------------------------------------------- batched balanced k-means
 
 
@@ -304,8 +333,6 @@ class GAOQ(Tokenizer):
 
     # --------------------------------------------------------------- fitting
     def fit(self, X: Any, y: Any = None) -> "GAOQ":
-        from scipy.optimize import linear_sum_assignment
-
         from .kmeans import kmeans
 
         self._check_params()
@@ -353,15 +380,7 @@ class GAOQ(Tokenizer):
                 idx = order[starts[j]:ends[j]]
                 C, lab = clusters[j]
                 k = C.shape[0]
-                pc = root if p < 0 else node_cent_all[p]
-                D = C - pc[None, :]
-                Dn = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
-                with torch_threads(1):  # torch, one thread: numpy's threaded OpenBLAS took
-                    # up to ~20 ms per small product on a busy 2-core machine
-                    S = (torch.from_numpy(np.ascontiguousarray(Dn, np.float32)) @ At_T).numpy()  # (k, g) cosines
-                rows, cols = linear_sum_assignment(S, maximize=True)
-                tok = np.empty(k, np.int64)
-                tok[rows] = cols
+                tok, S, rows, cols = _anchor_tokens(C, root if p < 0 else node_cent_all[p], At_T)
                 ids = next_id + np.arange(k)
                 next_id += k
                 new_node[idx] = ids[lab]
@@ -385,15 +404,9 @@ class GAOQ(Tokenizer):
                           "random_anchor_cosine": float(cr.mean()) if cr.size else None,
                           "seconds": round(time.perf_counter() - t_level, 4)})
 
-        # ---- last level: enumerate the items of each leaf, nearest the centroid first
-        leaf = item_node
-        dist = ((X - node_cent_all[leaf]) ** 2).sum(1)
-        o = np.lexsort((dist, leaf))
-        sl = leaf[o]
-        rank = run_ranks(np.r_[True, sl[1:] != sl[:-1]])
-        codes[o, L - 1] = rank
+        codes[:, L - 1] = _leaf_ranks(X, item_node, node_cent_all)
         prod = int(np.prod(b, dtype=np.float64))
-        b_last = max(int(math.ceil(n / prod)), int(rank.max()) + 1)
+        b_last = max(int(math.ceil(n / prod)), int(codes[:, L - 1].max()) + 1)
 
         self.n_features_in_ = int(d)
         self.branching_ = np.asarray(b, np.int64)
