@@ -715,16 +715,26 @@ def batched_balanced_assign(dist, valid, lo, hi, xn=None):
     different rows proposing to one cluster needs it, so it is added there, and to
     the returned distances.
     """
+    P, m, k = dist.shape
+    D = dist.reshape(P * m, k)
+    labels, dd = _propose_rounds(D, P, m, valid, hi, xn)
+    _lift_batched(D, P, m, valid, lo, labels, dd)
+    if xn is not None:
+        dd += xn.reshape(-1)
+    return labels.view(P, m), dd.view(P, m)
+
+
+def _propose_rounds(D, P: int, m: int, valid, hi, xn):
+    """Phase 1 of :func:`batched_balanced_assign` on the flat (P m, k) matrix ``D``: labels
+    (-1 on padding) and distances (without ``|x|^2`` when ``xn`` is given)."""
     import torch
 
-    P, m, k = dist.shape
-    dev = dist.device
-    D = dist.reshape(P * m, k)
+    k = D.shape[1]
+    dev = D.device
     labels = torch.full((P * m,), -1, dtype=torch.int64, device=dev)
-    dd = torch.zeros(P * m, dtype=dist.dtype, device=dev)
+    dd = torch.zeros(P * m, dtype=D.dtype, device=dev)
     remaining = hi[:, None].expand(P, k).reshape(-1).clone()
     f = torch.nonzero(valid.reshape(-1)).flatten()  # pending rows (flat)
-    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dev)
     xnf = None if xn is None else xn.reshape(-1)
     first = True
     while f.numel():  # phase 1: at least one point is placed per round
@@ -746,6 +756,16 @@ def batched_balanced_assign(dist, valid, lo, hi, xn=None):
         dd[fa] = dmin[acc]
         remaining -= torch.bincount(key[acc], minlength=P * k)
         f = f[~acc]
+    return labels, dd
+
+
+def _lift_batched(D, P: int, m: int, valid, lo, labels, dd) -> None:
+    """Phase 2 of :func:`batched_balanced_assign`, in place on ``labels`` and ``dd``."""
+    import torch
+
+    k = D.shape[1]
+    dev = D.device
+    inf = torch.tensor(float("inf"), dtype=D.dtype, device=dev)
     vflat = valid.reshape(-1)
     row_p = torch.div(torch.arange(P * m, device=dev), m, rounding_mode="floor")
     gkey = row_p * k + labels.clamp_min(0)
@@ -802,9 +822,6 @@ def batched_balanced_assign(dist, valid, lo, hi, xn=None):
             stale = ~(sizes[tkey] < lo_k[tkey])  # target filled: propose again
             if bool(stale.any()):
                 cmin[stale], tgt[stale] = target(f[stale])
-    if xn is not None:
-        dd += xnf
-    return labels.view(P, m), dd.view(P, m)
 
 
 #: balanced assignment keeps the whole (N, K) distance matrix up to this many entries
