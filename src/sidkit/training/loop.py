@@ -111,6 +111,17 @@ def _resume(st: dict[str, Any], module, opt, shuffle_gen, device, ddp: bool, ran
             torch.cuda.set_rng_state_all(cuda)
 
 
+def _bar_update(bar, rec: dict[str, Any], best: float, best_epoch: int) -> None:
+    """One epoch on the progress bar: its loss, the best validation NDCG@10 so far and its epoch."""
+    post = {"loss": f"{rec['loss']:.4f}"}
+    if best_epoch:
+        post.update(best_ndcg10=f"{max(best, 0):.4f}", best_epoch=best_epoch)
+    if "valid" in rec:
+        post["ndcg10"] = f"{rec['valid'][SELECTION_METRIC]:.4f}"
+    bar.set_postfix(post)
+    bar.update(1)
+
+
 def train_loop(model, data, cfg, *, seed: int = 0,
                checkpoint_dir: str | Path | None = None, callbacks: Iterable[Callable] = (),
                progress: bool | None = None) -> list[dict[str, Any]]:
@@ -206,7 +217,7 @@ def train_loop(model, data, cfg, *, seed: int = 0,
             if not stopped and over_budget():
                 stopped, reason = True, "budget"
             if ckpt is not None:
-                rng = _rng_states(device, rank) if ddp else None
+                rng = _rng_states(device, rank) if ddp else None      # every rank's, gathered
                 if rank == 0:
                     save_checkpoint(ckpt, module=module, best_state=best_state, opt=opt, shuffle_gen=shuffle_gen,
                                     state={"fingerprint": fp, "epoch": epoch, "step": step, "best": best,
@@ -214,13 +225,7 @@ def train_loop(model, data, cfg, *, seed: int = 0,
                                            "stopped": stopped, **({"world_size": world} if ddp else {})},
                                     rng=rng)
             if bar is not None:
-                post = {"loss": f"{rec['loss']:.4f}"}
-                if best_epoch:
-                    post.update(best_ndcg10=f"{max(best, 0):.4f}", best_epoch=best_epoch)
-                if "valid" in rec:
-                    post["ndcg10"] = f"{rec['valid'][SELECTION_METRIC]:.4f}"
-                bar.set_postfix(post)
-                bar.update(1)
+                _bar_update(bar, rec, best, best_epoch)
             for cb in callbacks:
                 cb(rec)
     finally:
