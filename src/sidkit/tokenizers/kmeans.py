@@ -972,31 +972,7 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
 
         best = None
         for run in range(n_init):
-            # ---- init
-            if isinstance(init, str):
-                if init == "k-means++":
-                    m = min(n_train, max(32 * k, 4096))
-                    sub = Xtr if m == n_train else Xtr[torch.as_tensor(
-                        np.sort(gen.choice(n_train, size=m, replace=False)), device=dev)]
-                    C = _kmeanspp(sub, k, gen)
-                elif init == "bisecting":
-                    # 16 points per centroid suffice for the splits (Lloyd refines on
-                    # the whole sample); fewer rows make the init ~2x cheaper
-                    m = min(n_train, max(_BISECT_PER_CENTROID * k, 4096))
-                    sub = Xtr if m == n_train else Xtr[torch.as_tensor(
-                        np.sort(gen.choice(n_train, size=m, replace=False)), device=dev)]
-                    C = _bisecting(sub, k, gen)
-                elif init == "random":
-                    C = Xtr[torch.as_tensor(gen.choice(n_train, size=k, replace=False),
-                                            device=dev)].clone()
-                else:
-                    raise DataError(f"unknown init {init!r}",
-                                    "use 'k-means++', 'bisecting', 'random' or a (K, d) array")
-            else:
-                C = as_matrix(init, name="init").to(dev).clone()
-                if tuple(C.shape) != (k, d):
-                    raise DataError(f"init has shape {tuple(C.shape)}, expected {(k, d)}",
-                                    "pass one initial centroid per cluster")
+            C = _initial_centroids(Xtr, k, init, gen, dev)
             # ---- Lloyd.  Balanced: unconstrained iterations first (a cheap argmin; at
             # most n_iter // 2) warm-start the centroids, then size-constrained ones;
             # each phase stops once at most CHANGE_TOL of the labels change (balanced
@@ -1040,22 +1016,53 @@ def _kmeans_impl(Xt, k, *, n_iter, n_init, init, max_points_per_centroid, balanc
         _, C, n_done = best
         del Xtr, xn_tr
 
-        # ---- final assignment of ALL points
-        if balanced:
-            lo_all, hi_all = _balanced_bounds(n, k, balance_tolerance)
-            labels, dist = _balanced_assign_t(Xt, C, lo_all, hi_all, chunk_size)
-        else:
-            labels, dist = _assign_t(Xt, C, chunk=chunk_size)
-            counts = torch.bincount(labels, minlength=k)
-            for _ in range(3):  # sampling can leave a cluster empty over all points
-                if bool((counts > 0).all()):
-                    break
-                if not _repair_empty(C, Xt, labels, dist, counts):
-                    break
-                # the refilled centroids and their donors moved: assign again
-                labels, dist = _assign_t(Xt, C, chunk=chunk_size)
-                counts = torch.bincount(labels, minlength=k)
+        labels, dist = _final_assignment(Xt, C, k, balanced, balance_tolerance, chunk_size)
     return C, labels, dist, int(n_done)
+
+
+def _initial_centroids(Xtr, k: int, init, gen, dev):
+    """(K, d) starting centroids: k-means++ or bisecting on a subsample, K random rows, or
+    the given array."""
+    import torch
+
+    n_train, d = Xtr.shape
+    if not isinstance(init, str):
+        C = as_matrix(init, name="init").to(dev).clone()
+        if tuple(C.shape) != (k, d):
+            raise DataError(f"init has shape {tuple(C.shape)}, expected {(k, d)}",
+                            "pass one initial centroid per cluster")
+        return C
+    if init == "random":
+        return Xtr[torch.as_tensor(gen.choice(n_train, size=k, replace=False), device=dev)].clone()
+    if init not in ("k-means++", "bisecting"):
+        raise DataError(f"unknown init {init!r}", "use 'k-means++', 'bisecting', 'random' or a (K, d) array")
+    # bisecting: 16 points per centroid suffice for the splits (Lloyd refines on the whole
+    # sample); fewer rows make the init ~2x cheaper
+    m = min(n_train, max((32 if init == "k-means++" else _BISECT_PER_CENTROID) * k, 4096))
+    sub = Xtr if m == n_train else Xtr[torch.as_tensor(np.sort(gen.choice(n_train, size=m, replace=False)),
+                                                       device=dev)]
+    return _kmeanspp(sub, k, gen) if init == "k-means++" else _bisecting(sub, k, gen)
+
+
+def _final_assignment(Xt, C, k: int, balanced: bool, balance_tolerance: float, chunk_size):
+    """Every point's cluster for the final centroids (balanced: within the size bounds of
+    all N points; else the nearest, with clusters the sample left empty refilled)."""
+    import torch
+
+    if balanced:
+        lo, hi = _balanced_bounds(Xt.shape[0], k, balance_tolerance)
+        return _balanced_assign_t(Xt, C, lo, hi, chunk_size)
+    labels, dist = _assign_t(Xt, C, chunk=chunk_size)
+    counts = torch.bincount(labels, minlength=k)
+    for _ in range(3):  # sampling can leave a cluster empty over all points
+        if bool((counts > 0).all()):
+            break
+        if not _repair_empty(C, Xt, labels, dist, counts):
+            break
+        # the refilled centroids and their donors moved: assign again
+        labels, dist = _assign_t(Xt, C, chunk=chunk_size)
+        counts = torch.bincount(labels, minlength=k)
+    return labels, dist
 
 
 def kmeans(
