@@ -249,13 +249,12 @@ def trainable(cfg) -> list[tuple[str, int]]:
             for seed in (list(train_cfg.seeds) or [cfg.seed])]
 
 
-def pretrain(cfg, run: str | Path, label: str, seed: int) -> dict[str, Any]:
+def fit_in_run(cfg, run: str | Path, label: str, seed: int):
     """Train model ``label`` of ``cfg`` for ``seed`` on the run's split (and codes), to the end,
-    into the epoch checkpoint its recommender stage resumes from: the stage then finds the
-    training finished and only evaluates.  ``RUN/split`` (and ``RUN/codes`` for a SID model
-    on the run's codes) must be computed.  The grid runs a run's trainings as parallel jobs
-    this way (:func:`sidkit.grid.run_experiment`); a training resumes from its checkpoint.
-    Returns the record :func:`fit_one` gives (no metrics)."""
+    into the epoch checkpoint its recommender stage resumes from (a training that ended
+    already only loads its best-validation weights).  ``RUN/split`` (and ``RUN/codes`` for a
+    SID model on the run's codes) must be computed.  Returns ``(model, record, data,
+    train_cfg)``: the record of :func:`fit_one` (no metrics; :func:`score_record` adds them)."""
     from .data import Split
     from .eval.sequences import SequenceData
 
@@ -268,9 +267,17 @@ def pretrain(cfg, run: str | Path, label: str, seed: int) -> dict[str, Any]:
     if uses_run_codes(model_cfg):
         model_cfg = with_run_codes(model_cfg, run / "codes")
     data = SequenceData.from_split(Split.load(run / "split"))
-    _, rec = fit_one(model_cfg, train_cfg, data, seed, cfg.device,
-                     checkpoint_root(run) / label / f"seed-{seed}", progress=False)
-    return rec
+    model, rec = fit_one(model_cfg, train_cfg, data, seed, cfg.device,
+                         checkpoint_root(run) / label / f"seed-{seed}", progress=False)
+    rec["label"] = label
+    return model, rec, data, train_cfg
+
+
+def pretrain(cfg, run: str | Path, label: str, seed: int) -> dict[str, Any]:
+    """:func:`fit_in_run`'s record: the recommender stage then finds the training finished
+    and only evaluates.  The grid runs a run's trainings as parallel jobs this way
+    (:func:`sidkit.grid.run_experiment`); a training resumes from its checkpoint."""
+    return fit_in_run(cfg, run, label, seed)[1]
 
 
 def uses_run_codes(model_cfg) -> bool:

@@ -1,0 +1,103 @@
+"""Validation and test figures of the Beauty grid's trainings that have ended, while the grid
+still runs (its table comes only when a run's every model and seed is done).
+
+Usage::
+
+    python benchmarks/beauty_interim.py [configs/experiments/beauty.toml] [--out DIR] [--threads 1]
+
+For every (run, model, seed) whose epoch checkpoint says training ended (validation
+stopped improving, the epoch cap or the time budget: ``sidkit experiment --status`` shows
+them as ``trained``), loads its best-validation weights -- exactly what the run's
+recommender stage will evaluate -- and evaluates validation and test with the grid's
+protocol.  Nothing is chosen here: the epoch was chosen on validation during training, and
+the grid's own table (which evaluates the same weights again) supersedes this one.
+Writes ``benchmarks/results/beauty_interim.md`` and ``.json``: every evaluated training,
+then mean ± sample std per (run, model) over the seeds evaluated so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("grid", nargs="?", default="configs/experiments/beauty.toml")
+    ap.add_argument("--out", default=None, help="the grid's output folder (default: the file's)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("SIDKIT_NO_PROGRESS", "1")
+    from sidkit.grid import load_grid, progress
+    from sidkit.recommender_stage import fit_in_run, score_record
+
+    grid = load_grid(args.grid, args.out)
+    cells = {c.id: c for c in grid.cells}
+    info = machine()
+    records = []
+    for row in progress(grid):
+        if row["status"] not in ("trained", "done"):
+            continue
+        cell = cells[row["run"]]
+        t0 = time.perf_counter()
+        if row["status"] == "done":                 # the grid evaluated it already: its record
+            doc = json.loads((cell.dir / "recommender" / "metrics.json").read_text())
+            rec = next(r for r in doc["records"] if r["label"] == row["model"] and r["seed"] == row["seed"])
+        else:
+            model, rec, data, train_cfg = fit_in_run(cell.cfg, cell.dir, row["model"], row["seed"])
+            rec = score_record(model, data, rec, train_cfg)
+        rec = {"run": cell.id, "label": row["model"], "seed": row["seed"], "status": row["status"],
+               "best_epoch": rec.get("best_epoch"), "epochs_run": rec.get("epochs_run"), "stop": rec.get("stop"),
+               "valid": {m: rec["valid"][m] for m in METRICS}, "test": {m: rec["test"][m] for m in METRICS},
+               "seconds": time.perf_counter() - t0}
+        records.append(rec)
+        print(json.dumps({k: rec[k] for k in ("run", "label", "seed", "best_epoch")} |
+                         {"valid_ndcg@10": round(rec["valid"]["ndcg@10"], 4),
+                          "test_ndcg@10": round(rec["test"]["ndcg@10"], 4)}), flush=True)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["run"], r["label"]), []).append(r)
+    cmd = "python benchmarks/beauty_interim.py " + " ".join(sys.argv[1:])
+    lines = ["# Amazon Beauty grid: interim figures of the trainings that have ended", "",
+             f"Command: `{cmd}`; {info['cpu']}, {info['cores']} cores. Each training's epoch was chosen on "
+             "validation while it trained; test is reported beside it and chooses nothing. The grid's table "
+             "(docs/results_beauty.md) supersedes this once a run's every model and seed is done.", "",
+             "| run | model | seeds | " + " | ".join(f"valid {m}" for m in ("ndcg@10",)) + " | "
+             + " | ".join(f"test {m}" for m in METRICS) + " | best epochs |",
+             "|---|---|---|---:|" + "---:|" * len(METRICS) + "---|"]
+
+    def pm(vals):
+        v = np.asarray(vals, float)
+        return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+
+    for (run, label), rs in groups.items():
+        lines.append(f"| {run} | {label} | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{pm([r['valid']['ndcg@10'] for r in rs])} | "
+                     + " | ".join(pm([r["test"][m] for r in rs]) for m in METRICS)
+                     + f" | {', '.join(str(r['best_epoch']) for r in rs)} |")
+    md = "\n".join(lines) + "\n"
+    res = Path(__file__).parent / "results"
+    res.mkdir(exist_ok=True)
+    (res / f"beauty_interim{args.tag}.md").write_text(md)
+    (res / f"beauty_interim{args.tag}.json").write_text(json.dumps({"command": cmd, "machine": info,
+                                                                   "records": records}, indent=1) + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
