@@ -33,7 +33,7 @@ from .runtime import RecRequest, ServedModel, format_sid, parse_sid
 from .schemas import (AddItemsRequest, AddItemsResponse, EncodeRequest, EncodeResponse, ErrorResponse, Health, ItemSID, RecommendRequest,
                        RecommendResponse, ValidationErrorResponse, control_character)
 from .server import Drain
-from .writer import ItemWriter
+from .writer import ItemWriter, parse_body
 
 try:                                  # the one route that reads its body itself (POST /items) needs the
     from starlette.requests import Request as StarletteRequest   # class at import time (string annotations)
@@ -422,7 +422,6 @@ def _items_route(app, served: ServedModel, writer: ItemWriter | None) -> None:
         # runs there too: the event loop keeps answering /recommend meanwhile, and requests
         # in flight keep the catalogue view they started with (ServedModel.add_items).
         from fastapi.concurrency import run_in_threadpool
-        from pydantic import ValidationError
 
         from ..errors import ConfigError as _ConfigError
 
@@ -435,29 +434,22 @@ def _items_route(app, served: ServedModel, writer: ItemWriter | None) -> None:
             return JSONResponse(await run_in_threadpool(_add_in_helper, body))
 
         def work():
+            parsed = _bad_input(parse_body(body, served.embedding_dim))
+            kw = {"texts": parsed[2]} if parsed[0] == "texts" else {"embeddings": parsed[2]}
             try:
-                req = AddItemsRequest.model_validate_json(body)
-            except ValidationError as e:
-                if any(err.get("type") == "json_invalid" for err in e.errors()):
-                    raise HTTPException(400, f"malformed JSON body: {e.errors()[0].get('msg', '')}") from None
-                raise RequestValidationError(e.errors(include_url=False)) from None
-            ids = [str(it.item_id) for it in req.items]
-            kw: dict[str, Any] = {}
-            if req.items[0].text is not None:
-                kw["texts"] = [it.text for it in req.items]
-            else:
-                emb = [it.embedding for it in req.items]
-                dims = {len(e) for e in emb}
-                if len(dims) > 1:
-                    raise HTTPException(422, f"the embeddings have different lengths {sorted(dims)}; this run's "
-                                             f"embeddings have {served.embedding_dim} dimensions")
-                kw["embeddings"] = np.asarray(emb, np.float32)
-            try:
-                return served.add_items(ids, **kw)
+                return served.add_items(parsed[1], **kw)
             except _ConfigError as e:
                 raise HTTPException(409, str(e).replace("\n  fix: ", "; fix: ")) from None
 
         return JSONResponse(await run_in_threadpool(work))
+
+    def _bad_input(out: tuple) -> tuple:
+        """``out`` of :mod:`sidkit.serve.writer` unless it is bad input: that is raised as its 4xx."""
+        if out[0] == "http":
+            raise HTTPException(out[1], out[2])
+        if out[0] == "invalid":
+            raise RequestValidationError(out[1])
+        return out
 
     def _add_in_helper(body: bytes) -> dict[str, Any]:
         """POST /items with the work in the helper process (:mod:`sidkit.serve.writer`); this
@@ -476,11 +468,7 @@ def _items_route(app, served: ServedModel, writer: ItemWriter | None) -> None:
                 out = writer(served.run_dir, ids=ids, embeddings=served.embed_texts(texts), texts=texts)
         except ConfigError as e:
             raise HTTPException(409, str(e).replace("\n  fix: ", "; fix: ")) from None
-        if out[0] == "http":
-            raise HTTPException(out[1], out[2])
-        if out[0] == "invalid":
-            raise RequestValidationError(out[1])
-        summary = out[1]
+        summary = _bad_input(out)[1]
         served.refresh()
         view = served.view
         ids = list(summary["tokenizer_sids"])

@@ -40,34 +40,44 @@ def _plain_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def parse_body(body: bytes, embedding_dim: int | None) -> tuple:
+    """A ``POST /items`` body: ``("texts", ids, texts)``, ``("embeddings", ids, array)``, or the
+    bad-input answers ``("http", status, detail)`` / ``("invalid", errors)``."""
+    from pydantic import ValidationError
+
+    from .schemas import AddItemsRequest
+
+    try:
+        req = AddItemsRequest.model_validate_json(body)
+    except ValidationError as e:
+        errs = e.errors(include_url=False)
+        bad = [err for err in errs if err.get("type") == "json_invalid"]
+        if bad:
+            return ("http", 400, f"malformed JSON body: {bad[0].get('msg', '')}")
+        return ("invalid", _plain_errors(errs))
+    ids = [str(it.item_id) for it in req.items]
+    if req.items[0].text is not None:
+        return ("texts", ids, [it.text for it in req.items])
+    emb = [it.embedding for it in req.items]
+    dims = {len(v) for v in emb}
+    if len(dims) > 1:
+        return ("http", 422, f"the embeddings have different lengths {sorted(dims)}; this run's embeddings "
+                             f"have {embedding_dim} dimensions")
+    return ("embeddings", ids, np.asarray(emb, np.float32))
+
+
 def write_items(run: str, body: bytes | None = None, ids: Sequence[str] | None = None,
                 embeddings: np.ndarray | None = None, texts: Sequence[str] | None = None,
                 embedding_dim: int | None = None) -> tuple:
     """The helper's job: a raw ``POST /items`` body, or (after the server embedded the texts)
     ``ids`` with ``embeddings`` (and ``texts``).  See the module docstring for the answer."""
-    from pydantic import ValidationError
-
     from ..catalogue import add_items_to_run
-    from .schemas import AddItemsRequest
 
     if body is not None:
-        try:
-            req = AddItemsRequest.model_validate_json(body)
-        except ValidationError as e:
-            errs = e.errors(include_url=False)
-            bad = [err for err in errs if err.get("type") == "json_invalid"]
-            if bad:
-                return ("http", 400, f"malformed JSON body: {bad[0].get('msg', '')}")
-            return ("invalid", _plain_errors(errs))
-        ids = [str(it.item_id) for it in req.items]
-        if req.items[0].text is not None:
-            return ("texts", ids, [it.text for it in req.items])
-        emb = [it.embedding for it in req.items]
-        dims = {len(v) for v in emb}
-        if len(dims) > 1:
-            return ("http", 422, f"the embeddings have different lengths {sorted(dims)}; this run's embeddings "
-                                 f"have {embedding_dim} dimensions")
-        embeddings = np.asarray(emb, np.float32)
+        parsed = parse_body(body, embedding_dim)
+        if parsed[0] != "embeddings":
+            return parsed
+        _, ids, embeddings = parsed
     summary = add_items_to_run(run, list(ids), embeddings=embeddings, texts=texts)
     return ("ok", summary)
 
