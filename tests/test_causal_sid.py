@@ -301,6 +301,44 @@ def test_the_dense_head_learns_the_next_item_and_rerank_orders_the_beam_by_it(de
     assert evaluate(model, data, "test", ks=(1, 10))["recall@1"] == 1.0
 
 
+def test_rerank_all_ranks_the_whole_catalogue_by_the_dense_score_new_items_included(dense_fitted):
+    import copy
+
+    from sidkit.models.catalogue import add_items
+
+    data, model = dense_fitted
+    full = copy.copy(model)
+    full.rerank = "all"
+    inp = data.eval_inputs("test", model.max_len)
+    hist = inp["history"]
+    with torch.no_grad():
+        state, _ = model.module_.prefill(torch.as_tensor(model._history_grid(hist)))
+        dense = model.dense_scores(state).numpy()
+    np.testing.assert_array_equal(full.recommend(hist, 7), np.argsort(-dense, 1, kind="stable")[:, :7])
+    res = full.decode(hist, 3)
+    np.testing.assert_array_equal(res.sids, model.tokens_.item_tokens[res.items])
+    # the excluded items never come back, and the list is still full
+    seen = np.zeros((len(hist), model.n_items), bool)
+    seen[np.arange(len(hist)), inp["targets"]] = True
+    top = full.recommend(hist, model.n_items, exclude=seen)
+    assert (top[:, :-1] >= 0).all() and (top[:, -1] == -1).all()
+    assert not seen[np.arange(len(hist))[:, None], np.maximum(top, 0)][:, :-1].any()
+    assert evaluate(full, data, "test", ks=(1, 10))["recall@1"] == 1.0
+    # an item added after training: its vector sums its SID tokens, ranked with the others
+    ext = add_items(full, ["new"], np.array([[5, 0]]))
+    new = int(np.flatnonzero(ext.item_ids_ == "new")[0])
+    with torch.no_grad():
+        dense_ext = ext.dense_scores(torch.as_tensor(state)).numpy()
+    np.testing.assert_allclose(dense_ext[:, new], state.numpy() @ ext.module_.dense_proj.weight.detach().numpy().T
+                               @ ext.module_.tok.weight.detach().numpy()[ext.tokens_.item_tokens[new]].sum(0)
+                               + (ext.module_.dense_proj.bias.detach().numpy()
+                                  @ ext.module_.tok.weight.detach().numpy()[ext.tokens_.item_tokens[new]].sum(0)),
+                               rtol=1e-4, atol=1e-4)
+    got = ext.recommend(hist, ext.n_items)
+    np.testing.assert_array_equal(got, np.argsort(-dense_ext, 1, kind="stable"))
+    assert (got == new).any(1).all()
+
+
 def test_a_dense_model_round_trips_and_bad_settings_are_named(dense_fitted, tmp_path):
     from sidkit.config import CausalSIDConfig
     from sidkit.errors import ConfigError
@@ -318,3 +356,6 @@ def test_a_dense_model_round_trips_and_bad_settings_are_named(dense_fitted, tmp_
     # the new keys stay out of fingerprints at their defaults (earlier runs stay cached)
     assert "dense" not in CausalSIDConfig().fingerprint_dict()
     assert CausalSIDConfig(dense=0.5, rerank=20).fingerprint_dict()["rerank"] == 20
+    assert CausalSIDConfig(dense=0.5, rerank="all").rerank == "all"
+    with pytest.raises(ConfigError, match='or "all"'):
+        CausalSID(**TINY, dense=1.0, rerank="some").fit(data, codes=toy_codes(), train=TRAIN)

@@ -254,3 +254,26 @@ def test_run_cold_start_one_seed_end_to_end(setup):
     assert by[("causal_sid_uniform_last", 0.0)]["cold"]["recall@10"] == 0.0
     assert by[("popularity", None)]["cold"]["recall@10"] == 0.0
     assert out["n_cold_items"] >= 1
+
+
+def test_run_cold_start_with_the_dense_hybrid_adds_the_whole_catalogue_dense_ranking(setup):
+    from sidkit.cold_start import run_cold_start
+
+    split, ids, X, cold, full, warm = setup
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_cold_start(split, ids, X, seed=1, fraction=0.2, codebook_sizes=(N_CLUSTERS, 4), headroom=4,
+                             model_params={"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 6, "beam": 20,
+                                           "dense": 0.5, "rerank": 8},
+                             train=TrainConfig(epochs=2, patience=2, warmup_steps=0, batch_size=32),
+                             epsilons=(0.0, 1.0), pool=20, baselines=())
+    finally:
+        torch.set_num_threads(old)
+    models = [(r["model"], r["epsilon"]) for r in out["rows"]]
+    assert models == [(m, e) for m in ("causal_sid_dense", "causal_sid_dense_uniform_last", "causal_sid_dense_all")
+                      for e in (0.0, 1.0)]
+    by = {m: r for m, r in zip(models, out["rows"])}
+    for m in ("causal_sid_dense", "causal_sid_dense_all"):       # epsilon 0: never a cold item
+        assert by[(m, 0.0)]["cold"]["recall@10"] == 0.0
+        assert by[(m, 0.0)]["n_cold"] == by[(m, 1.0)]["n_cold"] >= 1

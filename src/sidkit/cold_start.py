@@ -256,7 +256,10 @@ def run_cold_start(split, item_ids: Sequence[str], X: np.ndarray, *, seed: int =
                    baselines: Sequence[str] = ("content_knn", "popularity"), progress: bool = False) -> dict[str, Any]:
     """The whole protocol for one seed: cold items, split, warm-only RQ-KMeans, a causal SID
     model trained on the warm split and extended with the cold items, the ε sweep and the
-    baselines.  ``X``: embeddings of ``item_ids`` (every item of the split).  Returns
+    baselines.  ``X``: embeddings of ``item_ids`` (every item of the split).  With a dense
+    hybrid (``model_params`` with ``dense > 0``) the rows are ``causal_sid_dense*``, and
+    ``causal_sid_dense_all`` ranks the whole catalogue by the dense score (``rerank="all"``:
+    a cold item's vector sums its SID tokens).  Returns
     ``{"seed", "n_cold_items", "rows": [{"model", "epsilon", "cold": {...}, "warm": {...},
     "all": {...}, "n_cold", "n_warm"}]}``."""
     import torch
@@ -284,8 +287,14 @@ def run_cold_start(split, item_ids: Sequence[str], X: np.ndarray, *, seed: int =
     ext = add_items(sid, cold_codes.item_ids, cold_codes)
     uniform = copy.copy(ext)                  # the same weights, the last level decoded as uniform
     uniform.uniform_last = True
+    base = "causal_sid_dense" if getattr(sid, "dense", 0) else "causal_sid"
+    variants = [(base, ext), (base + "_uniform_last", uniform)]
+    if getattr(sid, "dense", 0) and sid.rerank != "all":
+        dense_all = copy.copy(ext)            # the same weights, the whole catalogue ranked by the dense score
+        dense_all.rerank = "all"
+        variants.append((base + "_all", dense_all))
     rows = []
-    for name, model in (("causal_sid", ext), ("causal_sid_uniform_last", uniform)):
+    for name, model in variants:
         for eps in epsilons:
             m = model if eps >= 1 else ColdShare(model, cold, epsilon=eps, pool=pool)
             rows.append({"model": name, "epsilon": float(eps), **cold_start_metrics(m, fd, cold)})

@@ -246,8 +246,10 @@ class CausalSIDConfig(_ModelBase):
     id_only: bool = Field(False, description="ID-only ablation: one token per item, no codes")
     dense: float = Field(0.0, ge=0, description="weight of the dense next-item loss (the hybrid: a full softmax "
                          "over items whose vectors sum their SID-token embeddings); 0 = off")
-    rerank: int = Field(0, ge=0, description="re-rank this many beam candidates by the dense score (needs "
-                        "dense > 0; the beam is widened to it); 0 = the beam's own order")
+    rerank: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
+        0, description="re-rank this many beam candidates by the dense score (needs dense > 0; the beam is "
+        "widened to it); 0 = the beam's own order; \"all\" = rank the whole catalogue by the dense score "
+        "(no beam search)")
 
     uniform_last: bool = Field(False, description="decode the last (disambiguation) level as uniform over the "
                                "node's children: new items are not handicapped by an untrained last token")

@@ -200,7 +200,10 @@ class CausalSID(SIDRecommender):
     item vectors are the sums of the items' SID-token embeddings (no per-item table: a new
     item has a vector as soon as it has a SID); ``rerank`` (0) re-ranks that many
     beam-search candidates by this dense score (a fixed candidate budget; the beam is
-    widened to it when narrower), and the list returned is the top ``k`` of them.
+    widened to it when narrower), and the list returned is the top ``k`` of them;
+    ``rerank="all"`` ranks the whole catalogue by the dense score, with no beam search
+    (a full-ranking model whose item vectors are built from SIDs: an item added after
+    training competes with the others as soon as it has a SID).
 
     ``uniform_last`` (False): decode the last level -- with a tokenizer's disambiguation
     level, the token that only tells apart items sharing their semantic tokens -- as
@@ -246,9 +249,11 @@ class CausalSID(SIDRecommender):
         if isinstance(self.dense, bool) or not isinstance(self.dense, (int, float)) or not self.dense >= 0:
             raise ConfigError(f"dense must be a weight >= 0, got {self.dense!r}",
                               "use 0 (off) or e.g. 0.5 (the dense next-item loss beside the next-token loss)")
-        if isinstance(self.rerank, bool) or not isinstance(self.rerank, (int, np.integer)) or self.rerank < 0:
-            raise ConfigError(f"rerank must be a whole number >= 0, got {self.rerank!r}",
-                              "use 0 (no re-ranking) or a candidate budget such as 20")
+        if self.rerank != "all" and (isinstance(self.rerank, bool) or not isinstance(self.rerank, (int, np.integer))
+                                     or self.rerank < 0):
+            raise ConfigError(f"rerank must be a whole number >= 0 or \"all\", got {self.rerank!r}",
+                              "use 0 (no re-ranking), a candidate budget such as 20, or \"all\" (dense ranking "
+                              "of the whole catalogue)")
         if self.uniform_last and self.id_only:
             raise ConfigError("uniform_last=True would make every item equally likely: the ID-only model's "
                               "one level is its last", "set uniform_last=False for id_only=True")
@@ -385,6 +390,8 @@ class CausalSID(SIDRecommender):
 
         grid = self._history_grid(history)
         B, T = grid.shape
+        if self.rerank == "all":
+            return self._dense_rank(grid, k, exclude)
         if self.rerank:
             k_out, k = k, int(min(max(k, self.rerank), self.n_items))   # the candidate budget
         beam = int(max(beam or self.beam, k))
@@ -405,6 +412,37 @@ class CausalSID(SIDRecommender):
         for rows, res in parts:
             out.items[rows], out.scores[rows], out.sids[rows] = res.items, res.scores, res.sids
         return out
+
+    def _dense_rank(self, grid: np.ndarray, k: int, exclude) -> "BeamResult":
+        """``rerank="all"``: the top ``k`` of the whole catalogue by the dense score (no
+        beam search), each group of similar history length prefilled over its real part
+        only; ``exclude``d items score -inf and come last."""
+        import torch
+
+        from .beam import BeamResult
+
+        module, T = self.module_, grid.shape[1]
+        items = np.empty((grid.shape[0], k), np.int64)
+        scores = np.empty((grid.shape[0], k), np.float32)
+        was = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                for rows, w in self.length_groups(grid, overhead=self.beam_group_overhead):
+                    g = grid if rows is None else grid[rows]
+                    state, _ = module.prefill(torch.as_tensor(g[:, -w:], device=self.device_), start=T - w)
+                    s = self.dense_scores(state).float()
+                    if exclude is not None:
+                        ex = exclude if rows is None else exclude[rows]
+                        s = s.masked_fill(torch.as_tensor(ex, device=s.device), float("-inf"))
+                    top = torch.topk(s, k, dim=1)
+                    sl = slice(None) if rows is None else rows
+                    items[sl], scores[sl] = top.indices.cpu().numpy(), top.values.cpu().numpy()
+        finally:
+            module.train(was)
+        items[~np.isfinite(scores)] = -1
+        sids = np.where(items[..., None] >= 0, self.tokens_.item_tokens[np.maximum(items, 0)], PAD)
+        return BeamResult(items, scores, sids)
 
     def _beam(self, grid: np.ndarray, T: int, k: int, beam: int, constrained: bool, exclude,
               top: int | None = None):
