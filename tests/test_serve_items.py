@@ -220,3 +220,33 @@ def test_a_damaged_catalogue_version_keeps_the_served_catalogue(run, caplog):
         assert "could not take in the run's added items" in caplog.text
         assert c.get("/health").json()["n_items"] == n0
         assert len(_all_items(c)) > 0
+
+
+def test_refresh_builds_the_same_view_as_a_restart_and_loads_the_tokenizer_only_when_used(run):
+    """An update in a running server (``ServedModel.refresh``) extends the titles and SID
+    strings of the view it replaces and defers loading the tokenizer to its first use; what
+    it serves is what a restart on the same catalogue version serves."""
+    import numpy as np
+
+    from sidkit.catalogue import add_items_to_run
+    from sidkit.serve.runtime import ServedModel
+
+    served = ServedModel(run, device="cpu")
+    n0 = served.n_items
+    for step in range(2):
+        ids = [f"r{step}a", f"r{step}b"]
+        add_items_to_run(run, ids, embeddings=_emb(run, 2, seed=step + 1),
+                         texts=[f"Title: new film {step}", "Title: its sequel"] if step == 0 else None)
+        assert served.refresh() and not served.refresh()             # a second call: nothing new
+        view = served.view
+        assert view._encoding is not None                            # not loaded by the update
+    fresh = ServedModel(run, device="cpu")
+    assert served.n_items == fresh.n_items == n0 + 4
+    np.testing.assert_array_equal(served.item_ids, fresh.item_ids)
+    np.testing.assert_array_equal(served.sid_strings, fresh.sid_strings)
+    assert list(served.titles) == list(fresh.titles)
+    assert list(served.titles[-4:-2]) == ["Title: new film 0", "Title: its sequel"]
+    X = _emb(run, 3, seed=9)
+    np.testing.assert_array_equal(view.tokenizer.encode(X).codes, fresh.tokenizer.encode(X).codes)
+    assert view._encoding is None                                    # loaded once, on first use
+    np.testing.assert_array_equal(view.run_codes.codes, fresh.run_codes.codes)

@@ -131,7 +131,8 @@ class CatalogueView:
     (:attr:`ServedModel.view`); a request takes the view once and uses only it, so it sees
     the old or the new catalogue, never a mixture."""
 
-    def __init__(self, model, codes, titles, tokenizer=None, run_codes=None, previous=None) -> None:
+    def __init__(self, model, codes, titles, tokenizer=None, run_codes=None, previous=None,
+                 encoding=None) -> None:
         self.model = model
         self.item_ids = np.asarray(model.item_ids_, dtype=str)
         self._order = np.argsort(self.item_ids, kind="stable")
@@ -143,8 +144,29 @@ class CatalogueView:
         else:
             self.sid_strings = np.full(self.n_items, None, dtype=object)
         self.titles = titles
-        self.tokenizer = tokenizer
-        self.run_codes = run_codes
+        # ``encoding``: a zero-argument callable giving (tokenizer, run_codes), called on the
+        # first use (after an update, the first /encode or POST /items: loading the tokenizer
+        # is ~10-20 ms that the update itself need not spend)
+        self._tokenizer, self._run_codes, self._encoding = tokenizer, run_codes, encoding
+        self._encoding_lock = threading.Lock()
+
+    def _loaded(self) -> tuple[Any, Any]:
+        if self._encoding is not None:
+            with self._encoding_lock:
+                if self._encoding is not None:
+                    self._tokenizer, self._run_codes = self._encoding()
+                    self._encoding = None
+        return self._tokenizer, self._run_codes
+
+    @property
+    def tokenizer(self):
+        """The run's tokenizer with this catalogue's added items (None when unavailable)."""
+        return self._loaded()[0]
+
+    @property
+    def run_codes(self):
+        """The run's codes plus this catalogue's added items' (None when unavailable)."""
+        return self._loaded()[1]
 
     def _sid_strings(self, codes, previous) -> np.ndarray:
         """Every item's SID as text; after an update (``previous``: the view it replaces) only
@@ -284,12 +306,15 @@ class ServedModel:
         rows = index_of(item_ids, ids)
         return np.where(rows >= 0, vals[np.maximum(rows, 0)], None)
 
-    def _load_tokenizer(self):
+    def _load_tokenizer(self, additions=None):
         """``(tokenizer, run_codes)`` of the run (for /encode; for a SID model only when it
-        decodes the run's own SIDs): the latest tokenizer (with the added items in its
-        catalogue) and the run's codes plus the added items' (None, None when unavailable)."""
+        decodes the run's own SIDs): the tokenizer of ``additions`` (default: the served ones;
+        with the added items in its catalogue) and the run's codes plus the added items'
+        (None, None when unavailable)."""
         from ..catalogue import run_tokenizer
         from ..types import Codes
+
+        additions = self.additions if additions is None else additions
 
         self.embedding_dim = self.embed_source = None
         self.embed_meta: dict[str, Any] = {}
@@ -303,9 +328,9 @@ class ServedModel:
             self.encode_unavailable = f"the run has no tokenizer ({codes_dir / 'tokenizer'} is missing)"
             return None, None
         try:
-            tokenizer = run_tokenizer(self.run_dir, self.additions) if self.additions is not None \
+            tokenizer = run_tokenizer(self.run_dir, additions) if additions is not None \
                 else run_tokenizer(self.run_dir, None)
-            run_codes = self._with_additions(Codes.load(codes_dir / "codes"), self.additions)
+            run_codes = self._with_additions(Codes.load(codes_dir / "codes"), additions)
         except (ArtifactError, DataError, OSError) as e:
             self.encode_unavailable = f"the run's tokenizer could not be loaded from {codes_dir}: {e}"
             return None, None
@@ -552,14 +577,30 @@ class ServedModel:
                 tail = _tail(after, n)
                 model = apply_additions(self.view.model, tail) if tail.n_items else self.view.model
             else:
+                tail = None
                 model = apply_additions(self._base_model, after)
             self._prebuild(model)
             self.additions = after
-            tok, run_codes = self._load_tokenizer()
-            titles = self._titles(np.asarray(model.item_ids_, dtype=str))
-            self.view = CatalogueView(model, model.tokens_.codes, titles, tok, run_codes,
-                                      previous=self.view)                                # the one swap
+            ids = np.asarray(model.item_ids_, dtype=str)
+            titles = self._tail_titles(self.view, ids, tail)
+            if titles is None:
+                titles = self._titles(ids)
+            # the tokenizer is loaded when first used (this version's: ``after`` is immutable)
+            self.view = CatalogueView(model, model.tokens_.codes, titles, previous=self.view,
+                                      encoding=lambda: self._load_tokenizer(after))       # the one swap
         return True
+
+    @staticmethod
+    def _tail_titles(view, ids: np.ndarray, tail) -> np.ndarray | None:
+        """The titles of ``ids`` = ``view``'s items followed by ``tail``'s added items: the
+        view's titles plus the added items' texts (no item table read); None when the view
+        has no titles or ``ids`` does not extend it."""
+        n = view.n_items
+        if (tail is None or view.titles is None or len(ids) != n + tail.n_items
+                or not np.array_equal(ids[:n], view.item_ids)):
+            return None
+        new = np.asarray([None if x is None else str(x) for x in tail.texts], dtype=object)
+        return np.concatenate([view.titles.astype(object), new])
 
     def _prebuild(self, model) -> None:
         """Build the trie (and its tables) of ``model`` now, not in the first request."""
