@@ -629,3 +629,21 @@ def test_status_reads_where_a_grid_stands_from_its_folders(toy):
     doc_m = json.loads((grid.cells[0].dir / "recommender" / "metrics.json").read_text())
     assert [r["status"] for r in rows] == ["done", "done"]
     assert [r["test_ndcg10"] for r in rows] == [r["test"]["ndcg@10"] for r in doc_m["records"]]
+
+
+def test_parallel_jobs_run_the_trainings_seed_by_seed_and_the_time_budgeted_ones_last(toy):
+    """The queue of a parallel grid: a run's stages first, then its trainings by seed and
+    model, a training with [train] max_minutes after every other one."""
+    from sidkit.grid import _Jobs
+
+    budgeted = {**TINY_CAUSAL, "label": "budgeted", "train": {**TINY_TRAIN, "max_minutes": 1}}
+    doc = _doc(toy, tokenizers=({"method": "rqkmeans"},), models=(budgeted, TINY_CAUSAL), seeds=(0, 1))
+    grid = parse_grid(doc, "test", toy / "order")
+    queue = _Jobs(grid, list(grid.cells), None)
+    prep = queue.next()
+    assert prep.kind == "prep"
+    queue.ended(prep, [])
+    order = []
+    while (task := queue.next()) is not None and task.kind == "fit":
+        order.append((task.label, task.seed))
+    assert order == [("causal_sid", 0), ("causal_sid", 1), ("budgeted", 0), ("budgeted", 1)]

@@ -670,7 +670,7 @@ class _Jobs:
 
     def next(self) -> _Task | None:
         """Finishing a cell first, then starting the next cell, then the trainings by seed
-        (every row's seed 0 first), run and model."""
+        (every row's seed 0 first), run and model, the time-budgeted ones after all others."""
         if self.finishing:
             return self.finishing.pop(0)
         if self.to_start:
@@ -691,8 +691,11 @@ class _Jobs:
             self.prepped[cell.id] = result
             units = _training_units(cell)
             order = {lb: i for i, lb in enumerate(cell.model_labels)}
+            # a time-budgeted training ([train] max_minutes: TIGER's row) takes its whole budget
+            # whatever runs beside it: the trainings that run to convergence go first
+            budgeted = {lb for lb, _, t in cell.cfg.recommenders() if getattr(t, "max_minutes", None)}
             self.left[cell.id] = len(units)
-            self.fits.extend(((s, self.index[cell.id], order.get(lb, 0)), _Task("fit", cell, lb, s))
+            self.fits.extend(((lb in budgeted, s, self.index[cell.id], order.get(lb, 0)), _Task("fit", cell, lb, s))
                              for lb, s in units)
             if not units:
                 self.finishing.append(_Task("finish", cell))
