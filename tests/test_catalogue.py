@@ -248,3 +248,58 @@ def test_uniform_last_removes_the_new_items_handicap_of_an_untrained_last_token(
     with pytest.raises(ConfigError, match="last level is semantic"):
         CausalSID(**TINY, uniform_last=True).fit(clustered_data(), codes=semantic, train=TRAIN)
     assert "uniform_last" not in CausalSIDConfig().fingerprint_dict()
+
+
+def _assign_reference(old_codes, old_len, new, new_len, bad_last, sizes):
+    """The rule of add_items as a plain loop: keep a valid last token no SID holds yet,
+    then move the others, in order, to the smallest free one (-1: none free)."""
+    taken = {}
+    for c, ln in zip(old_codes.tolist(), old_len.tolist()):
+        taken.setdefault((ln, tuple(c[:ln - 1])), set()).add(c[ln - 1])
+    out, pending = new.copy(), []
+    for r in range(len(out)):
+        ln = int(new_len[r])
+        s = taken.setdefault((ln, tuple(out[r, :ln - 1].tolist())), set())
+        if not bad_last[r] and int(out[r, ln - 1]) not in s:
+            s.add(int(out[r, ln - 1]))
+        else:
+            pending.append(r)
+    for r in pending:
+        ln = int(new_len[r])
+        s = taken[(ln, tuple(out[r, :ln - 1].tolist()))]
+        free = next((t for t in range(int(sizes[ln - 1])) if t not in s), None)
+        out[r, ln - 1] = -1 if free is None else free
+        if free is not None:
+            s.add(free)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_last_token_assignment_equals_the_plain_loop(seed):
+    """Random catalogues with crowded prefixes, repeated and out-of-range new SIDs and
+    mixed lengths; the second half of the seeds with SIDs too wide for int64 keys."""
+    from sidkit.models.catalogue import _assign_last_tokens
+    from sidkit.models.sid_tokens import sid_keys
+
+    rng = np.random.default_rng(seed)
+    sizes = np.array([3, 2, 5]) if seed < 3 else np.array([2 ** 30, 2 ** 30, 5])
+    W = len(sizes)
+    low = np.array([3, 2, 5])
+    pool = np.array([[a, b, c] for a in range(3) for b in range(2) for c in range(5)])
+    old = pool[rng.permutation(len(pool))[:20]]
+    old_len = np.full(len(old), W)
+    short = rng.random(len(old)) < 0.2                         # a few shorter SIDs ([a, b], -1)
+    old_len[short] = 2
+    old[short, 2] = -1
+    _, keep = np.unique(np.c_[old_len, old], axis=0, return_index=True)
+    old, old_len = old[np.sort(keep)], old_len[np.sort(keep)]
+    new = rng.integers(0, low, size=(40, W))
+    new_len = np.where(rng.random(40) < 0.2, 2, W)
+    new[new_len == 2, 2] = -1
+    bad = rng.random(40) < 0.1
+    new[bad, np.where(new_len[bad] == 2, 1, 2)] = 99 if seed % 2 else -1
+    bad_last = bad.copy()
+    assert (sid_keys(old, old_len, sizes) is None) == (seed >= 3)
+    got = _assign_last_tokens(old, old_len, new, new_len, bad_last, sizes)
+    want = _assign_reference(old, old_len, new, new_len, bad_last, sizes)
+    np.testing.assert_array_equal(got, want)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Iterable, TypeVar
 
@@ -39,6 +40,17 @@ def index_of(ids, catalogue, *, presorted: bool = False) -> np.ndarray:
 
 #: SplitMix64's increment (the golden ratio in 64 bits)
 GOLDEN64 = 0x9E3779B97F4A7C15
+
+
+#: Unicode's control characters (category Cc): U+0000-U+001F and U+007F-U+009F
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def control_char(s: str) -> tuple[int, str] | None:
+    """``(position, character)`` of the first control character of ``s`` (ids never hold
+    one: they are matched exactly), or None."""
+    m = CONTROL_CHARS.search(s)
+    return None if m is None else (m.start(), m.group())
 
 
 def mix64(x) -> np.ndarray:

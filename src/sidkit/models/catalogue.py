@@ -36,25 +36,18 @@ a token out of range, or a SID held by another item.
 from __future__ import annotations
 
 import copy
-import unicodedata
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import DataError
-from ..utils import index_of
+from ..utils import CONTROL_CHARS, control_char, index_of
+from .sid_tokens import sid_keys
 
 #: most items one call may add (HTTP ``POST /items`` and ``sidkit add-items`` use it too)
 MAX_ADD_ITEMS = 10_000
 
 RENUMBER_RULES = ("extra_level", "by_construction")
-
-
-def _control_char(s: str) -> tuple[int, str] | None:
-    for pos, ch in enumerate(s):
-        if unicodedata.category(ch) == "Cc":
-            return pos, ch
-    return None
 
 
 def check_new_ids(item_ids: Any, catalogue: Sequence[str] | np.ndarray | None = None,
@@ -72,17 +65,19 @@ def check_new_ids(item_ids: Any, catalogue: Sequence[str] | np.ndarray | None = 
     if len(ids) > max_items:
         raise DataError(f"{len(ids)} items in one batch; at most {max_items} may be added at once",
                         f"split the new items into batches of at most {max_items}")
-    for n, i in enumerate(ids):
+    # one pass in C for the usual batch; the loops below name the first problem
+    fine = all(i.strip() for i in ids) and CONTROL_CHARS.search("".join(ids)) is None and len(set(ids)) == len(ids)
+    for n, i in enumerate([] if fine else ids):
         if i == "" or i.strip() == "":
             raise DataError(f"item id #{n} is empty ({i!r})", "give every new item a non-empty id")
-        bad = _control_char(i)
+        bad = control_char(i)
         if bad is not None:
             pos, ch = bad
             raise DataError(f"item id #{n} ({i!r}) holds the control character U+{ord(ch):04X} at position "
                             f"{pos}; ids are matched exactly and never hold control characters",
                             "remove control characters (tabs, newlines, NUL, ...) from the ids")
     seen: dict[str, int] = {}
-    for n, i in enumerate(ids):
+    for n, i in enumerate([] if fine else ids):
         if i in seen:
             raise DataError(f"item id {i!r} appears twice in the new items (#{seen[i]} and #{n})",
                             "add each new item once")
@@ -191,40 +186,25 @@ def add_items(model, item_ids: Sequence[str], codes: Any, *, renumber: bool | No
                         "encode the new items with the run's fitted tokenizer (the model cannot emit tokens "
                         "it was not trained with)")
     arr = np.where(live, arr, 0)
-    # assign final last tokens: keep valid, non-colliding ones; renumber the others
+    # assign final last tokens: keep valid, non-colliding ones; renumber the others (in order)
     old_codes = np.asarray(tok.codes.codes, np.int64)
     old_len = np.asarray(tok.codes.lengths, np.int64)
-    taken: dict[tuple, set[int]] = {}
-    for c, ln in zip(old_codes.tolist(), old_len.tolist()):
-        taken.setdefault((ln, tuple(c[:ln - 1])), set()).add(c[ln - 1])
-    out = arr.copy()
-    pending = []
-    for r in range(n):
+    out = _assign_last_tokens(old_codes, old_len, arr, lengths, bad[np.arange(n), lengths - 1], sizes)
+    pending = np.flatnonzero((out != arr).any(1) | bad[np.arange(n), lengths - 1])
+    if len(pending) and not renumber:
+        r = int(pending[0])
         ln = int(lengths[r])
-        key = (ln, tuple(out[r, :ln - 1].tolist()))
-        t = int(out[r, ln - 1])
-        s = taken.setdefault(key, set())
-        if not bad[r, ln - 1] and t not in s:
-            s.add(t)
-        else:
-            pending.append(r)
-    for r in pending:
+        raise DataError(f"new item {ids[r]!r} gets SID {arr[r, :ln].tolist()}, which another item already "
+                        "holds", "encode the new items with tokenizer.encode_new (it gives new items free "
+                        "SIDs), or pass renumber=True to move it to a free last token")
+    full = np.flatnonzero(out[np.arange(n), lengths - 1] < 0)
+    if len(full):
+        r = int(full[0])
         ln = int(lengths[r])
-        key = (ln, tuple(out[r, :ln - 1].tolist()))
-        s = taken[key]
-        if not renumber:
-            raise DataError(f"new item {ids[r]!r} gets SID {out[r, :ln].tolist()}, which another item already "
-                            "holds", "encode the new items with tokenizer.encode_new (it gives new items free "
-                            "SIDs), or pass renumber=True to move it to a free last token")
-        K = int(sizes[ln - 1])
-        free = next((t for t in range(K) if t not in s), None)
-        if free is None:
-            raise DataError(f"new item {ids[r]!r}: every one of the {K} last tokens under SID prefix "
-                            f"{out[r, :ln - 1].tolist()} is taken, so the model has no free SID for it",
-                            "retrain with a larger last (disambiguation) codebook, or add fewer items with "
-                            "this prefix")
-        out[r, ln - 1] = free
-        s.add(free)
+        raise DataError(f"new item {ids[r]!r}: every one of the {int(sizes[ln - 1])} last tokens under SID prefix "
+                        f"{out[r, :ln - 1].tolist()} is taken, so the model has no free SID for it",
+                        "retrain with a larger last (disambiguation) codebook, or add fewer items with "
+                        "this prefix")
     # merged, sorted catalogue
     all_ids = np.concatenate([old_ids, np.asarray(ids, dtype=str)])
     all_codes = np.vstack([old_codes, out])
@@ -243,6 +223,62 @@ def add_items(model, item_ids: Sequence[str], codes: Any, *, renumber: bool | No
     new.catalogue_hash_ = hash_obj(merged.tolist())
     new.tokens_ = new_tokens
     return new
+
+
+def _assign_last_tokens(old_codes, old_len, new_codes, new_len, bad_last, sizes) -> np.ndarray:
+    """The new SIDs with their last token kept where it is valid (``~bad_last``) and held
+    by no catalogue SID nor an earlier new one, and otherwise the smallest free last token
+    under the SID's prefix (new items in order); -1 as the last token where none is free.
+    Vectorised over the catalogue: only the SIDs that move are visited one by one."""
+    out = np.array(new_codes, np.int64, copy=True)
+    n = len(out)
+    rows = np.arange(n)
+    last = new_len - 1
+    k_old = sid_keys(old_codes, old_len, sizes)
+    k_new = sid_keys(out, new_len, sizes)
+    if k_old is None:                                # SIDs beyond 63 bits: row-wise keys
+        allrows = np.vstack([np.c_[old_len, np.where(np.arange(old_codes.shape[1])[None] < old_len[:, None],
+                                                       old_codes, -1)],
+                             np.c_[new_len, np.where(np.arange(out.shape[1])[None] < new_len[:, None], out, -1)]])
+        _, inv = np.unique(allrows, axis=0, return_inverse=True)
+        inv = inv.ravel().astype(np.int64)
+        k_old, k_new = inv[:len(old_codes)], inv[len(old_codes):]
+        p_all = None
+    else:
+        p_all = np.concatenate([sid_keys(old_codes, old_len, sizes, last=False),
+                                sid_keys(out, new_len, sizes, last=False)])
+    old_sorted = np.sort(k_old)
+    pos = np.minimum(np.searchsorted(old_sorted, k_new), max(len(old_sorted) - 1, 0))
+    held = (old_sorted[pos] == k_new) if len(old_sorted) else np.zeros(n, bool)
+    ok = ~bad_last & ~held
+    first = np.zeros(n, bool)                         # the first valid new SID of each key keeps it
+    cand = np.flatnonzero(ok)
+    _, idx = np.unique(k_new[cand], return_index=True)
+    first[cand[idx]] = True
+    pending = np.flatnonzero(~first)
+    if not len(pending):
+        return out
+    if p_all is None:                                 # prefixes as row ids too
+        W = out.shape[1]
+        cut = lambda c, ln: np.where(np.arange(W)[None] < (ln - 1)[:, None], c, -1)   # noqa: E731
+        _, p_all = np.unique(np.vstack([np.c_[old_len, cut(old_codes, old_len)], np.c_[new_len, cut(out, new_len)]]),
+                             axis=0, return_inverse=True)
+        p_all = p_all.ravel()
+    n_old = len(old_codes)
+    last_all = np.concatenate([old_codes[np.arange(n_old), old_len - 1], out[rows, last]])
+    live = np.concatenate([np.ones(n_old, bool), first])       # SIDs that hold their last token
+    for r in pending.tolist():                       # the few SIDs that move
+        ln, K = int(new_len[r]), int(sizes[int(new_len[r]) - 1])
+        t = np.unique(last_all[live & (p_all == p_all[n_old + r])])
+        t = t[(t >= 0) & (t < K)]                    # sorted: the first gap is the smallest free token
+        gap = np.flatnonzero(t != np.arange(len(t)))
+        free = int(gap[0]) if len(gap) else len(t)
+        if free < K:
+            out[r, ln - 1] = last_all[n_old + r] = free
+            live[n_old + r] = True
+        else:
+            out[r, ln - 1] = -1
+    return out
 
 
 def item_sids(model, item_ids: Sequence[str]) -> np.ndarray:

@@ -413,7 +413,7 @@ class CausalSID(SIDRecommender):
             out.items[rows], out.scores[rows], out.sids[rows] = res.items, res.scores, res.sids
         return out
 
-    def _dense_rank(self, grid: np.ndarray, k: int, exclude) -> "BeamResult":
+    def _dense_rank(self, grid: np.ndarray, k: int, exclude):
         """``rerank="all"``: the top ``k`` of the whole catalogue by the dense score (no
         beam search), each group of similar history length prefilled over its real part
         only; ``exclude``d items score -inf and come last."""

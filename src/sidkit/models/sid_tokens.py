@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -44,6 +45,24 @@ def user_bucket(user_ids, n_buckets: int = TIGER_USER_BUCKETS) -> np.ndarray:
     digest = b"".join(hashlib.blake2b(u.encode("utf-8"), digest_size=8).digest() for u in ids)
     h = np.frombuffer(digest, dtype="<u8") if ids.size else np.zeros(0, np.uint64)
     return (h % np.uint64(n_buckets)).astype(np.int64)
+
+
+def sid_keys(codes: np.ndarray, lengths: np.ndarray, sizes: Sequence[int], last: bool = True) -> np.ndarray | None:
+    """One int64 per SID: equal keys for equal SIDs (length and tokens), so that sets of SIDs
+    compare with sorting and ``searchsorted`` instead of row-wise ``np.unique``.  ``last=False``:
+    the key of the SID's prefix (its last token left out).  None when the SIDs do not fit
+    in 63 bits (then compare rows)."""
+    codes = np.asarray(codes, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    W = codes.shape[1]
+    radix = [int(k) + 1 for k in sizes]
+    if (W + 1) * float(np.prod(np.asarray(radix, np.float64))) >= 2.0 ** 62:
+        return None
+    keep = np.arange(W)[None, :] < (lengths if last else lengths - 1)[:, None]
+    key = lengths.copy()
+    for lv in range(W):
+        key = key * radix[lv] + np.where(keep[:, lv], codes[:, lv] + 1, 0)
+    return key
 
 
 class SIDTokens:
@@ -117,6 +136,11 @@ class SIDTokens:
         return cls(codes, user_buckets=user_buckets)
 
     def _check_collisions(self) -> None:
+        keys = sid_keys(self.codes.codes, self.codes.lengths, self.codebook_sizes)
+        if keys is not None:                      # one sort of int64 keys: most catalogues
+            srt = np.sort(keys)
+            if not (srt[1:] == srt[:-1]).any():
+                return
         tok = self.item_tokens
         _, inv, counts = np.unique(tok, axis=0, return_inverse=True, return_counts=True)
         inv = inv.ravel()

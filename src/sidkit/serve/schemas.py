@@ -11,10 +11,11 @@ holds one.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from ..utils import control_char
 
 MAX_HISTORY = 1000
 MAX_K = 100
@@ -27,11 +28,12 @@ MAX_DIM = 8192
 def control_character(text: str) -> str | None:
     """``None`` when ``text`` holds no control character, else what is wrong with it
     (the first one, written as U+XXXX, and its 0-based position)."""
-    for i, ch in enumerate(text):
-        if unicodedata.category(ch) == "Cc":
-            return (f"holds the control character U+{ord(ch):04X} at position {i}; ids are matched "
-                    "exactly and never hold control characters (U+0000-U+001F, U+007F-U+009F)")
-    return None
+    bad = control_char(text)
+    if bad is None:
+        return None
+    i, ch = bad
+    return (f"holds the control character U+{ord(ch):04X} at position {i}; ids are matched "
+            "exactly and never hold control characters (U+0000-U+001F, U+007F-U+009F)")
 
 
 def _no_control(v):
