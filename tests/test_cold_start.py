@@ -233,19 +233,26 @@ def test_a_trained_run_recommends_new_items_that_match_the_history_cli_and_http(
             assert f"new{c}b" in ranking                          # added over HTTP: in the trie
 
 
-def test_run_cold_start_one_seed_end_to_end(setup):
+def _run_one_seed(setup, **model_extra):
+    """run_cold_start on the toy at one thread: a 1-layer model, 2 epochs, epsilon 0 and 1."""
     from sidkit.cold_start import run_cold_start
 
     split, ids, X, cold, full, warm = setup
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = run_cold_start(split, ids, X, seed=1, fraction=0.2, codebook_sizes=(N_CLUSTERS, 4), headroom=4,
-                             model_params={"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 6, "beam": 20},
-                             train=TrainConfig(epochs=2, patience=2, warmup_steps=0, batch_size=32),
-                             epsilons=(0.0, 1.0), pool=20)
+        return run_cold_start(split, ids, X, seed=1, fraction=0.2, codebook_sizes=(N_CLUSTERS, 4), headroom=4,
+                              model_params={"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 6, "beam": 20,
+                                            **model_extra},
+                              train=TrainConfig(epochs=2, patience=2, warmup_steps=0, batch_size=32),
+                              epsilons=(0.0, 1.0), pool=20, baselines=() if model_extra else
+                              ("content_knn", "popularity"))
     finally:
         torch.set_num_threads(old)
+
+
+def test_run_cold_start_one_seed_end_to_end(setup):
+    out = _run_one_seed(setup)
     models = [(r["model"], r["epsilon"]) for r in out["rows"]]
     assert models == [("causal_sid", 0.0), ("causal_sid", 1.0), ("causal_sid_uniform_last", 0.0),
                       ("causal_sid_uniform_last", 1.0), ("content_knn", None), ("popularity", None)]
@@ -257,19 +264,7 @@ def test_run_cold_start_one_seed_end_to_end(setup):
 
 
 def test_run_cold_start_with_the_dense_hybrid_adds_the_whole_catalogue_dense_ranking(setup):
-    from sidkit.cold_start import run_cold_start
-
-    split, ids, X, cold, full, warm = setup
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = run_cold_start(split, ids, X, seed=1, fraction=0.2, codebook_sizes=(N_CLUSTERS, 4), headroom=4,
-                             model_params={"hidden": 16, "n_layers": 1, "n_heads": 1, "max_len": 6, "beam": 20,
-                                           "dense": 0.5, "rerank": 8},
-                             train=TrainConfig(epochs=2, patience=2, warmup_steps=0, batch_size=32),
-                             epsilons=(0.0, 1.0), pool=20, baselines=())
-    finally:
-        torch.set_num_threads(old)
+    out = _run_one_seed(setup, dense=0.5, rerank=8)
     models = [(r["model"], r["epsilon"]) for r in out["rows"]]
     assert models == [(m, e) for m in ("causal_sid_dense", "causal_sid_dense_uniform_last", "causal_sid_dense_all")
                       for e in (0.0, 1.0)]
