@@ -320,3 +320,29 @@ def test_mask_seen_fills_every_list_with_unseen_items(fitted):
     assert not seen[np.arange(len(hist))[:, None], top].any()
     res = evaluate(model, data, "test", ks=(1, 5), mrr_k=5, coverage_k=5, mask_seen=True)
     assert res["invalid_rate"] == 0.0 and res["recall@1"] == 1.0
+
+
+def test_inputs_trimmed_to_their_length_groups_give_the_padded_results():
+    """Decoding and the training loss run the encoder on groups of similar input length,
+    trimmed to their real part: the same beams, scores and loss as the padded inputs."""
+    data = cyclic_data()
+    model = random_model(data, toy_codes(), user_tokens=True)
+    inp = data.eval_inputs("test", model.max_len)
+    hist, users = inp["history"][:12].copy(), inp["users"][:12]
+    for b in range(len(hist)):                       # lengths 0..5 items: several groups
+        hist[b, :model.max_len - b % 6] = 0
+    model.group_overhead = model.beam_group_overhead = 0.0
+    assert len(model.length_groups(model.encoder_tokens(hist, users), overhead=0.0)) > 2
+    trimmed = model.decode(hist, 10, users=users)
+    model.trim_padding = False
+    padded = model.decode(hist, 10, users=users)
+    np.testing.assert_array_equal(trimmed.items, padded.items)
+    np.testing.assert_allclose(trimmed.scores, padded.scores, atol=1e-5, rtol=0)
+    enc = torch.as_tensor(model.encoder_tokens(hist, users))
+    y = torch.as_tensor(model.tokens_.sid_tokens(inp["targets"][:12]))
+    y[3:5, 1] = -100                                 # groups with fewer target tokens weigh less
+    with torch.no_grad():
+        full = model.train_loss(model.module_, enc, y)
+        model.trim_padding = True
+        grouped = model.train_loss(model.module_, enc, y)
+    assert abs(float(full) - float(grouped)) < 1e-5

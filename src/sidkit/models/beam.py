@@ -60,6 +60,32 @@ class BeamResult:
         return float(((self.items < 0) & fin).sum() / max(int(fin.sum()), 1))
 
 
+def by_groups(groups, n_users: int, search, exclude=None) -> BeamResult:
+    """One :class:`BeamResult` of ``n_users`` users searched in length groups:
+    ``groups`` as from ``TorchRecommender.length_groups`` (``[(rows, width), ...]``, every
+    user once; ``rows`` None: all users, in order), ``search(rows, width, exclude_rows)``
+    the BeamResult of one group (its rows of ``exclude``, a numpy or torch (B, N) mask).
+    A user's beam search is independent of the other users', so the result is the one
+    of a single search over every user."""
+    if len(groups) == 1 and groups[0][0] is None:
+        return search(None, groups[0][1], exclude)
+    parts = []
+    for rows, w in groups:
+        ex = exclude
+        if ex is not None:
+            import torch
+
+            ex = ex[torch.as_tensor(rows, device=ex.device)] if hasattr(ex, "detach") else ex[rows]
+        parts.append((rows, search(rows, w, ex)))
+    first = parts[0][1]
+    out = BeamResult(np.empty((n_users,) + first.items.shape[1:], first.items.dtype),
+                     np.empty((n_users,) + first.scores.shape[1:], first.scores.dtype),
+                     np.empty((n_users,) + first.sids.shape[1:], first.sids.dtype))
+    for rows, res in parts:
+        out.items[rows], out.scores[rows], out.sids[rows] = res.items, res.scores, res.sids
+    return out
+
+
 def beam_users(n_rows: int, n_users: int, device=None):
     """(n_rows,) user of each user-major row (``rows // beam``), for shared history caches."""
     import torch

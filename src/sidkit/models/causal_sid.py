@@ -384,9 +384,7 @@ class CausalSID(SIDRecommender):
         each with its grid trimmed to its longest real history: the prefill and the
         decoded tokens' attention never touch padding, and every user's beam is the one
         of the padded grid (a user's search is independent of the other users')."""
-        import torch
-
-        from .beam import BeamResult
+        from .beam import by_groups
 
         grid = self._history_grid(history)
         B, T = grid.shape
@@ -395,23 +393,10 @@ class CausalSID(SIDRecommender):
         if self.rerank:
             k_out, k = k, int(min(max(k, self.rerank), self.n_items))   # the candidate budget
         beam = int(max(beam or self.beam, k))
-        groups = self.length_groups(grid, overhead=self.beam_group_overhead)
         top = k_out if self.rerank else None
-        if len(groups) == 1:
-            return self._beam(grid[:, -groups[0][1]:], T, k, beam, constrained, exclude, top)
-        parts = []
-        for rows, w in groups:
-            ex = exclude
-            if ex is not None:
-                ex = ex[torch.as_tensor(rows, device=ex.device)] if hasattr(ex, "detach") else ex[rows]
-            parts.append((rows, self._beam(grid[rows][:, -w:], T, k, beam, constrained, ex, top)))
-        first = parts[0][1]
-        out = BeamResult(np.empty((B,) + first.items.shape[1:], first.items.dtype),
-                         np.empty((B,) + first.scores.shape[1:], first.scores.dtype),
-                         np.empty((B,) + first.sids.shape[1:], first.sids.dtype))
-        for rows, res in parts:
-            out.items[rows], out.scores[rows], out.sids[rows] = res.items, res.scores, res.sids
-        return out
+        groups = self.length_groups(grid, overhead=self.beam_group_overhead)
+        return by_groups(groups, B, lambda rows, w, ex: self._beam(
+            (grid if rows is None else grid[rows])[:, -w:], T, k, beam, constrained, ex, top), exclude)
 
     def _dense_rank(self, grid: np.ndarray, k: int, exclude):
         """``rerank="all"``: the top ``k`` of the whole catalogue by the dense score (no

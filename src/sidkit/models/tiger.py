@@ -256,7 +256,20 @@ class TIGER(SIDRecommender):
         return enc, y
 
     def train_loss(self, module, enc, y):
-        return module(enc, y)
+        """Mean cross-entropy of the batch's target tokens, the encoder run on groups of
+        similar input length trimmed to their real part (:meth:`length_groups`; exact: T5's
+        positions are relative and the padding is masked), each group's mean weighted by
+        its number of target tokens."""
+        groups = self.length_groups(enc)
+        if len(groups) == 1:
+            return module(enc[:, -groups[0][1]:], y)
+        total, loss = (y != -100).sum(), 0.0
+        for rows, w in groups:
+            yg = y[rows]
+            n = (yg != -100).sum()
+            if int(n):
+                loss = loss + module(enc[rows][:, -w:], yg) * n
+        return loss / total.clamp_min(1)
 
     def train_loss_terms(self, enc, y):
         return (y != -100).sum()
@@ -294,24 +307,36 @@ class TIGER(SIDRecommender):
         return rows[torch.randperm(len(rows), generator=generator)]
 
     # ------------------------------------------------------------------ decoding
+    #: a group of histories costs one more beam search (see CausalSID.beam_group_overhead)
+    beam_group_overhead: float = 800.0
+
     def decode(self, history: np.ndarray, k: int, *, users=None, beam: int | None = None,
                constrained: bool = True, exclude=None):
         """:class:`~sidkit.models.beam.BeamResult` of the (B, H) histories (no checks);
-        ``exclude``: (B, N) items each user must not get (see :func:`beam_search`)."""
+        ``exclude``: (B, N) items each user must not get (see :func:`beam_search`).
+
+        The encoder inputs are searched in groups of similar length (:meth:`length_groups`),
+        each trimmed to its longest real input: T5's attention has relative positions only
+        and masks the padding, so a user's beam is the one of the padded input."""
         import torch
 
-        from .beam import beam_search
+        from .beam import beam_search, by_groups
 
         module = self.module_
-        enc = torch.as_tensor(self.encoder_tokens(history, users), device=self.device_)
+        enc = self.encoder_tokens(history, users)
         beam = int(max(beam or self.beam, k))
+
+        def search(rows, w, ex):
+            e = torch.as_tensor((enc if rows is None else enc[rows])[:, -w:], device=self.device_)
+            dec = _Decoder(module.t5, e, _enc_mask(e))
+            return beam_search(dec.step, {}, self.tokens_, e.shape[0], beam=beam, k=k, reorder=dec.reorder,
+                               constrained=constrained, device=self.device_, exclude=ex)
+
         was = module.training
         module.eval()
         try:
             with torch.no_grad():
-                dec = _Decoder(module.t5, enc, _enc_mask(enc))
-                return beam_search(dec.step, {}, self.tokens_, enc.shape[0], beam=beam, k=k,
-                                   reorder=dec.reorder, constrained=constrained, device=self.device_,
-                                   exclude=exclude)
+                return by_groups(self.length_groups(enc, overhead=self.beam_group_overhead), enc.shape[0],
+                                 search, exclude)
         finally:
             module.train(was)
