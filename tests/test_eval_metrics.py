@@ -198,3 +198,27 @@ def test_topk_equals_the_first_k_of_a_stable_sort(n, k):
     np.testing.assert_array_equal(topk_from_scores(scores, k, exclude=ex), ref)
     np.testing.assert_array_equal(topk_from_scores(scores, k),
                                   torch.sort(-torch.as_tensor(scores), dim=1, stable=True).indices[:, :k].numpy())
+
+
+@pytest.mark.parametrize("tie_break", ["index", "pessimistic"])
+def test_ranks_from_scores_equal_a_plain_count_on_random_tied_scores(tie_break):
+    """The counting shortcut (ties resolved only in tied rows) against the definition, on
+    small integer scores (many ties, some rows without), with and without exclusions."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        B, N = int(rng.integers(1, 30)), int(rng.integers(2, 40))
+        scores = rng.integers(0, int(rng.integers(2, 60)), (B, N)).astype(np.float32)
+        targets = rng.integers(0, N, B)
+        ex = rng.random((B, N)) < 0.3 if trial % 2 else None
+        want = np.empty(B, np.int64)
+        for b in range(B):
+            s = scores[b].astype(np.float64).copy()
+            if ex is not None:
+                s[ex[b] & (np.arange(N) != targets[b])] = -np.inf
+            st, others = s[targets[b]], np.arange(N) != targets[b]
+            tied = others & (s == st)
+            if tie_break == "index":
+                tied &= np.arange(N) < targets[b]
+            want[b] = int(((s > st) | tied).sum())
+        got = ranks_from_scores(scores, targets, exclude=ex, tie_break=tie_break)
+        np.testing.assert_array_equal(got, want)

@@ -104,15 +104,23 @@ def ranks_from_scores(scores, targets, exclude=None, *, tie_break: str = "index"
         ex = torch.as_tensor(exclude, device=s.device).bool().clone()
         ex[torch.arange(len(t), device=s.device), t] = False
         s = s.masked_fill(ex, float("-inf"))
-    idx = torch.arange(s.shape[1], device=s.device)
-    tied = (s == st) & (idx[None, :] != t[:, None])   # one boolean pass per term: summing
-    if tie_break == "index":                          # several bool masks costs more
-        before = (s > st) | (tied & (idx[None, :] < t[:, None]))
+    # two comparisons and two counts over the (B, N) scores; the index tie-break is
+    # resolved only in the rows where the target's score is tied (rare for trained models)
+    above = (s > st).sum(1, dtype=torch.int32)
+    equal = (s == st).sum(1, dtype=torch.int32) - 1        # the target equals itself
+    tied_rows = equal > 0
+    if tie_break == "index":
+        before = above.clone()
+        rows = torch.nonzero(tied_rows).flatten()
+        if rows.numel():
+            sr, tr = s[rows], t[rows]
+            idx = torch.arange(s.shape[1], device=s.device)
+            before[rows] += ((sr == st[rows]) & (idx[None, :] < tr[:, None])).sum(1, dtype=torch.int32)
     else:
-        before = (s > st) | tied
-    ranks = before.sum(1).cpu().numpy().astype(np.int64)
+        before = above + equal
+    ranks = before.cpu().numpy().astype(np.int64)
     if return_ties:
-        return ranks, tied.any(1).cpu().numpy()
+        return ranks, tied_rows.cpu().numpy()
     return ranks
 
 

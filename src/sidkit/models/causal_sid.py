@@ -50,6 +50,8 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
     import torch.nn.functional as F
     from torch import nn
 
+    from .layers import dropout as dropout_layer
+
     dh = hidden // n_heads
 
     class Block(nn.Module):
@@ -59,8 +61,8 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
             self.qkv = nn.Linear(hidden, 3 * hidden)
             self.proj = nn.Linear(hidden, hidden)
             self.ln2 = nn.LayerNorm(hidden, eps=1e-8)
-            self.ff = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, hidden))
-            self.drop = nn.Dropout(dropout)
+            self.ff = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), dropout_layer(dropout), nn.Linear(ffn, hidden))
+            self.drop = dropout_layer(dropout)
 
         def _qkv(self, x):
             B, L, _ = x.shape
@@ -107,7 +109,7 @@ def _build_module(vocab: int, W: int, hidden: int, n_layers: int, n_heads: int, 
             self.tok = nn.Embedding(vocab, hidden, padding_idx=PAD)
             self.pos = nn.Embedding(n_pos, hidden)
             self.lvl = nn.Embedding(W, hidden) if level_emb else None
-            self.drop = nn.Dropout(dropout)
+            self.drop = dropout_layer(dropout)
             self.blocks = nn.ModuleList(Block() for _ in range(n_layers))
             self.ln = nn.LayerNorm(hidden, eps=1e-8)
             # small embeddings (std 0.02), unscaled on input: with the tied head an input

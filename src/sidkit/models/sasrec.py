@@ -31,6 +31,8 @@ def _build_module(n_items: int, hidden: int, n_blocks: int, n_heads: int, max_le
                   dropout: float, ffn: int):
     import torch
     from torch import nn
+
+    from .layers import dropout as dropout_layer
     import torch.nn.functional as F
 
     class Block(nn.Module):
@@ -40,9 +42,9 @@ def _build_module(n_items: int, hidden: int, n_blocks: int, n_heads: int, max_le
             self.qkv = nn.Linear(hidden, 3 * hidden)
             self.proj = nn.Linear(hidden, hidden)
             self.ln2 = nn.LayerNorm(hidden, eps=1e-8)
-            self.ff = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Dropout(dropout),
+            self.ff = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), dropout_layer(dropout),
                                     nn.Linear(ffn, hidden))
-            self.drop = nn.Dropout(dropout)
+            self.drop = dropout_layer(dropout)
 
         def forward(self, x, mask):
             B, L, D = x.shape
@@ -57,7 +59,7 @@ def _build_module(n_items: int, hidden: int, n_blocks: int, n_heads: int, max_le
             super().__init__()
             self.item = nn.Embedding(n_items + 1, hidden, padding_idx=0)
             self.pos = nn.Embedding(max_len, hidden)
-            self.drop = nn.Dropout(dropout)
+            self.drop = dropout_layer(dropout)
             self.blocks = nn.ModuleList(Block() for _ in range(n_blocks))
             self.ln = nn.LayerNorm(hidden, eps=1e-8)
             nn.init.normal_(self.item.weight, std=hidden ** -0.5)
