@@ -272,3 +272,66 @@ def test_run_cold_start_with_the_dense_hybrid_adds_the_whole_catalogue_dense_ran
     for m in ("causal_sid_dense", "causal_sid_dense_all"):       # epsilon 0: never a cold item
         assert by[(m, 0.0)]["cold"]["recall@10"] == 0.0
         assert by[(m, 0.0)]["n_cold"] == by[(m, 1.0)]["n_cold"] >= 1
+
+
+def _cap_reference(share, cand, k):
+    """The ε cap as first written: a Python loop per user (the definition)."""
+    out = np.full((cand.shape[0], k), -1, np.int64)
+    for b, row in enumerate(cand):
+        row = row[row >= 0]
+        cold = share.cold_[row]
+        taken, n_cold, skipped = [], 0, []
+        for it, c in zip(row.tolist(), cold.tolist()):
+            if len(taken) == k:
+                break
+            if c and n_cold + 1 > share.allowed(len(taken) + 1):
+                skipped.append(it)
+                continue
+            taken.append(it)
+            n_cold += int(c)
+            while skipped and len(taken) < k and n_cold + 1 <= share.allowed(len(taken) + 1):
+                taken.append(skipped.pop(0))
+                n_cold += 1
+        out[b, :len(taken)] = taken
+    return out
+
+
+class _Lists:
+    """A stand-in generative model returning fixed candidate lists; records what it was asked."""
+
+    def __init__(self, cand, n_items, rerank=0, beam=20):
+        self.cand, self.rerank, self.beam, self.asked = cand, rerank, beam, []
+        self.item_ids_ = np.array([f"i{i}" for i in range(n_items)])
+        self.catalogue_hash_ = "x"
+
+    def recommend(self, history, k, **kw):
+        self.asked.append((k, self.beam))
+        return self.cand[:, :k]
+
+
+def test_cold_share_cap_equals_the_per_user_loop_on_random_lists():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n_items, B, P = 40, int(rng.integers(1, 25)), int(rng.integers(1, 30))
+        cand = np.stack([rng.permutation(n_items)[:P] for _ in range(B)])
+        cand[rng.random((B, P)) < 0.1] = -1                       # missing slots
+        cold = [f"i{i}" for i in np.flatnonzero(rng.random(n_items) < rng.uniform(0.1, 0.9))]
+        k = int(rng.integers(1, 25))
+        eps = float(rng.choice([0.0, 0.1, 0.2, 0.35, 0.5, 0.9]))
+        share = ColdShare(_Lists(cand, n_items), cold, epsilon=eps, k_cap=int(rng.integers(1, 12)), pool=P)
+        np.testing.assert_array_equal(share._cap(cand, k), _cap_reference(share, cand, k),
+                                      err_msg=f"trial {trial}: eps {eps}, k {k}, k_cap {share.k_cap}")
+
+
+def test_cold_share_asks_a_reranking_model_for_its_own_candidate_budget():
+    cand = np.tile(np.arange(60), (2, 1))
+    plain = _Lists(cand, 60, rerank=0, beam=20)
+    ColdShare(plain, ["i1"], epsilon=0.2, pool=50).recommend(np.zeros((2, 3), np.int64), 10)
+    assert plain.asked == [(50, 50)]                 # a beam of the pool, as before
+    rer = _Lists(cand, 60, rerank=20, beam=20)
+    out = ColdShare(rer, ["i1"], epsilon=0.2, pool=50).recommend(np.zeros((2, 3), np.int64), 10)
+    assert rer.asked == [(20, 20)]                   # the model's own 20 candidates, its own beam
+    assert rer.beam == 20 and out.shape == (2, 10)
+    dense_all = _Lists(cand, 60, rerank="all", beam=20)
+    ColdShare(dense_all, ["i1"], epsilon=0.2, pool=50).recommend(np.zeros((2, 3), np.int64), 10)
+    assert dense_all.asked == [(50, 50)]             # the whole-catalogue ranking: a deeper list of it

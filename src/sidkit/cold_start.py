@@ -164,7 +164,10 @@ class ColdShare(Recommender):
     """TIGER's ε: a generative model's list with at most ``floor(epsilon * k_cap)`` cold
     items in the first ``k_cap`` slots (and at most ``floor(epsilon * p)`` in the first
     ``p > k_cap``).  The base model decodes ``pool`` candidates (beam ``pool``), best
-    first; cold items beyond the cap move down, warm items move up."""
+    first; cold items beyond the cap move down, warm items move up.  A model that re-ranks
+    a fixed candidate budget (``rerank = R``: the dense hybrid) is asked for its own ``R``
+    candidates (at least ``k``), never ``pool``: a deeper pool would change which items it
+    re-ranks, so the ε rows would compare another model with the ε = 1 row."""
 
     name = "cold_share"
     scores_all_items = False
@@ -185,7 +188,11 @@ class ColdShare(Recommender):
         return int(math.floor(self.epsilon * max(p, self.k_cap) + 1e-9))
 
     def recommend(self, history, k: int, users=None, exclude=None) -> np.ndarray:
-        pool = max(int(self.pool or 0), int(k))
+        budget = getattr(self.model, "rerank", None)
+        if isinstance(budget, (int, np.integer)) and not isinstance(budget, bool) and budget > 0:
+            pool = max(int(budget), int(k))              # a re-ranking model's own candidates
+        else:
+            pool = max(int(self.pool or 0), int(k))
         kw = {} if exclude is None else {"exclude": exclude}
         if users is not None:
             kw["users"] = users
@@ -200,23 +207,41 @@ class ColdShare(Recommender):
             cand = self.model.recommend(history, pool, **kw)
         if self.epsilon >= 1:
             return cand[:, :k]
-        out = np.full((cand.shape[0], k), -1, np.int64)
-        for b, row in enumerate(cand):
-            row = row[row >= 0]
-            cold = self.cold_[row]
-            taken, n_cold, skipped = [], 0, []
-            for it, c in zip(row.tolist(), cold.tolist()):
-                if len(taken) == k:
-                    break
-                if c and n_cold + 1 > self.allowed(len(taken) + 1):
-                    skipped.append(it)
-                    continue
-                taken.append(it)
-                n_cold += int(c)
-                while skipped and len(taken) < k and n_cold + 1 <= self.allowed(len(taken) + 1):
-                    taken.append(skipped.pop(0))
-                    n_cold += 1
-            out[b, :len(taken)] = taken
+        return self._cap(cand, k)
+
+    def _cap(self, cand: np.ndarray, k: int) -> np.ndarray:
+        """The capped lists of the (B, P) best-first candidates (-1: none), slot by slot and
+        vectorised over the users: each slot takes the best remaining candidate that may go
+        there -- a warm one always, a cold one while the cold items so far stay within
+        :meth:`allowed` -- so cold items beyond the cap move down and warm items up; the
+        list ends where no candidate may go."""
+        B, P = cand.shape
+        out = np.full((B, k), -1, np.int64)
+        if P == 0 or B == 0:
+            return out
+        valid = cand >= 0
+        cold = np.zeros((B, P), bool)
+        cold[valid] = self.cold_[cand[valid]]
+        warm = valid & ~cold
+        # simulate the greedy merge slot by slot, for every user at once
+        wi = np.zeros(B, np.int64)               # next warm candidate (its rank among the warm)
+        ci = np.zeros(B, np.int64)               # next cold candidate
+        worder = np.argsort(~warm, axis=1, kind="stable")
+        corder = np.argsort(~cold, axis=1, kind="stable")
+        n_warm, n_cold = warm.sum(1), cold.sum(1)
+        rows = np.arange(B)
+        alive = np.ones(B, bool)
+        for slot in range(k):                    # k slots (10-20): vectorised over users
+            wpos = np.where(wi < n_warm, worder[rows, np.minimum(wi, P - 1)], P)
+            cpos = np.where(ci < n_cold, corder[rows, np.minimum(ci, P - 1)], P)
+            can_cold = alive & (ci < n_cold) & (ci + 1 <= self.allowed(slot + 1))
+            take_cold = can_cold & ((cpos < wpos) | (wi >= n_warm))
+            take_warm = alive & ~take_cold & (wi < n_warm)
+            pick = np.where(take_cold, cpos, np.where(take_warm, wpos, -1))
+            out[:, slot] = np.where(pick >= 0, cand[rows, np.maximum(pick, 0)], -1)
+            ci += take_cold
+            wi += take_warm
+            alive &= pick >= 0
         return out
 
 
