@@ -12,7 +12,11 @@ recommender stage will evaluate -- and evaluates validation and test with the gr
 protocol.  Nothing is chosen here: the epoch was chosen on validation during training, and
 the grid's own table (which evaluates the same weights again) supersedes this one.
 Writes ``benchmarks/results/beauty_interim.md`` and ``.json``: every evaluated training,
-then mean ± sample std per (run, model) over the seeds evaluated so far.
+then mean ± sample std per (run, model) over the seeds evaluated so far.  Records of
+earlier calls are kept for every (run, model, seed) not evaluated in this call (marked
+``"evaluated": "an earlier call"``; ``--fresh`` drops them): a session's run folders may
+not survive it, and a part of the grid (``configs/experiments/beauty_sid_seeds.toml``)
+can be run and read on its own.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="the grid's output folder (default: the file's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--fresh", action="store_true", help="drop the records of earlier calls (default: keep "
+                    "each (run, model, seed) evaluated before and not found in this grid's folder now -- a "
+                    "machine's run folders do not outlive a session, the results file does)")
     args = ap.parse_args()
     import torch
 
@@ -69,6 +76,14 @@ def main() -> None:
         print(json.dumps({k: rec[k] for k in ("run", "label", "seed", "best_epoch")} |
                          {"valid_ndcg@10": round(rec["valid"]["ndcg@10"], 4),
                           "test_ndcg@10": round(rec["test"]["ndcg@10"], 4)}), flush=True)
+    res = Path(__file__).parent / "results"
+    old_file = res / f"beauty_interim{args.tag}.json"
+    if old_file.is_file() and not args.fresh:
+        now = {(r["run"], r["label"], r["seed"]) for r in records}
+        kept = [r for r in json.loads(old_file.read_text())["records"] if (r["run"], r["label"], r["seed"]) not in now]
+        for r in kept:
+            r.setdefault("evaluated", "an earlier call")
+        records = sorted(kept + records, key=lambda r: (r["run"], r["label"], r["seed"]))
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["run"], r["label"]), []).append(r)
@@ -76,7 +91,9 @@ def main() -> None:
     lines = ["# Amazon Beauty grid: interim figures of the trainings that have ended", "",
              f"Command: `{cmd}`; {info['cpu']}, {info['cores']} cores. Each training's epoch was chosen on "
              "validation while it trained; test is reported beside it and chooses nothing. The grid's table "
-             "(docs/results_beauty.md) supersedes this once a run's every model and seed is done.", "",
+             "(docs/results_beauty.md) supersedes this once a run's every model and seed is done. "
+             f"{sum('evaluated' in r for r in records)} of the {len(records)} trainings were evaluated by earlier "
+             "calls (their run folders are gone; the records are kept).", "",
              "| run | model | seeds | " + " | ".join(f"valid {m}" for m in ("ndcg@10",)) + " | "
              + " | ".join(f"test {m}" for m in METRICS) + " | best epochs |",
              "|---|---|---|---:|" + "---:|" * len(METRICS) + "---|"]
@@ -91,7 +108,6 @@ def main() -> None:
                      + " | ".join(pm([r["test"][m] for r in rs]) for m in METRICS)
                      + f" | {', '.join(str(r['best_epoch']) for r in rs)} |")
     md = "\n".join(lines) + "\n"
-    res = Path(__file__).parent / "results"
     res.mkdir(exist_ok=True)
     (res / f"beauty_interim{args.tag}.md").write_text(md)
     (res / f"beauty_interim{args.tag}.json").write_text(json.dumps({"command": cmd, "machine": info,
