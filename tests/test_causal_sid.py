@@ -359,3 +359,43 @@ def test_a_dense_model_round_trips_and_bad_settings_are_named(dense_fitted, tmp_
     assert CausalSIDConfig(dense=0.5, rerank="all").rerank == "all"
     with pytest.raises(ConfigError, match='or "all"'):
         CausalSID(**TINY, dense=1.0, rerank="some").fit(data, codes=toy_codes(), train=TRAIN)
+
+
+def test_bf16_decoding_keeps_the_lists_of_a_confident_model_and_valid_sids(fitted, tmp_path):
+    """precision="bf16" decodes under bfloat16 autocast: on the cyclic toy (a confident
+    model) the same first item for every user with its score within bf16 rounding, top-5
+    lists mostly the same, every output a distinct catalogue item; the setting survives
+    save/load; fp32 decoding is untouched."""
+    data, model = fitted
+    hist = data.eval_inputs("test", model.max_len)["history"]
+    ref = model.decode(hist, 10)
+    model.precision = "bf16"
+    try:
+        res = model.decode(hist, 10)
+        model.save(tmp_path / "m")
+    finally:
+        model.precision = "fp32"
+    np.testing.assert_array_equal(res.items[:, 0], ref.items[:, 0])     # the confident first choice
+    np.testing.assert_allclose(res.scores[:, 0], ref.scores[:, 0], atol=0.05)
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(res.items[:, :5], ref.items[:, :5])])
+    assert overlap >= 0.9                          # lower ranks: near ties (-9.28 vs -9.35) may swap
+    assert ((res.items >= 0) & (res.items < N_ITEMS)).all()
+    assert all(len(set(r)) == len(r) for r in res.items)
+    assert not np.array_equal(res.scores, ref.scores)           # bf16 arithmetic did run
+    back = Recommender.load(tmp_path / "m")
+    assert back.precision == "bf16"
+    np.testing.assert_array_equal(back.decode(hist, 10).items, res.items)
+    np.testing.assert_array_equal(model.decode(hist, 10).items, ref.items)
+
+
+def test_precision_must_be_fp32_or_bf16():
+    from sidkit.config import CausalSIDConfig
+    from sidkit.errors import ConfigError
+
+    assert CausalSIDConfig(precision="bf16").precision == "bf16"
+    assert "precision" not in CausalSIDConfig().fingerprint_dict()      # earlier runs stay cached
+    with pytest.raises(ValueError, match="precision"):
+        CausalSIDConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="precision must be 'fp32' or 'bf16'"):
+        CausalSID(precision="half").fit(cyclic_data(), codes=toy_codes(), train=TrainConfig(epochs=1),
+                                        device="cpu", progress=False)

@@ -253,8 +253,12 @@ class CausalSIDConfig(_ModelBase):
 
     uniform_last: bool = Field(False, description="decode the last (disambiguation) level as uniform over the "
                                "node's children: new items are not handicapped by an untrained last token")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="the decoding's arithmetic: bf16 = beam search under bfloat16 autocast (faster on "
+        "bf16 hardware, near-tied lists may change); training precision is [train] precision")
 
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"dense": 0.0, "rerank": 0, "uniform_last": False}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"dense": 0.0, "rerank": 0, "uniform_last": False,
+                                                "precision": "fp32"}
 
 
 class TigerConfig(_ModelBase):

@@ -212,6 +212,12 @@ class CausalSID(SIDRecommender):
     uniform over the node's children (:func:`beam_search`), so that items added after
     training (:func:`sidkit.models.catalogue.add_items`), whose disambiguation token was
     never a training target, are not handicapped by it.
+
+    ``precision`` ("fp32"): the decoding's arithmetic. ``"bf16"`` runs the beam search (and
+    ``rerank`` scoring) under bfloat16 autocast -- matrix products in bf16, log-softmax and
+    beam scores in float32 -- which is faster where the hardware multiplies bf16 natively
+    (a GPU, a CPU with AVX512-BF16 or AMX) and changes near-tied beam lists; training is
+    unaffected (``[train] precision`` sets that).
     """
 
     name = "causal_sid"
@@ -221,7 +227,7 @@ class CausalSID(SIDRecommender):
                  dropout: float = 0.2, ffn: int | None = None, stride: int | None = None,
                  level_emb: bool = True, beam: int = 20, codes: str | None = None, id_only: bool = False,
                  attn_dropout: float = 0.0, dense: float = 0.0, rerank: int = 0,
-                 uniform_last: bool = False) -> None:
+                 uniform_last: bool = False, precision: str = "fp32") -> None:
         self.hidden = hidden
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -237,10 +243,11 @@ class CausalSID(SIDRecommender):
         self.dense = dense
         self.rerank = rerank
         self.uniform_last = uniform_last
+        self.precision = precision
 
     #: parameters added after models were saved: left out of checkpoint fingerprints while
     #: they hold these defaults, so earlier runs stay resumable
-    later_defaults = {"dense": 0.0, "rerank": 0, "uniform_last": False}
+    later_defaults = {"dense": 0.0, "rerank": 0, "uniform_last": False, "precision": "fp32"}
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
@@ -259,6 +266,9 @@ class CausalSID(SIDRecommender):
         if self.uniform_last and self.id_only:
             raise ConfigError("uniform_last=True would make every item equally likely: the ID-only model's "
                               "one level is its last", "set uniform_last=False for id_only=True")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}",
+                              "use precision=\"fp32\" (exact) or \"bf16\" (faster decoding on bf16 hardware)")
         if self.rerank and not self.dense:
             raise ConfigError(f"rerank={self.rerank} re-ranks by the dense score, which dense=0 does not train",
                               "set dense > 0 (e.g. dense=0.5), or rerank=0")
@@ -400,6 +410,25 @@ class CausalSID(SIDRecommender):
         return by_groups(groups, B, lambda rows, w, ex: self._beam(
             (grid if rows is None else grid[rows])[:, -w:], T, k, beam, constrained, ex, top), exclude)
 
+    def _inference(self):
+        """The decoding's context: no gradients, and bfloat16 autocast with ``precision="bf16"``."""
+        import contextlib
+
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        if self.precision == "bf16":
+            dev = self.device_.type
+            if dev == "cuda" and not torch.cuda.is_bf16_supported():
+                raise ConfigError(f"precision='bf16' but the GPU {torch.cuda.get_device_name(self.device_)} has no "
+                                  "bfloat16 support", "use precision=\"fp32\" on this GPU")
+            stack.enter_context(torch.autocast(device_type=dev, dtype=torch.bfloat16))
+        elif self.precision != "fp32":
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}",
+                              "use precision=\"fp32\" (exact) or \"bf16\"")
+        return stack
+
     def _dense_rank(self, grid: np.ndarray, k: int, exclude):
         """``rerank="all"``: the top ``k`` of the whole catalogue by the dense score (no
         beam search), each group of similar history length prefilled over its real part
@@ -414,7 +443,7 @@ class CausalSID(SIDRecommender):
         was = module.training
         module.eval()
         try:
-            with torch.no_grad():
+            with self._inference():
                 for rows, w in self.length_groups(grid, overhead=self.beam_group_overhead):
                     g = grid if rows is None else grid[rows]
                     state, _ = module.prefill(torch.as_tensor(g[:, -w:], device=self.device_), start=T - w)
@@ -475,7 +504,7 @@ class CausalSID(SIDRecommender):
         was = module.training
         module.eval()
         try:
-            with torch.no_grad():
+            with self._inference():
                 res = beam_search(step, {}, self.tokens_, B, beam=beam, k=k, reorder=reorder,
                                   constrained=constrained, device=self.device_, exclude=exclude,
                                   uniform_last=bool(self.uniform_last))
