@@ -110,7 +110,7 @@ def ranks_from_scores(scores, targets, exclude=None, *, tie_break: str = "index"
     equal = (s == st).sum(1, dtype=torch.int32) - 1        # the target equals itself
     tied_rows = equal > 0
     if tie_break == "index":
-        before = above.clone()
+        before = above
         rows = torch.nonzero(tied_rows).flatten()
         if rows.numel():
             sr, tr = s[rows], t[rows]

@@ -411,22 +411,17 @@ class CausalSID(SIDRecommender):
             (grid if rows is None else grid[rows])[:, -w:], T, k, beam, constrained, ex, top), exclude)
 
     def _inference(self):
-        """The decoding's context: no gradients, and bfloat16 autocast with ``precision="bf16"``."""
+        """The decoding's context: no gradients, and bfloat16 autocast with ``precision="bf16"``
+        (the training loop's autocast factory)."""
         import contextlib
 
         import torch
 
+        from ..training.loop import _autocast
+
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
-        if self.precision == "bf16":
-            dev = self.device_.type
-            if dev == "cuda" and not torch.cuda.is_bf16_supported():
-                raise ConfigError(f"precision='bf16' but the GPU {torch.cuda.get_device_name(self.device_)} has no "
-                                  "bfloat16 support", "use precision=\"fp32\" on this GPU")
-            stack.enter_context(torch.autocast(device_type=dev, dtype=torch.bfloat16))
-        elif self.precision != "fp32":
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}",
-                              "use precision=\"fp32\" (exact) or \"bf16\"")
+        stack.enter_context(_autocast(self.precision, self.device_, "[model] precision")())
         return stack
 
     def _dense_rank(self, grid: np.ndarray, k: int, exclude):

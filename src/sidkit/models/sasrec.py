@@ -30,10 +30,10 @@ from .base import register
 def _build_module(n_items: int, hidden: int, n_blocks: int, n_heads: int, max_len: int,
                   dropout: float, ffn: int):
     import torch
+    import torch.nn.functional as F
     from torch import nn
 
     from .layers import dropout as dropout_layer
-    import torch.nn.functional as F
 
     class Block(nn.Module):
         def __init__(self):

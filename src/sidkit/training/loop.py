@@ -19,18 +19,19 @@ from .distributed import _rank_seed, _rng_states, _shard_backward, _wrap_ddp
 SELECTION_METRIC = "ndcg@10"
 
 
-def _autocast(precision: str, device):
-    """A context-manager factory for the training forward pass: bfloat16 autocast for
-    ``precision == "bf16"`` (the loss is still reduced in float32 by autocast's rules and
-    ``backward`` runs outside it, as torch recommends), a no-op for ``"fp32"``."""
+def _autocast(precision: str, device, setting: str = "[train] precision"):
+    """A context-manager factory for bfloat16 autocast with ``precision == "bf16"`` (a
+    no-op for ``"fp32"``): the training forward pass (the loss is still reduced in float32
+    by autocast's rules and ``backward`` runs outside it, as torch recommends) and the
+    causal SID model's decoding (``setting`` names the key in error messages)."""
     import torch
 
     if precision == "fp32":
         return contextlib.nullcontext
     if precision != "bf16":
-        raise ConfigError(f"[train] precision must be 'fp32' or 'bf16', got {precision!r}", 'use precision = "bf16"')
+        raise ConfigError(f"{setting} must be 'fp32' or 'bf16', got {precision!r}", 'use precision = "bf16"')
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"[train] precision = 'bf16' but the GPU {torch.cuda.get_device_name(device)} has no "
+        raise ConfigError(f"{setting} = 'bf16' but the GPU {torch.cuda.get_device_name(device)} has no "
                           "bfloat16 support", 'use precision = "fp32" on this GPU')
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
