@@ -361,6 +361,58 @@ def test_a_dense_model_round_trips_and_bad_settings_are_named(dense_fitted, tmp_
         CausalSID(**TINY, dense=1.0, rerank="some").fit(data, codes=toy_codes(), train=TRAIN)
 
 
+def test_dense_ids_add_one_vector_per_trained_item_and_none_for_added_items(one_thread, tmp_path):
+    """dense_ids=True: an item's dense vector is its SID-token sum plus its own learned
+    vector (zero at the start); an item added after training has only the SID-token sum;
+    a model saved after the addition loads with its trained row count."""
+    import copy
+
+    from sidkit.config import CausalSIDConfig
+    from sidkit.errors import ConfigError
+    from sidkit.models.catalogue import add_items
+
+    data = cyclic_data()
+    untrained = CausalSID(**TINY, dense=1.0, dense_ids=True)
+    untrained.tokens_ = untrained._resolve_tokens(data, toy_codes())
+    module = untrained.build_module(data.n_items)
+    assert module.dense_id.weight.shape == (data.n_items, TINY["hidden"])
+    assert not module.dense_id.weight.detach().any()                 # starts from the SID-token sums
+    model = CausalSID(**TINY, dense=1.0, dense_ids=True, rerank="all").fit(
+        data, codes=toy_codes(), train=TRAIN, seed=0, device="cpu", progress=False)
+    m = model.module_
+    tok = m.tok.weight.detach().numpy()
+    ids = m.dense_id.weight.detach().numpy()
+    assert np.abs(ids).max() > 1e-3                                  # trained
+    with torch.no_grad():
+        vec = model.item_vectors().numpy()
+    np.testing.assert_allclose(vec, tok[model.tokens_.item_tokens].sum(1) + ids, rtol=1e-5, atol=1e-6)
+    assert evaluate(model, data, "test", ks=(1,))["recall@1"] == 1.0
+    # an added item: its SID-token sum alone; the trained items keep their vectors
+    ext = add_items(model, ["new"], np.array([[5, 0]]))
+    new = int(np.flatnonzero(ext.item_ids_ == "new")[0])
+    with torch.no_grad():
+        vext = ext.item_vectors().numpy()
+    np.testing.assert_allclose(vext[new], tok[ext.tokens_.item_tokens[new]].sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vext[:data.n_items], vec, rtol=1e-6, atol=1e-7)
+    hist = data.eval_inputs("test", model.max_len)["history"]
+    ext.save(tmp_path / "ext")
+    back = Recommender.load(tmp_path / "ext")
+    assert back.dense_ids and back.n_items == data.n_items + 1
+    assert back.module_.dense_id.weight.shape[0] == data.n_items
+    np.testing.assert_array_equal(back.recommend(hist, back.n_items), ext.recommend(hist, ext.n_items))
+    assert not hasattr(back, "n_id_rows_")
+    # a beam model with re-ranking reads the same vectors
+    beam = copy.copy(model)
+    beam.rerank = 12
+    assert evaluate(beam, data, "test", ks=(1,))["recall@1"] == 1.0
+    with pytest.raises(ConfigError, match="dense=0 does not train"):
+        CausalSID(**TINY, dense_ids=True).fit(data, codes=toy_codes(), train=TRAIN)
+    with pytest.raises(ConfigError, match="already an ID embedding"):
+        CausalSID(**TINY, dense=1.0, dense_ids=True, id_only=True).fit(data, train=TRAIN)
+    assert "dense_ids" not in CausalSIDConfig().fingerprint_dict()
+    assert CausalSIDConfig(dense=0.5, dense_ids=True).fingerprint_dict()["dense_ids"] is True
+
+
 def test_bf16_decoding_keeps_the_lists_of_a_confident_model_and_valid_sids(fitted, tmp_path):
     """precision="bf16" decodes under bfloat16 autocast: on the cyclic toy (a confident
     model) the same first item for every user with its score within bf16 rounding, top-5

@@ -250,6 +250,9 @@ class CausalSIDConfig(_ModelBase):
         0, description="re-rank this many beam candidates by the dense score (needs dense > 0; the beam is "
         "widened to it); 0 = the beam's own order; \"all\" = rank the whole catalogue by the dense score "
         "(no beam search)")
+    dense_ids: bool = Field(False, description="the dense item vectors also learn one vector per trained item "
+                            "(an ID embedding, zero-initialised) beside their SID-token sum; items added after "
+                            "training have none and compete by their SID alone (needs dense > 0)")
 
     uniform_last: bool = Field(False, description="decode the last (disambiguation) level as uniform over the "
                                "node's children: new items are not handicapped by an untrained last token")
@@ -258,7 +261,7 @@ class CausalSIDConfig(_ModelBase):
         "bf16 hardware, near-tied lists may change); training precision is [train] precision")
 
     LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"dense": 0.0, "rerank": 0, "uniform_last": False,
-                                                "precision": "fp32"}
+                                                "precision": "fp32", "dense_ids": False}
 
 
 class TigerConfig(_ModelBase):

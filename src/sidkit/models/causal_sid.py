@@ -207,6 +207,11 @@ class CausalSID(SIDRecommender):
     (a full-ranking model whose item vectors are built from SIDs: an item added after
     training competes with the others as soon as it has a SID).
 
+    ``dense_ids`` (False): the dense item vector of each item of the training catalogue
+    also has a learned vector of its own (an ID embedding, zero at the start, so training starts
+    from the SID-token sums), as in an ID model; an item added after training has none and
+    competes by its SID-token sum alone.  Needs ``dense > 0``.
+
     ``uniform_last`` (False): decode the last level -- with a tokenizer's disambiguation
     level, the token that only tells apart items sharing their semantic tokens -- as
     uniform over the node's children (:func:`beam_search`), so that items added after
@@ -227,7 +232,7 @@ class CausalSID(SIDRecommender):
                  dropout: float = 0.2, ffn: int | None = None, stride: int | None = None,
                  level_emb: bool = True, beam: int = 20, codes: str | None = None, id_only: bool = False,
                  attn_dropout: float = 0.0, dense: float = 0.0, rerank: int = 0,
-                 uniform_last: bool = False, precision: str = "fp32") -> None:
+                 uniform_last: bool = False, precision: str = "fp32", dense_ids: bool = False) -> None:
         self.hidden = hidden
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -244,10 +249,11 @@ class CausalSID(SIDRecommender):
         self.rerank = rerank
         self.uniform_last = uniform_last
         self.precision = precision
+        self.dense_ids = dense_ids
 
     #: parameters added after models were saved: left out of checkpoint fingerprints while
     #: they hold these defaults, so earlier runs stay resumable
-    later_defaults = {"dense": 0.0, "rerank": 0, "uniform_last": False, "precision": "fp32"}
+    later_defaults = {"dense": 0.0, "rerank": 0, "uniform_last": False, "precision": "fp32", "dense_ids": False}
 
     # ------------------------------------------------------------------ fitting
     def _validate_params(self) -> None:
@@ -272,6 +278,12 @@ class CausalSID(SIDRecommender):
         if self.rerank and not self.dense:
             raise ConfigError(f"rerank={self.rerank} re-ranks by the dense score, which dense=0 does not train",
                               "set dense > 0 (e.g. dense=0.5), or rerank=0")
+        if self.dense_ids and not self.dense:
+            raise ConfigError("dense_ids=True adds per-item vectors to the dense score, which dense=0 does not train",
+                              "set dense > 0 (e.g. dense=0.5), or dense_ids=False")
+        if self.dense_ids and self.id_only:
+            raise ConfigError("dense_ids=True would give the ID-only model a second vector per item: its one "
+                              "token per item is already an ID embedding", "set dense_ids=False for id_only=True")
 
     def _resolve_tokens(self, data, codes) -> SIDTokens:
         from ..types import Codes
@@ -304,16 +316,34 @@ class CausalSID(SIDRecommender):
                                self.attn_dropout)
         if self.dense:
             module.dense_proj = nn.Linear(self.hidden, self.hidden)   # state -> next-item query
+        if self.dense_ids:
+            # one vector per trained item (a model saved after add_items keeps the trained count)
+            module.dense_id = nn.Embedding(getattr(self, "n_id_rows_", n_items), self.hidden)
+            nn.init.zeros_(module.dense_id.weight)
         return module
+
+    def _set_state(self, state) -> None:
+        if "dense_id.weight" not in state:
+            return super()._set_state(state)
+        self.n_id_rows_ = int(np.shape(state["dense_id.weight"])[0])   # build_module's row count
+        try:
+            super()._set_state(state)
+        finally:
+            del self.n_id_rows_
 
     def item_vectors(self, module=None):
         """(N, hidden) dense item vectors: each item's SID-token embeddings summed (the
-        padding token's row is zero, so a shorter SID sums fewer tokens)."""
+        padding token's row is zero, so a shorter SID sums fewer tokens), plus, with
+        ``dense_ids``, the item's own vector (items added after training have none)."""
         import torch
 
         module = module if module is not None else self.module_
         tok = torch.as_tensor(self.tokens_.item_tokens, device=module.tok.weight.device)
-        return module.tok.weight[tok].sum(1)
+        vec = module.tok.weight[tok].sum(1)
+        if not self.dense_ids:
+            return vec
+        ids = module.dense_id.weight
+        return torch.cat([vec[:len(ids)] + ids, vec[len(ids):]])
 
     def dense_scores(self, state, items=None, module=None):
         """Dense next-item scores of (B, hidden) states: (B, N) over the catalogue, or
