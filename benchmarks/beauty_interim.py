@@ -102,11 +102,17 @@ def main() -> None:
         v = np.asarray(vals, float)
         return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.mean():.4f}"
 
+    def epochs(r):
+        """The best epoch, marked when training stopped at its epoch cap or time budget
+        (a lower bound of the row, not where validation stopped improving)."""
+        mark = {"cap": " (epoch cap)", "budget": f" of {r.get('epochs_run')} (time budget)"}.get(r.get("stop"), "")
+        return f"{r['best_epoch']}{mark}"
+
     for (run, label), rs in groups.items():
         lines.append(f"| {run} | {label} | {','.join(str(r['seed']) for r in rs)} | "
                      f"{pm([r['valid']['ndcg@10'] for r in rs])} | "
                      + " | ".join(pm([r["test"][m] for r in rs]) for m in METRICS)
-                     + f" | {', '.join(str(r['best_epoch']) for r in rs)} |")
+                     + f" | {', '.join(epochs(r) for r in rs)} |")
     md = "\n".join(lines) + "\n"
     res.mkdir(exist_ok=True)
     (res / f"beauty_interim{args.tag}.md").write_text(md)

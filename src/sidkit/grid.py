@@ -932,8 +932,9 @@ def collect_rows(grid: Grid, cells: list[Cell]) -> list[dict[str, Any]]:
                 for m, v in (summ.get(role) or {}).items():
                     row[f"{role}_{m}_mean"] = v["mean"]
                     row[f"{role}_{m}_std"] = v["std"]
-            if not shared:
-                row.update(diag)
+            # the SID columns describe the run's codes, which a shared row does not read; the
+            # catalogue size is the data set's
+            row.update(diag if not shared else {"n_items": diag["n_items"]})
             stops = sorted({r["stop"] for r in recs if r.get("stop") in ("cap", "budget")})
             row["stop"] = "+".join(stops)   # "cap": a lower bound (rerun with more epochs); "budget": time-capped
             ts = summ.get("train_seconds") or {}
@@ -1018,7 +1019,7 @@ def chosen_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def _markdown(grid: Grid, rows: list[dict[str, Any]], cols: list[str]) -> str:
     refs = [r for r in rows if r.get("reference")]
     ours = [r for r in rows if not r.get("reference")]
-    n = {a: len({r[k] for r in ours}) for a, k in
+    n = {a: len({r[k] for r in ours if r[k]}) for a, k in   # a shared ID-model row has none
          (("datasets", "dataset"), ("embeddings", "embedding"), ("tokenizers", "tokenizer"))}
     seeds = sorted({s for r in ours for s in str(r.get("seeds", "")).split()}, key=int)
     done = len({r["run"] for r in ours})
