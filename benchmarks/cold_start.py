@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=20)
     ap.add_argument("--dense", type=float, default=0.0, help="the dense hybrid's loss weight (0: off)")
     ap.add_argument("--rerank", default="0", help="beam candidates re-ranked by the dense score, or 'all'")
+    ap.add_argument("--dense-ids", action="store_true", help="one learned dense vector per warm item beside its "
+                    "SID-token sum (cold items have none: docs/decoding.md)")
     ap.add_argument("--eps", default="0,0.1,0.2,0.5,1")
     ap.add_argument("--user-core", type=int, default=5)
     ap.add_argument("--device", default="cpu")
@@ -74,7 +76,8 @@ def main() -> None:
         r = run_cold_start(split, ids, X, seed=s, fraction=args.fraction, rule=args.rule,
                            codebook_sizes=[int(k) for k in args.sizes.split(",")], headroom=args.headroom,
                            model_params={"hidden": args.hidden, "max_len": args.max_len, "dense": args.dense,
-                                         "rerank": args.rerank if args.rerank == "all" else int(args.rerank)}, train=train,
+                                         "rerank": args.rerank if args.rerank == "all" else int(args.rerank),
+                                         **({"dense_ids": True} if args.dense_ids else {})}, train=train,
                            device=args.device, epsilons=[float(e) for e in args.eps.split(",")],
                            baselines=("content_knn", "popularity") + (("sasrec",) if args.sasrec else ()))
         r["seconds"] = time.time() - t0
