@@ -22,6 +22,7 @@ can be run and read on its own.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -36,12 +37,39 @@ from _common import machine  # noqa: E402
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
 
+def parse_decodings(specs: list[str]) -> dict[str, list[dict]]:
+    """``["LABEL:KEY=VALUE,KEY=VALUE", ...]`` -> {LABEL: [{KEY: VALUE, ...}, ...]}; a value
+    is read as an integer or a float where it is one (``all`` stays a string)."""
+    out: dict[str, list[dict]] = {}
+    for spec in specs:
+        label, sep, rest = spec.partition(":")
+        pairs = [p.partition("=") for p in rest.split(",") if p]
+        if not sep or not pairs or any(not k or not eq for k, eq, _ in pairs):
+            raise SystemExit(f"--decode {spec!r}: expected LABEL:KEY=VALUE[,KEY=VALUE], e.g. causal_sid_dense:rerank=all")
+        settings = {}
+        for k, _, v in pairs:
+            for cast in (int, float):
+                try:
+                    v = cast(v)
+                    break
+                except ValueError:
+                    pass
+            settings[k] = v
+        out.setdefault(label, []).append(settings)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("grid", nargs="?", default="configs/experiments/beauty.toml")
     ap.add_argument("--out", default=None, help="the grid's output folder (default: the file's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--decode", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+                    help="also evaluate the ended trainings of model LABEL with other decoding settings of the "
+                    "same weights (e.g. causal_sid_dense:rerank=all or causal_sid_dense:rerank=50,beam=50): a "
+                    "row each, labelled 'LABEL [KEY=VALUE]' -- a decoding choice made on its validation column; "
+                    "repeat for several")
     ap.add_argument("--fresh", action="store_true", help="drop the records of earlier calls (default: keep "
                     "each (run, model, seed) evaluated before and not found in this grid's folder now -- a "
                     "machine's run folders do not outlive a session, the results file does)")
@@ -53,6 +81,7 @@ def main() -> None:
     from sidkit.grid import load_grid, progress
     from sidkit.recommender_stage import fit_in_run, score_record
 
+    decodings = parse_decodings(args.decode)
     grid = load_grid(args.grid, args.out)
     cells = {c.id: c for c in grid.cells}
     info = machine()
@@ -76,6 +105,23 @@ def main() -> None:
         print(json.dumps({k: rec[k] for k in ("run", "label", "seed", "best_epoch")} |
                          {"valid_ndcg@10": round(rec["valid"]["ndcg@10"], 4),
                           "test_ndcg@10": round(rec["test"]["ndcg@10"], 4)}), flush=True)
+        for settings in decodings.get(row["model"], []):
+            if row["status"] == "done":     # the weights: loaded from the training's checkpoint
+                model, _, data, train_cfg = fit_in_run(cell.cfg, cell.dir, row["model"], row["seed"])
+            t0 = time.perf_counter()
+            variant = copy.copy(model)
+            for key, value in settings.items():
+                if not hasattr(variant, key):
+                    raise SystemExit(f"--decode: {row['model']} has no setting {key!r}")
+                setattr(variant, key, value)
+            scored = score_record(variant, data, {}, train_cfg)
+            label = f"{row['model']} [{','.join(f'{k}={v}' for k, v in settings.items())}]"
+            records.append({**rec, "label": label, "decoding": settings,
+                            "valid": {m: scored["valid"][m] for m in METRICS},
+                            "test": {m: scored["test"][m] for m in METRICS}, "seconds": time.perf_counter() - t0})
+            print(json.dumps({"label": label, "seed": row["seed"],
+                              "valid_ndcg@10": round(scored["valid"]["ndcg@10"], 4),
+                              "test_ndcg@10": round(scored["test"]["ndcg@10"], 4)}), flush=True)
     res = Path(__file__).parent / "results"
     old_file = res / f"beauty_interim{args.tag}.json"
     if old_file.is_file() and not args.fresh:
