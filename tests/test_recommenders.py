@@ -348,14 +348,15 @@ def test_the_record_says_why_training_stopped_and_a_time_budget_stops_it(tmp_pat
     assert len(cap.history_) == 2 and cap.stop_reason_ == "cap"        # patience 10 never ran out
     stalled = SASRec(**TINY).fit(data, train={**_train_cfg(30), "lr": 1e-7, "patience": 1}, seed=0, device="cpu")
     assert len(stalled.history_) < 30 and stalled.stop_reason_ == "patience"
-    # a budget far below one epoch's time: the first epoch runs (and is validated), then it stops
+    # a budget far below one epoch's time: the first epoch runs and is validated -- though
+    # eval_every=3 would skip it: the epoch that uses up the budget always is -- then it stops
     ck = tmp_path / "ck"
-    cfg = TrainConfig(**{**_train_cfg(30), "max_minutes": 1e-9})
+    cfg = TrainConfig(**{**_train_cfg(30), "eval_every": 3, "max_minutes": 1e-9})
     model, rec = fit_one(SASRecConfig(type="sasrec", **TINY), cfg, data, 0, "cpu", ck)
     assert len(model.history_) == 1 and "valid" in model.history_[0]
     assert rec["stop"] == "budget" and model.best_epoch_ == 1
     # the budget is not part of the checkpoint's fingerprint: a larger one extends the same run
-    longer = TrainConfig(**{**_train_cfg(3), "max_minutes": 60})
+    longer = TrainConfig(**{**_train_cfg(3), "eval_every": 3, "max_minutes": 60})
     model, rec = fit_one(SASRecConfig(type="sasrec", **TINY), longer, data, 0, "cpu", ck)
     assert [h["epoch"] for h in model.history_] == [1, 2, 3] and rec["stop"] == "cap"
     assert "max_minutes" not in TrainConfig().fingerprint_dict()

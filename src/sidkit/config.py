@@ -303,7 +303,8 @@ class TrainConfig(_Strict):
     seeds: list[int] = Field(default_factory=list, description="empty: the top-level seed only")
     max_minutes: float | None = Field(
         None, gt=0, description="a time budget: stop after the epoch that brings training and validation "
-                                "time past this many minutes (the record says stop = 'budget'); None = no budget")
+                                "time past this many minutes, validated even off the eval_every schedule (the "
+                                "record says stop = 'budget'); None = no budget")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the training forward pass under bfloat16 autocast (weights, optimiser "
                             "and evaluation stay float32); faster on CPUs with AMX / AVX512-BF16 and on GPUs")

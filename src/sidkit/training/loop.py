@@ -171,8 +171,11 @@ def train_loop(model, data, cfg, *, seed: int = 0,
         stopped = bad >= cfg.patience  # the patience given now (a larger one resumes a stopped run)
     budget = float(cfg.max_minutes) * 60.0 if cfg.max_minutes else None
 
+    def spent() -> float:
+        return sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in history)
+
     def over_budget() -> bool:
-        return budget is not None and sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in history) >= budget
+        return budget is not None and spent() >= budget
 
     reason = "patience" if stopped else None
     if not stopped and over_budget():
@@ -197,7 +200,10 @@ def train_loop(model, data, cfg, *, seed: int = 0,
             if not np.isfinite(rec["loss"]):
                 raise DataError(f"the training loss became {rec['loss']} at epoch {epoch}",
                                 "lower the learning rate or enable gradient clipping ([train] clip)")
-            if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            # the epoch that uses up a time budget is validated off the eval_every schedule too,
+            # so its training counts (otherwise the budget's last epochs would be thrown away)
+            budget_ends = budget is not None and spent() + rec["seconds"] >= budget
+            if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs or budget_ends):
                 val = distributed.broadcast(   # rank 0 validates; every rank takes the same decision
                     evaluate(model, data, "valid", mask_seen=cfg.mask_seen, tie_break=cfg.tie_break,
                              batch_size=cfg.eval_batch_size)
