@@ -152,7 +152,7 @@ def main() -> None:
         """The best epoch, marked when training stopped at its epoch cap or time budget
         (a lower bound of the row, not where validation stopped improving)."""
         mark = {"cap": " (epoch cap)", "budget": f" of {r.get('epochs_run')} (time budget)"}.get(r.get("stop"), "")
-        return f"{r['best_epoch']}{mark}"
+        return "-" if r["best_epoch"] is None else f"{r['best_epoch']}{mark}"   # popularity: no epochs
 
     for (run, label), rs in groups.items():
         lines.append(f"| {run} | {label} | {','.join(str(r['seed']) for r in rs)} | "
