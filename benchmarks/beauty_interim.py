@@ -59,6 +59,18 @@ def parse_decodings(specs: list[str]) -> dict[str, list[dict]]:
     return out
 
 
+def load_saved(cell, label: str, seed: int):
+    """A finished run's saved model of (``label``, ``seed``), its split as SequenceData, and
+    its training config: what the run evaluated (never a new training)."""
+    from sidkit.data import Split
+    from sidkit.eval.sequences import SequenceData
+    from sidkit.models import Recommender
+
+    model = Recommender.load(cell.dir / "recommender" / "models" / label / f"seed-{seed}")
+    train_cfg = next(t for lb, _, t in cell.cfg.recommenders() if lb == label)
+    return model, SequenceData.from_split(Split.load(cell.dir / "split")), train_cfg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("grid", nargs="?", default="configs/experiments/beauty.toml")
@@ -106,8 +118,8 @@ def main() -> None:
                          {"valid_ndcg@10": round(rec["valid"]["ndcg@10"], 4),
                           "test_ndcg@10": round(rec["test"]["ndcg@10"], 4)}), flush=True)
         for settings in decodings.get(row["model"], []):
-            if row["status"] == "done":     # the weights: loaded from the training's checkpoint
-                model, _, data, train_cfg = fit_in_run(cell.cfg, cell.dir, row["model"], row["seed"])
+            if row["status"] == "done":     # the run saved the model (its checkpoint is gone)
+                model, data, train_cfg = load_saved(cell, row["model"], row["seed"])
             t0 = time.perf_counter()
             variant = copy.copy(model)
             for key, value in settings.items():

@@ -290,3 +290,20 @@ def test_models_trained_on_another_split_are_not_silently_dropped(tiny):
     r = runner.invoke(app, ["train", str(changed), "--out", str(out), "--force"])
     assert r.exit_code == 0 and "dropping model 'sasrec'" in r.output
     assert json.loads((out / "recommender" / "metrics.json").read_text())["labels"] == ["popularity"]
+
+
+def test_a_finished_stage_removes_its_own_checkpoints_only(tiny):
+    """The stage removes the checkpoints of the trainings it saved, never another
+    training's (a grid run in parts shares RUN/checkpoints: seed 0 of one config may wait
+    there while another config trains and finishes seed 1)."""
+    out = tiny / "run"
+    other = out / "checkpoints" / "recommender" / "sasrec" / "seed-7"
+    foreign = out / "checkpoints" / "recommender" / "causal_sid" / "seed-0"
+    for d in (other, foreign):
+        d.mkdir(parents=True)
+        (d / "state.json").write_text("{}")
+    r = runner.invoke(app, ["train", _toml(tiny, "sasrec", "seeds = [0]\n"), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (out / "recommender" / "models" / "sasrec" / "seed-0").is_dir()
+    assert not (out / "checkpoints" / "recommender" / "sasrec" / "seed-0").exists()
+    assert (other / "state.json").is_file() and (foreign / "state.json").is_file()

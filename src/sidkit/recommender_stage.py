@@ -228,8 +228,25 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     write_json(out / "metrics.json", doc)
     write_text(out / "metrics.md", metrics_markdown(groups, proto) + "\n")
     if checkpoint_root is not None:
-        shutil.rmtree(checkpoint_root, ignore_errors=True)
+        remove_checkpoints(checkpoint_root, [(label, seed) for label, _, train_cfg in recs
+                                             for seed in list(train_cfg.seeds) or [cfg.seed]])
     return doc
+
+
+def remove_checkpoints(root: Path, trainings: Iterable[tuple[str, int]]) -> None:
+    """Remove the epoch checkpoints ``root/<label>/seed-<s>`` of ``trainings`` (their models
+    are saved), then the folders left empty. Any other training's checkpoint under ``root``
+    stays: another config sharing the run folder (a grid run in parts, another seed) may
+    still need it."""
+    root = Path(root)
+    for label, seed in trainings:
+        shutil.rmtree(root / label / f"seed-{seed}", ignore_errors=True)
+    for label in {label for label, _ in trainings}:
+        for folder in (root / label, root):
+            try:
+                folder.rmdir()             # only when empty
+            except OSError:
+                pass
 
 
 def checkpoint_root(run: str | Path) -> Path:
