@@ -187,6 +187,7 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     groups: dict[str, list[dict[str, Any]]] = {}
     models: dict[str, Any] = {}
     protos = {}
+    trained: list[tuple[str, int]] = []          # (label, seed): whose checkpoints go when the stage ends
     for label, model_cfg, train_cfg in recs:
         own_codes = codes_dir is not None and uses_run_codes(model_cfg)
         if own_codes:
@@ -195,6 +196,7 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
         for seed in list(train_cfg.seeds) or [cfg.seed]:
             ck = checkpoint_root / label / f"seed-{seed}" if checkpoint_root is not None else None
             model, rec = fit_one(model_cfg, train_cfg, data, seed, cfg.device, ck, progress)
+            trained.append((label, seed))
             if not main:
                 continue
             rec["label"] = label
@@ -228,8 +230,7 @@ def train_and_evaluate(cfg, data, out: Path | None, *, checkpoint_root: Path | N
     write_json(out / "metrics.json", doc)
     write_text(out / "metrics.md", metrics_markdown(groups, proto) + "\n")
     if checkpoint_root is not None:
-        remove_checkpoints(checkpoint_root, [(label, seed) for label, _, train_cfg in recs
-                                             for seed in list(train_cfg.seeds) or [cfg.seed]])
+        remove_checkpoints(checkpoint_root, trained)
     return doc
 
 
